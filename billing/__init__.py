@@ -1,0 +1,1 @@
+"""Billing: price book, usage ledger, budgets and credits, invoices, payment providers."""

@@ -1,0 +1,1 @@
+"""The browser console: server-rendered pages that call the services and selectors."""

@@ -1,0 +1,172 @@
+"""Console pages. Thin: they resolve the organization like the API does, then call services."""
+from __future__ import annotations
+
+import functools
+
+from django.contrib import messages
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import LoginView
+from django.http import Http404
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from catalog import selectors as catalog
+from frontend.forms import InviteForm, NewKeyForm, RoleForm, SignInForm, SignUpForm
+from tenancy import scope, selectors, services
+from tenancy.audit import Actor
+from tenancy.models import APIKey, Invitation, Membership
+from tenancy.roles import Permission as P
+
+
+class SignInView(LoginView):
+    template_name = "frontend/sign_in.html"
+    authentication_form = SignInForm
+    redirect_authenticated_user = True
+
+
+def sign_up(request):
+    if request.user.is_authenticated:
+        return redirect("frontend:home")
+    form = SignUpForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            user, org = services.sign_up(actor=Actor.from_request(request), **form.cleaned_data)
+        except services.ServiceError as exc:
+            form.add_error(exc.param if exc.param in form.fields else None, exc.message)
+        else:
+            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+            return redirect("frontend:org", org=org.slug)
+    return render(request, "frontend/sign_up.html", {"form": form})
+
+
+@login_required
+def home(request):
+    memberships = selectors.memberships_of_user(request.user)
+    if len(memberships) == 1:
+        return redirect("frontend:org", org=memberships[0].organization.slug)
+    return render(request, "frontend/home.html", {"memberships": memberships})
+
+
+def org_page(permission: P):
+    """Resolve the organization from the URL (404 unless a member), check the role, enter the scope."""
+    def decorate(view):
+        @functools.wraps(view)
+        @login_required
+        def wrapped(request, org, *args, **kwargs):
+            access = selectors.access_by_membership(request.user, org)
+            if access is None:
+                raise Http404("No such organization")
+            if not access.organization.is_active:
+                return render(request, "frontend/suspended.html", {"organization": access.organization}, status=403)
+            if not access.can(permission):
+                return render(request, "frontend/forbidden.html", {"organization": access.organization}, status=403)
+            with scope.organization(access.organization.pk):
+                return view(request, access, *args, **kwargs)
+        return wrapped
+    return decorate
+
+
+def _nav(access, active: str, **extra):
+    return {"access": access, "organization": access.organization, "active": active,
+            "memberships": None, "P": {p.name: p.value for p in P}, **extra}
+
+
+@org_page(P.ORG_VIEW)
+def org_overview(request, access):
+    models = list(catalog.visible_base_models(access.organization.pk))
+    base_url = request.build_absolute_uri("/v1")
+    return render(request, "frontend/org_overview.html", _nav(access, "overview", models=models, base_url=base_url))
+
+
+@org_page(P.KEYS_OWN)
+def keys(request, access):
+    form = NewKeyForm(request.POST or None)
+    issued = None
+    if request.method == "POST" and form.is_valid():
+        try:
+            issued = services.create_api_key(
+                organization_id=access.organization.pk, created_by_id=request.user.pk,
+                member_only=not access.can(P.KEYS_MANAGE), actor=Actor.from_request(request), **form.cleaned_data,
+            )
+            form = NewKeyForm()
+        except services.ServiceError as exc:
+            form.add_error(exc.param if exc.param in form.fields else None, exc.message)
+    rows = APIKey.objects.select_related("created_by")
+    if not access.can(P.KEYS_MANAGE):
+        rows = rows.filter(created_by=request.user)
+    response = render(request, "frontend/keys.html", _nav(access, "keys", form=form, keys=rows, issued=issued))
+    if issued:
+        response["Cache-Control"] = "no-store"
+    return response
+
+
+@require_POST
+@org_page(P.KEYS_OWN)
+def revoke_key(request, access, key_id):
+    rows = APIKey.objects.all() if access.can(P.KEYS_MANAGE) else APIKey.objects.filter(created_by=request.user)
+    key = rows.filter(pk=key_id).first()
+    if key is None:
+        raise Http404("No such key")
+    services.revoke_api_key(key.pk, organization_id=access.organization.pk, actor=Actor.from_request(request))
+    messages.success(request, f"Revoked {key.name} ({key.prefix}…).")
+    return redirect("frontend:keys", org=access.organization.slug)
+
+
+@org_page(P.ORG_VIEW)
+def members(request, access):
+    form = InviteForm(request.POST or None)
+    invite_url = None
+    if request.method == "POST":
+        if not access.can(P.MEMBERS_MANAGE):
+            return render(request, "frontend/forbidden.html", {"organization": access.organization}, status=403)
+        if form.is_valid():
+            try:
+                issued = services.invite(organization_id=access.organization.pk, actor_role=access.role,
+                                         actor=Actor.from_request(request), **form.cleaned_data)
+                invite_url = request.build_absolute_uri(reverse("frontend:accept_invitation", args=[issued.token]))
+                form = InviteForm()
+            except services.ServiceError as exc:
+                form.add_error(exc.param if exc.param in form.fields else None, exc.message)
+    context = _nav(
+        access, "members", form=form, invite_url=invite_url, role_form=RoleForm(),
+        members=Membership.objects.select_related("user").order_by("user__email"),
+        invitations=Invitation.objects.filter(accepted_at=None, revoked_at=None) if access.can(P.MEMBERS_MANAGE) else [],
+    )
+    return render(request, "frontend/members.html", context)
+
+
+@require_POST
+@org_page(P.MEMBERS_MANAGE)
+def change_member(request, access, member_id):
+    member = Membership.objects.filter(pk=member_id).first()
+    if member is None:
+        raise Http404("No such member")
+    try:
+        if request.POST.get("remove"):
+            services.remove_member(member.pk, organization_id=access.organization.pk, actor_role=access.role,
+                                   actor=Actor.from_request(request))
+            messages.success(request, "Member removed.")
+        else:
+            form = RoleForm(request.POST)
+            if form.is_valid():
+                services.change_role(member.pk, organization_id=access.organization.pk, role=form.cleaned_data["role"],
+                                     actor_role=access.role, actor=Actor.from_request(request))
+                messages.success(request, "Role changed.")
+    except services.ServiceError as exc:
+        messages.error(request, exc.message)
+    return redirect("frontend:members", org=access.organization.slug)
+
+
+@login_required
+def accept_invitation(request, token):
+    invitation = selectors.invitation_by_token(token)
+    if request.method == "POST":
+        try:
+            membership = services.accept_invitation(token=token, user=request.user, actor=Actor.from_request(request))
+        except services.ServiceError as exc:
+            messages.error(request, exc.message)
+        else:
+            return redirect("frontend:org", org=membership.organization.slug)
+    return render(request, "frontend/accept_invitation.html", {"invitation": invitation})

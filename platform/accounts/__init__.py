@@ -1,0 +1,1 @@
+"""Users: a custom user model that signs in with an email address."""

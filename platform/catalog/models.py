@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator, RegexValidator
+from django.db import models
+from django.utils import timezone
+
+from catalog.loader import SourceError, resolve_source
+
+model_id_validator = RegexValidator(
+    r"^[a-z0-9][a-z0-9._-]{1,98}[a-z0-9]$",
+    "Use 3-100 lowercase letters, digits, dots, underscores and hyphens.",
+)
+
+
+class BaseModel(models.Model):
+    """A hosted base model: what `/v1/models` lists and what fine-tunes start from."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        DEPRECATED = "deprecated", "Deprecated (still served, not for new fine-tunes)"
+        DISABLED = "disabled", "Disabled (not listed, not served)"
+
+    class Visibility(models.TextChoices):
+        PUBLIC = "public", "Every organization"
+        RESTRICTED = "restricted", "Only the allowed organizations"
+
+    id = models.CharField(primary_key=True, max_length=100, validators=[model_id_validator])
+    display_name = models.CharField(max_length=200)
+    family = models.CharField(max_length=100, help_text="Architecture family, e.g. llama, qwen2.")
+    description = models.TextField(blank=True)
+    context_length = models.PositiveIntegerField(validators=[MinValueValidator(1)])
+    source = models.JSONField(help_text='Where the weights are, e.g. {"format": "gguf", "path": "/models/x.gguf"}.')
+    chat_template = models.TextField(blank=True, help_text="Jinja chat template; empty means the model's own.")
+    fine_tunable = models.BooleanField(default=False)
+    default_lora_targets = models.JSONField(default=list, blank=True, help_text='e.g. ["q_proj", "v_proj"]')
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    visibility = models.CharField(max_length=16, choices=Visibility.choices, default=Visibility.PUBLIC)
+    allowed_organizations = models.ManyToManyField("tenancy.Organization", blank=True, related_name="+")
+    owned_by = models.CharField(max_length=100, default="system", help_text="Shown as owned_by in /v1/models.")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+        verbose_name = "base model"
+
+    def __str__(self) -> str:
+        return self.id
+
+    def clean(self) -> None:
+        try:
+            resolve_source(self.source)
+        except SourceError as exc:
+            raise ValidationError({"source": str(exc)}) from None
+        if not isinstance(self.default_lora_targets, list) or not all(isinstance(t, str) for t in self.default_lora_targets):
+            raise ValidationError({"default_lora_targets": "A list of module names."})

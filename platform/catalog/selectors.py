@@ -1,0 +1,16 @@
+"""Which base models an organization may see and use."""
+from __future__ import annotations
+
+from django.db.models import Q, QuerySet
+
+from catalog.models import BaseModel
+
+
+def visible_base_models(organization_id: int) -> QuerySet[BaseModel]:
+    return (
+        BaseModel.objects.exclude(status=BaseModel.Status.DISABLED)
+        .filter(Q(visibility=BaseModel.Visibility.PUBLIC) | Q(allowed_organizations__id=organization_id))
+        .distinct()
+        .order_by("id")
+    )
+

@@ -1,0 +1,73 @@
+"""`python manage.py run` — the whole platform on the embedded default, under one supervisor.
+
+Migrates, seeds the demo data, then runs: web (uvicorn, ASGI), a Celery worker for the default
+queue, a Celery worker for the gpu queue (concurrency 1, as on a one-GPU host) and Celery beat.
+PORT and VAR_DIR choose the port and the state directory, so two instances can run side by side.
+"""
+import json
+import os
+import sys
+import time
+import urllib.request
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+
+from maas.supervisor import Program, Supervisor
+
+
+class Command(BaseCommand):
+    help = "Run the whole platform (web, workers, beat) until Ctrl-C."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+        parser.add_argument("--no-workers", action="store_true", help="Web only.")
+
+    def handle(self, *args, host, port, no_workers, **options):
+        call_command("migrate", interactive=False, verbosity=0)
+        call_command("seed_demo")
+        repo = str(settings.REPO_DIR)
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(settings.REPO_DIR / "platform"), repo]),
+            "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "maas.settings"),
+            "VAR_DIR": str(settings.VAR_DIR),
+            "PYTHONUNBUFFERED": "1",
+        }
+        py = sys.executable
+        celery = [py, "-m", "celery", "-A", "maas"]
+        tag = f"{port}"
+        programs = [Program("web", [py, "-m", "uvicorn", "maas.asgi:application", "--host", host, "--port", str(port),
+                                    "--no-access-log" if os.environ.get("ACCESS_LOG") == "0" else "--access-log"])]
+        if not no_workers:
+            programs += [
+                Program("worker", [*celery, "worker", "-Q", "default", "-c", "1", "-n", f"default-{tag}@%h", "-l", "INFO"]),
+                Program("gpu", [*celery, "worker", "-Q", "gpu", "-c", "1", "--prefetch-multiplier", "1",
+                                "-n", f"gpu-{tag}@%h", "-l", "INFO"]),
+                Program("beat", [*celery, "beat", "-s", str(settings.VAR_DIR / "celerybeat-schedule"), "-l", "INFO"]),
+            ]
+        url = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}/"  # noqa: S104
+        supervisor = Supervisor(programs, env, cwd=repo)
+
+        def announce():
+            for _ in range(240):
+                if supervisor.stopping.is_set():
+                    return
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):  # noqa: S310
+                        break
+                except OSError:
+                    time.sleep(0.5)
+            credentials = json.loads((settings.VAR_DIR / "credentials.json").read_text())
+            lines = [
+                "", "=" * 64, f"  Console:      {url}", f"  Back office:  {url}{settings.ADMIN_URL}",
+                f"  API docs:     {url}api/docs/", f"  OpenAI base:  {url}v1",
+                *[f"  Login:        {email} / {password}" for email, password in credentials.items()],
+                "  API key:      python manage.py create_api_key demo --name my-key",
+                "  Stop:         Ctrl-C", "=" * 64, "",
+            ]
+            supervisor.say("run", "\n".join(lines))
+
+        sys.exit(supervisor.run(on_started=announce))

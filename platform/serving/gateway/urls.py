@@ -1,0 +1,9 @@
+from django.urls import path, re_path
+
+from serving.gateway import views
+
+urlpatterns = [
+    path("models", views.list_models, name="models"),
+    re_path(r"^models/(?P<model_id>[^/]+)$", views.retrieve_model, name="model"),
+    re_path(r"^(?P<rest>.*)$", views.unknown_route, name="unknown"),
+]

@@ -1,0 +1,104 @@
+"""Back office for tenancy. The admin site runs every view in the all-organizations scope
+(maas.admin_site), so these pages see every tenant; actions go through the services."""
+from django.contrib import admin, messages
+
+from tenancy import services
+from tenancy.audit import Actor
+from tenancy.models import APIKey, AuditLog, Invitation, Membership, Organization
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    fields = ["user", "role", "created_at"]
+    readonly_fields = ["user", "role", "created_at"]
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Organization)
+class OrganizationAdmin(admin.ModelAdmin):
+    list_display = ["slug", "name", "status", "created_at"]
+    list_filter = ["status"]
+    search_fields = ["slug", "name"]
+    readonly_fields = ["status", "suspended_reason", "created_at"]
+    inlines = [MembershipInline]
+    actions = ["suspend", "reactivate"]
+
+    @admin.action(description="Suspend selected organizations (their API keys stop working at once)")
+    def suspend(self, request, queryset):
+        for org in queryset:
+            services.suspend_organization(org.pk, reason="Suspended by the platform operator.", actor=Actor.from_request(request))
+        self.message_user(request, f"Suspended {queryset.count()} organization(s).", messages.SUCCESS)
+
+    @admin.action(description="Reactivate selected organizations")
+    def reactivate(self, request, queryset):
+        for org in queryset:
+            services.reactivate_organization(org.pk, actor=Actor.from_request(request))
+        self.message_user(request, f"Reactivated {queryset.count()} organization(s).", messages.SUCCESS)
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    list_display = ["user", "organization", "role", "created_at"]
+    list_filter = ["role"]
+    search_fields = ["user__email", "organization__slug"]
+    list_select_related = ["user", "organization"]
+    raw_id_fields = ["user", "organization"]
+
+
+@admin.register(Invitation)
+class InvitationAdmin(admin.ModelAdmin):
+    list_display = ["email", "organization", "role", "status", "created_at", "expires_at"]
+    search_fields = ["email", "organization__slug"]
+    exclude = ["token_hash"]
+    readonly_fields = ["organization", "email", "role", "invited_by", "created_at", "expires_at", "accepted_at",
+                       "accepted_by", "revoked_at"]
+    list_select_related = ["organization"]
+
+    def has_add_permission(self, request):
+        return False  # the token must be shown to the inviter: invite from the console or the API
+
+
+@admin.register(APIKey)
+class APIKeyAdmin(admin.ModelAdmin):
+    list_display = ["name", "prefix", "organization", "status", "created_at", "last_used_at", "expires_at"]
+    list_filter = ["revoked_at"]
+    search_fields = ["name", "prefix", "organization__slug"]
+    exclude = ["key_hash"]  # never shown, even hashed
+    readonly_fields = ["organization", "name", "prefix", "scopes", "created_by", "created_at", "expires_at",
+                       "revoked_at", "last_used_at"]
+    list_select_related = ["organization"]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request):
+        return False  # the plaintext is shown once: create keys from the console, the API or create_api_key
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # revoke instead: the audit trail keeps the key's row
+
+    @admin.action(description="Revoke selected keys")
+    def revoke(self, request, queryset):
+        for key in queryset:
+            services.revoke_api_key(key.pk, organization_id=key.organization_id, actor=Actor.from_request(request))
+        self.message_user(request, f"Revoked {queryset.count()} key(s).", messages.SUCCESS)
+
+
+@admin.register(AuditLog)
+class AuditLogAdmin(admin.ModelAdmin):
+    list_display = ["at", "action", "organization", "actor", "target_type", "target_id", "ip"]
+    list_filter = ["action"]
+    search_fields = ["action", "actor__email", "organization__slug", "target_id"]
+    list_select_related = ["organization", "actor"]
+    date_hierarchy = "at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

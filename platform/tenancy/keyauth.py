@@ -1,0 +1,157 @@
+"""Authenticating API keys on every request, fast.
+
+A key's state is cached by the SHA-256 of the key in the shared cache (Redis in production), so
+a request costs no database query. Writers never delete a cache entry: they overwrite it with the
+new state (`set`) after their transaction commits, while readers fill a missing entry with `add`
+only. A reader that read the database just before a revocation therefore cannot put the stale,
+still-active state back over the revocation.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+from django.utils import timezone
+
+from tenancy import secrets
+from tenancy.models import APIKey, Organization
+from tenancy.roles import Scope
+
+
+@dataclass(frozen=True)
+class KeyPrincipal:
+    """What a request authenticated with an API key may act as."""
+
+    key_id: str
+    name: str
+    organization_id: int
+    organization_slug: str
+    organization_status: str
+    suspended_reason: str
+    scopes: frozenset[str]
+    expires_at: float | None
+    created_by_id: int | None
+    revoked: bool = False
+
+    is_authenticated = True
+
+    def allows(self, scope: str) -> bool:
+        return Scope.ALL in self.scopes or scope in self.scopes
+
+    def to_cache(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["scopes"] = sorted(self.scopes)
+        return data
+
+    @classmethod
+    def from_cache(cls, data: dict[str, Any]) -> KeyPrincipal:
+        return cls(**{**data, "scopes": frozenset(data["scopes"])})
+
+    @classmethod
+    def from_row(cls, key: APIKey, organization: Organization) -> KeyPrincipal:
+        return cls(
+            key_id=str(key.pk),
+            name=key.name,
+            organization_id=organization.pk,
+            organization_slug=organization.slug,
+            organization_status=organization.status,
+            suspended_reason=organization.suspended_reason,
+            scopes=frozenset(key.scopes),
+            expires_at=key.expires_at.timestamp() if key.expires_at else None,
+            created_by_id=key.created_by_id,
+            revoked=key.revoked_at is not None,
+        )
+
+
+class KeyRejected(Exception):
+    """The request's key does not authenticate it. Carries the HTTP status and an OpenAI error."""
+
+    def __init__(self, status: int, code: str, message: str, error_type: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.code, self.message, self.error_type = status, code, message, error_type
+
+
+def _cache_key(key_hash: str) -> str:
+    return f"apikey:v1:{key_hash}"
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def authenticate(raw_key: str | None) -> KeyPrincipal:
+    """Return the principal for a raw key or raise KeyRejected. Never logs the key."""
+    if not raw_key:
+        raise KeyRejected(
+            401, "missing_api_key",
+            "You didn't provide an API key. Send it in the Authorization header as 'Bearer sk-...'.",
+        )
+    if not secrets.looks_like_api_key(raw_key):
+        raise KeyRejected(401, "invalid_api_key", "Incorrect API key provided.")
+    key_hash = secrets.digest(raw_key)
+    cached = cache.get(_cache_key(key_hash))
+    if cached is not None:
+        principal = KeyPrincipal.from_cache(cached)
+    else:
+        principal = _load(key_hash)
+    _check(principal)
+    _touch(principal)
+    return principal
+
+
+def _load(key_hash: str) -> KeyPrincipal:
+    row = APIKey.all_orgs.select_related("organization").filter(key_hash=key_hash).first()
+    if row is None:
+        raise KeyRejected(401, "invalid_api_key", "Incorrect API key provided.")
+    principal = KeyPrincipal.from_row(row, row.organization)
+    cache.add(_cache_key(key_hash), principal.to_cache(), _ttl(principal))
+    return principal
+
+
+def _ttl(principal: KeyPrincipal) -> int:
+    ttl = settings.API_KEY_CACHE_SECONDS
+    if principal.expires_at is not None and not principal.revoked:
+        ttl = max(1, min(ttl, int(principal.expires_at - timezone.now().timestamp()) + 1))
+    return ttl
+
+
+def _check(principal: KeyPrincipal) -> None:
+    if principal.revoked:
+        raise KeyRejected(401, "api_key_revoked", "This API key has been revoked.")
+    if principal.expires_at is not None and principal.expires_at <= timezone.now().timestamp():
+        when = datetime.fromtimestamp(principal.expires_at, tz=UTC).isoformat()
+        raise KeyRejected(401, "api_key_expired", f"This API key expired at {when}.")
+    if principal.organization_status != Organization.Status.ACTIVE:
+        reason = f" Reason: {principal.suspended_reason}." if principal.suspended_reason else ""
+        raise KeyRejected(
+            403, "organization_suspended",
+            f"Organization '{principal.organization_slug}' is suspended.{reason} "
+            "Contact the platform administrator.",
+            error_type="permission_error",
+        )
+
+
+def _touch(principal: KeyPrincipal) -> None:
+    """Record last use at most once per resolution window per key, across all processes."""
+    resolution = settings.API_KEY_LAST_USED_RESOLUTION_SECONDS
+    if cache.add(f"apikey:used:{principal.key_id}", 1, resolution):
+        APIKey.all_orgs.filter(pk=principal.key_id).update(last_used_at=timezone.now())
+
+
+def publish(keys: list[APIKey], organization: Organization) -> None:
+    """Overwrite the cached state of these keys with their state in the database.
+    Call after the transaction that changed them has committed."""
+    entries = {}
+    for key in keys:
+        principal = KeyPrincipal.from_row(key, organization)
+        entries[_cache_key(key.key_hash)] = principal.to_cache()
+    if entries:
+        cache.set_many(entries, settings.API_KEY_CACHE_SECONDS)

@@ -1,0 +1,108 @@
+"""Roles and the permission matrix (written once, here; the README renders it).
+
+| permission        | owner | admin | member | viewer |
+|-------------------|:-----:|:-----:|:------:|:------:|
+| org.view          |   ✓   |   ✓   |   ✓    |   ✓    |
+| org.manage        |   ✓   |   ✓   |        |        |
+| members.manage    |   ✓   |   ✓¹  |        |        |
+| keys.manage       |   ✓   |   ✓   |        |        |
+| keys.own          |   ✓   |   ✓   |   ✓²   |        |
+| audit.view        |   ✓   |   ✓   |        |        |
+| billing.view      |   ✓   |   ✓   |        |        |
+| billing.manage    |   ✓   |       |        |        |
+| models.use        |   ✓   |   ✓   |   ✓    |        |
+| jobs.view         |   ✓   |   ✓   |   ✓    |   ✓    |
+| jobs.manage       |   ✓   |   ✓   |   ✓    |        |
+| endpoints.view    |   ✓   |   ✓   |   ✓    |   ✓    |
+| endpoints.manage  |   ✓   |   ✓   |        |        |
+
+¹ An admin cannot grant, change or remove the owner role; only an owner can, and the last owner
+  of an organization can never be removed or demoted.
+² A member creates and revokes only keys of their own, never with the `all` or `billing:read` scope.
+"""
+from __future__ import annotations
+
+from enum import StrEnum
+
+from django.db import models
+
+
+class Role(models.TextChoices):
+    OWNER = "owner", "Owner"
+    ADMIN = "admin", "Admin"
+    MEMBER = "member", "Member"
+    VIEWER = "viewer", "Viewer"
+
+
+class Permission(StrEnum):
+    ORG_VIEW = "org.view"
+    ORG_MANAGE = "org.manage"
+    MEMBERS_MANAGE = "members.manage"
+    KEYS_MANAGE = "keys.manage"
+    KEYS_OWN = "keys.own"
+    AUDIT_VIEW = "audit.view"
+    BILLING_VIEW = "billing.view"
+    BILLING_MANAGE = "billing.manage"
+    MODELS_USE = "models.use"
+    JOBS_VIEW = "jobs.view"
+    JOBS_MANAGE = "jobs.manage"
+    ENDPOINTS_VIEW = "endpoints.view"
+    ENDPOINTS_MANAGE = "endpoints.manage"
+
+
+P = Permission
+_VIEWER = {P.ORG_VIEW, P.JOBS_VIEW, P.ENDPOINTS_VIEW}
+_MEMBER = _VIEWER | {P.KEYS_OWN, P.MODELS_USE, P.JOBS_MANAGE}
+_ADMIN = _MEMBER | {
+    P.ORG_MANAGE, P.MEMBERS_MANAGE, P.KEYS_MANAGE, P.AUDIT_VIEW, P.BILLING_VIEW, P.ENDPOINTS_MANAGE,
+}
+_OWNER = _ADMIN | {P.BILLING_MANAGE}
+
+MATRIX: dict[str, frozenset[Permission]] = {
+    Role.OWNER: frozenset(_OWNER),
+    Role.ADMIN: frozenset(_ADMIN),
+    Role.MEMBER: frozenset(_MEMBER),
+    Role.VIEWER: frozenset(_VIEWER),
+}
+
+# Roles ordered by power, for "may this actor grant that role" checks.
+RANK = {Role.VIEWER: 0, Role.MEMBER: 1, Role.ADMIN: 2, Role.OWNER: 3}
+
+
+def permissions_of(role: str) -> frozenset[Permission]:
+    return MATRIX.get(role, frozenset())
+
+
+class Scope(StrEnum):
+    """What an API key may do. `all` is everything an admin may do, key management included."""
+
+    MODELS_READ = "models:read"
+    INFERENCE = "inference"
+    FILES = "files"
+    FINE_TUNING = "fine_tuning"
+    ENDPOINTS = "endpoints"
+    BILLING_READ = "billing:read"
+    ALL = "all"
+
+
+# Scopes a member may put on a key of their own.
+MEMBER_GRANTABLE_SCOPES = frozenset(
+    {Scope.MODELS_READ, Scope.INFERENCE, Scope.FILES, Scope.FINE_TUNING, Scope.ENDPOINTS}
+)
+
+_SCOPE_PERMISSIONS: dict[str, frozenset[Permission]] = {
+    Scope.MODELS_READ: frozenset({P.ORG_VIEW}),
+    Scope.INFERENCE: frozenset({P.ORG_VIEW, P.MODELS_USE}),
+    Scope.FILES: frozenset({P.ORG_VIEW, P.JOBS_VIEW}),
+    Scope.FINE_TUNING: frozenset({P.ORG_VIEW, P.JOBS_VIEW, P.JOBS_MANAGE}),
+    Scope.ENDPOINTS: frozenset({P.ORG_VIEW, P.ENDPOINTS_VIEW, P.ENDPOINTS_MANAGE}),
+    Scope.BILLING_READ: frozenset({P.ORG_VIEW, P.BILLING_VIEW}),
+    Scope.ALL: frozenset(_ADMIN),
+}
+
+
+def permissions_of_scopes(scopes: frozenset[str] | set[str] | list[str]) -> frozenset[Permission]:
+    granted: set[Permission] = set()
+    for scope in scopes:
+        granted |= _SCOPE_PERMISSIONS.get(scope, frozenset())
+    return frozenset(granted)

@@ -1,0 +1,51 @@
+"""Reads across the tenancy app. Cross-organization reads are named as such."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tenancy.models import Invitation, Membership, Organization
+from tenancy.roles import Permission, permissions_of, permissions_of_scopes
+from tenancy import secrets
+
+
+@dataclass(frozen=True)
+class OrgAccess:
+    """An actor's standing in one organization: by membership (session) or by API key."""
+
+    organization: Organization
+    role: str | None
+    permissions: frozenset[Permission]
+    user_id: int | None = None
+    key_id: str | None = None
+
+    def can(self, permission: Permission) -> bool:
+        return permission in self.permissions
+
+
+def memberships_of_user(user) -> list[Membership]:
+    """Every organization a user belongs to (a cross-organization read by the user's own key)."""
+    return list(Membership.all_orgs.filter(user=user).select_related("organization").order_by("organization__slug"))
+
+
+def access_by_membership(user, slug: str) -> OrgAccess | None:
+    membership = (
+        Membership.all_orgs.select_related("organization").filter(user=user, organization__slug=slug).first()
+        if getattr(user, "is_authenticated", False) else None
+    )
+    if membership is None:
+        return None
+    return OrgAccess(membership.organization, membership.role, permissions_of(membership.role), user_id=user.pk)
+
+
+def access_by_key(principal, slug: str) -> OrgAccess | None:
+    if principal.organization_slug != slug:
+        return None
+    organization = Organization.objects.filter(pk=principal.organization_id).first()
+    if organization is None:
+        return None
+    return OrgAccess(organization, None, permissions_of_scopes(principal.scopes),
+                     user_id=principal.created_by_id, key_id=principal.key_id)
+
+
+def invitation_by_token(token: str) -> Invitation | None:
+    return Invitation.all_orgs.select_related("organization").filter(token_hash=secrets.digest(token)).first()

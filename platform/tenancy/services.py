@@ -1,0 +1,315 @@
+"""Writes for organizations, members, invitations and API keys.
+
+Each service owns its transaction, writes its audit row inside it, and locks what it checks
+(never check-then-act): role changes lock the organization's memberships so that two concurrent
+demotions cannot leave an organization without an owner.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django.utils.text import slugify
+
+from tenancy import audit, keyauth, secrets
+from tenancy.audit import Actor
+from tenancy.models import APIKey, Invitation, Membership, Organization, slug_validator
+from tenancy.roles import MEMBER_GRANTABLE_SCOPES, RANK, Permission, Role, Scope, permissions_of
+
+
+class ServiceError(Exception):
+    """A request the service refuses, with a message fit for the user. `code` is machine-readable."""
+
+    status = 400
+
+    def __init__(self, message: str, code: str = "invalid_request", param: str | None = None):
+        super().__init__(message)
+        self.message, self.code, self.param = message, code, param
+
+
+class Conflict(ServiceError):
+    status = 409
+
+
+class Forbidden(ServiceError):
+    status = 403
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    key: APIKey
+    plaintext: str  # shown to the caller once, never stored
+
+
+@dataclass(frozen=True)
+class IssuedInvitation:
+    invitation: Invitation
+    token: str  # shown to the inviter once, never stored
+
+
+# --- Organizations ---------------------------------------------------------------------------
+
+def _validate_slug(slug: str) -> str:
+    slug = slug.strip().lower()
+    try:
+        slug_validator(slug)
+    except ValidationError as exc:
+        raise ServiceError(f"Invalid organization slug {slug!r}: {exc.messages[0]}", "invalid_slug", "slug") from None
+    return slug
+
+
+@transaction.atomic
+def create_organization(*, slug: str, name: str, owner, actor: Actor) -> Organization:
+    slug = _validate_slug(slug)
+    try:
+        with transaction.atomic():
+            org = Organization.objects.create(slug=slug, name=name.strip() or slug)
+    except IntegrityError:
+        raise Conflict(f"The organization slug {slug!r} is taken.", "slug_taken", "slug") from None
+    Membership.all_orgs.create(organization=org, user=owner, role=Role.OWNER)
+    audit.record("org.created", actor=actor, organization_id=org.pk, target=org, data={"slug": slug, "owner": owner.email})
+    return org
+
+
+def available_slug(base: str) -> str:
+    stem = (slugify(base)[:32].strip("-") or "org")
+    candidate, n = stem, 1
+    while Organization.objects.filter(slug=candidate).exists():
+        n += 1
+        candidate = f"{stem}-{n}"
+    return candidate
+
+
+@transaction.atomic
+def sign_up(*, email: str, password: str, full_name: str = "", organization_name: str = "", actor: Actor):
+    """Create a user and their own organization, with them as its owner, all or nothing."""
+    User = get_user_model()
+    email = User.objects.normalize_email(email).strip().lower()
+    if User.objects.filter(email__iexact=email).exists():
+        raise Conflict("An account with this email address exists already. Sign in instead.", "email_taken", "email")
+    user = User(email=email, full_name=full_name.strip())
+    from django.contrib.auth.password_validation import validate_password
+
+    try:
+        validate_password(password, user)
+    except ValidationError as exc:
+        raise ServiceError(" ".join(exc.messages), "weak_password", "password") from None
+    user.set_password(password)
+    try:
+        with transaction.atomic():
+            user.save()
+    except IntegrityError:
+        raise Conflict("An account with this email address exists already.", "email_taken", "email") from None
+    name = organization_name.strip() or f"{full_name.strip() or email.split('@')[0]}'s organization"
+    org = create_organization(slug=available_slug(name), name=name, owner=user, actor=Actor(user=user, ip=actor.ip))
+    audit.record("user.signed_up", actor=Actor(user=user, ip=actor.ip), organization_id=org.pk, target=user)
+    return user, org
+
+
+def _set_status(org_id: int, status: str, reason: str, action: str, actor: Actor) -> Organization:
+    with transaction.atomic():
+        org = Organization.objects.select_for_update().get(pk=org_id)
+        org.status, org.suspended_reason = status, reason
+        org.save(update_fields=["status", "suspended_reason"])
+        audit.record(action, actor=actor, organization_id=org.pk, target=org, data={"reason": reason} if reason else {})
+        keys = list(APIKey.all_orgs.filter(organization=org))
+        transaction.on_commit(lambda: keyauth.publish(keys, org))
+    return org
+
+
+def suspend_organization(org_id: int, *, reason: str = "", actor: Actor) -> Organization:
+    return _set_status(org_id, Organization.Status.SUSPENDED, reason.strip(), "org.suspended", actor)
+
+
+def reactivate_organization(org_id: int, *, actor: Actor) -> Organization:
+    return _set_status(org_id, Organization.Status.ACTIVE, "", "org.reactivated", actor)
+
+
+@transaction.atomic
+def rename_organization(org_id: int, *, name: str, actor: Actor) -> Organization:
+    org = Organization.objects.select_for_update().get(pk=org_id)
+    old, org.name = org.name, name.strip()
+    if not org.name:
+        raise ServiceError("The organization name cannot be empty.", "invalid_name", "name")
+    org.save(update_fields=["name"])
+    audit.record("org.renamed", actor=actor, organization_id=org.pk, target=org, data={"from": old, "to": org.name})
+    return org
+
+
+# --- Members ---------------------------------------------------------------------------------
+
+def _check_role(role: str) -> str:
+    if role not in Role.values:
+        raise ServiceError(f"Unknown role {role!r}; use one of {', '.join(Role.values)}.", "invalid_role", "role")
+    return role
+
+
+def _may_grant(actor_role: str | None, role: str) -> bool:
+    """Owners grant anything; admins grant up to admin; nobody else grants."""
+    if actor_role is None:  # a platform operator or an `all`-scoped key acting as admin
+        actor_role = Role.ADMIN
+    if Permission.MEMBERS_MANAGE not in permissions_of(actor_role):
+        return False
+    return actor_role == Role.OWNER or RANK[role] < RANK[Role.OWNER]
+
+
+def _locked_memberships(org_id: int) -> list[Membership]:
+    return list(Membership.all_orgs.select_for_update().filter(organization_id=org_id).order_by("pk"))
+
+
+@transaction.atomic
+def change_role(membership_id, *, organization_id: int, role: str, actor_role: str | None, actor: Actor) -> Membership:
+    role = _check_role(role)
+    members = _locked_memberships(organization_id)
+    target = next((m for m in members if str(m.pk) == str(membership_id)), None)
+    if target is None:
+        raise ServiceError("No such member.", "not_found")
+    if not (_may_grant(actor_role, role) and _may_grant(actor_role, target.role)):
+        raise Forbidden("Only an owner can grant, change or remove the owner role.", "owner_required", "role")
+    owners = [m for m in members if m.role == Role.OWNER]
+    if target.role == Role.OWNER and role != Role.OWNER and len(owners) == 1:
+        raise Conflict("An organization needs at least one owner; make someone else owner first.", "last_owner", "role")
+    old = target.role
+    if old != role:
+        target.role = role
+        target.save(update_fields=["role"])
+        audit.record("member.role_changed", actor=actor, organization_id=organization_id, target=target,
+                     data={"user": target.user.email, "from": old, "to": role})
+    return target
+
+
+@transaction.atomic
+def remove_member(membership_id, *, organization_id: int, actor_role: str | None, actor: Actor) -> None:
+    members = _locked_memberships(organization_id)
+    target = next((m for m in members if str(m.pk) == str(membership_id)), None)
+    if target is None:
+        raise ServiceError("No such member.", "not_found")
+    is_self = actor.user is not None and target.user_id == actor.user.pk
+    if not is_self and not _may_grant(actor_role, target.role):
+        raise Forbidden("Only an owner can remove an owner.", "owner_required")
+    if target.role == Role.OWNER and sum(m.role == Role.OWNER for m in members) == 1:
+        raise Conflict("The last owner cannot leave or be removed; make someone else owner first.", "last_owner")
+    email = target.user.email
+    target.delete()
+    audit.record("member.removed", actor=actor, organization_id=organization_id,
+                 data={"user": email, "role": target.role, "membership_id": str(membership_id)})
+
+
+# --- Invitations -----------------------------------------------------------------------------
+
+@transaction.atomic
+def invite(*, organization_id: int, email: str, role: str, actor_role: str | None, actor: Actor) -> IssuedInvitation:
+    role = _check_role(role)
+    User = get_user_model()
+    email = User.objects.normalize_email(email).strip().lower()
+    if "@" not in email:
+        raise ServiceError("Enter a valid email address.", "invalid_email", "email")
+    if not _may_grant(actor_role, role):
+        raise Forbidden("Only an owner can invite another owner.", "owner_required", "role")
+    if Membership.all_orgs.filter(organization_id=organization_id, user__email__iexact=email).exists():
+        raise Conflict(f"{email} is a member already.", "already_member", "email")
+    token = secrets.new_token()
+    invitation = Invitation.all_orgs.create(
+        organization_id=organization_id, email=email, role=role, token_hash=secrets.digest(token),
+        invited_by=actor.user, expires_at=timezone.now() + timedelta(hours=settings.INVITATION_TTL_HOURS),
+    )
+    audit.record("member.invited", actor=actor, organization_id=organization_id, target=invitation,
+                 data={"email": email, "role": role})
+    return IssuedInvitation(invitation, token)
+
+
+@transaction.atomic
+def revoke_invitation(invitation_id, *, organization_id: int, actor: Actor) -> Invitation:
+    invitation = Invitation.all_orgs.select_for_update().filter(organization_id=organization_id, pk=invitation_id).first()
+    if invitation is None:
+        raise ServiceError("No such invitation.", "not_found")
+    if invitation.accepted_at is None and invitation.revoked_at is None:
+        invitation.revoked_at = timezone.now()
+        invitation.save(update_fields=["revoked_at"])
+        audit.record("invitation.revoked", actor=actor, organization_id=organization_id, target=invitation,
+                     data={"email": invitation.email})
+    return invitation
+
+
+@transaction.atomic
+def accept_invitation(*, token: str, user, actor: Actor) -> Membership:
+    invitation = Invitation.all_orgs.select_for_update().filter(token_hash=secrets.digest(token)).first()
+    if invitation is None or invitation.revoked_at is not None:
+        raise ServiceError("This invitation link is not valid.", "invitation_invalid")
+    if invitation.accepted_at is not None:
+        raise Conflict("This invitation has been used already.", "invitation_used")
+    if invitation.expires_at <= timezone.now():
+        raise ServiceError("This invitation has expired; ask for a new one.", "invitation_expired")
+    if invitation.email.lower() != user.email.lower():
+        raise Forbidden(f"This invitation is for {invitation.email}; sign in with that address to accept it.",
+                        "invitation_wrong_user")
+    try:
+        with transaction.atomic():
+            membership = Membership.all_orgs.create(organization_id=invitation.organization_id, user=user, role=invitation.role)
+    except IntegrityError:
+        raise Conflict("You are a member of this organization already.", "already_member") from None
+    invitation.accepted_at, invitation.accepted_by = timezone.now(), user
+    invitation.save(update_fields=["accepted_at", "accepted_by"])
+    audit.record("member.joined", actor=actor, organization_id=invitation.organization_id, target=membership,
+                 data={"user": user.email, "role": invitation.role, "invitation_id": str(invitation.pk)})
+    return membership
+
+
+# --- API keys --------------------------------------------------------------------------------
+
+def _check_scopes(scopes: list[str] | None) -> list[str]:
+    scopes = list(dict.fromkeys(scopes or [Scope.ALL]))
+    unknown = [s for s in scopes if s not in Scope.__members__.values()]
+    if unknown:
+        raise ServiceError(
+            f"Unknown scope(s) {', '.join(map(repr, unknown))}; use any of {', '.join(Scope)}.", "invalid_scope", "scopes"
+        )
+    return scopes
+
+
+@transaction.atomic
+def create_api_key(*, organization_id: int, name: str, scopes: list[str] | None = None,
+                   expires_at: datetime | None = None, created_by_id: int | None = None, member_only: bool = False,
+                   actor: Actor) -> IssuedKey:
+    """`member_only` is set when the creator may hold keys of their own only (the member role)."""
+    name = (name or "").strip()
+    if not name or len(name) > 100:
+        raise ServiceError("A key needs a name of 1-100 characters.", "invalid_name", "name")
+    scopes = _check_scopes(scopes)
+    if member_only and not set(scopes) <= MEMBER_GRANTABLE_SCOPES:
+        raise Forbidden(
+            f"Members may create keys with these scopes only: {', '.join(sorted(MEMBER_GRANTABLE_SCOPES))}.",
+            "scope_not_allowed", "scopes",
+        )
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ServiceError("The expiry time must be in the future.", "invalid_expiry", "expires_at")
+    if not Organization.objects.filter(pk=organization_id, status=Organization.Status.ACTIVE).exists():
+        raise Forbidden("The organization is suspended.", "organization_suspended")
+    plaintext = secrets.new_api_key()
+    key = APIKey.all_orgs.create(
+        organization_id=organization_id, name=name, prefix=secrets.visible_prefix(plaintext),
+        key_hash=secrets.digest(plaintext), scopes=scopes, expires_at=expires_at, created_by_id=created_by_id,
+    )
+    audit.record("key.created", actor=actor, organization_id=organization_id, target=key,
+                 data={"name": name, "prefix": key.prefix, "scopes": scopes})
+    return IssuedKey(key, plaintext)
+
+
+@transaction.atomic
+def revoke_api_key(key_id, *, organization_id: int, actor: Actor) -> APIKey:
+    key = APIKey.all_orgs.select_for_update().select_related("organization").filter(
+        organization_id=organization_id, pk=key_id).first()
+    if key is None:
+        raise ServiceError("No such API key.", "not_found")
+    if key.revoked_at is None:
+        key.revoked_at = timezone.now()
+        key.save(update_fields=["revoked_at"])
+        audit.record("key.revoked", actor=actor, organization_id=organization_id, target=key,
+                     data={"name": key.name, "prefix": key.prefix})
+    transaction.on_commit(lambda: keyauth.publish([key], key.organization))
+    return key
