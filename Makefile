@@ -23,11 +23,14 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 run: setup
 	$(PY) manage.py run
 
+# Tests keep their state (SQLite file, file cache, model cache) apart from `make run`'s var/.
+TEST_ENV := VAR_DIR=$(CURDIR)/var/test
+
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

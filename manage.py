@@ -4,6 +4,7 @@
 platform/ is a source root, not a package (a package named `platform` would shadow the
 standard library), so it is put on sys.path before anything imports Django.
 """
+
 import os
 import sys
 from pathlib import Path

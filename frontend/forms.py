@@ -5,7 +5,9 @@ from tenancy.roles import Role, Scope
 
 
 class SignInForm(AuthenticationForm):
-    username = forms.EmailField(label="Email", widget=forms.EmailInput(attrs={"autofocus": True, "autocomplete": "email"}))
+    username = forms.EmailField(
+        label="Email", widget=forms.EmailInput(attrs={"autofocus": True, "autocomplete": "email"})
+    )
 
 
 class SignUpForm(forms.Form):
@@ -17,10 +19,12 @@ class SignUpForm(forms.Form):
 
 class NewKeyForm(forms.Form):
     name = forms.CharField(max_length=100)
-    scopes = forms.MultipleChoiceField(choices=[(s.value, s.value) for s in Scope], initial=[Scope.ALL.value],
-                                       widget=forms.CheckboxSelectMultiple)
-    expires_at = forms.DateTimeField(required=False, label="Expires at (UTC, optional)",
-                                     widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
+    scopes = forms.MultipleChoiceField(
+        choices=[(s.value, s.value) for s in Scope], initial=[Scope.ALL.value], widget=forms.CheckboxSelectMultiple
+    )
+    expires_at = forms.DateTimeField(
+        required=False, label="Expires at (UTC, optional)", widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
+    )
 
 
 class InviteForm(forms.Form):

@@ -1,4 +1,5 @@
 """Console pages. Thin: they resolve the organization like the API does, then call services."""
+
 from __future__ import annotations
 
 import functools
@@ -49,8 +50,10 @@ def home(request):
     return render(request, "frontend/home.html", {"memberships": memberships})
 
 
-def org_page(permission: P):
-    """Resolve the organization from the URL (404 unless a member), check the role, enter the scope."""
+def org_page(permission: P, model=None):
+    """Resolve the organization from the URL (404 unless a member), check the role, enter the scope.
+    `model` names the tenant-owned model whose id the URL carries (the isolation test reads it)."""
+
     def decorate(view):
         @functools.wraps(view)
         @login_required
@@ -64,13 +67,22 @@ def org_page(permission: P):
                 return render(request, "frontend/forbidden.html", {"organization": access.organization}, status=403)
             with scope.organization(access.organization.pk):
                 return view(request, access, *args, **kwargs)
+
+        wrapped.model = model
         return wrapped
+
     return decorate
 
 
 def _nav(access, active: str, **extra):
-    return {"access": access, "organization": access.organization, "active": active,
-            "memberships": None, "P": {p.name: p.value for p in P}, **extra}
+    return {
+        "access": access,
+        "organization": access.organization,
+        "active": active,
+        "memberships": None,
+        "P": {p.name: p.value for p in P},
+        **extra,
+    }
 
 
 @org_page(P.ORG_VIEW)
@@ -87,8 +99,11 @@ def keys(request, access):
     if request.method == "POST" and form.is_valid():
         try:
             issued = services.create_api_key(
-                organization_id=access.organization.pk, created_by_id=request.user.pk,
-                member_only=not access.can(P.KEYS_MANAGE), actor=Actor.from_request(request), **form.cleaned_data,
+                organization_id=access.organization.pk,
+                created_by_id=request.user.pk,
+                member_only=not access.can(P.KEYS_MANAGE),
+                actor=Actor.from_request(request),
+                **form.cleaned_data,
             )
             form = NewKeyForm()
         except services.ServiceError as exc:
@@ -102,8 +117,8 @@ def keys(request, access):
     return response
 
 
+@org_page(P.KEYS_OWN, model=APIKey)
 @require_POST
-@org_page(P.KEYS_OWN)
 def revoke_key(request, access, key_id):
     rows = APIKey.objects.all() if access.can(P.KEYS_MANAGE) else APIKey.objects.filter(created_by=request.user)
     key = rows.filter(pk=key_id).first()
@@ -123,36 +138,55 @@ def members(request, access):
             return render(request, "frontend/forbidden.html", {"organization": access.organization}, status=403)
         if form.is_valid():
             try:
-                issued = services.invite(organization_id=access.organization.pk, actor_role=access.role,
-                                         actor=Actor.from_request(request), **form.cleaned_data)
+                issued = services.invite(
+                    organization_id=access.organization.pk,
+                    actor_role=access.role,
+                    actor=Actor.from_request(request),
+                    **form.cleaned_data,
+                )
                 invite_url = request.build_absolute_uri(reverse("frontend:accept_invitation", args=[issued.token]))
                 form = InviteForm()
             except services.ServiceError as exc:
                 form.add_error(exc.param if exc.param in form.fields else None, exc.message)
     context = _nav(
-        access, "members", form=form, invite_url=invite_url, role_form=RoleForm(),
+        access,
+        "members",
+        form=form,
+        invite_url=invite_url,
+        role_form=RoleForm(),
         members=Membership.objects.select_related("user").order_by("user__email"),
-        invitations=Invitation.objects.filter(accepted_at=None, revoked_at=None) if access.can(P.MEMBERS_MANAGE) else [],
+        invitations=Invitation.objects.filter(accepted_at=None, revoked_at=None)
+        if access.can(P.MEMBERS_MANAGE)
+        else [],
     )
     return render(request, "frontend/members.html", context)
 
 
+@org_page(P.MEMBERS_MANAGE, model=Membership)
 @require_POST
-@org_page(P.MEMBERS_MANAGE)
 def change_member(request, access, member_id):
     member = Membership.objects.filter(pk=member_id).first()
     if member is None:
         raise Http404("No such member")
     try:
         if request.POST.get("remove"):
-            services.remove_member(member.pk, organization_id=access.organization.pk, actor_role=access.role,
-                                   actor=Actor.from_request(request))
+            services.remove_member(
+                member.pk,
+                organization_id=access.organization.pk,
+                actor_role=access.role,
+                actor=Actor.from_request(request),
+            )
             messages.success(request, "Member removed.")
         else:
             form = RoleForm(request.POST)
             if form.is_valid():
-                services.change_role(member.pk, organization_id=access.organization.pk, role=form.cleaned_data["role"],
-                                     actor_role=access.role, actor=Actor.from_request(request))
+                services.change_role(
+                    member.pk,
+                    organization_id=access.organization.pk,
+                    role=form.cleaned_data["role"],
+                    actor_role=access.role,
+                    actor=Actor.from_request(request),
+                )
                 messages.success(request, "Role changed.")
     except services.ServiceError as exc:
         messages.error(request, exc.message)

@@ -53,5 +53,7 @@ class BaseModel(models.Model):
             resolve_source(self.source)
         except SourceError as exc:
             raise ValidationError({"source": str(exc)}) from None
-        if not isinstance(self.default_lora_targets, list) or not all(isinstance(t, str) for t in self.default_lora_targets):
+        if not isinstance(self.default_lora_targets, list) or not all(
+            isinstance(t, str) for t in self.default_lora_targets
+        ):
             raise ValidationError({"default_lora_targets": "A list of module names."})

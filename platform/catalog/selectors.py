@@ -1,4 +1,5 @@
 """Which base models an organization may see and use."""
+
 from __future__ import annotations
 
 from django.db.models import Q, QuerySet
@@ -13,4 +14,3 @@ def visible_base_models(organization_id: int) -> QuerySet[BaseModel]:
         .distinct()
         .order_by("id")
     )
-

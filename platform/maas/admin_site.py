@@ -1,5 +1,6 @@
 """The back office. Staff act across tenants, so every admin view runs in the explicitly named
 all-organizations scope; tenant-owned default managers keep failing closed everywhere else."""
+
 from django.contrib import admin
 from django.contrib.admin.apps import AdminConfig as DjangoAdminConfig
 

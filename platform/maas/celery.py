@@ -1,4 +1,5 @@
 """The Celery application. Workers start it with `celery -A maas ...` from platform/."""
+
 import os
 
 from celery import Celery

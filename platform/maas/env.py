@@ -1,4 +1,5 @@
 """Reading configuration from the environment (twelve-factor style), with typed helpers."""
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@
 The code never logs key material on purpose; this is the second line of defence for what a
 library might log (a request line, an exception with headers in it).
 """
+
 from __future__ import annotations
 
 import logging

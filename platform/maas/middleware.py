@@ -1,4 +1,5 @@
 """Request ids: every response carries `x-request-id`; the usage ledger keys on it later."""
+
 from __future__ import annotations
 
 import re

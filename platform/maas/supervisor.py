@@ -1,8 +1,10 @@
 """A small process supervisor for the embedded default (`make run`): starts every process of the
 platform, prefixes their output, restarts one that dies (with back-off), and on Ctrl-C or
 SIGTERM stops them all — SIGTERM to each process group, SIGKILL after a grace period."""
+
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -10,6 +12,16 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+
+
+def _die_with_parent() -> None:
+    """Linux: ask the kernel to SIGTERM this child if the supervisor dies without cleaning up."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 @dataclass
@@ -40,8 +52,16 @@ class Supervisor:
 
     def start(self, program: Program) -> None:
         program.process = subprocess.Popen(
-            program.argv, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True, text=True, bufsize=1,
+            program.argv,
+            cwd=self.cwd,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            text=True,
+            bufsize=1,
+            preexec_fn=_die_with_parent,
         )
         threading.Thread(target=self._pump, args=(program, program.process), daemon=True).start()
 
@@ -90,19 +110,16 @@ class Supervisor:
     def stop_all(self) -> None:
         alive = [p for p in self.programs if p.process and p.process.poll() is None]
         for program in alive:
-            try:
-                os.killpg(program.process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+            # The main process only: Celery and uvicorn stop their own children gracefully.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(program.process.pid, signal.SIGTERM)
         deadline = time.monotonic() + self.GRACE_SECONDS
         for program in alive:
             try:
                 program.process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 self.say("run", f"{program.name} did not stop in {self.GRACE_SECONDS}s; killing it.")
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(program.process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 program.process.wait()
         self.say("run", "all processes stopped.")

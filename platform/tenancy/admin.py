@@ -1,5 +1,6 @@
 """Back office for tenancy. The admin site runs every view in the all-organizations scope
 (maas.admin_site), so these pages see every tenant; actions go through the services."""
+
 from django.contrib import admin, messages
 
 from tenancy import services
@@ -30,7 +31,9 @@ class OrganizationAdmin(admin.ModelAdmin):
     @admin.action(description="Suspend selected organizations (their API keys stop working at once)")
     def suspend(self, request, queryset):
         for org in queryset:
-            services.suspend_organization(org.pk, reason="Suspended by the platform operator.", actor=Actor.from_request(request))
+            services.suspend_organization(
+                org.pk, reason="Suspended by the platform operator.", actor=Actor.from_request(request)
+            )
         self.message_user(request, f"Suspended {queryset.count()} organization(s).", messages.SUCCESS)
 
     @admin.action(description="Reactivate selected organizations")
@@ -54,8 +57,17 @@ class InvitationAdmin(admin.ModelAdmin):
     list_display = ["email", "organization", "role", "status", "created_at", "expires_at"]
     search_fields = ["email", "organization__slug"]
     exclude = ["token_hash"]
-    readonly_fields = ["organization", "email", "role", "invited_by", "created_at", "expires_at", "accepted_at",
-                       "accepted_by", "revoked_at"]
+    readonly_fields = [
+        "organization",
+        "email",
+        "role",
+        "invited_by",
+        "created_at",
+        "expires_at",
+        "accepted_at",
+        "accepted_by",
+        "revoked_at",
+    ]
     list_select_related = ["organization"]
 
     def has_add_permission(self, request):
@@ -68,8 +80,17 @@ class APIKeyAdmin(admin.ModelAdmin):
     list_filter = ["revoked_at"]
     search_fields = ["name", "prefix", "organization__slug"]
     exclude = ["key_hash"]  # never shown, even hashed
-    readonly_fields = ["organization", "name", "prefix", "scopes", "created_by", "created_at", "expires_at",
-                       "revoked_at", "last_used_at"]
+    readonly_fields = [
+        "organization",
+        "name",
+        "prefix",
+        "scopes",
+        "created_by",
+        "created_at",
+        "expires_at",
+        "revoked_at",
+        "last_used_at",
+    ]
     list_select_related = ["organization"]
     actions = ["revoke"]
 

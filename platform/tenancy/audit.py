@@ -1,4 +1,5 @@
 """Writing audit rows. Called inside the service's transaction, so the row commits with the change."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,8 +33,9 @@ def client_ip(request) -> str | None:
     return request.META.get("REMOTE_ADDR") or None
 
 
-def record(action: str, *, actor: Actor, organization_id: int | None = None, target: Any = None,
-           data: dict | None = None) -> AuditLog:
+def record(
+    action: str, *, actor: Actor, organization_id: int | None = None, target: Any = None, data: dict | None = None
+) -> AuditLog:
     user = actor.user if actor.user is not None and getattr(actor.user, "pk", None) else None
     return AuditLog.all_orgs.create(
         organization_id=organization_id,

@@ -3,6 +3,7 @@
 Django announces these through its auth signals; listening is the only way to see the back
 office's own sign-ins, so this is the one place the project uses signals.
 """
+
 from __future__ import annotations
 
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed

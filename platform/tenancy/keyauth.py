@@ -6,6 +6,7 @@ new state (`set`) after their transaction commits, while readers fill a missing 
 only. A reader that read the database just before a revocation therefore cannot put the stale,
 still-active state back over the revocation.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -91,17 +92,15 @@ def authenticate(raw_key: str | None) -> KeyPrincipal:
     """Return the principal for a raw key or raise KeyRejected. Never logs the key."""
     if not raw_key:
         raise KeyRejected(
-            401, "missing_api_key",
+            401,
+            "missing_api_key",
             "You didn't provide an API key. Send it in the Authorization header as 'Bearer sk-...'.",
         )
     if not secrets.looks_like_api_key(raw_key):
         raise KeyRejected(401, "invalid_api_key", "Incorrect API key provided.")
     key_hash = secrets.digest(raw_key)
     cached = cache.get(_cache_key(key_hash))
-    if cached is not None:
-        principal = KeyPrincipal.from_cache(cached)
-    else:
-        principal = _load(key_hash)
+    principal = KeyPrincipal.from_cache(cached) if cached is not None else _load(key_hash)
     _check(principal)
     _touch(principal)
     return principal
@@ -132,9 +131,9 @@ def _check(principal: KeyPrincipal) -> None:
     if principal.organization_status != Organization.Status.ACTIVE:
         reason = f" Reason: {principal.suspended_reason}." if principal.suspended_reason else ""
         raise KeyRejected(
-            403, "organization_suspended",
-            f"Organization '{principal.organization_slug}' is suspended.{reason} "
-            "Contact the platform administrator.",
+            403,
+            "organization_suspended",
+            f"Organization '{principal.organization_slug}' is suspended.{reason} Contact the platform administrator.",
             error_type="permission_error",
         )
 

@@ -1,5 +1,6 @@
 """Managers for tenant-owned models: `objects` is scoped and fails closed; `all_orgs` is the
 explicitly named cross-tenant path."""
+
 from __future__ import annotations
 
 from django.db import models
@@ -23,12 +24,10 @@ class TenantModel(models.Model):
     (get_object_or_404, DRF generics, related managers) inherits the fail-closed behaviour.
     """
 
-    organization = models.ForeignKey(
-        "tenancy.Organization", on_delete=models.CASCADE, related_name="+", db_index=True
-    )
+    organization = models.ForeignKey("tenancy.Organization", on_delete=models.CASCADE, related_name="+", db_index=True)
 
     objects = TenantManager()
-    all_orgs = models.Manager()
+    all_orgs = models.Manager()  # noqa: DJ012 (ruff takes a manager for a field)
 
     class Meta:
         abstract = True

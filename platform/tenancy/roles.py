@@ -20,6 +20,7 @@
   of an organization can never be removed or demoted.
 ² A member creates and revokes only keys of their own, never with the `all` or `billing:read` scope.
 """
+
 from __future__ import annotations
 
 from enum import StrEnum
@@ -54,7 +55,12 @@ P = Permission
 _VIEWER = {P.ORG_VIEW, P.JOBS_VIEW, P.ENDPOINTS_VIEW}
 _MEMBER = _VIEWER | {P.KEYS_OWN, P.MODELS_USE, P.JOBS_MANAGE}
 _ADMIN = _MEMBER | {
-    P.ORG_MANAGE, P.MEMBERS_MANAGE, P.KEYS_MANAGE, P.AUDIT_VIEW, P.BILLING_VIEW, P.ENDPOINTS_MANAGE,
+    P.ORG_MANAGE,
+    P.MEMBERS_MANAGE,
+    P.KEYS_MANAGE,
+    P.AUDIT_VIEW,
+    P.BILLING_VIEW,
+    P.ENDPOINTS_MANAGE,
 }
 _OWNER = _ADMIN | {P.BILLING_MANAGE}
 

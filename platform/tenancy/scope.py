@@ -5,6 +5,7 @@ that forgot its tenant fails loudly instead of returning every tenant's rows. Th
 all organizations through the default manager is the explicitly named `all_organizations()`
 scope (the back office, periodic fan-out); plain code paths use `Model.all_orgs` for that.
 """
+
 from __future__ import annotations
 
 import contextvars

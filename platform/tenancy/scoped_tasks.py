@@ -1,5 +1,6 @@
 """`@organization_task`: a Celery task that takes `organization_id` first and runs inside that
 organization's scope, so a task's queries fail closed just like a request's."""
+
 from __future__ import annotations
 
 import functools

@@ -3,6 +3,7 @@
 SHA-256, not a password hasher: these secrets carry 256 random bits, so a slow hash buys nothing
 and would cost milliseconds on every API call.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -1,11 +1,12 @@
 """Reads across the tenancy app. Cross-organization reads are named as such."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tenancy import secrets
 from tenancy.models import Invitation, Membership, Organization
 from tenancy.roles import Permission, permissions_of, permissions_of_scopes
-from tenancy import secrets
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,8 @@ def memberships_of_user(user) -> list[Membership]:
 def access_by_membership(user, slug: str) -> OrgAccess | None:
     membership = (
         Membership.all_orgs.select_related("organization").filter(user=user, organization__slug=slug).first()
-        if getattr(user, "is_authenticated", False) else None
+        if getattr(user, "is_authenticated", False)
+        else None
     )
     if membership is None:
         return None
@@ -43,8 +45,13 @@ def access_by_key(principal, slug: str) -> OrgAccess | None:
     organization = Organization.objects.filter(pk=principal.organization_id).first()
     if organization is None:
         return None
-    return OrgAccess(organization, None, permissions_of_scopes(principal.scopes),
-                     user_id=principal.created_by_id, key_id=principal.key_id)
+    return OrgAccess(
+        organization,
+        None,
+        permissions_of_scopes(principal.scopes),
+        user_id=principal.created_by_id,
+        key_id=principal.key_id,
+    )
 
 
 def invitation_by_token(token: str) -> Invitation | None:

@@ -4,6 +4,7 @@ Each service owns its transaction, writes its audit row inside it, and locks wha
 (never check-then-act): role changes lock the organization's memberships so that two concurrent
 demotions cannot leave an organization without an owner.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ class IssuedInvitation:
 
 # --- Organizations ---------------------------------------------------------------------------
 
+
 def _validate_slug(slug: str) -> str:
     slug = slug.strip().lower()
     try:
@@ -72,12 +74,14 @@ def create_organization(*, slug: str, name: str, owner, actor: Actor) -> Organiz
     except IntegrityError:
         raise Conflict(f"The organization slug {slug!r} is taken.", "slug_taken", "slug") from None
     Membership.all_orgs.create(organization=org, user=owner, role=Role.OWNER)
-    audit.record("org.created", actor=actor, organization_id=org.pk, target=org, data={"slug": slug, "owner": owner.email})
+    audit.record(
+        "org.created", actor=actor, organization_id=org.pk, target=org, data={"slug": slug, "owner": owner.email}
+    )
     return org
 
 
 def available_slug(base: str) -> str:
-    stem = (slugify(base)[:32].strip("-") or "org")
+    stem = slugify(base)[:32].strip("-") or "org"
     candidate, n = stem, 1
     while Organization.objects.filter(slug=candidate).exists():
         n += 1
@@ -143,6 +147,7 @@ def rename_organization(org_id: int, *, name: str, actor: Actor) -> Organization
 
 # --- Members ---------------------------------------------------------------------------------
 
+
 def _check_role(role: str) -> str:
     if role not in Role.values:
         raise ServiceError(f"Unknown role {role!r}; use one of {', '.join(Role.values)}.", "invalid_role", "role")
@@ -178,8 +183,13 @@ def change_role(membership_id, *, organization_id: int, role: str, actor_role: s
     if old != role:
         target.role = role
         target.save(update_fields=["role"])
-        audit.record("member.role_changed", actor=actor, organization_id=organization_id, target=target,
-                     data={"user": target.user.email, "from": old, "to": role})
+        audit.record(
+            "member.role_changed",
+            actor=actor,
+            organization_id=organization_id,
+            target=target,
+            data={"user": target.user.email, "from": old, "to": role},
+        )
     return target
 
 
@@ -196,11 +206,16 @@ def remove_member(membership_id, *, organization_id: int, actor_role: str | None
         raise Conflict("The last owner cannot leave or be removed; make someone else owner first.", "last_owner")
     email = target.user.email
     target.delete()
-    audit.record("member.removed", actor=actor, organization_id=organization_id,
-                 data={"user": email, "role": target.role, "membership_id": str(membership_id)})
+    audit.record(
+        "member.removed",
+        actor=actor,
+        organization_id=organization_id,
+        data={"user": email, "role": target.role, "membership_id": str(membership_id)},
+    )
 
 
 # --- Invitations -----------------------------------------------------------------------------
+
 
 @transaction.atomic
 def invite(*, organization_id: int, email: str, role: str, actor_role: str | None, actor: Actor) -> IssuedInvitation:
@@ -215,24 +230,40 @@ def invite(*, organization_id: int, email: str, role: str, actor_role: str | Non
         raise Conflict(f"{email} is a member already.", "already_member", "email")
     token = secrets.new_token()
     invitation = Invitation.all_orgs.create(
-        organization_id=organization_id, email=email, role=role, token_hash=secrets.digest(token),
-        invited_by=actor.user, expires_at=timezone.now() + timedelta(hours=settings.INVITATION_TTL_HOURS),
+        organization_id=organization_id,
+        email=email,
+        role=role,
+        token_hash=secrets.digest(token),
+        invited_by=actor.user,
+        expires_at=timezone.now() + timedelta(hours=settings.INVITATION_TTL_HOURS),
     )
-    audit.record("member.invited", actor=actor, organization_id=organization_id, target=invitation,
-                 data={"email": email, "role": role})
+    audit.record(
+        "member.invited",
+        actor=actor,
+        organization_id=organization_id,
+        target=invitation,
+        data={"email": email, "role": role},
+    )
     return IssuedInvitation(invitation, token)
 
 
 @transaction.atomic
 def revoke_invitation(invitation_id, *, organization_id: int, actor: Actor) -> Invitation:
-    invitation = Invitation.all_orgs.select_for_update().filter(organization_id=organization_id, pk=invitation_id).first()
+    invitation = (
+        Invitation.all_orgs.select_for_update().filter(organization_id=organization_id, pk=invitation_id).first()
+    )
     if invitation is None:
         raise ServiceError("No such invitation.", "not_found")
     if invitation.accepted_at is None and invitation.revoked_at is None:
         invitation.revoked_at = timezone.now()
         invitation.save(update_fields=["revoked_at"])
-        audit.record("invitation.revoked", actor=actor, organization_id=organization_id, target=invitation,
-                     data={"email": invitation.email})
+        audit.record(
+            "invitation.revoked",
+            actor=actor,
+            organization_id=organization_id,
+            target=invitation,
+            data={"email": invitation.email},
+        )
     return invitation
 
 
@@ -246,36 +277,55 @@ def accept_invitation(*, token: str, user, actor: Actor) -> Membership:
     if invitation.expires_at <= timezone.now():
         raise ServiceError("This invitation has expired; ask for a new one.", "invitation_expired")
     if invitation.email.lower() != user.email.lower():
-        raise Forbidden(f"This invitation is for {invitation.email}; sign in with that address to accept it.",
-                        "invitation_wrong_user")
+        raise Forbidden(
+            f"This invitation is for {invitation.email}; sign in with that address to accept it.",
+            "invitation_wrong_user",
+        )
     try:
         with transaction.atomic():
-            membership = Membership.all_orgs.create(organization_id=invitation.organization_id, user=user, role=invitation.role)
+            membership = Membership.all_orgs.create(
+                organization_id=invitation.organization_id, user=user, role=invitation.role
+            )
     except IntegrityError:
         raise Conflict("You are a member of this organization already.", "already_member") from None
     invitation.accepted_at, invitation.accepted_by = timezone.now(), user
     invitation.save(update_fields=["accepted_at", "accepted_by"])
-    audit.record("member.joined", actor=actor, organization_id=invitation.organization_id, target=membership,
-                 data={"user": user.email, "role": invitation.role, "invitation_id": str(invitation.pk)})
+    audit.record(
+        "member.joined",
+        actor=actor,
+        organization_id=invitation.organization_id,
+        target=membership,
+        data={"user": user.email, "role": invitation.role, "invitation_id": str(invitation.pk)},
+    )
     return membership
 
 
 # --- API keys --------------------------------------------------------------------------------
+
 
 def _check_scopes(scopes: list[str] | None) -> list[str]:
     scopes = list(dict.fromkeys(scopes or [Scope.ALL]))
     unknown = [s for s in scopes if s not in Scope.__members__.values()]
     if unknown:
         raise ServiceError(
-            f"Unknown scope(s) {', '.join(map(repr, unknown))}; use any of {', '.join(Scope)}.", "invalid_scope", "scopes"
+            f"Unknown scope(s) {', '.join(map(repr, unknown))}; use any of {', '.join(Scope)}.",
+            "invalid_scope",
+            "scopes",
         )
     return scopes
 
 
 @transaction.atomic
-def create_api_key(*, organization_id: int, name: str, scopes: list[str] | None = None,
-                   expires_at: datetime | None = None, created_by_id: int | None = None, member_only: bool = False,
-                   actor: Actor) -> IssuedKey:
+def create_api_key(
+    *,
+    organization_id: int,
+    name: str,
+    scopes: list[str] | None = None,
+    expires_at: datetime | None = None,
+    created_by_id: int | None = None,
+    member_only: bool = False,
+    actor: Actor,
+) -> IssuedKey:
     """`member_only` is set when the creator may hold keys of their own only (the member role)."""
     name = (name or "").strip()
     if not name or len(name) > 100:
@@ -284,7 +334,8 @@ def create_api_key(*, organization_id: int, name: str, scopes: list[str] | None 
     if member_only and not set(scopes) <= MEMBER_GRANTABLE_SCOPES:
         raise Forbidden(
             f"Members may create keys with these scopes only: {', '.join(sorted(MEMBER_GRANTABLE_SCOPES))}.",
-            "scope_not_allowed", "scopes",
+            "scope_not_allowed",
+            "scopes",
         )
     if expires_at is not None and expires_at <= timezone.now():
         raise ServiceError("The expiry time must be in the future.", "invalid_expiry", "expires_at")
@@ -292,24 +343,43 @@ def create_api_key(*, organization_id: int, name: str, scopes: list[str] | None 
         raise Forbidden("The organization is suspended.", "organization_suspended")
     plaintext = secrets.new_api_key()
     key = APIKey.all_orgs.create(
-        organization_id=organization_id, name=name, prefix=secrets.visible_prefix(plaintext),
-        key_hash=secrets.digest(plaintext), scopes=scopes, expires_at=expires_at, created_by_id=created_by_id,
+        organization_id=organization_id,
+        name=name,
+        prefix=secrets.visible_prefix(plaintext),
+        key_hash=secrets.digest(plaintext),
+        scopes=scopes,
+        expires_at=expires_at,
+        created_by_id=created_by_id,
     )
-    audit.record("key.created", actor=actor, organization_id=organization_id, target=key,
-                 data={"name": name, "prefix": key.prefix, "scopes": scopes})
+    audit.record(
+        "key.created",
+        actor=actor,
+        organization_id=organization_id,
+        target=key,
+        data={"name": name, "prefix": key.prefix, "scopes": scopes},
+    )
     return IssuedKey(key, plaintext)
 
 
 @transaction.atomic
 def revoke_api_key(key_id, *, organization_id: int, actor: Actor) -> APIKey:
-    key = APIKey.all_orgs.select_for_update().select_related("organization").filter(
-        organization_id=organization_id, pk=key_id).first()
+    key = (
+        APIKey.all_orgs.select_for_update()
+        .select_related("organization")
+        .filter(organization_id=organization_id, pk=key_id)
+        .first()
+    )
     if key is None:
         raise ServiceError("No such API key.", "not_found")
     if key.revoked_at is None:
         key.revoked_at = timezone.now()
         key.save(update_fields=["revoked_at"])
-        audit.record("key.revoked", actor=actor, organization_id=organization_id, target=key,
-                     data={"name": key.name, "prefix": key.prefix})
+        audit.record(
+            "key.revoked",
+            actor=actor,
+            organization_id=organization_id,
+            target=key,
+            data={"name": key.name, "prefix": key.prefix},
+        )
     transaction.on_commit(lambda: keyauth.publish([key], key.organization))
     return key

@@ -4,6 +4,7 @@ so that the runtime and the trainer can use it as standalone processes on a GPU 
 Public surface: `ModelSource`, `SourceError`, `resolve_source`, `load_tokenizer`, `load_model`,
 `LoadedModel`.
 """
+
 from catalog.loader.load import LoadedModel, load_model, load_tokenizer
 from catalog.loader.source import ModelSource, SourceError, resolve_source
 

@@ -7,6 +7,7 @@ load — by the runtime, the trainer or a test — is a fast safetensors load. T
 written beside its final name and renamed into place, so concurrent loaders never see half a
 cache.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -75,8 +76,14 @@ def load_tokenizer(spec: dict | ModelSource, cache_root: Path, *, chat_template:
     return _apply_chat_template(tokenizer, chat_template)
 
 
-def load_model(spec: dict | ModelSource, cache_root: Path, *, dtype: str = "float32", device: str = "cpu",
-               chat_template: str | None = None) -> LoadedModel:
+def load_model(
+    spec: dict | ModelSource,
+    cache_root: Path,
+    *,
+    dtype: str = "float32",
+    device: str = "cpu",
+    chat_template: str | None = None,
+) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -100,8 +107,12 @@ def load_model(spec: dict | ModelSource, cache_root: Path, *, dtype: str = "floa
     model.to(device)
     model.eval()
     return LoadedModel(
-        model=model, tokenizer=_apply_chat_template(tokenizer, chat_template), source=source,
-        weights_dir=weights, from_cache=from_cache, seconds=time.perf_counter() - started,
+        model=model,
+        tokenizer=_apply_chat_template(tokenizer, chat_template),
+        source=source,
+        weights_dir=weights,
+        from_cache=from_cache,
+        seconds=time.perf_counter() - started,
     )
 
 
@@ -129,9 +140,15 @@ def _write_cache(source: ModelSource, cache_root: Path, model, tokenizer) -> Pat
     try:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        (staging / COMPLETE_MARKER).write_text(json.dumps({
-            "source": str(source.path), "format": source.format, "layout": CACHE_LAYOUT_VERSION,
-        }))
+        (staging / COMPLETE_MARKER).write_text(
+            json.dumps(
+                {
+                    "source": str(source.path),
+                    "format": source.format,
+                    "layout": CACHE_LAYOUT_VERSION,
+                }
+            )
+        )
         try:
             os.rename(staging, target)
         except OSError:

@@ -11,6 +11,7 @@ A spec is a small JSON object stored in the catalog:
 
 Nothing is fetched from a network: a spec that names no local file is an error.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

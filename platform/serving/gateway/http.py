@@ -1,4 +1,5 @@
 """Request plumbing shared by the /v1/ views: key authentication and OpenAI error responses."""
+
 from __future__ import annotations
 
 import functools
@@ -13,15 +14,24 @@ from tenancy.keyauth import KeyPrincipal
 
 
 class GatewayError(Exception):
-    def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None,
-                 error_type: str | None = None, headers: dict | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        error_type: str | None = None,
+        headers: dict | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.code, self.param = status, message, code, param
         self.error_type, self.headers = error_type, headers or {}
 
     def response(self) -> JsonResponse:
-        body = error_body(self.message, status_code=self.status, code=self.code, param=self.param,
-                          error_type=self.error_type)
+        body = error_body(
+            self.message, status_code=self.status, code=self.code, param=self.param, error_type=self.error_type
+        )
         response = JsonResponse(body, status=self.status)
         for name, value in self.headers.items():
             response[name] = value
@@ -38,25 +48,33 @@ async def authenticate(request, *any_of_scopes: str) -> KeyPrincipal:
         principal = await _authenticate(token)
     except keyauth.KeyRejected as rejected:
         headers = {"WWW-Authenticate": 'Bearer realm="api"'} if rejected.status == 401 else None
-        raise GatewayError(rejected.status, rejected.message, code=rejected.code, error_type=rejected.error_type,
-                           headers=headers) from None
+        raise GatewayError(
+            rejected.status, rejected.message, code=rejected.code, error_type=rejected.error_type, headers=headers
+        ) from None
     if any_of_scopes and not any(principal.allows(s) for s in any_of_scopes):
         raise GatewayError(
-            403, f"This API key lacks the scope for this call; it needs one of: {', '.join(any_of_scopes)}.",
-            code="insufficient_scope", error_type="permission_error",
+            403,
+            f"This API key lacks the scope for this call; it needs one of: {', '.join(any_of_scopes)}.",
+            code="insufficient_scope",
+            error_type="permission_error",
         )
     return principal
 
 
 def gateway_view(*methods: str):
     """An async /v1/ view: no CSRF (keys, not cookies), allowed methods, GatewayError → OpenAI error."""
+
     def decorate(view):
         @functools.wraps(view)
         async def wrapped(request, *args, **kwargs):
             try:
                 if methods and request.method not in methods:
-                    raise GatewayError(405, f"{request.method} is not allowed here; use {', '.join(methods)}.",
-                                       code="method_not_allowed", headers={"Allow": ", ".join(methods)})
+                    raise GatewayError(
+                        405,
+                        f"{request.method} is not allowed here; use {', '.join(methods)}.",
+                        code="method_not_allowed",
+                        headers={"Allow": ", ".join(methods)},
+                    )
                 return await view(request, *args, **kwargs)
             except GatewayError as error:
                 return error.response()

@@ -26,8 +26,12 @@ async def retrieve_model(request, model_id: str):
     principal = await authenticate(request, *MODEL_SCOPES)
     model = await catalog.visible_base_models(principal.organization_id).filter(pk=model_id).afirst()
     if model is None:
-        raise GatewayError(404, f"The model '{model_id}' does not exist or you do not have access to it.",
-                           code="model_not_found", param="model")
+        raise GatewayError(
+            404,
+            f"The model '{model_id}' does not exist or you do not have access to it.",
+            code="model_not_found",
+            param="model",
+        )
     return JsonResponse(model_object(model))
 
 

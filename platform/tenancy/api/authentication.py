@@ -1,4 +1,5 @@
 """DRF authentication by API key: `Authorization: Bearer sk-...`."""
+
 from __future__ import annotations
 
 from django.contrib.auth.models import AnonymousUser

@@ -1,5 +1,6 @@
 """One error shape for the whole platform, the OpenAI one:
 `{"error": {"message", "type", "param", "code"}}` (+ `details` for field-by-field validation)."""
+
 from __future__ import annotations
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
@@ -20,11 +21,19 @@ _TYPES = {
 }
 
 
-def error_body(message: str, *, status_code: int, code: str | None = None, param: str | None = None,
-               error_type: str | None = None, details=None) -> dict:
+def error_body(
+    message: str,
+    *,
+    status_code: int,
+    code: str | None = None,
+    param: str | None = None,
+    error_type: str | None = None,
+    details=None,
+) -> dict:
     error = {
         "message": message,
-        "type": error_type or _TYPES.get(status_code, "server_error" if status_code >= 500 else "invalid_request_error"),
+        "type": error_type
+        or _TYPES.get(status_code, "server_error" if status_code >= 500 else "invalid_request_error"),
         "param": param,
         "code": code,
     }
@@ -38,7 +47,9 @@ def _first_message(detail) -> tuple[str, str | None]:
     if isinstance(detail, dict):
         for field, value in detail.items():
             message, _ = _first_message(value)
-            return (message if field == "non_field_errors" else f"{field}: {message}"), (None if field == "non_field_errors" else field)
+            return (message if field == "non_field_errors" else f"{field}: {message}"), (
+                None if field == "non_field_errors" else field
+            )
     if isinstance(detail, list) and detail:
         return _first_message(detail[0])
     return str(detail), None
@@ -46,7 +57,9 @@ def _first_message(detail) -> tuple[str, str | None]:
 
 def exception_handler(exc, context):
     if isinstance(exc, ServiceError):
-        return Response(error_body(exc.message, status_code=exc.status, code=exc.code, param=exc.param), status=exc.status)
+        return Response(
+            error_body(exc.message, status_code=exc.status, code=exc.code, param=exc.param), status=exc.status
+        )
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
@@ -64,5 +77,7 @@ def exception_handler(exc, context):
         return Response(body, status=status.HTTP_400_BAD_REQUEST, headers=headers)
     codes = exc.get_codes()
     code = codes if isinstance(codes, str) else None
-    body = error_body(str(exc.detail), status_code=exc.status_code, code=code, error_type=getattr(exc, "error_type", None))
+    body = error_body(
+        str(exc.detail), status_code=exc.status_code, code=code, error_type=getattr(exc, "error_type", None)
+    )
     return Response(body, status=exc.status_code, headers=headers)

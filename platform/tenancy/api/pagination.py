@@ -1,5 +1,6 @@
 """Cursor lists in the OpenAI shape: `{"object": "list", "data", "has_more", "first_id", "last_id"}`,
 next page with `?after=<last id>&limit=N`. Stable under inserts: the cursor is a row, not an offset."""
+
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -31,20 +32,24 @@ class CursorPagination(BasePagination):
             if anchor is None:
                 raise exceptions.ValidationError({"after": [f"No item with id {after!r} in this list."]})
             value = anchor[order_field]
-            queryset = queryset.filter(Q(**{f"{order_field}__lt": value}) | Q(**{order_field: value, "pk__lt": anchor["pk"]}))
+            queryset = queryset.filter(
+                Q(**{f"{order_field}__lt": value}) | Q(**{order_field: value, "pk__lt": anchor["pk"]})
+            )
         rows = list(queryset[: limit + 1])
         self.has_more = len(rows) > limit
         return rows[:limit]
 
     def get_paginated_response(self, data):
         data = list(data)
-        return Response({
-            "object": "list",
-            "data": data,
-            "has_more": self.has_more,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-        })
+        return Response(
+            {
+                "object": "list",
+                "data": data,
+                "has_more": self.has_more,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+            }
+        )
 
     def get_paginated_response_schema(self, schema):
         return {
@@ -61,8 +66,17 @@ class CursorPagination(BasePagination):
 
     def get_schema_operation_parameters(self, view):
         return [
-            {"name": "after", "in": "query", "required": False, "schema": {"type": "string"},
-             "description": "Return items after the item with this id."},
-            {"name": "limit", "in": "query", "required": False,
-             "schema": {"type": "integer", "minimum": 1, "maximum": self.max_limit, "default": self.default_limit}},
+            {
+                "name": "after",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": "Return items after the item with this id.",
+            },
+            {
+                "name": "limit",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 1, "maximum": self.max_limit, "default": self.default_limit},
+            },
         ]

@@ -6,6 +6,7 @@ organization scope for the whole request, checks the role or key permission per 
 `get_queryset`/`get_object`. Subclasses declare `model` and `permissions`, nothing else about
 tenancy.
 """
+
 from __future__ import annotations
 
 from drf_spectacular.utils import OpenApiParameter
@@ -49,7 +50,11 @@ class OrgScopedMixin:
         self.access = resolve_access(request, kwargs["org"])
         self.organization = self.access.organization
         self._scope_token = scope.enter(self.organization.pk)
-        needed = self.permissions.get(getattr(self, "action", None) or request.method.lower(), self.permissions.get("*"))
+        if getattr(self, "action", "") is None:  # a viewset route that does not map this method
+            raise exceptions.MethodNotAllowed(request.method)
+        needed = self.permissions.get(
+            getattr(self, "action", None) or request.method.lower(), self.permissions.get("*")
+        )
         if needed is None or not self.access.can(needed):
             raise exceptions.PermissionDenied("Your role or key does not allow this action in this organization.")
 

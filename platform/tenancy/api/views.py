@@ -1,15 +1,16 @@
 """Management API for organizations, members, invitations, API keys and the audit log."""
+
 from __future__ import annotations
 
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, mixins, status
-from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from tenancy import selectors, services
 from tenancy.api import serializers as s
+from tenancy.api.permissions import SessionOnly, SignedInOrKey
 from tenancy.api.scoping import ORG_PARAMETER, OrgScopedViewSet
 from tenancy.audit import Actor
 from tenancy.keyauth import KeyPrincipal
@@ -19,17 +20,10 @@ from tenancy.roles import Permission as P
 org_param = extend_schema(parameters=[ORG_PARAMETER])
 
 
-class SessionOnly(IsAuthenticated):
-    message = "This endpoint needs a signed-in user, not an API key."
-
-    def has_permission(self, request, view):
-        return bool(request.user and request.user.is_authenticated) and not isinstance(request.auth, KeyPrincipal)
-
-
 class OrganizationListView(APIView):
     """The caller's organizations; a signed-in user may create another one (and owns it)."""
 
-    permission_classes = [IsAuthenticated]
+    permission_classes = [SignedInOrKey]
 
     @extend_schema(responses=s.OrganizationSerializer(many=True))
     def get(self, request):
@@ -72,7 +66,12 @@ class MemberViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgScopedV
     model = Membership
     serializer_class = s.MembershipSerializer
     # Leaving is allowed to everyone; removing someone else is checked in destroy().
-    permissions = {"list": P.ORG_VIEW, "retrieve": P.ORG_VIEW, "partial_update": P.MEMBERS_MANAGE, "destroy": P.ORG_VIEW}
+    permissions = {
+        "list": P.ORG_VIEW,
+        "retrieve": P.ORG_VIEW,
+        "partial_update": P.MEMBERS_MANAGE,
+        "destroy": P.ORG_VIEW,
+    }
 
     def get_queryset(self):
         return super().get_queryset().select_related("user")
@@ -82,8 +81,13 @@ class MemberViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgScopedV
         member = self.get_object()
         body = s.RoleSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        updated = services.change_role(member.pk, organization_id=self.organization.pk, role=body.validated_data["role"],
-                                       actor_role=self.access.role, actor=self.actor)
+        updated = services.change_role(
+            member.pk,
+            organization_id=self.organization.pk,
+            role=body.validated_data["role"],
+            actor_role=self.access.role,
+            actor=self.actor,
+        )
         return Response(s.MembershipSerializer(updated).data)
 
     def destroy(self, request, org, pk):
@@ -91,7 +95,9 @@ class MemberViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgScopedV
         leaving = self.access.user_id == member.user_id and self.access.key_id is None
         if not leaving and not self.access.can(P.MEMBERS_MANAGE):
             raise exceptions.PermissionDenied("Your role does not allow removing members.")
-        services.remove_member(member.pk, organization_id=self.organization.pk, actor_role=self.access.role, actor=self.actor)
+        services.remove_member(
+            member.pk, organization_id=self.organization.pk, actor_role=self.access.role, actor=self.actor
+        )
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -108,8 +114,9 @@ class InvitationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgSco
     def create(self, request, org):
         body = s.InvitationCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        issued = services.invite(organization_id=self.organization.pk, actor_role=self.access.role, actor=self.actor,
-                                 **body.validated_data)
+        issued = services.invite(
+            organization_id=self.organization.pk, actor_role=self.access.role, actor=self.actor, **body.validated_data
+        )
         data = dict(s.InvitationSerializer(issued.invitation).data)
         data["accept_url"] = request.build_absolute_uri(reverse("frontend:accept_invitation", args=[issued.token]))
         return Response(data, status=status.HTTP_201_CREATED)
@@ -142,8 +149,11 @@ class APIKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgScopedV
         # A key made with an `all`-scoped key is attributed to that key's creator.
         creator_id = request.user.pk if request.user.is_authenticated else self.access.user_id
         issued = services.create_api_key(
-            organization_id=self.organization.pk, created_by_id=creator_id,
-            member_only=not self.access.can(P.KEYS_MANAGE), actor=self.actor, **body.validated_data,
+            organization_id=self.organization.pk,
+            created_by_id=creator_id,
+            member_only=not self.access.can(P.KEYS_MANAGE),
+            actor=self.actor,
+            **body.validated_data,
         )
         data = dict(s.APIKeySerializer(issued.key).data)
         data["key"] = issued.plaintext
@@ -174,22 +184,36 @@ class AcceptInvitationView(APIView):
     def post(self, request):
         body = s.AcceptInvitationSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        membership = services.accept_invitation(token=body.validated_data["token"], user=request.user,
-                                                actor=Actor.from_request(request))
+        membership = services.accept_invitation(
+            token=body.validated_data["token"], user=request.user, actor=Actor.from_request(request)
+        )
         return Response(s.MembershipSerializer(membership).data, status=status.HTTP_201_CREATED)
 
 
 class MeView(APIView):
-    permission_classes = [IsAuthenticated]
+    permission_classes = [SignedInOrKey]
 
     def get(self, request):
         if isinstance(request.auth, KeyPrincipal):
             p = request.auth
-            return Response({"object": "api_key", "id": p.key_id, "name": p.name, "organization": p.organization_slug,
-                             "scopes": sorted(p.scopes)})
+            return Response(
+                {
+                    "object": "api_key",
+                    "id": p.key_id,
+                    "name": p.name,
+                    "organization": p.organization_slug,
+                    "scopes": sorted(p.scopes),
+                }
+            )
         memberships = selectors.memberships_of_user(request.user)
-        return Response({
-            "object": "user", "id": request.user.pk, "email": request.user.email, "full_name": request.user.full_name,
-            "organizations": [{"slug": m.organization.slug, "name": m.organization.name, "role": m.role} for m in memberships],
-        })
-
+        return Response(
+            {
+                "object": "user",
+                "id": request.user.pk,
+                "email": request.user.email,
+                "full_name": request.user.full_name,
+                "organizations": [
+                    {"slug": m.organization.slug, "name": m.organization.name, "role": m.role} for m in memberships
+                ],
+            }
+        )

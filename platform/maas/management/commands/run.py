@@ -4,6 +4,7 @@ Migrates, seeds the demo data, then runs: web (uvicorn, ASGI), a Celery worker f
 queue, a Celery worker for the gpu queue (concurrency 1, as on a one-GPU host) and Celery beat.
 PORT and VAR_DIR choose the port and the state directory, so two instances can run side by side.
 """
+
 import json
 import os
 import sys
@@ -39,13 +40,44 @@ class Command(BaseCommand):
         py = sys.executable
         celery = [py, "-m", "celery", "-A", "maas"]
         tag = f"{port}"
-        programs = [Program("web", [py, "-m", "uvicorn", "maas.asgi:application", "--host", host, "--port", str(port),
-                                    "--no-access-log" if os.environ.get("ACCESS_LOG") == "0" else "--access-log"])]
+        programs = [
+            Program(
+                "web",
+                [
+                    py,
+                    "-m",
+                    "uvicorn",
+                    "maas.asgi:application",
+                    "--host",
+                    host,
+                    "--port",
+                    str(port),
+                    "--no-access-log" if os.environ.get("ACCESS_LOG") == "0" else "--access-log",
+                ],
+            )
+        ]
         if not no_workers:
             programs += [
-                Program("worker", [*celery, "worker", "-Q", "default", "-c", "1", "-n", f"default-{tag}@%h", "-l", "INFO"]),
-                Program("gpu", [*celery, "worker", "-Q", "gpu", "-c", "1", "--prefetch-multiplier", "1",
-                                "-n", f"gpu-{tag}@%h", "-l", "INFO"]),
+                Program(
+                    "worker", [*celery, "worker", "-Q", "default", "-c", "1", "-n", f"default-{tag}@%h", "-l", "INFO"]
+                ),
+                Program(
+                    "gpu",
+                    [
+                        *celery,
+                        "worker",
+                        "-Q",
+                        "gpu",
+                        "-c",
+                        "1",
+                        "--prefetch-multiplier",
+                        "1",
+                        "-n",
+                        f"gpu-{tag}@%h",
+                        "-l",
+                        "INFO",
+                    ],
+                ),
                 Program("beat", [*celery, "beat", "-s", str(settings.VAR_DIR / "celerybeat-schedule"), "-l", "INFO"]),
             ]
         url = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}/"  # noqa: S104
@@ -56,17 +88,23 @@ class Command(BaseCommand):
                 if supervisor.stopping.is_set():
                     return
                 try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):  # noqa: S310
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
                         break
                 except OSError:
                     time.sleep(0.5)
             credentials = json.loads((settings.VAR_DIR / "credentials.json").read_text())
             lines = [
-                "", "=" * 64, f"  Console:      {url}", f"  Back office:  {url}{settings.ADMIN_URL}",
-                f"  API docs:     {url}api/docs/", f"  OpenAI base:  {url}v1",
+                "",
+                "=" * 64,
+                f"  Console:      {url}",
+                f"  Back office:  {url}{settings.ADMIN_URL}",
+                f"  API docs:     {url}api/docs/",
+                f"  OpenAI base:  {url}v1",
                 *[f"  Login:        {email} / {password}" for email, password in credentials.items()],
                 "  API key:      python manage.py create_api_key demo --name my-key",
-                "  Stop:         Ctrl-C", "=" * 64, "",
+                "  Stop:         Ctrl-C",
+                "=" * 64,
+                "",
             ]
             supervisor.say("run", "\n".join(lines))
 

@@ -3,6 +3,7 @@
 Passwords are generated once and kept in VAR_DIR/credentials.json (mode 0600), never in the
 repository; running again reuses them.
 """
+
 import json
 import os
 import secrets
@@ -40,8 +41,12 @@ class Command(BaseCommand):
                         user.save(update_fields=["password"])
                     credentials[email] = password
             if not Organization.objects.filter(slug=DEMO_ORG).exists():
-                services.create_organization(slug=DEMO_ORG, name="Demo organization",
-                                             owner=User.objects.get(email=OWNER_EMAIL), actor=Actor.system())
+                services.create_organization(
+                    slug=DEMO_ORG,
+                    name="Demo organization",
+                    owner=User.objects.get(email=OWNER_EMAIL),
+                    actor=Actor.system(),
+                )
         settings.VAR_DIR.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:

@@ -2,6 +2,7 @@
 
 Prints the new key alone on its last line, so scripts can take it with `tail -n 1`.
 """
+
 from datetime import timedelta
 
 from django.core.management.base import BaseCommand, CommandError
@@ -28,10 +29,12 @@ class Command(BaseCommand):
             raise CommandError(f"No organization with slug {org_slug!r}")
         expires_at = timezone.now() + timedelta(days=expires_in_days) if expires_in_days else None
         try:
-            issued = services.create_api_key(organization_id=org.pk, name=name, scopes=scopes,
-                                             expires_at=expires_at, actor=Actor.system())
+            issued = services.create_api_key(
+                organization_id=org.pk, name=name, scopes=scopes, expires_at=expires_at, actor=Actor.system()
+            )
         except services.ServiceError as exc:
             raise CommandError(exc.message) from None
-        self.stderr.write(f"Created key {issued.key.prefix}… ({', '.join(scopes)}) for {org.slug}. "
-                          "It is shown once, below:")
+        self.stderr.write(
+            f"Created key {issued.key.prefix}… ({', '.join(scopes)}) for {org.slug}. It is shown once, below:"
+        )
         self.stdout.write(issued.plaintext)

@@ -1,4 +1,5 @@
 """python manage.py create_org <slug> --owner <email> [--name NAME]"""
+
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
