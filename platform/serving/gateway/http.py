@@ -38,7 +38,7 @@ class GatewayError(Exception):
         return response
 
 
-_authenticate = sync_to_async(keyauth.authenticate, thread_sensitive=False)
+_authenticate = sync_to_async(keyauth.authenticate)
 
 
 async def authenticate(request, *any_of_scopes: str) -> KeyPrincipal:
