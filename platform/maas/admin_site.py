@@ -17,7 +17,11 @@ class MaasAdminSite(admin.AdminSite):
 
         def in_all_organizations(request, *args, **kwargs):
             with scope.all_organizations():
-                return wrapped(request, *args, **kwargs)
+                response = wrapped(request, *args, **kwargs)
+                # Admin pages are lazy TemplateResponses: render while the scope is still entered.
+                if getattr(response, "is_rendered", True) is False:
+                    response.render()
+                return response
 
         in_all_organizations.__wrapped__ = wrapped
         for attr in ("csrf_exempt", "login_required"):

@@ -30,9 +30,9 @@ if PRODUCTION and DEBUG:
 
 if PRODUCTION:
     SECRET_KEY = env.get("SECRET_KEY") or ""
-    if len(SECRET_KEY) < 50:
+    if len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5 or SECRET_KEY.startswith("django-insecure-"):
         raise ImproperlyConfigured(
-            "MAAS_ENV=production needs SECRET_KEY (at least 50 random characters), "
+            "MAAS_ENV=production needs SECRET_KEY: at least 50 random characters, "
             'e.g. python -c "import secrets; print(secrets.token_urlsafe(64))"'
         )
     ALLOWED_HOSTS = env.listing("ALLOWED_HOSTS", [])
@@ -53,6 +53,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "accounts",
     "tenancy",
     "compute",
@@ -219,6 +220,10 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Swagger UI from the installed sidecar package: the platform never loads a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- Production hardening -------------------------------------------------------------------

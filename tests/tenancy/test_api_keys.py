@@ -78,8 +78,9 @@ def test_stale_reader_cannot_resurrect_a_revoked_key(tenant_a, django_capture_on
 
 
 def test_expired_key_is_refused(tenant_a):
-    issued = services.create_api_key(organization_id=tenant_a.org.pk, name="k", actor=Actor(),
-                                     expires_at=timezone.now() + timedelta(days=1))
+    issued = services.create_api_key(
+        organization_id=tenant_a.org.pk, name="k", actor=Actor(), expires_at=timezone.now() + timedelta(days=1)
+    )
     APIKey.all_orgs.filter(pk=issued.key.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
     response = key_client(issued.plaintext).get("/v1/models")
     assert response.status_code == 401
@@ -105,7 +106,9 @@ def test_scopes_limit_what_a_key_may_call(tenant_a):
     assert response.status_code == 403
     assert response.json()["error"] == {
         "message": "This API key lacks the scope for this call; it needs one of: models:read, inference.",
-        "type": "permission_error", "param": None, "code": "insufficient_scope",
+        "type": "permission_error",
+        "param": None,
+        "code": "insufficient_scope",
     }
     assert key_client(tenant_a.key(scopes=["models:read"])).get("/v1/models").status_code == 200
     # A key without `all` cannot manage keys.
@@ -166,7 +169,8 @@ def _every_text_value_in_the_database() -> str:
 def test_redaction_filter_scrubs_key_material():
     from maas.logging import RedactSecretsFilter
 
-    record = logging.LogRecord("x", logging.INFO, __file__, 1, "auth %s header=%s", ("sk-" + "a" * 43, "Bearer abc.def"),
-                               None)
+    record = logging.LogRecord(
+        "x", logging.INFO, __file__, 1, "auth %s header=%s", ("sk-" + "a" * 43, "Bearer abc.def"), None
+    )
     RedactSecretsFilter().filter(record)
     assert record.getMessage() == "auth [REDACTED] header=Bearer [REDACTED]"

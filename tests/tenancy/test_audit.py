@@ -9,8 +9,9 @@ def actions(**filters):
 
 
 def test_console_sign_in_and_failures_are_audited(client, tenant_a):
-    bad = client.post("/sign-in/", {"username": tenant_a.owner.email, "password": "wrong password"},
-                      REMOTE_ADDR="192.0.2.7")
+    bad = client.post(
+        "/sign-in/", {"username": tenant_a.owner.email, "password": "wrong password"}, REMOTE_ADDR="192.0.2.7"
+    )
     assert bad.status_code == 200
     failed = AuditLog.all_orgs.get(action="auth.sign_in_failed")
     assert failed.data == {"email": tenant_a.owner.email} and failed.ip == "192.0.2.7"
@@ -27,14 +28,23 @@ def test_security_actions_are_audited_with_actor_and_target(tenant_a, django_cap
     key = owner.post(f"/api/orgs/{slug}/keys/", {"name": "ci"}, format="json").json()
     owner.delete(f"/api/orgs/{slug}/keys/{key['id']}/")
     member = tenant_a.add_member("m@alpha.test")
-    membership = [m for m in owner.get(f"/api/orgs/{slug}/members/").json()["data"] if m["user"]["email"] == member.email]
+    membership = [
+        m for m in owner.get(f"/api/orgs/{slug}/members/").json()["data"] if m["user"]["email"] == member.email
+    ]
     owner.patch(f"/api/orgs/{slug}/members/{membership[0]['id']}/", {"role": "viewer"}, format="json")
     owner.delete(f"/api/orgs/{slug}/members/{membership[0]['id']}/")
     with django_capture_on_commit_callbacks(execute=True):
         services.suspend_organization(tenant_a.org.pk, reason="unpaid", actor=Actor())
     assert actions(organization=tenant_a.org) == [
-        "org.created", "user.signed_up", "key.created", "key.revoked", "member.invited", "member.joined",
-        "member.role_changed", "member.removed", "org.suspended",
+        "org.created",
+        "user.signed_up",
+        "key.created",
+        "key.revoked",
+        "member.invited",
+        "member.joined",
+        "member.role_changed",
+        "member.removed",
+        "org.suspended",
     ]
     created = AuditLog.all_orgs.get(action="key.created")
     assert created.actor == tenant_a.owner and created.target_id == key["id"]

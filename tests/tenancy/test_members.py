@@ -16,14 +16,17 @@ User = get_user_model()
 
 
 def test_sign_up_creates_user_organization_and_owner_together(db):
-    user, org = services.sign_up(email="Ada@Example.COM", password=PASSWORD, organization_name="Analytical Engines",
-                                 actor=Actor(ip="10.0.0.1"))
+    user, org = services.sign_up(
+        email="Ada@Example.COM", password=PASSWORD, organization_name="Analytical Engines", actor=Actor(ip="10.0.0.1")
+    )
     assert user.email == "ada@example.com" and user.check_password(PASSWORD)
     assert org.slug == "analytical-engines" and org.name == "Analytical Engines"
     membership = Membership.all_orgs.get(organization=org)
     assert (membership.user, membership.role) == (user, Role.OWNER)
     assert list(AuditLog.all_orgs.filter(organization=org).values_list("action", flat=True).order_by("id")) == [
-        "org.created", "user.signed_up"]
+        "org.created",
+        "user.signed_up",
+    ]
 
 
 def test_failed_sign_up_leaves_nothing_behind(db):
@@ -59,19 +62,23 @@ def test_invitation_flow_through_the_api(tenant_a):
     assert again.status_code == 409
     members = owner.get(f"/api/orgs/{tenant_a.org.slug}/members/").json()["data"]
     assert sorted((m["user"]["email"], m["role"]) for m in members) == [
-        ("grace@example.com", "admin"), ("owner@alpha.test", "owner")]
+        ("grace@example.com", "admin"),
+        ("owner@alpha.test", "owner"),
+    ]
 
 
 def test_expired_and_revoked_invitations_cannot_be_used(tenant_a):
     joiner = User.objects.create_user("late@example.com", PASSWORD)
-    issued = services.invite(organization_id=tenant_a.org.pk, email="late@example.com", role="member",
-                             actor_role="owner", actor=Actor())
+    issued = services.invite(
+        organization_id=tenant_a.org.pk, email="late@example.com", role="member", actor_role="owner", actor=Actor()
+    )
     Invitation.all_orgs.filter(pk=issued.invitation.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
     with pytest.raises(services.ServiceError) as expired:
         services.accept_invitation(token=issued.token, user=joiner, actor=Actor())
     assert expired.value.code == "invitation_expired"
-    second = services.invite(organization_id=tenant_a.org.pk, email="late@example.com", role="member",
-                             actor_role="owner", actor=Actor())
+    second = services.invite(
+        organization_id=tenant_a.org.pk, email="late@example.com", role="member", actor_role="owner", actor=Actor()
+    )
     services.revoke_invitation(second.invitation.pk, organization_id=tenant_a.org.pk, actor=Actor())
     with pytest.raises(services.ServiceError) as revoked:
         services.accept_invitation(token=second.token, user=joiner, actor=Actor())
@@ -122,16 +129,19 @@ def test_two_owners_demoting_each_other_at_once_leave_one_owner(make_tenant):
     def demote(target, actor_user):
         barrier.wait()
         try:
-            services.change_role(target.pk, organization_id=tenant.org.pk, role="admin", actor_role="owner",
-                                 actor=Actor(user=actor_user))
+            services.change_role(
+                target.pk, organization_id=tenant.org.pk, role="admin", actor_role="owner", actor=Actor(user=actor_user)
+            )
             outcomes.append("ok")
         except services.Conflict:
             outcomes.append("conflict")
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=demote, args=(second_m, tenant.owner)),
-               threading.Thread(target=demote, args=(first_m, second))]
+    threads = [
+        threading.Thread(target=demote, args=(second_m, tenant.owner)),
+        threading.Thread(target=demote, args=(first_m, second)),
+    ]
     for t in threads:
         t.start()
     for t in threads:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, mixins, status
 from rest_framework.response import Response
@@ -193,6 +194,7 @@ class AcceptInvitationView(APIView):
 class MeView(APIView):
     permission_classes = [SignedInOrKey]
 
+    @extend_schema(responses=OpenApiTypes.OBJECT, description="The signed-in user and their organizations, or the key.")
     def get(self, request):
         if isinstance(request.auth, KeyPrincipal):
             p = request.auth
