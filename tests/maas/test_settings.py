@@ -65,7 +65,7 @@ def test_production_passes_the_deployment_checklist(tmp_path):
 
 def test_embedded_default_keeps_everything_under_var_dir(tmp_path):
     code = (
-        "from django.conf import settings as s; print(s.DATABASES['default']['ENGINE'], s.DATABASES['default']['NAME']);"
+        "from django.conf import settings as s; db = s.DATABASES['default']; print(db['ENGINE'], db['NAME']);"
         "print(s.CELERY_BROKER_URL, s.CELERY_BROKER_TRANSPORT_OPTIONS['data_folder_in']);"
         "print(s.CACHES['default']['BACKEND'], s.CACHES['default']['LOCATION']); print(s.MEDIA_ROOT)"
     )

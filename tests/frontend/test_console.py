@@ -1,0 +1,87 @@
+import re
+
+from tenancy.models import APIKey, AuditLog, Membership, Organization
+from tests.conftest import PASSWORD, key_client
+
+
+def test_sign_up_creates_an_organization_and_lands_in_it(client, db):
+    page = client.get("/sign-up/")
+    assert page.status_code == 200
+    response = client.post(
+        "/sign-up/",
+        {"email": "new@example.com", "full_name": "New Person", "organization_name": "New Co", "password": PASSWORD},
+    )
+    assert response.status_code == 302 and response["Location"] == "/orgs/new-co/"
+    org = Organization.objects.get(slug="new-co")
+    assert Membership.all_orgs.get(organization=org).role == "owner"
+    overview = client.get("/orgs/new-co/").content.decode()
+    assert "smollm2-135m-instruct" in overview and "/v1" in overview
+
+
+def test_sign_up_errors_are_shown_on_the_form(client, tenant_a):
+    response = client.post("/sign-up/", {"email": tenant_a.owner.email, "password": PASSWORD})
+    assert response.status_code == 200
+    assert "exists already" in response.content.decode()
+
+
+def test_sign_in_page_and_redirect_for_anonymous(client, db):
+    assert 'name="password"' in client.get("/sign-in/").content.decode()
+    assert client.get("/orgs/alpha/keys/")["Location"].startswith("/sign-in/?next=")
+
+
+def test_keys_page_shows_a_new_key_once_and_revokes(client, tenant_a, django_capture_on_commit_callbacks):
+    client.force_login(tenant_a.owner)
+    created = client.post("/orgs/alpha/keys/", {"name": "laptop", "scopes": ["inference", "models:read"]})
+    html = created.content.decode()
+    key = re.search(r'id="new-key-value">(sk-[^<]+)<', html).group(1)
+    assert created["Cache-Control"] == "no-store"
+    assert key_client(key).get("/v1/models").status_code == 200
+    again = client.get("/orgs/alpha/keys/").content.decode()
+    assert key not in again and key[:10] in again
+    row = APIKey.all_orgs.get(name="laptop")
+    with django_capture_on_commit_callbacks(execute=True):
+        revoked = client.post(f"/orgs/alpha/keys/{row.pk}/revoke/")
+    assert revoked.status_code == 302
+    assert key_client(key).get("/v1/models").status_code == 401
+
+
+def test_members_page_invites_and_changes_roles(client, tenant_a):
+    client.force_login(tenant_a.owner)
+    response = client.post("/orgs/alpha/members/", {"email": "new@alpha.test", "role": "viewer"})
+    link = re.search(r"<code>(http://testserver/invitations/[^<]+)</code>", response.content.decode()).group(1)
+    member = tenant_a.add_member("m@alpha.test")
+    membership = Membership.all_orgs.get(user=member)
+    client.post(f"/orgs/alpha/members/{membership.pk}/", {"role": "admin"})
+    assert Membership.all_orgs.get(pk=membership.pk).role == "admin"
+    owner_membership = Membership.all_orgs.get(user=tenant_a.owner)
+    refused = client.post(f"/orgs/alpha/members/{owner_membership.pk}/", {"role": "viewer"}, follow=True)
+    assert "at least one owner" in refused.content.decode()
+    assert AuditLog.all_orgs.filter(action="member.invited", data__email="new@alpha.test").exists()
+
+    from django.contrib.auth import get_user_model
+
+    invitee = get_user_model().objects.create_user("new@alpha.test", PASSWORD)
+    client.force_login(invitee)
+    path = link.removeprefix("http://testserver")
+    assert "Join" in client.get(path).content.decode()
+    joined = client.post(path)
+    assert joined["Location"] == "/orgs/alpha/"
+    assert Membership.all_orgs.get(user=invitee).role == "viewer"
+
+
+def test_viewer_cannot_manage_keys_or_members(client, tenant_a):
+    viewer = tenant_a.add_member("v@alpha.test", role="viewer")
+    client.force_login(viewer)
+    assert client.get("/orgs/alpha/keys/").status_code == 403
+    assert client.post("/orgs/alpha/members/", {"email": "x@alpha.test", "role": "owner"}).status_code == 403
+    assert client.get("/orgs/alpha/members/").status_code == 200
+
+
+def test_suspended_organization_page(client, tenant_a):
+    from tenancy import services
+    from tenancy.audit import Actor
+
+    services.suspend_organization(tenant_a.org.pk, reason="abuse report", actor=Actor())
+    client.force_login(tenant_a.owner)
+    page = client.get("/orgs/alpha/")
+    assert page.status_code == 403 and "abuse report" in page.content.decode()
