@@ -5,7 +5,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # pip warns about every configured local index that lacks a package; those lines are noise.
-QUIET_PIP := 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+# pipefail keeps pip's exit status; the braces only forgive grep for having nothing left to print.
+QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
 .PHONY: setup run test test-fast lint bench clean
 .DEFAULT_GOAL := run
