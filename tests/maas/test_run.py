@@ -59,6 +59,7 @@ def test_run_starts_everything_and_ctrl_c_stops_everything(tmp_path):
     try:
         deadline = time.monotonic() + 180
         text = ""
+
         def everything_up(text: str) -> bool:
             ready = ("Stop:         Ctrl-C", "worker | ", "gpu | ", "beat | ", "web | ")
             return all(mark in text for mark in ready) and text.count(" ready.") >= 2  # both Celery workers

@@ -1,0 +1,71 @@
+"""python -m serving.runtime --model-source '{"format": "gguf", ...}' --served-model-name NAME [...]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m serving.runtime", description=__doc__)
+    parser.add_argument("--model-source", required=True, help="JSON source spec of the base model (see catalog.loader)")
+    parser.add_argument("--served-model-name", required=True, help="The model id clients ask for")
+    parser.add_argument("--cache-dir", default=os.environ.get("MODEL_CACHE_DIR", "var/models"))
+    parser.add_argument("--adapter-root", default=None, help="Only adapters under this directory can be loaded")
+    parser.add_argument("--max-loras", type=int, default=8, help="Adapters kept loaded (least recently used leave)")
+    parser.add_argument("--max-batch", type=int, default=32, help="Rows decoded together")
+    parser.add_argument("--max-model-len", type=int, default=None, help="Context length (default: the model's)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--chat-template", default=None, help="A file with a Jinja chat template to use instead")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8100)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("MAAS_RUNTIME_API_KEY"),
+        help="Shared secret required on /v1/*; adapter administration needs it (env MAAS_RUNTIME_API_KEY)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    import torch
+    import uvicorn
+
+    from catalog.loader import load_model
+    from serving.runtime.adapters import AdapterManager
+    from serving.runtime.app import RuntimeState, build_app
+    from serving.runtime.engine import Engine
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    template = Path(args.chat_template).read_text() if args.chat_template else None
+    loaded = load_model(
+        json.loads(args.model_source),
+        Path(args.cache_dir),
+        dtype=args.dtype,
+        device=args.device,
+        chat_template=template,
+    )
+    logging.getLogger("serving.runtime").info(
+        "loaded %s in %.1fs (from cache: %s)", args.served_model_name, loaded.seconds, loaded.from_cache
+    )
+    max_len = args.max_model_len or getattr(loaded.model.config, "max_position_embeddings", 2048)
+    adapters = AdapterManager(loaded.model, Path(args.adapter_root) if args.adapter_root else None, args.max_loras)
+    engine = Engine(loaded.model, loaded.tokenizer, adapters, max_batch=args.max_batch, max_model_len=max_len)
+    engine.start()
+    state = RuntimeState(
+        engine=engine, served_model=args.served_model_name, api_key=args.api_key, max_model_len=max_len
+    )
+    uvicorn.run(build_app(state), host=args.host, port=args.port, log_level="info", access_log=False)
+    engine.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""The runtime's HTTP API: OpenAI-compatible generation, vLLM-compatible adapter administration,
+health and Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from dataclasses import dataclass
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from serving.runtime import metrics
+from serving.runtime.adapters import BASE, AdapterError
+from serving.runtime.engine import Engine, GenerationRequest
+from serving.runtime.protocol import Parsed, RequestError, parse_chat, parse_completion
+
+
+@dataclass
+class RuntimeState:
+    engine: Engine
+    served_model: str
+    api_key: str | None
+    max_model_len: int
+    started: int = 0
+
+
+class AsyncSink:
+    """Carries engine events (engine thread) to the request's coroutine (event loop)."""
+
+    def __init__(self):
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    def put(self, event: tuple) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+
+def error(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
+    return JSONResponse(RequestError(message, param, status, code).body(), status_code=status)
+
+
+def build_app(state: RuntimeState) -> Starlette:
+    def authorized(request: Request) -> bool:
+        if state.api_key is None:
+            return True
+        supplied = request.headers.get("authorization", "")
+        return hmac.compare_digest(supplied.encode(), f"Bearer {state.api_key}".encode())
+
+    def unauthorized() -> JSONResponse:
+        return error(401, "Missing or wrong runtime API key.", code="invalid_api_key")
+
+    def resolve_model(name: str) -> str:
+        if name == state.served_model:
+            return BASE
+        if name in state.engine.adapters.loaded:
+            return name
+        raise RequestError(f"The model `{name}` does not exist.", "model", 404, "model_not_found")
+
+    async def generate(request: Request, endpoint: str) -> Response:
+        if not authorized(request):
+            return unauthorized()
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return error(400, "The body is not valid JSON.")
+        if not isinstance(body, dict):
+            return error(400, "The body must be a JSON object.")
+        parse = parse_chat if endpoint == "chat" else parse_completion
+        try:
+            parsed = parse(body, state.engine.tokenizer, state.max_model_len)
+            adapter = resolve_model(parsed.model)
+        except RequestError as problem:
+            return JSONResponse(problem.body(), status_code=problem.status)
+        sink = AsyncSink()
+        job = GenerationRequest(parsed.prompt_ids, parsed.params, sink, adapter=adapter, endpoint=endpoint)
+        state.engine.submit(job)
+        if parsed.stream:
+            return StreamingResponse(
+                stream(job, sink, parsed, endpoint),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        return await collect(job, sink, parsed, endpoint)
+
+    async def collect(job, sink, parsed: Parsed, endpoint: str) -> Response:
+        parts = []
+        try:
+            while True:
+                event = await sink.queue.get()
+                if event[0] == "token":
+                    parts.append(event[1])
+                elif event[0] == "error":
+                    return error(500, event[1], code="runtime_error")
+                else:
+                    _, reason, usage = event
+                    break
+        finally:
+            job.cancelled.set()  # a no-op once finished; stops decoding if the client went away
+        text, created = "".join(parts), int(time.time())
+        if endpoint == "chat":
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": reason,
+            }
+            return JSONResponse(
+                {
+                    "id": f"chatcmpl-{job.id}",
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": parsed.model,
+                    "choices": [choice],
+                    "usage": usage,
+                    "system_fingerprint": None,
+                }
+            )
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
+        return JSONResponse(
+            {
+                "id": f"cmpl-{job.id}",
+                "object": "text_completion",
+                "created": created,
+                "model": parsed.model,
+                "choices": [choice],
+                "usage": usage,
+            }
+        )
+
+    async def stream(job, sink, parsed: Parsed, endpoint: str):
+        created = int(time.time())
+        chat = endpoint == "chat"
+        base = {
+            "id": f"{'chatcmpl' if chat else 'cmpl'}-{job.id}",
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": created,
+            "model": parsed.model,
+        }
+        prompt_tokens = len(parsed.prompt_ids)
+
+        def chunk(delta: dict | str, finish=None, completion: int = 0) -> str:
+            choice = (
+                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                if chat
+                else {"index": 0, "text": delta, "logprobs": None, "finish_reason": finish}
+            )
+            payload = {**base, "choices": [choice]}
+            if parsed.continuous_usage:
+                payload["usage"] = {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion,
+                    "total_tokens": prompt_tokens + completion,
+                }
+            elif parsed.include_usage:
+                payload["usage"] = None
+            return f"data: {json.dumps(payload)}\n\n"
+
+        try:
+            if chat:
+                yield chunk({"role": "assistant", "content": ""})
+            while True:
+                event = await sink.queue.get()
+                if event[0] == "token":
+                    yield chunk({"content": event[1]} if chat else event[1], completion=event[2])
+                elif event[0] == "error":
+                    body = RequestError(event[1], status=500, code="runtime_error").body()
+                    yield f"data: {json.dumps(body)}\n\n"
+                    break
+                else:
+                    _, reason, usage = event
+                    yield chunk({} if chat else "", finish=reason, completion=usage["completion_tokens"])
+                    if parsed.include_usage or parsed.continuous_usage:
+                        yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n"
+                    break
+            yield "data: [DONE]\n\n"
+        finally:
+            job.cancelled.set()  # the client disconnected, or we are done: stop decoding this row
+
+    async def chat_completions(request: Request) -> Response:
+        return await generate(request, "chat")
+
+    async def completions(request: Request) -> Response:
+        return await generate(request, "completion")
+
+    async def models(request: Request) -> Response:
+        if not authorized(request):
+            return unauthorized()
+        data = [
+            {
+                "id": state.served_model,
+                "object": "model",
+                "created": state.started,
+                "owned_by": "maas",
+                "root": state.served_model,
+                "parent": None,
+                "max_model_len": state.max_model_len,
+            }
+        ]
+        data += [
+            {
+                "id": name,
+                "object": "model",
+                "created": state.started,
+                "owned_by": "maas",
+                "root": str(path),
+                "parent": state.served_model,
+            }
+            for name, path in list(state.engine.adapters.loaded.items())
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def adapter_admin(request: Request, action: str) -> Response:
+        if state.api_key is None:
+            return error(403, "Adapter administration needs the runtime to be started with an API key.")
+        if not authorized(request):
+            return unauthorized()
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return error(400, "The body is not valid JSON.")
+        name = body.get("lora_name") if isinstance(body, dict) else None
+        if not isinstance(name, str) or not name:
+            return error(400, "'lora_name' is required.", "lora_name")
+        if action == "load":
+            path = body.get("lora_path")
+            if not isinstance(path, str) or not path:
+                return error(400, "'lora_path' is required.", "lora_path")
+            command = lambda engine: engine.adapters.load(name, path, engine.in_use())  # noqa: E731
+        else:
+            command = lambda engine: engine.adapters.unload(name, engine.in_use())  # noqa: E731
+        try:
+            added = await asyncio.wrap_future(state.engine.call(command))
+        except AdapterError as problem:
+            return error(problem.status, problem.message, "lora_path" if problem.status == 403 else None)
+        if action == "load":
+            verb = "added" if added else "was already loaded"
+            return PlainTextResponse(f"Success: LoRA adapter '{name}' {verb} successfully.")
+        return PlainTextResponse(f"Success: LoRA adapter '{name}' removed successfully.")
+
+    async def load_adapter(request: Request) -> Response:
+        return await adapter_admin(request, "load")
+
+    async def unload_adapter(request: Request) -> Response:
+        return await adapter_admin(request, "unload")
+
+    async def health(request: Request) -> Response:
+        alive = state.engine._thread.is_alive()
+        return JSONResponse(
+            {
+                "status": "ok" if alive else "engine stopped",
+                "model": state.served_model,
+                "adapters": list(state.engine.adapters.loaded),
+            },
+            status_code=200 if alive else 503,
+        )
+
+    async def prometheus(request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    state.started = int(time.time())
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/v1/load_lora_adapter", load_adapter, methods=["POST"]),
+            Route("/v1/unload_lora_adapter", unload_adapter, methods=["POST"]),
+            Route("/health", health, methods=["GET"]),
+            Route("/metrics", prometheus, methods=["GET"]),
+        ]
+    )

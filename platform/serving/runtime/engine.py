@@ -1,0 +1,246 @@
+"""The batching engine: one thread owns the model and runs continuous batching.
+
+Between decode steps, waiting requests are prefilled together and joined to the running batch;
+finished or cancelled rows leave it. Rows for different adapters and the base model share every
+forward pass (`adapter_names` per row). Adapter loading runs on the same thread between steps,
+so the model never changes under a forward pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import torch
+
+from serving.runtime import kvcache, metrics
+from serving.runtime.adapters import BASE, AdapterManager
+from serving.runtime.sampling import Sampler, SamplingParams
+from serving.runtime.textstream import TextStream
+
+log = logging.getLogger("serving.runtime")
+
+
+@dataclass
+class GenerationRequest:
+    prompt_ids: list[int]
+    params: SamplingParams
+    sink: object  # has put(event); events: ("token", delta, n) / ("done", reason, usage) / ("error", message)
+    adapter: str = BASE
+    endpoint: str = "chat"
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    arrived: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class _Row:
+    request: GenerationRequest
+    sampler: Sampler
+    text: TextStream
+    generated: list[int] = field(default_factory=list)
+    first_token_seen: bool = False
+
+
+class Engine:
+    def __init__(self, model, tokenizer, adapters: AdapterManager, *, max_batch: int = 32, max_model_len: int = 8192):
+        self.tokenizer = tokenizer
+        self.adapters = adapters
+        self.max_batch = max_batch
+        self.max_model_len = max_model_len
+        self.eos_ids = self._eos_ids(model, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
+        self.waiting: queue.Queue[GenerationRequest] = queue.Queue()
+        self.commands: queue.Queue[tuple[Future, callable]] = queue.Queue()
+        self.rows: list[_Row] = []
+        self.cache = None
+        self.mask: torch.Tensor | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
+
+    @staticmethod
+    def _eos_ids(model, tokenizer) -> set[int]:
+        ids = set()
+        configured = getattr(model.generation_config, "eos_token_id", None)
+        ids.update(configured if isinstance(configured, list) else [configured])
+        ids.add(tokenizer.eos_token_id)
+        return {i for i in ids if i is not None}
+
+    # --- API used by the HTTP layer (any thread) ----------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def submit(self, request: GenerationRequest) -> None:
+        self.waiting.put(request)
+        metrics.QUEUE_DEPTH.set(self.waiting.qsize())
+
+    def call(self, fn) -> Future:
+        """Run fn(engine) on the engine thread between steps (adapter loading and the like)."""
+        future: Future = Future()
+        self.commands.put((future, fn))
+        return future
+
+    def in_use(self) -> set[str]:
+        return {row.request.adapter for row in self.rows}
+
+    # --- The loop -------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        torch.set_grad_enabled(False)
+        while not self._stop.is_set():
+            try:
+                self._run_commands()
+                newcomers = self._take_waiting()
+                if newcomers:
+                    self._prefill(newcomers)
+                if self.rows:
+                    self._decode()
+            except Exception as error:  # keep serving: fail the requests in flight, not the process
+                log.exception("engine step failed")
+                for row in self.rows:
+                    row.request.sink.put(("error", f"The runtime failed while generating: {error}"))
+                self.rows, self.cache, self.mask = [], None, None
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                future, fn = self.commands.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                future.set_result(fn(self))
+            except Exception as error:
+                future.set_exception(error)
+            metrics.LOADED_ADAPTERS.set(len(self.adapters.loaded))
+
+    def _take_waiting(self) -> list[GenerationRequest]:
+        taken: list[GenerationRequest] = []
+        room = self.max_batch - len(self.rows)
+        if room <= 0:
+            return taken
+        try:
+            if not self.rows:
+                taken.append(self.waiting.get(timeout=0.05))
+            while len(taken) < room:
+                taken.append(self.waiting.get_nowait())
+        except queue.Empty:
+            pass
+        metrics.QUEUE_DEPTH.set(self.waiting.qsize())
+        live = []
+        for request in taken:
+            if request.cancelled.is_set():
+                request.sink.put(("done", "cancelled", self._usage(request, 0)))
+            elif request.adapter != BASE and request.adapter not in self.adapters.loaded:
+                request.sink.put(("error", f"The adapter {request.adapter!r} is no longer loaded."))
+            else:
+                self.adapters.touch(request.adapter)
+                live.append(request)
+        return live
+
+    def _forward(self, input_ids, mask, positions, cache, adapters: list[str]):
+        model = self.adapters.model
+        extra = {"adapter_names": adapters} if self.adapters.peft_model is not None else {}
+        out = model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            **extra,
+        )
+        return out.logits[:, -1, :], out.past_key_values
+
+    def _prefill(self, requests: list[GenerationRequest]) -> None:
+        from transformers import DynamicCache
+
+        length = max(len(r.prompt_ids) for r in requests)
+        ids = torch.full((len(requests), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(requests), length), dtype=torch.long)
+        for i, request in enumerate(requests):
+            ids[i, length - len(request.prompt_ids) :] = torch.tensor(request.prompt_ids)
+            mask[i, length - len(request.prompt_ids) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits, cache = self._forward(ids, mask, positions, DynamicCache(), [r.adapter for r in requests])
+        rows = [_Row(r, Sampler(r.params), TextStream(self.tokenizer, r.params.stop)) for r in requests]
+        for request in requests:
+            metrics.PROMPT_TOKENS.inc(len(request.prompt_ids))
+        if self.rows:
+            self.mask = kvcache.join(self.cache, self.mask, cache, mask)
+        else:
+            self.cache, self.mask = cache, mask
+        start = len(self.rows)
+        self.rows.extend(rows)
+        self._advance(logits, range(start, start + len(rows)))
+
+    def _decode(self) -> None:
+        last = torch.tensor([[row.generated[-1]] for row in self.rows], dtype=torch.long)
+        positions = self.mask.sum(-1, keepdim=True)
+        self.mask = torch.cat([self.mask, torch.ones((len(self.rows), 1), dtype=torch.long)], dim=1)
+        metrics.BATCH_SIZE.observe(len(self.rows))
+        logits, self.cache = self._forward(
+            last, self.mask, positions, self.cache, [row.request.adapter for row in self.rows]
+        )
+        self._advance(logits, range(len(self.rows)))
+
+    def _advance(self, logits: torch.Tensor, indices) -> None:
+        """Sample one token for each of these rows, stream it, and drop the rows that finished."""
+        finished = set()
+        for offset, i in enumerate(indices):  # logits row `offset` belongs to batch row `i`
+            if self._step_row(self.rows[i], logits[offset]):
+                finished.add(i)
+        metrics.RUNNING.set(len(self.rows) - len(finished))
+        if finished:
+            keep = [i for i in range(len(self.rows)) if i not in finished]
+            self.rows = [self.rows[i] for i in keep]
+            if self.rows:
+                self.mask = kvcache.keep_rows(self.cache, self.mask, keep)
+            else:
+                self.cache, self.mask = None, None
+
+    def _step_row(self, row: _Row, logits: torch.Tensor) -> bool:
+        request = row.request
+        if request.cancelled.is_set():
+            return self._finish(row, "cancelled")
+        token = row.sampler.choose(logits, row.generated)
+        row.generated.append(token)
+        metrics.COMPLETION_TOKENS.inc()
+        if not row.first_token_seen:
+            row.first_token_seen = True
+            metrics.TIME_TO_FIRST_TOKEN.observe(time.perf_counter() - request.arrived)
+        if token in self.eos_ids:
+            return self._finish(row, "stop")
+        delta = row.text.add(token)
+        if delta:
+            request.sink.put(("token", delta, len(row.generated)))
+        if row.text.stopped:
+            return self._finish(row, "stop")
+        if (
+            len(row.generated) >= request.params.max_tokens
+            or len(request.prompt_ids) + len(row.generated) >= self.max_model_len
+        ):
+            return self._finish(row, "length")
+        return False
+
+    def _finish(self, row: _Row, reason: str) -> bool:
+        if reason != "cancelled":
+            rest = row.text.flush()
+            if rest:
+                row.request.sink.put(("token", rest, len(row.generated)))
+        metrics.REQUESTS.labels(row.request.endpoint, reason).inc()
+        row.request.sink.put(("done", reason, self._usage(row.request, len(row.generated))))
+        return True
+
+    @staticmethod
+    def _usage(request: GenerationRequest, completion: int) -> dict:
+        prompt = len(request.prompt_ids)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
