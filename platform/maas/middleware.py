@@ -1,4 +1,6 @@
-"""Request ids: every response carries `x-request-id`; the usage ledger keys on it later."""
+"""Request ids: every response carries a server-generated `x-request-id` (the usage ledger is
+unique on it, so a caller must not be able to choose it). A caller's own id, sent as
+`x-client-request-id`, is echoed back when it is short and plain."""
 
 from __future__ import annotations
 
@@ -7,13 +9,20 @@ import uuid
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 
-# A caller-chosen id is kept only if it is short and plain, so it cannot inject into logs.
-_VALID = re.compile(r"^[A-Za-z0-9._\-]{8,128}$")
+_PLAIN = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
-def request_id_for(request) -> str:
-    incoming = request.headers.get("x-request-id", "")
-    return incoming if _VALID.match(incoming) else f"req_{uuid.uuid4().hex}"
+def _stamp(request) -> None:
+    request.request_id = f"req_{uuid.uuid4().hex}"
+    client_id = request.headers.get("x-client-request-id", "")
+    request.client_request_id = client_id if _PLAIN.match(client_id) else None
+
+
+def _label(request, response):
+    response["x-request-id"] = request.request_id
+    if request.client_request_id:
+        response["x-client-request-id"] = request.client_request_id
+    return response
 
 
 class RequestIdMiddleware:
@@ -28,13 +37,9 @@ class RequestIdMiddleware:
     def __call__(self, request):
         if iscoroutinefunction(self):
             return self._acall(request)
-        request.request_id = request_id_for(request)
-        response = self.get_response(request)
-        response["x-request-id"] = request.request_id
-        return response
+        _stamp(request)
+        return _label(request, self.get_response(request))
 
     async def _acall(self, request):
-        request.request_id = request_id_for(request)
-        response = await self.get_response(request)
-        response["x-request-id"] = request.request_id
-        return response
+        _stamp(request)
+        return _label(request, await self.get_response(request))

@@ -202,6 +202,18 @@ ADMIN_URL = env.get("ADMIN_URL", "admin/").strip("/") + "/"
 API_KEY_CACHE_SECONDS = env.integer("API_KEY_CACHE_SECONDS", 300)
 API_KEY_LAST_USED_RESOLUTION_SECONDS = env.integer("API_KEY_LAST_USED_RESOLUTION_SECONDS", 60)
 
+# Per-minute limits; organizations and keys can override them in the back office.
+RATE_LIMITS = {
+    "key_rpm": env.integer("RATE_LIMIT_KEY_RPM", 600),
+    "key_tpm": env.integer("RATE_LIMIT_KEY_TPM", 400_000),
+    "org_rpm": env.integer("RATE_LIMIT_ORG_RPM", 3_000),
+    "org_tpm": env.integer("RATE_LIMIT_ORG_TPM", 2_000_000),
+}
+# Completion tokens assumed for the rate-limit estimate when a request sets no max_tokens.
+RATE_LIMIT_COMPLETION_ESTIMATE = env.integer("RATE_LIMIT_COMPLETION_ESTIMATE", 256)
+GATEWAY_UPSTREAM_TIMEOUT = env.integer("GATEWAY_UPSTREAM_TIMEOUT", 600)
+GATEWAY_ROUTE_CACHE_SECONDS = env.integer("GATEWAY_ROUTE_CACHE_SECONDS", 5)
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "tenancy.api.authentication.APIKeyAuthentication",

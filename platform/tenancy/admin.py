@@ -24,9 +24,19 @@ class OrganizationAdmin(admin.ModelAdmin):
     list_display = ["slug", "name", "status", "created_at"]
     list_filter = ["status"]
     search_fields = ["slug", "name"]
-    readonly_fields = ["status", "suspended_reason", "created_at"]
+    readonly_fields = ["slug", "status", "suspended_reason", "created_at"]
     inlines = [MembershipInline]
     actions = ["suspend", "reactivate"]
+
+    def has_add_permission(self, request):
+        return False  # an organization needs an owner: sign-up, the API or `manage.py create_org`
+
+    def save_model(self, request, obj, form, change):
+        actor = Actor.from_request(request)
+        if "name" in form.changed_data:
+            services.rename_organization(obj.pk, name=obj.name, actor=actor)
+        if {"rpm_limit", "tpm_limit"} & set(form.changed_data):
+            services.set_organization_limits(obj.pk, rpm=obj.rpm_limit, tpm=obj.tpm_limit, actor=actor)
 
     @admin.action(description="Suspend selected organizations (their API keys stop working at once)")
     def suspend(self, request, queryset):

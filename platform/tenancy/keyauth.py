@@ -36,6 +36,10 @@ class KeyPrincipal:
     expires_at: float | None
     created_by_id: int | None
     revoked: bool = False
+    key_rpm: int | None = None  # None: the platform default
+    key_tpm: int | None = None
+    org_rpm: int | None = None
+    org_tpm: int | None = None
 
     is_authenticated = True
 
@@ -64,6 +68,10 @@ class KeyPrincipal:
             expires_at=key.expires_at.timestamp() if key.expires_at else None,
             created_by_id=key.created_by_id,
             revoked=key.revoked_at is not None,
+            key_rpm=key.rpm_limit,
+            key_tpm=key.tpm_limit,
+            org_rpm=organization.rpm_limit,
+            org_tpm=organization.tpm_limit,
         )
 
 

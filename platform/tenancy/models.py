@@ -29,6 +29,8 @@ class Organization(models.Model):
     name = models.CharField(max_length=200)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     suspended_reason = models.CharField(max_length=500, blank=True)
+    rpm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Requests per minute (empty: default).")
+    tpm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Tokens per minute (empty: default).")
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -104,6 +106,8 @@ class APIKey(TenantModel):
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
+    rpm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Requests per minute (empty: default).")
+    tpm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Tokens per minute (empty: default).")
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -383,3 +383,41 @@ def revoke_api_key(key_id, *, organization_id: int, actor: Actor) -> APIKey:
         )
     transaction.on_commit(lambda: keyauth.publish([key], key.organization))
     return key
+
+
+# --- Rate-limit overrides (set in the back office) -------------------------------------------
+
+
+def _limit(value) -> int | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, int) or value < 0:
+        raise ServiceError("A rate limit is a whole number of at least 0 (empty for the default).", "invalid_limit")
+    return value
+
+
+@transaction.atomic
+def set_organization_limits(org_id: int, *, rpm: int | None, tpm: int | None, actor: Actor) -> Organization:
+    org = Organization.objects.select_for_update().get(pk=org_id)
+    org.rpm_limit, org.tpm_limit = _limit(rpm), _limit(tpm)
+    org.save(update_fields=["rpm_limit", "tpm_limit"])
+    audit.record("org.limits_changed", actor=actor, organization_id=org.pk, target=org, data={"rpm": rpm, "tpm": tpm})
+    keys = list(APIKey.all_orgs.filter(organization=org))
+    transaction.on_commit(lambda: keyauth.publish(keys, org))
+    return org
+
+
+@transaction.atomic
+def set_key_limits(key_id, *, organization_id: int, rpm: int | None, tpm: int | None, actor: Actor) -> APIKey:
+    key = (
+        APIKey.all_orgs.select_for_update()
+        .select_related("organization")
+        .get(organization_id=organization_id, pk=key_id)
+    )
+    key.rpm_limit, key.tpm_limit = _limit(rpm), _limit(tpm)
+    key.save(update_fields=["rpm_limit", "tpm_limit"])
+    audit.record(
+        "key.limits_changed", actor=actor, organization_id=organization_id, target=key, data={"rpm": rpm, "tpm": tpm}
+    )
+    transaction.on_commit(lambda: keyauth.publish([key], key.organization))
+    return key

@@ -45,11 +45,14 @@ def test_unknown_model_missing_key_and_wrong_method_are_openai_errors(tenant_a):
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_url"
 
 
-def test_request_id_is_echoed_when_plain_and_replaced_when_not(tenant_a):
+def test_request_ids_are_the_servers_and_client_ids_are_echoed_apart(tenant_a):
     client = key_client(tenant_a.key())
-    assert client.get("/v1/models", HTTP_X_REQUEST_ID="my-trace-12345")["x-request-id"] == "my-trace-12345"
-    assert client.get("/v1/models", HTTP_X_REQUEST_ID="bad\nid")["x-request-id"].startswith("req_")
-    assert client.get("/healthz")["x-request-id"].startswith("req_")
+    chosen = client.get("/v1/models", HTTP_X_REQUEST_ID="req_mine", HTTP_X_CLIENT_REQUEST_ID="trace-12345")
+    assert chosen["x-request-id"].startswith("req_") and chosen["x-request-id"] != "req_mine"
+    assert chosen["x-client-request-id"] == "trace-12345"
+    assert "x-client-request-id" not in client.get("/v1/models", HTTP_X_CLIENT_REQUEST_ID="bad id\x01")
+    ids = {client.get("/healthz")["x-request-id"] for _ in range(3)}
+    assert len(ids) == 3
 
 
 def test_restricted_and_disabled_models_are_hidden_from_others(tenant_a, tenant_b):

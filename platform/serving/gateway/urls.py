@@ -1,8 +1,10 @@
 from django.urls import path, re_path
 
-from serving.gateway import views
+from serving.gateway import inference, views
 
 urlpatterns = [
+    path("chat/completions", inference.chat_completions, name="chat-completions"),
+    path("completions", inference.completions, name="completions"),
     path("models", views.list_models, name="models"),
     re_path(r"^models/(?P<model_id>[^/]+)$", views.retrieve_model, name="model"),
     re_path(r"^(?P<rest>.*)$", views.unknown_route, name="unknown"),

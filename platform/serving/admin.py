@@ -1,0 +1,24 @@
+from django import forms
+from django.contrib import admin
+
+from serving.models import Backend
+
+
+class BackendForm(forms.ModelForm):
+    api_key = forms.CharField(
+        required=False,
+        widget=forms.PasswordInput(render_value=True),
+        help_text="Shared secret the server requires; never listed.",
+    )
+
+    class Meta:
+        model = Backend
+        fields = ["name", "url", "engine", "base_model", "served_model_name", "api_key", "enabled"]
+
+
+@admin.register(Backend)
+class BackendAdmin(admin.ModelAdmin):
+    form = BackendForm
+    list_display = ["name", "base_model", "engine", "url", "enabled", "healthy", "last_checked_at", "last_error"]
+    list_filter = ["engine", "enabled", "healthy"]
+    readonly_fields = ["healthy", "last_checked_at", "last_error", "created_at"]

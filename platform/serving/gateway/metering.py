@@ -1,0 +1,91 @@
+"""What one gateway request used, and closing its books: rate-limit correction, the billing
+settle call and the ledger row. The closing runs in its own task, so a client that disconnects
+(which cancels the request's task) cannot cancel the metering."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from asgiref.sync import sync_to_async
+
+from billing import services as billing
+from serving.gateway import ratelimit
+
+log = logging.getLogger("serving.gateway")
+_background: set[asyncio.Task] = set()
+
+
+def spawn(coroutine) -> asyncio.Task:
+    task = asyncio.get_running_loop().create_task(coroutine)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    return task
+
+
+async def drain() -> None:
+    """Wait for pending ledger writes (tests, shutdown)."""
+    while _background:
+        await asyncio.gather(*list(_background), return_exceptions=True)
+
+
+@dataclass
+class Meter:
+    request_id: str
+    principal: object
+    endpoint: str
+    model: str
+    base_model: str
+    streamed: bool
+    grant: ratelimit.Grant
+    reservation: billing.Reservation
+    started: float = field(default_factory=time.perf_counter)
+    backend: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    first_token_at: float | None = None
+    closed: bool = False
+
+    def saw(self, usage: dict | None) -> None:
+        if usage:
+            self.prompt_tokens = int(usage.get("prompt_tokens") or self.prompt_tokens)
+            self.completion_tokens = int(usage.get("completion_tokens") or self.completion_tokens)
+
+    def first_token(self) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+
+    def close(self, status_code: int, outcome: str) -> asyncio.Task | None:
+        if self.closed:
+            return None
+        self.closed = True
+        return spawn(self._book(status_code, outcome, time.perf_counter()))
+
+    async def _book(self, status_code: int, outcome: str, ended: float) -> None:
+        try:
+            await ratelimit.correct(self.grant, self.prompt_tokens + self.completion_tokens)
+            await sync_to_async(self._write)(status_code, outcome, ended)
+        except Exception:
+            log.exception("could not record usage of %s", self.request_id)
+
+    def _write(self, status_code: int, outcome: str, ended: float) -> None:
+        billing.settle(self.reservation, prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens)
+        ttft = None if self.first_token_at is None else int((self.first_token_at - self.started) * 1000)
+        billing.record_usage(
+            request_id=self.request_id,
+            organization_id=self.principal.organization_id,
+            api_key_id=self.principal.key_id,
+            endpoint=self.endpoint,
+            model=self.model,
+            base_model=self.base_model,
+            backend=self.backend,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            streamed=self.streamed,
+            status_code=status_code,
+            outcome=outcome,
+            latency_ms=int((ended - self.started) * 1000),
+            time_to_first_token_ms=ttft,
+        )

@@ -1,0 +1,192 @@
+"""Requests-per-minute and tokens-per-minute limits per API key and per organization.
+
+Counters live in one shared store so that every web process enforces the same limit: Redis when
+REDIS_URL is set (one Lua script checks and increments all four counters atomically, so a
+rejected request consumes nothing and concurrent requests cannot overshoot), otherwise an
+in-process table — right for the embedded default, which runs one web process.
+
+Windows are fixed minutes. A request reserves its estimated tokens (prompt estimate plus the
+completion budget) when it starts; the estimate is corrected to the real count when it ends.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from serving.gateway.http import GatewayError
+
+WINDOW = 60
+
+_SCRIPT = """
+local n = #KEYS
+for i = 1, n do
+  local current = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if current + tonumber(ARGV[1 + i]) > tonumber(ARGV[1 + n + i]) then
+    return {i, current}
+  end
+end
+local values = {0}
+for i = 1, n do
+  values[i + 1] = redis.call('INCRBY', KEYS[i], ARGV[1 + i])
+  redis.call('EXPIRE', KEYS[i], ARGV[1])
+end
+return values
+"""
+
+
+@dataclass(frozen=True)
+class Counter:
+    scope: str  # "API key" | "organization"
+    unit: str  # "requests" | "tokens"
+    key: str
+    limit: int
+    amount: int
+
+
+@dataclass
+class Grant:
+    counters: list[Counter]
+    used: list[int]
+    reset_seconds: float
+
+    def headers(self) -> dict[str, str]:
+        headers = {}
+        for unit in ("requests", "tokens"):
+            mine = [(c, u) for c, u in zip(self.counters, self.used, strict=True) if c.unit == unit]
+            if not mine:
+                continue
+            counter, used = min(mine, key=lambda pair: pair[0].limit - pair[1])
+            headers[f"x-ratelimit-limit-{unit}"] = str(counter.limit)
+            headers[f"x-ratelimit-remaining-{unit}"] = str(max(0, counter.limit - used))
+            headers[f"x-ratelimit-reset-{unit}"] = f"{math.ceil(self.reset_seconds)}s"
+        return headers
+
+
+def _limits(principal) -> dict[tuple[str, str], tuple[str, int]]:
+    d = settings.RATE_LIMITS
+    return {
+        ("API key", "requests"): (
+            f"k:{principal.key_id}:r",
+            principal.key_rpm if principal.key_rpm is not None else d["key_rpm"],
+        ),
+        ("API key", "tokens"): (
+            f"k:{principal.key_id}:t",
+            principal.key_tpm if principal.key_tpm is not None else d["key_tpm"],
+        ),
+        ("organization", "requests"): (
+            f"o:{principal.organization_id}:r",
+            principal.org_rpm if principal.org_rpm is not None else d["org_rpm"],
+        ),
+        ("organization", "tokens"): (
+            f"o:{principal.organization_id}:t",
+            principal.org_tpm if principal.org_tpm is not None else d["org_tpm"],
+        ),
+    }
+
+
+class _LocalStore:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._values: dict[str, tuple[int, float]] = {}
+
+    async def check_and_add(self, keys: list[str], amounts: list[int], limits: list[int]) -> tuple[int, list[int]]:
+        now = time.time()
+        with self._lock:
+            current = [self._values.get(k, (0, 0.0)) for k in keys]
+            current = [value if expires > now else 0 for value, expires in current]
+            for i, (value, amount, limit) in enumerate(zip(current, amounts, limits, strict=True)):
+                if value + amount > limit:
+                    return i + 1, [value]
+            for key, value, amount in zip(keys, current, amounts, strict=True):
+                self._values[key] = (value + amount, now + WINDOW * 2)
+            if len(self._values) > 100_000:
+                self._values = {k: v for k, v in self._values.items() if v[1] > now}
+            return 0, [v + a for v, a in zip(current, amounts, strict=True)]
+
+    async def add(self, key: str, amount: int) -> None:
+        with self._lock:
+            value, expires = self._values.get(key, (0, time.time() + WINDOW * 2))
+            self._values[key] = (max(0, value + amount), expires)
+
+
+class _RedisStore:
+    def __init__(self, url: str):
+        import redis.asyncio
+
+        self._url = url
+        self._clients: dict[int, object] = {}  # one client per event loop
+        self._redis = redis.asyncio
+
+    def _client(self):
+        import asyncio
+
+        loop = id(asyncio.get_running_loop())
+        if loop not in self._clients:
+            self._clients[loop] = self._redis.from_url(self._url)
+        return self._clients[loop]
+
+    async def check_and_add(self, keys: list[str], amounts: list[int], limits: list[int]) -> tuple[int, list[int]]:
+        client = self._client()
+        result = await client.eval(_SCRIPT, len(keys), *keys, WINDOW * 2, *amounts, *limits)
+        return int(result[0]), [int(v) for v in result[1:]]
+
+    async def add(self, key: str, amount: int) -> None:
+        await self._client().incrby(key, amount)
+
+
+_store = None
+
+
+def store():
+    global _store
+    if _store is None:
+        _store = _RedisStore(settings.REDIS_URL) if settings.REDIS_URL else _LocalStore()
+    return _store
+
+
+async def acquire(principal, estimated_tokens: int) -> Grant:
+    now = time.time()
+    window = int(now // WINDOW)
+    reset = WINDOW - (now % WINDOW)
+    prefix = f"{settings.CACHES['default'].get('KEY_PREFIX', 'maas')}:rl:{window}:"
+    counters = [
+        Counter(scope, unit, prefix + key, limit, 1 if unit == "requests" else estimated_tokens)
+        for (scope, unit), (key, limit) in _limits(principal).items()
+    ]
+    violated, used = await store().check_and_add(
+        [c.key for c in counters], [c.amount for c in counters], [c.limit for c in counters]
+    )
+    if violated:
+        counter = counters[violated - 1]
+        retry = max(1, math.ceil(reset))
+        if counter.amount > counter.limit:
+            message = (
+                f"Request too large: it may use {counter.amount} tokens, above the limit of {counter.limit} "
+                f"tokens per minute for this {counter.scope}. Lower max_tokens or the prompt."
+            )
+        else:
+            message = (
+                f"Rate limit reached for {counter.unit} per minute on this {counter.scope}: limit "
+                f"{counter.limit}, used {used[0]}. Retry after {retry}s."
+            )
+        headers = {
+            "retry-after": str(retry),
+            "retry-after-ms": str(int(reset * 1000)),
+            f"x-ratelimit-limit-{counter.unit}": str(counter.limit),
+            f"x-ratelimit-remaining-{counter.unit}": str(max(0, counter.limit - used[0])),
+            f"x-ratelimit-reset-{counter.unit}": f"{retry}s",
+        }
+        raise GatewayError(429, message, code="rate_limit_exceeded", error_type="rate_limit_error", headers=headers)
+    return Grant(counters, used, reset)
+
+
+async def correct(grant: Grant, actual_tokens: int) -> None:
+    """Replace the token estimate by the real count."""
+    for counter in grant.counters:
+        if counter.unit == "tokens" and actual_tokens != counter.amount:
+            await store().add(counter.key, actual_tokens - counter.amount)

@@ -1,0 +1,90 @@
+"""Which replicas can serve a model id for an organization.
+
+Base model ids resolve here; `ft:` fine-tuned models and `ep-` endpoints will resolve through the
+same `resolve` (they map to a base model's replicas plus an adapter or an endpoint's settings).
+Routes are cached per process for a few seconds (GATEWAY_ROUTE_CACHE_SECONDS), per organization,
+so the hot path does not query the database on every call.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from catalog import selectors as catalog
+from serving.models import Backend
+
+
+@dataclass(frozen=True)
+class Replica:
+    name: str
+    url: str
+    engine: str
+    api_key: str
+    upstream_model: str
+    healthy: bool
+
+
+@dataclass(frozen=True)
+class Route:
+    requested_model: str
+    base_model: str
+    upstream_model: str | None  # None: each replica's own name for the base model
+    replicas: tuple[Replica, ...]
+
+
+class ModelNotFound(Exception):
+    pass
+
+
+_cache: dict[tuple[int, str], tuple[float, Route]] = {}
+_marked_down: dict[str, float] = {}  # replica name -> until when (this process saw it refuse connections)
+
+
+def _load(organization_id: int, model_id: str) -> Route:
+    if model_id.startswith(("ft:", "ep-")):
+        raise ModelNotFound(model_id)  # fine-tuned models and endpoints resolve here once they exist
+    base = catalog.visible_base_models(organization_id).filter(pk=model_id).first()
+    if base is None:
+        raise ModelNotFound(model_id)
+    backends = Backend.objects.filter(base_model=base, enabled=True)
+    replicas = tuple(
+        Replica(b.name, b.url.rstrip("/"), b.engine, b.api_key, b.upstream_model, b.healthy) for b in backends
+    )
+    return Route(model_id, base.pk, None, replicas)
+
+
+_load_async = sync_to_async(_load)
+
+
+async def resolve(organization_id: int, model_id: str) -> Route:
+    now = time.monotonic()
+    cached = _cache.get((organization_id, model_id))
+    if cached and cached[0] > now:
+        return cached[1]
+    route = await _load_async(organization_id, model_id)
+    _cache[(organization_id, model_id)] = (now + settings.GATEWAY_ROUTE_CACHE_SECONDS, route)
+    return route
+
+
+def attempt_order(route: Route) -> list[Replica]:
+    """Healthy replicas first (in random order, to spread load), then the rest as a last resort."""
+    now = time.monotonic()
+    up = [r for r in route.replicas if r.healthy and _marked_down.get(r.name, 0) < now]
+    rest = [r for r in route.replicas if r not in up]
+    random.shuffle(up)
+    return up + rest
+
+
+def mark_down(replica: Replica, seconds: float = 5.0) -> None:
+    _marked_down[replica.name] = time.monotonic() + seconds
+
+
+def forget() -> None:
+    """Drop cached routes (tests, and after the registry changes in this process)."""
+    _cache.clear()
+    _marked_down.clear()
