@@ -28,6 +28,7 @@ def _die_with_parent() -> None:
 class Program:
     name: str
     argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)  # added to the supervisor's environment
     process: subprocess.Popen | None = None
     restarts: list[float] = field(default_factory=list)
     next_start: float = 0.0

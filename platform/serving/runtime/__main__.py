@@ -37,6 +37,9 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     import torch
     import uvicorn
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # progress bars are noise in a server log
 
     from catalog.loader import load_model
     from serving.runtime.adapters import AdapterManager

@@ -1,12 +1,14 @@
 """`python manage.py run` — the whole platform on the embedded default, under one supervisor.
 
 Migrates, seeds the demo data, then runs: web (uvicorn, ASGI), a Celery worker for the default
-queue, a Celery worker for the gpu queue (concurrency 1, as on a one-GPU host) and Celery beat.
-PORT and VAR_DIR choose the port and the state directory, so two instances can run side by side.
+queue, a Celery worker for the gpu queue (concurrency 1, as on a one-GPU host), Celery beat, and
+one model runtime serving the demo model, registered as the gateway's backend. PORT, RUNTIME_PORT
+and VAR_DIR choose the ports and the state directory, so two instances can run side by side.
 """
 
 import json
 import os
+import secrets
 import sys
 import time
 import urllib.request
@@ -24,11 +26,13 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+        parser.add_argument("--runtime-port", type=int, default=int(os.environ.get("RUNTIME_PORT", "0")) or None)
         parser.add_argument("--no-workers", action="store_true", help="Web only.")
 
-    def handle(self, *args, host, port, no_workers, **options):
+    def handle(self, *args, host, port, runtime_port, no_workers, **options):
         call_command("migrate", interactive=False, verbosity=0)
         call_command("seed_demo")
+        runtime = self.runtime_program(runtime_port or port + 100)
         repo = str(settings.REPO_DIR)
         env = {
             **os.environ,
@@ -79,6 +83,7 @@ class Command(BaseCommand):
                     ],
                 ),
                 Program("beat", [*celery, "beat", "-s", str(settings.VAR_DIR / "celerybeat-schedule"), "-l", "INFO"]),
+                runtime,
             ]
         url = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}/"  # noqa: S104
         supervisor = Supervisor(programs, env, cwd=repo)
@@ -109,3 +114,42 @@ class Command(BaseCommand):
             supervisor.say("run", "\n".join(lines))
 
         sys.exit(supervisor.run(on_started=announce))
+
+    def runtime_program(self, runtime_port: int) -> Program:
+        """The demo model's runtime, registered as the gateway's backend with a local shared secret."""
+        from catalog.models import BaseModel
+        from serving import services
+
+        secret_file = settings.VAR_DIR / "runtime_api_key"
+        if not secret_file.exists():
+            secret_file.write_text(secrets.token_urlsafe(32))
+            secret_file.chmod(0o600)
+        model = BaseModel.objects.get(pk="smollm2-135m-instruct")
+        services.register_backend(
+            name=f"local-runtime-{runtime_port}",
+            url=f"http://127.0.0.1:{runtime_port}",
+            base_model=model.pk,
+            api_key=secret_file.read_text().strip(),
+        )
+        adapters = settings.MEDIA_ROOT / "adapters"
+        adapters.mkdir(parents=True, exist_ok=True)
+        return Program(
+            "runtime",
+            [
+                sys.executable,
+                "-m",
+                "serving.runtime",
+                "--model-source",
+                json.dumps(model.source),
+                "--served-model-name",
+                model.pk,
+                "--cache-dir",
+                str(settings.MODEL_CACHE_DIR),
+                "--adapter-root",
+                str(adapters),
+                "--port",
+                str(runtime_port),
+                "--api-key",
+                secret_file.read_text().strip(),
+            ],
+        )
