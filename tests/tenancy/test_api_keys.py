@@ -49,7 +49,7 @@ def test_revoked_key_stops_working_at_once(tenant_a, django_capture_on_commit_ca
     assert refused.json()["error"]["code"] == "api_key_revoked"
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_revocation_reaches_another_process_at_once(live_web, make_tenant):
     tenant = make_tenant("gamma")
     issued = services.create_api_key(organization_id=tenant.org.pk, name="k", actor=Actor(user=tenant.owner))

@@ -115,7 +115,7 @@ def test_a_member_may_leave(tenant_a):
     assert not Membership.all_orgs.filter(pk=mine.pk).exists()
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_two_owners_demoting_each_other_at_once_leave_one_owner(make_tenant):
     if connection.vendor != "postgresql":
         pytest.skip("row locks need PostgreSQL; SQLite serialises writers anyway")

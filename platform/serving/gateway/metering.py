@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from asgiref.sync import sync_to_async
+from django.db import close_old_connections
 
 from billing import services as billing
 from serving.gateway import ratelimit
@@ -66,11 +67,13 @@ class Meter:
     async def _book(self, status_code: int, outcome: str, ended: float) -> None:
         try:
             await ratelimit.correct(self.grant, self.prompt_tokens + self.completion_tokens)
-            await sync_to_async(self._write)(status_code, outcome, ended)
+            # Not thread-sensitive: the request (and its executor) may be gone by now.
+            await sync_to_async(self._write, thread_sensitive=False)(status_code, outcome, ended)
         except Exception:
             log.exception("could not record usage of %s", self.request_id)
 
     def _write(self, status_code: int, outcome: str, ended: float) -> None:
+        close_old_connections()  # this pool thread keeps its connection like a request would, within CONN_MAX_AGE
         billing.settle(self.reservation, prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens)
         ttft = None if self.first_token_at is None else int((self.first_token_at - self.started) * 1000)
         billing.record_usage(

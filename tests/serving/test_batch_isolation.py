@@ -1,0 +1,139 @@
+"""Mixed-adapter batches: rows for adapter A, adapter B and the base model decoded together give,
+row for row, the greedy output each request gives alone — whether they arrive together or join
+a batch that is already decoding."""
+
+import queue
+import threading
+
+import pytest
+import torch
+from django.conf import settings
+
+from catalog.loader import load_model
+from serving.runtime.adapters import BASE, AdapterError, AdapterManager
+from serving.runtime.engine import Engine, GenerationRequest
+from serving.runtime.sampling import SamplingParams
+from tests.conftest import DEMO_SOURCE
+
+pytestmark = pytest.mark.slow
+PROMPTS = {BASE: "Tell me about the sea.", "alpha": "Tell me about the sea.", "beta": "Name three colours."}
+
+
+class Sink:
+    def __init__(self):
+        self.events = queue.Queue()
+        self.first = threading.Event()
+
+    def put(self, event):
+        if event[0] == "token":
+            self.first.set()
+        self.events.put(event)
+
+    def result(self, timeout=120):
+        text = []
+        while True:
+            kind, *rest = self.events.get(timeout=timeout)
+            if kind == "token":
+                text.append(rest[0])
+            elif kind == "done":
+                return "".join(text), rest[0], rest[1]
+            else:
+                raise AssertionError(rest)
+
+
+def make_adapter(base, path, seed: int, targets):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    config = LoraConfig(r=8, lora_alpha=32, target_modules=targets, init_lora_weights=False)
+    peft_model = get_peft_model(base, config)
+    peft_model.save_pretrained(path, safe_serialization=True)
+    return peft_model.unload()  # the base model, without LoRA layers again
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    loaded = load_model(DEMO_SOURCE, settings.MODEL_CACHE_DIR)
+    root = tmp_path_factory.mktemp("adapters")
+    base = make_adapter(loaded.model, root / "alpha", seed=1, targets=["q_proj", "v_proj"])
+    base = make_adapter(base, root / "beta", seed=2, targets=["q_proj", "k_proj", "v_proj", "o_proj"])
+    manager = AdapterManager(base, root, max_loaded=2)
+    manager.load("alpha", "alpha", set())
+    manager.load("beta", str(root / "beta"), set())
+    engine = Engine(base, loaded.tokenizer, manager, max_batch=8)
+    engine.start()
+    yield engine
+    engine.stop()
+
+
+def request(engine, adapter: str, max_tokens: int = 24) -> tuple[GenerationRequest, Sink]:
+    ids = engine.tokenizer.apply_chat_template(
+        [{"role": "user", "content": PROMPTS[adapter]}], add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    sink = Sink()
+    return GenerationRequest(
+        list(ids), SamplingParams(max_tokens=max_tokens, temperature=0.0), sink, adapter=adapter
+    ), sink
+
+
+def alone(engine, adapter: str, max_tokens: int = 24):
+    job, sink = request(engine, adapter, max_tokens)
+    engine.submit(job)
+    return sink.result()
+
+
+def test_adapters_change_the_output(engine):
+    outputs = {name: alone(engine, name)[0] for name in (BASE, "alpha")}
+    assert outputs[BASE] != outputs["alpha"]  # same prompt, different weights: the test below can fail
+
+
+def test_mixed_batch_matches_each_request_alone(engine):
+    expected = {name: alone(engine, name) for name in PROMPTS}
+    # Arriving together: one prefill, one batch.
+    jobs = {name: request(engine, name) for name in PROMPTS}
+    for job, _ in jobs.values():
+        engine.submit(job)
+    together = {name: sink.result() for name, (_, sink) in jobs.items()}
+    assert together == expected
+    # Joining a batch that is already decoding: the base row starts, the adapter rows join it.
+    first, first_sink = request(engine, BASE)
+    engine.submit(first)
+    assert first_sink.first.wait(60)
+    later = {name: request(engine, name) for name in ("alpha", "beta")}
+    for job, _ in later.values():
+        engine.submit(job)
+    joined = {name: sink.result() for name, (_, sink) in later.items()}
+    joined[BASE] = first_sink.result()
+    assert joined == expected
+
+
+def test_cancelled_row_stops_and_reports_what_it_generated(engine):
+    job, sink = request(engine, "beta", max_tokens=400)
+    engine.submit(job)
+    assert sink.first.wait(60)
+    job.cancelled.set()
+    _, reason, usage = sink.result()
+    assert reason == "cancelled"
+    assert 0 < usage["completion_tokens"] < 400
+
+
+def test_adapter_store_confinement_and_lru(engine, tmp_path):
+    manager = engine.adapters
+    with pytest.raises(AdapterError) as outside:
+        manager.confine(str(tmp_path))
+    assert outside.value.status == 403
+    with pytest.raises(AdapterError) as escape:
+        manager.confine("../../etc")
+    assert escape.value.status == 403
+    (manager.root / "pickled").mkdir(exist_ok=True)
+    for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
+        (manager.root / "pickled" / name).write_text("{}")
+    with pytest.raises(AdapterError) as pickled:
+        manager.confine("pickled")
+    assert "pickled weights are never loaded" in pickled.value.message
+    # Two slots, both loaded: loading a third (alpha again under a new name) evicts the least recently used.
+    engine.call(lambda e: e.adapters.touch("alpha")).result(30)
+    engine.call(lambda e: e.adapters.load("alpha-again", "alpha", e.in_use())).result(60)
+    assert list(manager.loaded) == ["alpha", "alpha-again"]
+    engine.call(lambda e: e.adapters.unload("alpha-again", e.in_use())).result(30)
+    engine.call(lambda e: e.adapters.load("beta", "beta", e.in_use())).result(60)

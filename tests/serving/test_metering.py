@@ -1,0 +1,68 @@
+"""Server-side metering: a client that disconnects is charged for what was generated up to
+then, and decoding stops."""
+
+import time
+
+import httpx
+import pytest
+
+from billing.models import UsageEvent
+from tests.conftest import DEMO_MODEL
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
+LONG = [{"role": "user", "content": "Count from 1 to 300, separated by commas."}]
+
+
+def ledger_row(request_id: str, timeout: float = 15) -> UsageEvent:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = UsageEvent.all_orgs.filter(request_id=request_id).first()
+        if row is not None:
+            return row
+        time.sleep(0.1)
+    raise AssertionError(f"no usage event for {request_id}")
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_disconnect_is_charged_for_what_was_generated(live_web, runtime_server, make_tenant, stream):
+    runtime_server.register()
+    tenant = make_tenant("meter")
+    before = runtime_server.generated_tokens()
+    body = {"model": DEMO_MODEL, "messages": LONG, "temperature": 0, "max_tokens": 400, "stream": stream}
+    headers = {"Authorization": f"Bearer {tenant.key()}"}
+    received = 0
+    if stream:
+        with (
+            httpx.Client(timeout=60) as client,
+            client.stream("POST", live_web.url + "/v1/chat/completions", json=body, headers=headers) as response,
+        ):
+            request_id = response.headers["x-request-id"]
+            for line in response.iter_lines():
+                if '"content": "' in line and '"content": ""' not in line:
+                    received += 1
+                if received == 5:
+                    break  # leaving the block closes the connection mid-stream
+    else:
+        # A plain answer only comes when complete: hang up while it is being generated.
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(
+                live_web.url + "/v1/chat/completions", json=body, headers=headers, timeout=httpx.Timeout(60, read=2.0)
+            )
+        request_id = wait_for_latest_request(tenant)
+    row = ledger_row(request_id)
+    time.sleep(1.0)  # decoding stops within a step or two of the hang-up
+    generated = runtime_server.generated_tokens() - before
+    assert row.outcome == "client_disconnected" and row.streamed is stream
+    assert row.prompt_tokens > 0
+    assert 0 < row.completion_tokens <= generated < 400
+    assert row.completion_tokens >= received
+
+
+def wait_for_latest_request(tenant, timeout: float = 15) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = UsageEvent.all_orgs.filter(organization=tenant.org).first()
+        if row is not None:
+            return row.request_id
+        time.sleep(0.1)
+    raise AssertionError("no usage event")
