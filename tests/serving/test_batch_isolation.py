@@ -137,3 +137,28 @@ def test_adapter_store_confinement_and_lru(engine, tmp_path):
     assert list(manager.loaded) == ["alpha", "alpha-again"]
     engine.call(lambda e: e.adapters.unload("alpha-again", e.in_use())).result(30)
     engine.call(lambda e: e.adapters.load("beta", "beta", e.in_use())).result(60)
+
+
+def test_gathered_lora_equals_peft_reference(engine):
+    """Our gathered LoRA forward gives PEFT's own mixed-batch logits (the reference implementation)."""
+    from serving.runtime import lora_batching
+
+    def compare(e):
+        model = e.adapters.peft_model
+        ids = e.tokenizer("The lighthouse keeper", return_tensors="pt")["input_ids"].repeat(3, 1)
+        rows = [BASE, "alpha", "beta"]
+        ours = model(input_ids=ids, adapter_names=rows).logits
+        patched = [m for m in model.modules() if getattr(m, "_maas_gathered", False)]
+        for module in patched:  # back to PEFT's class method
+            del module._mixed_batch_forward
+            module._maas_gathered = False
+        try:
+            reference = model(input_ids=ids, adapter_names=rows).logits
+        finally:
+            lora_batching.install(model, e.adapters.stacks)
+        return ours, reference, len(patched)
+
+    ours, reference, patched = engine.call(compare).result(120)
+    assert patched > 0
+    assert torch.allclose(ours, reference, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(ours[0], ours[1], atol=1e-2)  # the adapters do change the logits

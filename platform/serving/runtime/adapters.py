@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from pathlib import Path
 
+from serving.runtime import lora_batching
+
 BASE = "__base__"
 FORBIDDEN_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
 
@@ -27,6 +29,7 @@ class AdapterManager:
         self.max_loaded = max_loaded
         self.peft_model = None
         self.loaded: OrderedDict[str, Path] = OrderedDict()  # least recently used first
+        self.stacks = lora_batching.Stacks()
 
     @property
     def model(self):
@@ -71,6 +74,8 @@ class AdapterManager:
         else:
             self.peft_model.load_adapter(location, adapter_name=name, is_trainable=False)
         self.loaded[name] = location
+        lora_batching.install(self.peft_model, self.stacks)
+        self.stacks.bump()
         return True
 
     def unload(self, name: str, in_use: set[str]) -> None:
@@ -94,3 +99,4 @@ class AdapterManager:
     def _delete(self, name: str) -> None:
         self.peft_model.delete_adapter(name)
         del self.loaded[name]
+        self.stacks.bump()
