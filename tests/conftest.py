@@ -129,7 +129,16 @@ def start_web(extra_env: dict | None = None) -> LiveServer:
     }
     log_path = Path(settings.VAR_DIR) / f"web-{port}.log"
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "maas.asgi:application", "--port", str(port), "--no-access-log"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "maas.asgi:application",
+            "--port",
+            str(port),
+            "--no-access-log",
+            *os.environ.get("TEST_UVICORN_ARGS", "").split(),
+        ],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -13,11 +13,11 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.core.cache import cache
 from django.utils import timezone
 
-from tenancy import secrets
+from tenancy import secrets, shared_store
 from tenancy.models import APIKey, Organization
 from tenancy.roles import Scope
 
@@ -96,8 +96,7 @@ def bearer_token(authorization: str | None) -> str | None:
     return token.strip()
 
 
-def authenticate(raw_key: str | None) -> KeyPrincipal:
-    """Return the principal for a raw key or raise KeyRejected. Never logs the key."""
+def _hash_of(raw_key: str | None) -> str:
     if not raw_key:
         raise KeyRejected(
             401,
@@ -106,11 +105,33 @@ def authenticate(raw_key: str | None) -> KeyPrincipal:
         )
     if not secrets.looks_like_api_key(raw_key):
         raise KeyRejected(401, "invalid_api_key", "Incorrect API key provided.")
-    key_hash = secrets.digest(raw_key)
-    cached = cache.get(_cache_key(key_hash))
+    return secrets.digest(raw_key)
+
+
+def authenticate(raw_key: str | None) -> KeyPrincipal:
+    """Return the principal for a raw key or raise KeyRejected. Never logs the key."""
+    key_hash = _hash_of(raw_key)
+    cached = shared_store.get(_cache_key(key_hash))
     principal = KeyPrincipal.from_cache(cached) if cached is not None else _load(key_hash)
     _check(principal)
-    _touch(principal)
+    if shared_store.add(_touch_key(key_hash), 1, settings.API_KEY_LAST_USED_RESOLUTION_SECONDS):
+        _record_use(key_hash)
+    return principal
+
+
+async def aauthenticate(raw_key: str | None) -> KeyPrincipal:
+    """The same for async views: a cache hit costs one shared-store round trip and no thread hop."""
+    key_hash = _hash_of(raw_key)
+    cached, first_use_in_window = await shared_store.aget_and_add(
+        _cache_key(key_hash), _touch_key(key_hash), settings.API_KEY_LAST_USED_RESOLUTION_SECONDS
+    )
+    if cached is not None:
+        principal = KeyPrincipal.from_cache(cached)
+    else:
+        principal = await sync_to_async(_load)(key_hash)  # a miss: rare, so the usual request thread
+    _check(principal)
+    if first_use_in_window:
+        await sync_to_async(_record_use)(key_hash)
     return principal
 
 
@@ -119,7 +140,7 @@ def _load(key_hash: str) -> KeyPrincipal:
     if row is None:
         raise KeyRejected(401, "invalid_api_key", "Incorrect API key provided.")
     principal = KeyPrincipal.from_row(row, row.organization)
-    cache.add(_cache_key(key_hash), principal.to_cache(), _ttl(principal))
+    shared_store.add(_cache_key(key_hash), principal.to_cache(), _ttl(principal))
     return principal
 
 
@@ -146,11 +167,13 @@ def _check(principal: KeyPrincipal) -> None:
         )
 
 
-def _touch(principal: KeyPrincipal) -> None:
-    """Record last use at most once per resolution window per key, across all processes."""
-    resolution = settings.API_KEY_LAST_USED_RESOLUTION_SECONDS
-    if cache.add(f"apikey:used:{principal.key_id}", 1, resolution):
-        APIKey.all_orgs.filter(pk=principal.key_id).update(last_used_at=timezone.now())
+def _touch_key(key_hash: str) -> str:
+    # Last use is written at most once per resolution window per key, across all processes.
+    return f"apikey:used:{key_hash}"
+
+
+def _record_use(key_hash: str) -> None:
+    APIKey.all_orgs.filter(key_hash=key_hash).update(last_used_at=timezone.now())
 
 
 def publish(keys: list[APIKey], organization: Organization) -> None:
@@ -161,4 +184,4 @@ def publish(keys: list[APIKey], organization: Organization) -> None:
         principal = KeyPrincipal.from_row(key, organization)
         entries[_cache_key(key.key_hash)] = principal.to_cache()
     if entries:
-        cache.set_many(entries, settings.API_KEY_CACHE_SECONDS)
+        shared_store.set_many(entries, settings.API_KEY_CACHE_SECONDS)

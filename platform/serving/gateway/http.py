@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 
-from asgiref.sync import sync_to_async
 from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -38,14 +37,11 @@ class GatewayError(Exception):
         return response
 
 
-_authenticate = sync_to_async(keyauth.authenticate)
-
-
 async def authenticate(request, *any_of_scopes: str) -> KeyPrincipal:
     """The request's key principal, if it holds one of the scopes; else a GatewayError."""
     token = keyauth.bearer_token(request.headers.get("Authorization"))
     try:
-        principal = await _authenticate(token)
+        principal = await keyauth.aauthenticate(token)
     except keyauth.KeyRejected as rejected:
         headers = {"WWW-Authenticate": 'Bearer realm="api"'} if rejected.status == 401 else None
         raise GatewayError(

@@ -11,11 +11,11 @@ stops. Plain (non-stream) answers are assembled here.
 from __future__ import annotations
 
 import asyncio
-import json
 
+import orjson
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import JsonResponse, StreamingHttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 
 from billing import services as billing
 from billing.models import UsageEvent
@@ -26,6 +26,19 @@ from serving.gateway.metering import Meter
 from tenancy.roles import Scope
 
 Outcome = UsageEvent.Outcome
+CHAT = "chat.completions"
+
+
+def json_response(body: dict, status: int = 200) -> HttpResponse:
+    return HttpResponse(orjson.dumps(body), status=status, content_type="application/json")
+
+
+def server_error(message: str, code: str = "upstream_error") -> dict:
+    return {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
+
+
+def _sse(payload: dict) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
 def _body(request) -> dict:
@@ -34,8 +47,8 @@ def _body(request) -> dict:
     except RequestDataTooBig:
         raise GatewayError(413, "The request body is too large.", code="request_too_large") from None
     try:
-        body = json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = orjson.loads(raw or b"null")
+    except orjson.JSONDecodeError:
         raise GatewayError(400, "We could not parse the JSON body of your request.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise GatewayError(400, "The request body must be a JSON object.", code="invalid_json")
@@ -48,12 +61,10 @@ def _body(request) -> dict:
 
 def _estimate(body: dict, endpoint: str) -> int:
     """Tokens the request may use, for the rate limiter (corrected to the real count afterwards)."""
-    if endpoint == "chat.completions":
-        text = json.dumps(body.get("messages", ""), ensure_ascii=False)
-        budget = body.get("max_completion_tokens") or body.get("max_tokens")
-    else:
-        text = json.dumps(body.get("prompt", ""), ensure_ascii=False)
-        budget = body.get("max_tokens")
+    text = orjson.dumps(body.get("messages" if endpoint == CHAT else "prompt", ""))
+    budget = (
+        (body.get("max_completion_tokens") or body.get("max_tokens")) if endpoint == CHAT else body.get("max_tokens")
+    )
     if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
         budget = settings.RATE_LIMIT_COMPLETION_ESTIMATE
     return len(text) // 3 + 1 + budget
@@ -71,11 +82,8 @@ async def _open(route: routing.Route, body: dict, path: str, meter: Meter):
         if replica.engine in ("builtin", "vllm"):
             payload["stream_options"]["continuous_usage_stats"] = True
         headers = {"Authorization": f"Bearer {replica.api_key}"} if replica.api_key else {}
-        client = upstream.client()
         try:
-            response = await client.send(
-                client.build_request("POST", replica.url + path, json=payload, headers=headers), stream=True
-            )
+            response = await upstream.post(replica.url + path, payload, headers)
         except upstream.CONNECT_ERRORS:
             routing.mark_down(replica)
             continue
@@ -90,34 +98,34 @@ async def _open(route: routing.Route, body: dict, path: str, meter: Meter):
     )
 
 
-async def _upstream_error(response, meter: Meter) -> JsonResponse:
-    raw = await response.aread()
-    await response.aclose()
+def _finish(response, *, cleanly: bool) -> None:
+    # A fully read answer returns its connection to the pool; anything else drops the connection,
+    # which is what tells the model server to stop decoding.
+    if cleanly:
+        response.release()
+    else:
+        upstream.abort(response)
+
+
+async def _upstream_error(response, meter: Meter) -> HttpResponse:
+    raw = await response.read()
+    response.release()
     try:
-        payload = json.loads(raw)
-        assert isinstance(payload.get("error"), dict)
-    except (ValueError, AssertionError, AttributeError):
-        payload = {
-            "error": {
-                "message": raw.decode(errors="replace")[:500] or "The model server failed.",
-                "type": "server_error",
-                "param": None,
-                "code": "upstream_error",
-            }
-        }
-    status = response.status_code if response.status_code < 500 else 502
+        payload = orjson.loads(raw)
+        if not isinstance(payload.get("error"), dict):
+            raise ValueError
+    except (ValueError, AttributeError):
+        payload = server_error(raw.decode(errors="replace")[:500] or "The model server failed.")
+    status = response.status if response.status < 500 else 502
     meter.close(status, Outcome.REJECTED if status < 500 else Outcome.UPSTREAM_ERROR)
-    return JsonResponse(payload, status=status)
+    return json_response(payload, status)
 
 
-def _has_text(chunk: dict) -> bool:
-    for choice in chunk.get("choices") or []:
-        if (choice.get("delta") or {}).get("content") or choice.get("text"):
-            return True
-    return False
+def _text_of(choice: dict, endpoint: str) -> str | None:
+    return (choice.get("delta") or {}).get("content") if endpoint == CHAT else choice.get("text")
 
 
-async def _relay(response, meter: Meter, model: str, include_usage: bool):
+async def _relay(response, meter: Meter, model: str, endpoint: str, include_usage: bool):
     outcome, status = Outcome.CLIENT_DISCONNECTED, 200
     try:
         async for event in upstream.events(response):
@@ -127,45 +135,38 @@ async def _relay(response, meter: Meter, model: str, include_usage: bool):
                 break
             if "error" in event:
                 outcome, status = Outcome.UPSTREAM_ERROR, 502
-                yield f"data: {json.dumps(event)}\n\n".encode()
+                yield _sse(event)
                 continue
             meter.saw(event.get("usage"))
-            if _has_text(event):
-                meter.first_token()
-            if not event.get("choices") and event.get("usage"):
-                if include_usage:
-                    yield f"data: {json.dumps({**event, 'model': model})}\n\n".encode()
+            choices = event.get("choices")
+            if not choices:
+                if include_usage and event.get("usage"):
+                    yield _sse({**event, "model": model})
                 continue
+            if any(_text_of(choice, endpoint) for choice in choices):
+                meter.first_token()
             event["model"] = model
             if include_usage:
                 event["usage"] = None
             else:
                 event.pop("usage", None)
-            yield f"data: {json.dumps(event)}\n\n".encode()
+            yield _sse(event)
         else:
             outcome, status = Outcome.UPSTREAM_ERROR, 502
     except upstream.STREAM_ERRORS:
         outcome, status = Outcome.UPSTREAM_ERROR, 502
-        body = {
-            "error": {
-                "message": "The model server went away mid-stream.",
-                "type": "server_error",
-                "param": None,
-                "code": "upstream_error",
-            }
-        }
-        yield f"data: {json.dumps(body)}\n\n".encode()
+        yield _sse(server_error("The model server went away mid-stream."))
     finally:
-        # Closing the upstream connection is what stops decoding when our client has gone.
         meter.close(status, outcome)
-        await asyncio.shield(response.aclose())
+        _finish(response, cleanly=outcome == Outcome.OK)
 
 
-async def _assemble(response, meter: Meter, model: str, endpoint: str) -> JsonResponse:
-    parts, first, finish, error = [], None, None, None
+async def _assemble(response, meter: Meter, model: str, endpoint: str) -> HttpResponse:
+    parts, first, finish, error, complete = [], None, None, None, False
     try:
         async for event in upstream.events(response):
             if event == "[DONE]":
+                complete = True
                 break
             if "error" in event:
                 error = event
@@ -173,32 +174,21 @@ async def _assemble(response, meter: Meter, model: str, endpoint: str) -> JsonRe
             first = first or event
             meter.saw(event.get("usage"))
             for choice in event.get("choices") or []:
-                piece = (
-                    (choice.get("delta") or {}).get("content") if endpoint == "chat.completions" else choice.get("text")
-                )
+                piece = _text_of(choice, endpoint)
                 if piece:
                     meter.first_token()
                     parts.append(piece)
                 finish = choice.get("finish_reason") or finish
-    except asyncio.CancelledError:
+    except asyncio.CancelledError:  # our client went away: charge what was generated, stop the server
         meter.close(499, Outcome.CLIENT_DISCONNECTED)
         raise
+    except upstream.STREAM_ERRORS:
+        error = server_error("The model server went away mid-answer.")
     finally:
-        await asyncio.shield(response.aclose())
-    if error is not None or first is None:
+        _finish(response, cleanly=complete)
+    if error is not None or first is None or not complete:
         meter.close(502, Outcome.UPSTREAM_ERROR)
-        return JsonResponse(
-            error
-            or {
-                "error": {
-                    "message": "The model server sent no answer.",
-                    "type": "server_error",
-                    "param": None,
-                    "code": "upstream_error",
-                }
-            },
-            status=502,
-        )
+        return json_response(error or server_error("The model server sent no complete answer."), 502)
     meter.close(200, Outcome.OK)
     usage = {
         "prompt_tokens": meter.prompt_tokens,
@@ -206,7 +196,7 @@ async def _assemble(response, meter: Meter, model: str, endpoint: str) -> JsonRe
         "total_tokens": meter.prompt_tokens + meter.completion_tokens,
     }
     text = "".join(parts)
-    if endpoint == "chat.completions":
+    if endpoint == CHAT:
         choice = {
             "index": 0,
             "message": {"role": "assistant", "content": text, "refusal": None},
@@ -231,7 +221,7 @@ async def _assemble(response, meter: Meter, model: str, endpoint: str) -> JsonRe
             "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
             "usage": usage,
         }
-    return JsonResponse(body)
+    return json_response(body)
 
 
 async def _proxy(request, endpoint: str, path: str):
@@ -262,11 +252,11 @@ async def _proxy(request, endpoint: str, path: str):
     streamed = bool(body.get("stream"))
     meter = Meter(request.request_id, principal, endpoint, model, route.base_model, streamed, grant, reservation)
     response = await _open(route, body, path, meter)
-    if response.status_code != 200:
+    if response.status != 200:
         result = await _upstream_error(response, meter)
     elif streamed:
         result = StreamingHttpResponse(
-            _relay(response, meter, model, _client_wants_usage(body)), content_type="text/event-stream"
+            _relay(response, meter, model, endpoint, _client_wants_usage(body)), content_type="text/event-stream"
         )
         result["Cache-Control"] = "no-cache"
         result["X-Accel-Buffering"] = "no"
@@ -279,7 +269,7 @@ async def _proxy(request, endpoint: str, path: str):
 
 @gateway_view("POST")
 async def chat_completions(request):
-    return await _proxy(request, "chat.completions", "/v1/chat/completions")
+    return await _proxy(request, CHAT, "/v1/chat/completions")
 
 
 @gateway_view("POST")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from serving.gateway.http import GatewayError
+from tenancy import shared_store
 
 WINDOW = 60
 
@@ -115,28 +116,12 @@ class _LocalStore:
 
 
 class _RedisStore:
-    def __init__(self, url: str):
-        import redis.asyncio
-
-        self._url = url
-        self._clients: dict[int, object] = {}  # one client per event loop
-        self._redis = redis.asyncio
-
-    def _client(self):
-        import asyncio
-
-        loop = id(asyncio.get_running_loop())
-        if loop not in self._clients:
-            self._clients[loop] = self._redis.from_url(self._url)
-        return self._clients[loop]
-
     async def check_and_add(self, keys: list[str], amounts: list[int], limits: list[int]) -> tuple[int, list[int]]:
-        client = self._client()
-        result = await client.eval(_SCRIPT, len(keys), *keys, WINDOW * 2, *amounts, *limits)
+        result = await shared_store.async_client().eval(_SCRIPT, len(keys), *keys, WINDOW * 2, *amounts, *limits)
         return int(result[0]), [int(v) for v in result[1:]]
 
     async def add(self, key: str, amount: int) -> None:
-        await self._client().incrby(key, amount)
+        await shared_store.async_client().incrby(key, amount)
 
 
 _store = None
@@ -145,7 +130,7 @@ _store = None
 def store():
     global _store
     if _store is None:
-        _store = _RedisStore(settings.REDIS_URL) if settings.REDIS_URL else _LocalStore()
+        _store = _RedisStore() if shared_store.redis_enabled() else _LocalStore()
     return _store
 
 
@@ -153,7 +138,7 @@ async def acquire(principal, estimated_tokens: int) -> Grant:
     now = time.time()
     window = int(now // WINDOW)
     reset = WINDOW - (now % WINDOW)
-    prefix = f"{settings.CACHES['default'].get('KEY_PREFIX', 'maas')}:rl:{window}:"
+    prefix = shared_store.prefix(f"rl:{window}:")
     counters = [
         Counter(scope, unit, prefix + key, limit, 1 if unit == "requests" else estimated_tokens)
         for (scope, unit), (key, limit) in _limits(principal).items()

@@ -1,45 +1,62 @@
-"""Talking to model servers: one pooled HTTP client per event loop, and the SSE event reader."""
+"""Talking to model servers: one pooled aiohttp session per event loop, and the SSE reader.
+
+aiohttp rather than httpx on this path: on this machine a streamed call to a trivial upstream
+costs 0.40 ms with aiohttp against 0.93 ms with httpx (bench/README.md), and the gateway makes
+one per API call.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 
-import httpx
+import aiohttp
+import orjson
 from django.conf import settings
 
-_clients: dict[int, httpx.AsyncClient] = {}
-
-
-def client() -> httpx.AsyncClient:
-    loop = id(asyncio.get_running_loop())
-    if loop not in _clients:
-        _clients[loop] = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.GATEWAY_UPSTREAM_TIMEOUT, connect=3.0),
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
-        )
-    return _clients[loop]
-
+_sessions: dict[int, aiohttp.ClientSession] = {}
 
 # Failures before the first byte: another replica may be tried.
-CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout)
+CONNECT_ERRORS = (aiohttp.ClientConnectorError, asyncio.TimeoutError, ConnectionRefusedError)
 # Failures once the answer is flowing: the client gets an error event.
-STREAM_ERRORS = (httpx.ReadError, httpx.ReadTimeout, httpx.RemoteProtocolError)
+STREAM_ERRORS = (
+    aiohttp.ClientPayloadError,
+    aiohttp.ServerDisconnectedError,
+    aiohttp.ClientOSError,
+    asyncio.TimeoutError,
+)
 
 
-async def events(response: httpx.Response) -> AsyncIterator[dict | str]:
+def session() -> aiohttp.ClientSession:
+    loop = id(asyncio.get_running_loop())
+    existing = _sessions.get(loop)
+    if existing is None or existing.closed:
+        timeout = aiohttp.ClientTimeout(total=None, connect=3.0, sock_read=settings.GATEWAY_UPSTREAM_TIMEOUT)
+        connector = aiohttp.TCPConnector(limit=512, keepalive_timeout=30)
+        existing = _sessions[loop] = aiohttp.ClientSession(
+            timeout=timeout, connector=connector, json_serialize=lambda o: orjson.dumps(o).decode()
+        )
+    return existing
+
+
+async def post(url: str, payload: dict, headers: dict) -> aiohttp.ClientResponse:
+    return await session().post(
+        url, data=orjson.dumps(payload), headers={**headers, "Content-Type": "application/json"}
+    )
+
+
+async def events(response: aiohttp.ClientResponse) -> AsyncIterator[dict | str]:
     """Yield each SSE `data:` payload as a dict, and the string "[DONE]" at the end."""
-    async for line in response.aiter_lines():
-        if not line.startswith("data:"):
+    async for line in response.content:
+        if not line.startswith(b"data:"):
             continue
         data = line[5:].strip()
-        if data == "[DONE]":
+        if data == b"[DONE]":
             yield "[DONE]"
             return
         try:
-            payload = json.loads(data)
-        except json.JSONDecodeError:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
             payload = {
                 "error": {
                     "message": "The model server sent a malformed event.",
@@ -49,3 +66,8 @@ async def events(response: httpx.Response) -> AsyncIterator[dict | str]:
                 }
             }
         yield payload
+
+
+def abort(response: aiohttp.ClientResponse) -> None:
+    """Drop the connection: the model server sees the client leave and stops decoding."""
+    response.close()

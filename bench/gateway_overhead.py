@@ -1,0 +1,177 @@
+"""Gateway overhead: the same trivial OpenAI-compatible upstream called directly and through the
+gateway (API-key auth, rate limits, routing, usage ledger all on), at concurrency 1 and 32.
+Prints requests/s and p50/p99 latency of both, and what the gateway adds.
+
+Uses DATABASE_URL and REDIS_URL when set (production-like: PostgreSQL + Redis); otherwise the
+embedded default (SQLite + file cache) in a temporary VAR_DIR.
+Run: .venv/bin/python bench/gateway_overhead.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUESTS = {1: int(os.environ.get("BENCH_REQUESTS_C1", "400")), 32: int(os.environ.get("BENCH_REQUESTS_C32", "2000"))}
+BODY = {"model": "bench-model", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 2}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait(url: str, process: subprocess.Popen) -> None:
+    for _ in range(200):
+        if process.poll() is not None:
+            raise SystemExit(f"{url} exited")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise SystemExit(f"{url} did not start")
+
+
+def manage(env: dict, *args: str) -> str:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True, capture_output=True, text=True
+    ).stdout
+
+
+async def load(url: str, headers: dict, concurrency: int, total: int) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    counter = iter(range(total))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+
+        async def worker():
+            for _ in counter:
+                started = time.perf_counter()
+                response = await client.post(url, json=BODY, headers=headers)
+                latencies.append(time.perf_counter() - started)
+                assert response.status_code == 200, response.text
+
+        for _ in range(min(concurrency, 20)):  # warm-up: connections, caches
+            await client.post(url, json=BODY, headers=headers)
+        started = time.perf_counter()
+        await asyncio.gather(*[worker() for _ in range(concurrency)])
+        elapsed = time.perf_counter() - started
+    return total / elapsed, latencies
+
+
+def quantile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[int(q * 100) - 1] * 1000
+
+
+def main() -> None:
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'platform'}{os.pathsep}{ROOT}"}
+    if not env.get("DATABASE_URL"):
+        env["VAR_DIR"] = tempfile.mkdtemp(prefix="bench-gateway-")
+    env.update(
+        RATE_LIMIT_KEY_RPM="10000000",
+        RATE_LIMIT_ORG_RPM="10000000",
+        RATE_LIMIT_KEY_TPM="1000000000",
+        RATE_LIMIT_ORG_TPM="1000000000",
+        LOG_LEVEL="WARNING",
+    )
+    up_port, web_port = free_port(), free_port()
+    upstream = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench.trivial_upstream:app",
+            "--port",
+            str(up_port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
+    manage(env, "migrate", "-v0")
+    manage(
+        env,
+        "shell",
+        "--no-imports",
+        "-c",
+        "from catalog.models import BaseModel; BaseModel.objects.update_or_create(id='bench-model', defaults=dict("
+        "display_name='bench', family='bench', context_length=4096, source={'format': 'gguf', 'path': '/x.gguf'}))",
+    )
+    slug = f"bench{int(time.time())}"
+    manage(env, "create_org", slug, "--owner", f"{slug}@example.com")
+    key = manage(env, "create_api_key", slug, "--name", "bench").strip().splitlines()[-1]
+    manage(
+        env, "register_backend", f"bench-{up_port}", "--url", f"http://127.0.0.1:{up_port}", "--model", "bench-model"
+    )
+    web = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "maas.asgi:application",
+            "--port",
+            str(web_port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
+    try:
+        wait(f"http://127.0.0.1:{up_port}/health", upstream)
+        wait(f"http://127.0.0.1:{web_port}/healthz", web)
+        store = ("PostgreSQL" if "postgres" in env.get("DATABASE_URL", "") else "SQLite") + (
+            " + Redis" if env.get("REDIS_URL") else " + file cache"
+        )
+        figures = {"store": store, "cores": os.cpu_count(), "results": []}
+        for concurrency, total in REQUESTS.items():
+            direct_rps, direct = asyncio.run(
+                load(f"http://127.0.0.1:{up_port}/v1/chat/completions", {}, concurrency, total)
+            )
+            gateway_rps, through = asyncio.run(
+                load(
+                    f"http://127.0.0.1:{web_port}/v1/chat/completions",
+                    {"Authorization": f"Bearer {key}"},
+                    concurrency,
+                    total,
+                )
+            )
+            row = {
+                "concurrency": concurrency,
+                "requests": total,
+                "direct_rps": round(direct_rps),
+                "gateway_rps": round(gateway_rps),
+                "direct_p50_ms": round(quantile(direct, 0.50), 2),
+                "gateway_p50_ms": round(quantile(through, 0.50), 2),
+                "direct_p99_ms": round(quantile(direct, 0.99), 2),
+                "gateway_p99_ms": round(quantile(through, 0.99), 2),
+            }
+            row["added_p50_ms"] = round(row["gateway_p50_ms"] - row["direct_p50_ms"], 2)
+            row["added_p99_ms"] = round(row["gateway_p99_ms"] - row["direct_p99_ms"], 2)
+            figures["results"].append(row)
+        print(json.dumps(figures, indent=2))
+        (ROOT / "bench" / "results" / "gateway_overhead.json").write_text(json.dumps(figures, indent=2) + "\n")
+    finally:
+        for process in (web, upstream):
+            process.terminate()
+            process.wait(10)
+
+
+if __name__ == "__main__":
+    main()
