@@ -38,7 +38,8 @@ lint: setup
 	PYTHONPATH=platform:. $(VENV)/bin/lint-imports
 
 bench: setup
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b; done
+	$(PY) bench/runtime_throughput.py
+	$(PY) bench/gateway_overhead.py
 
 clean:
 	rm -rf $(VENV) var

@@ -5,6 +5,8 @@ from serving.models import Backend
 
 
 class BackendForm(forms.ModelForm):
+    # Replicas live on a private network and usually speak plain HTTP.
+    url = forms.URLField(assume_scheme="http", help_text="e.g. http://10.0.0.5:8100")
     api_key = forms.CharField(
         required=False,
         widget=forms.PasswordInput(render_value=True),
