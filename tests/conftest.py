@@ -118,13 +118,15 @@ class LiveServer:
 
 
 def start_web(extra_env: dict | None = None) -> LiveServer:
-    """A real uvicorn web process on the test database and the shared cache."""
+    """A real uvicorn web process on the test database and the shared cache. Routes are not
+    cached there, so that each test's backends and models are seen at once."""
     port = _free_port()
     env = {
         **os.environ,
         "DATABASE_URL": _database_url(),
         "VAR_DIR": str(settings.VAR_DIR),
         "PYTHONPATH": f"{REPO / 'platform'}{os.pathsep}{REPO}",
+        "GATEWAY_ROUTE_CACHE_SECONDS": "0",
         **(extra_env or {}),
     }
     log_path = Path(settings.VAR_DIR) / f"web-{port}.log"

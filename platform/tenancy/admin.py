@@ -107,6 +107,16 @@ class APIKeyAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False  # the plaintext is shown once: create keys from the console, the API or create_api_key
 
+    def save_model(self, request, obj, form, change):
+        # Only the rate limits are editable; the service republishes the key's cached state.
+        services.set_key_limits(
+            obj.pk,
+            organization_id=obj.organization_id,
+            rpm=obj.rpm_limit,
+            tpm=obj.tpm_limit,
+            actor=Actor.from_request(request),
+        )
+
     def has_delete_permission(self, request, obj=None):
         return False  # revoke instead: the audit trail keeps the key's row
 

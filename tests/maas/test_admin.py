@@ -64,3 +64,33 @@ def test_revoke_action(staff, tenant_a, django_capture_on_commit_callbacks):
 def test_admin_needs_staff(client, tenant_a):
     client.force_login(tenant_a.owner)
     assert client.get(reverse("admin:tenancy_organization_changelist")).status_code == 302
+
+
+def test_rate_limit_edits_reach_the_gateway_at_once(staff, tenant_a, django_capture_on_commit_callbacks):
+    from tenancy import keyauth
+
+    plaintext = tenant_a.key()
+    key = APIKey.all_orgs.get()
+    assert keyauth.authenticate(plaintext).key_rpm is None  # cached now
+    with django_capture_on_commit_callbacks(execute=True):
+        response = staff.post(
+            reverse("admin:tenancy_apikey_change", args=[key.pk]), {"rpm_limit": "7", "tpm_limit": ""}
+        )
+    assert response.status_code == 302
+    assert keyauth.authenticate(plaintext).key_rpm == 7
+    org_url = reverse("admin:tenancy_organization_change", args=[tenant_a.org.pk])
+    with django_capture_on_commit_callbacks(execute=True):
+        response = staff.post(
+            org_url,
+            {
+                "name": "Alpha Renamed",
+                "rpm_limit": "",
+                "tpm_limit": "5000",
+                "memberships-TOTAL_FORMS": "0",
+                "memberships-INITIAL_FORMS": "0",
+            },
+        )
+    assert response.status_code == 302, response.content[:2000]
+    principal = keyauth.authenticate(plaintext)
+    assert principal.org_tpm == 5000
+    assert Organization.objects.get(pk=tenant_a.org.pk).name == "Alpha Renamed"

@@ -149,7 +149,6 @@ class Command(BaseCommand):
                 str(adapters),
                 "--port",
                 str(runtime_port),
-                "--api-key",
-                secret_file.read_text().strip(),
             ],
+            env={"MAAS_RUNTIME_API_KEY": secret_file.read_text().strip()},  # not in argv, which ps shows
         )
