@@ -55,7 +55,7 @@ class Supervisor:
         program.process = subprocess.Popen(
             program.argv,
             cwd=self.cwd,
-            env=self.env,
+            env={**self.env, **program.env},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -46,7 +46,14 @@ def alive(pid: int) -> bool:
 def test_run_starts_everything_and_ctrl_c_stops_everything(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}}
-    env.update(VAR_DIR=str(tmp_path), PORT=str(port))
+    from django.conf import settings
+
+    env.update(
+        VAR_DIR=str(tmp_path),
+        PORT=str(port),
+        RUNTIME_PORT=str(free_port()),
+        MODEL_CACHE_DIR=str(settings.MODEL_CACHE_DIR),
+    )  # reuse the dequantized demo model
     log = (tmp_path / "run.log").open("w+")
     process = subprocess.Popen(
         [sys.executable, "manage.py", "run"],
@@ -83,6 +90,38 @@ def test_run_starts_everything_and_ctrl_c_stops_everything(tmp_path):
             headers={"Referer": console},
         )
         assert signed_in.status_code == 302 and signed_in.headers["location"] == "/"
+
+        # The whole inference path of `make run`: a key from the operations command, the gateway,
+        # the registered runtime serving the demo model.
+        key = (
+            subprocess.run(
+                [sys.executable, "manage.py", "create_api_key", "demo", "--name", "e2e"],
+                cwd=REPO,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        body = {
+            "model": "smollm2-135m-instruct",
+            "temperature": 0,
+            "max_tokens": 12,
+            "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        }
+        answer = None
+        while answer is None or answer.status_code == 503:  # the runtime may still be loading the model
+            assert time.monotonic() < deadline, text[-3000:]
+            answer = httpx.post(
+                console + "v1/chat/completions", json=body, timeout=60, headers={"Authorization": f"Bearer {key}"}
+            )
+            time.sleep(0.5)
+        assert answer.status_code == 200, answer.text
+        assert "Paris" in answer.json()["choices"][0]["message"]["content"]
+        runtime_port = env["RUNTIME_PORT"]
+        assert httpx.get(f"http://127.0.0.1:{runtime_port}/v1/models", timeout=10).status_code == 401  # secret set
         spawned = children_of(process.pid)
         assert len(spawned) >= 4
     finally:
