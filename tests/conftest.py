@@ -241,3 +241,12 @@ def runtime_server(tmp_path_factory):
     yield Runtime(url, key, adapters, process)
     process.terminate()
     process.wait(20)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def celery_runs_tasks_inline():
+    """Tasks dispatched in this process run at once (on commit), as a worker would run them."""
+    from maas.celery import app
+
+    app.conf.task_always_eager = True
+    app.conf.task_eager_propagates = True

@@ -194,6 +194,13 @@ MEDIA_URL = "media/"
 # --- The model catalog ----------------------------------------------------------------------
 MODEL_CACHE_DIR = Path(env.get("MODEL_CACHE_DIR", str(VAR_DIR / "models")))
 
+# --- Fine-tuning ----------------------------------------------------------------------------
+FILE_UPLOAD_MAX_BYTES = env.integer("FILE_UPLOAD_MAX_BYTES", 512 * 1024 * 1024)
+FINE_TUNING_MAX_LINE_BYTES = env.integer("FINE_TUNING_MAX_LINE_BYTES", 4 * 1024 * 1024)
+# Uploads are validated (template rendering, token counts) with this model's tokenizer; a job
+# re-checks token lengths against its own base model.
+FINE_TUNING_REFERENCE_MODEL = env.get("FINE_TUNING_REFERENCE_MODEL", "smollm2-135m-instruct")
+
 # --- API ------------------------------------------------------------------------------------
 ADMIN_URL = env.get("ADMIN_URL", "admin/").strip("/") + "/"
 API_KEY_CACHE_SECONDS = env.integer("API_KEY_CACHE_SECONDS", 300)

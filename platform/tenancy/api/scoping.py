@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from drf_spectacular.utils import OpenApiParameter
 from rest_framework import exceptions, viewsets
+from rest_framework.permissions import BasePermission
 
 from tenancy import scope, selectors
+from tenancy.api.authentication import APIKeyAuthentication
 from tenancy.audit import Actor
 from tenancy.keyauth import KeyPrincipal
 from tenancy.roles import Permission
@@ -85,3 +87,52 @@ class OrgScopedMixin:
 
 class OrgScopedViewSet(OrgScopedMixin, viewsets.GenericViewSet):
     pass
+
+
+class KeyOnly(BasePermission):
+    message = "This endpoint takes an API key: send 'Authorization: Bearer sk-...'."
+
+    def has_permission(self, request, view) -> bool:
+        return isinstance(request.auth, KeyPrincipal)
+
+
+class KeyScopedMixin:
+    """For the OpenAI-compatible resources under /v1/: the organization is the API key's.
+
+    Checks the key's scope, enters the organization scope for the request and owns
+    `get_queryset`, like OrgScopedMixin does for the management API."""
+
+    model = None
+    required_scope: str = ""
+    authentication_classes = [APIKeyAuthentication]
+    permission_classes = [KeyOnly]
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        principal: KeyPrincipal = request.auth
+        if self.required_scope and not principal.allows(self.required_scope):
+            raise InsufficientScope(f"This API key lacks the '{self.required_scope}' scope.")
+        self.principal = principal
+        self._scope_token = scope.enter(principal.organization_id)
+
+    def dispatch(self, request, *args, **kwargs):
+        try:
+            return super().dispatch(request, *args, **kwargs)
+        finally:
+            token = getattr(self, "_scope_token", None)
+            if token is not None:
+                scope.leave(token)
+                self._scope_token = None
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return self.model.all_orgs.none()
+        return self.model.objects.all()
+
+    @property
+    def actor(self) -> Actor:
+        return Actor.from_request(self.request)
+
+
+class InsufficientScope(exceptions.PermissionDenied):
+    default_code = "insufficient_scope"

@@ -1,0 +1,159 @@
+"""Files and datasets: upload, validation, deletion, dataset versions."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from django.conf import settings
+from django.core.files.storage import default_storage
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from catalog.loader import load_tokenizer
+from catalog.models import BaseModel
+from fine_tuning import datafile
+from fine_tuning.models import Dataset, DatasetVersion, File, new_file_id
+from tenancy import audit
+from tenancy.audit import Actor
+from tenancy.services import Conflict, ServiceError
+
+
+def _key_for(organization_id: int, file_id: str) -> str:
+    return f"files/{organization_id}/{file_id}"
+
+
+@transaction.atomic
+def upload_file(*, organization_id: int, uploaded, purpose: str, actor: Actor) -> File:
+    """Store an uploaded file (already on disk, hashed) and queue its validation."""
+    if purpose not in File.Purpose.values:
+        raise ServiceError(
+            f"Unsupported purpose {purpose!r}; use one of: {', '.join(File.Purpose.values)}.",
+            "invalid_purpose",
+            "purpose",
+        )
+    name = Path(uploaded.name or "upload.jsonl").name[:255]
+    if purpose == File.Purpose.FINE_TUNE and not name.lower().endswith(".jsonl"):
+        raise ServiceError(f"Fine-tuning files must be .jsonl, got {name!r}.", "invalid_file_format", "file")
+    file_id = new_file_id()
+    key = default_storage.save(_key_for(organization_id, file_id), uploaded)
+    row = File.all_orgs.create(
+        id=file_id,
+        organization_id=organization_id,
+        purpose=purpose,
+        filename=name,
+        bytes=uploaded.size,
+        sha256=uploaded.sha256,
+        storage_key=key,
+        created_by=actor.user,
+        created_by_key_id=actor.api_key_id,
+    )
+    audit.record(
+        "file.uploaded",
+        actor=actor,
+        organization_id=organization_id,
+        target=row,
+        data={"filename": name, "bytes": uploaded.size, "sha256": uploaded.sha256},
+    )
+    from fine_tuning.tasks import validate_file_task
+
+    transaction.on_commit(lambda: validate_file_task.delay(organization_id, file_id))
+    return row
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(model_id: str):
+    model = BaseModel.objects.get(pk=model_id)
+    return load_tokenizer(model.source, settings.MODEL_CACHE_DIR, chat_template=model.chat_template or None)
+
+
+def reference_model() -> BaseModel:
+    return BaseModel.objects.get(pk=settings.FINE_TUNING_REFERENCE_MODEL)
+
+
+def validate_file(file_id: str) -> File:
+    """Check every line; store the report. Idempotent: a file is validated once."""
+    row = File.objects.get(pk=file_id)
+    if row.status != File.Status.UPLOADED:
+        return row
+    model = reference_model()
+    with default_storage.open(row.storage_key, "rb") as stream:
+        report = datafile.validate(
+            stream,
+            tokenizer=_tokenizer(model.pk),
+            max_tokens_per_example=model.context_length,
+            max_line_bytes=settings.FINE_TUNING_MAX_LINE_BYTES,
+        )
+    details = report.summary()
+    File.objects.filter(pk=file_id, status=File.Status.UPLOADED).update(
+        status=File.Status.PROCESSED if report.ok else File.Status.ERROR,
+        status_details=details,
+        format=report.format,
+        validated_at=timezone.now(),
+        report={**report.as_dict(), "reference_model": model.pk},
+    )
+    return File.objects.get(pk=file_id)
+
+
+@transaction.atomic
+def delete_file(file_id: str, *, organization_id: int, actor: Actor) -> File:
+    row = File.all_orgs.select_for_update().filter(pk=file_id, organization_id=organization_id, deleted_at=None).first()
+    if row is None:
+        raise ServiceError("No such file.", "not_found")
+    if DatasetVersion.all_orgs.filter(file=row).exists():
+        raise Conflict(
+            "The file is a dataset version; it is kept for the record of what was trained.", "file_in_dataset"
+        )
+    row.deleted_at = timezone.now()
+    row.save(update_fields=["deleted_at"])
+    audit.record(
+        "file.deleted", actor=actor, organization_id=organization_id, target=row, data={"filename": row.filename}
+    )
+    key = row.storage_key
+    transaction.on_commit(lambda: default_storage.delete(key))
+    return row
+
+
+@transaction.atomic
+def create_dataset(*, organization_id: int, name: str, description: str = "", actor: Actor) -> Dataset:
+    name = name.strip()
+    if not name:
+        raise ServiceError("A dataset needs a name.", "invalid_name", "name")
+    try:
+        with transaction.atomic():
+            dataset = Dataset.all_orgs.create(organization_id=organization_id, name=name, description=description)
+    except IntegrityError:
+        raise Conflict(f"A dataset named {name!r} exists already.", "dataset_exists", "name") from None
+    audit.record("dataset.created", actor=actor, organization_id=organization_id, target=dataset, data={"name": name})
+    return dataset
+
+
+@transaction.atomic
+def add_dataset_version(
+    dataset_id: str, *, organization_id: int, file_id: str, note: str = "", actor: Actor
+) -> DatasetVersion:
+    dataset = Dataset.all_orgs.select_for_update().filter(pk=dataset_id, organization_id=organization_id).first()
+    if dataset is None:
+        raise ServiceError("No such dataset.", "not_found")
+    file = File.all_orgs.filter(pk=file_id, organization_id=organization_id, deleted_at=None).first()
+    if file is None:
+        raise ServiceError(f"No such file: {file_id}.", "file_not_found", "file_id")
+    if file.status != File.Status.PROCESSED:
+        raise ServiceError(
+            f"The file {file_id} is {file.status}; only validated files can be dataset versions.",
+            "file_not_processed",
+            "file_id",
+        )
+    number = (DatasetVersion.all_orgs.filter(dataset=dataset).aggregate(n=Max("number"))["n"] or 0) + 1
+    version = DatasetVersion.all_orgs.create(
+        organization_id=organization_id, dataset=dataset, number=number, file=file, note=note
+    )
+    audit.record(
+        "dataset.version_added",
+        actor=actor,
+        organization_id=organization_id,
+        target=version,
+        data={"dataset": dataset.pk, "number": number, "file": file_id},
+    )
+    return version
