@@ -116,8 +116,9 @@ def test_a_ten_megabyte_line_is_reported_without_being_read_whole(tokenizer):
 
 
 def test_valid_file_report(tokenizer):
-    rows = good(11) + [
-        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello", "weight": 1}]}
+    rows = [
+        *good(11),
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello", "weight": 1}]},
     ]
     report = datafile.validate(io.BytesIO(jsonl(rows) + b"\n"), tokenizer=tokenizer)
     assert report.ok and report.summary() is None
