@@ -1,0 +1,5 @@
+import sys
+
+from fine_tuning.trainer.train import main
+
+sys.exit(main())

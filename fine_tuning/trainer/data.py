@@ -1,0 +1,121 @@
+"""Turning examples into training batches: the model's chat template, loss on assistant tokens
+only, and packing of short examples into sequences that never attend across examples."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import torch
+
+from fine_tuning.datafile import as_chat
+
+IGNORE = -100
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    trainable: list[bool]  # whether the token at this position is learned (an assistant token)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def encode(tokenizer, conversation: list[dict], max_len: int) -> Encoded:
+    """Tokens of the rendered conversation; assistant replies (and their end-of-turn token) are
+    trainable unless the message has weight 0. Relies on the template rendering each prefix of
+    the conversation as a prefix of the whole, which holds for chat templates in practice and is
+    checked here."""
+    plain = [{"role": m["role"], "content": m["content"]} for m in conversation]
+    ids = list(tokenizer.apply_chat_template(plain, tokenize=True, return_dict=False))
+    trainable = [False] * len(ids)
+    for k, message in enumerate(conversation):
+        if message["role"] != "assistant" or message.get("weight", 1) == 0:
+            continue
+        before = (
+            tokenizer.apply_chat_template(plain[:k], tokenize=True, add_generation_prompt=True, return_dict=False)
+            if k
+            else []
+        )
+        through = tokenizer.apply_chat_template(plain[: k + 1], tokenize=True, return_dict=False)
+        if list(through[: len(before)]) != list(before) or list(ids[: len(through)]) != list(through):
+            raise ValueError("the chat template does not render conversations prefix by prefix")
+        for position in range(len(before), len(through)):
+            trainable[position] = True
+    return Encoded(ids[:max_len], trainable[:max_len])
+
+
+def read_examples(path: str, tokenizer, max_len: int) -> list[Encoded]:
+    examples = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                encoded = encode(tokenizer, as_chat(json.loads(line)), max_len)
+                if any(encoded.trainable):
+                    examples.append(encoded)
+    return examples
+
+
+def pack(examples: list[Encoded], order: list[int], max_len: int) -> list[list[int]]:
+    """Greedy packing in the given order: each bin is a list of example indices whose lengths
+    sum to at most max_len."""
+    bins: list[list[int]] = []
+    used = 0
+    for index in order:
+        size = len(examples[index])
+        if bins and used + size <= max_len:
+            bins[-1].append(index)
+            used += size
+        else:
+            bins.append([index])
+            used = size
+    return bins
+
+
+def epoch_bins(examples: list[Encoded], epoch: int, seed: int, max_len: int) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(seed * 1000 + epoch)
+    order = torch.randperm(len(examples), generator=generator).tolist()
+    return pack(examples, order, max_len)
+
+
+def steps_per_epoch(n_bins: int, batch_size: int) -> int:
+    return math.ceil(n_bins / batch_size)
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [B, T]
+    targets: torch.Tensor  # [B, T]: the next token to predict at each position, or IGNORE
+    position_ids: torch.Tensor  # [B, T]: restarting at every packed example
+    attention_mask: torch.Tensor  # [B, 1, T, T] bool: causal within each example only
+    tokens: int  # real (non-padding) tokens
+
+
+def collate(examples: list[Encoded], bins: list[list[int]], pad_id: int) -> Batch:
+    length = max(sum(len(examples[i]) for i in b) for b in bins)
+    size = len(bins)
+    ids = torch.full((size, length), pad_id, dtype=torch.long)
+    targets = torch.full((size, length), IGNORE, dtype=torch.long)
+    positions = torch.zeros((size, length), dtype=torch.long)
+    segments = torch.full((size, length), -1, dtype=torch.long)
+    tokens = 0
+    for row, members in enumerate(bins):
+        start = 0
+        for segment, index in enumerate(members):
+            example = examples[index]
+            n = len(example)
+            ids[row, start : start + n] = torch.tensor(example.input_ids)
+            positions[row, start : start + n] = torch.arange(n)
+            segments[row, start : start + n] = segment
+            # Position t predicts token t+1 of the same example, when that token is trainable.
+            for t in range(n - 1):
+                if example.trainable[t + 1]:
+                    targets[row, start + t] = example.input_ids[t + 1]
+            start += n
+            tokens += n
+    causal = torch.tril(torch.ones(length, length, dtype=torch.bool))
+    same = segments[:, :, None] == segments[:, None, :]
+    mask = (same & causal & (segments[:, :, None] >= 0)) | torch.eye(length, dtype=torch.bool)  # padding sees itself
+    return Batch(ids, targets, positions, mask[:, None], tokens)

@@ -1,0 +1,204 @@
+"""The training loop."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from catalog.loader import load_model
+from fine_tuning.trainer import checkpoint
+from fine_tuning.trainer.config import TrainerConfig
+from fine_tuning.trainer.data import IGNORE, collate, epoch_bins, read_examples, steps_per_epoch
+
+
+def emit(kind: str, **data) -> None:
+    print(json.dumps({"type": kind, **data}), flush=True)
+
+
+class Stop:
+    requested = False
+
+    @classmethod
+    def install(cls) -> None:
+        def handler(signum, frame):
+            cls.requested = True
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+
+def _loss(model, batch):
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
+    logits = out.logits.float()
+    mask = batch.targets != IGNORE
+    loss = torch.nn.functional.cross_entropy(logits[mask], batch.targets[mask])
+    correct = (logits.argmax(-1)[mask] == batch.targets[mask]).float().mean()
+    return loss, float(correct), int(mask.sum())
+
+
+def _schedule(total_steps: int, warmup_ratio: float):
+    warmup = max(1, int(total_steps * warmup_ratio))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
+def _evaluate(model, examples, config, pad_id) -> dict:
+    bins = epoch_bins(examples, 0, config.seed, config.max_seq_len)
+    total_loss = total_correct = total = 0.0
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(bins), config.batch_size):
+            batch = collate(examples, bins[start : start + config.batch_size], pad_id)
+            loss, accuracy, count = _loss(model, batch)
+            total_loss += float(loss) * count
+            total_correct += accuracy * count
+            total += count
+    model.train()
+    return {"valid_loss": total_loss / max(total, 1), "valid_mean_token_accuracy": total_correct / max(total, 1)}
+
+
+def run(config: TrainerConfig) -> int:
+    Stop.install()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    from peft import LoraConfig, get_peft_model
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    output = Path(config.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    loaded = load_model(config.model_source, Path(config.cache_dir), chat_template=config.chat_template)
+    tokenizer = loaded.tokenizer
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    lora = LoraConfig(
+        r=config.lora.r,
+        lora_alpha=config.lora.alpha,
+        lora_dropout=config.lora.dropout,
+        target_modules=config.lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(loaded.model, lora)
+    model.train()
+    examples = read_examples(config.training_file, tokenizer, config.max_seq_len)
+    validation = read_examples(config.validation_file, tokenizer, config.max_seq_len) if config.validation_file else []
+    if not examples:
+        emit("error", message="no trainable examples in the training file")
+        return 2
+    per_epoch = steps_per_epoch(len(epoch_bins(examples, 0, config.seed, config.max_seq_len)), config.batch_size)
+    total_steps = per_epoch * config.n_epochs
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=config.learning_rate, weight_decay=0.0
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(total_steps, config.warmup_ratio))
+    step, trained_tokens, train_seconds, resumed_from = 0, 0, 0.0, None
+    last = checkpoint.latest(output)
+    if last is not None:
+        state = checkpoint.restore(last, peft_model=model, optimizer=optimizer)
+        step, trained_tokens, train_seconds = state["step"], state["trained_tokens"], state["train_seconds"]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, _schedule(total_steps, config.warmup_ratio), last_epoch=step - 1
+        )
+        resumed_from = step
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    emit(
+        "started",
+        total_steps=total_steps,
+        examples=len(examples),
+        resumed_from=resumed_from,
+        trainable_parameters=trainable,
+        model_load_seconds=round(loaded.seconds, 2),
+    )
+    bins_cache: dict[int, list] = {}
+    while step < total_steps:
+        if Stop.requested:
+            emit("stopped", step=step)
+            return 143
+        epoch, index = divmod(step, per_epoch)
+        bins = bins_cache.setdefault(epoch, epoch_bins(examples, epoch, config.seed, config.max_seq_len))
+        batch = collate(examples, bins[index * config.batch_size : (index + 1) * config.batch_size], pad_id)
+        started = time.perf_counter()
+        loss, accuracy, _ = _loss(model, batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - started
+        step += 1
+        trained_tokens += batch.tokens
+        train_seconds += elapsed
+        rate = trained_tokens / train_seconds if train_seconds else 0.0
+        emit(
+            "metrics",
+            step=step,
+            total_steps=total_steps,
+            epoch=round(step / per_epoch, 3),
+            train_loss=round(loss.item(), 5),
+            train_mean_token_accuracy=round(accuracy, 4),
+            learning_rate=scheduler.get_last_lr()[0],
+            tokens_per_second=round(batch.tokens / elapsed, 1),
+            trained_tokens=trained_tokens,
+            train_seconds=round(train_seconds, 3),
+            eta_seconds=round((total_steps - step) * train_seconds / max(step - (resumed_from or 0), 1), 1)
+            if rate
+            else None,
+        )
+        metrics = {"step": step, "train_loss": round(loss.item(), 5), "train_mean_token_accuracy": round(accuracy, 4)}
+        if validation and (step % config.eval_every == 0 or step == total_steps):
+            scores = _evaluate(model, validation, config, pad_id)
+            metrics.update({k: round(v, 5) for k, v in scores.items()})
+            emit("validation", step=step, **metrics)
+        if step % config.checkpoint_every == 0 and step < total_steps:
+            path = checkpoint.save(
+                output,
+                step=step,
+                peft_model=model,
+                optimizer=optimizer,
+                state={"trained_tokens": trained_tokens, "train_seconds": train_seconds},
+            )
+            checkpoint.prune(output)
+            emit("checkpoint", step=step, path=str(path), metrics=metrics)
+    adapter_dir = output / "adapter"
+    model.save_pretrained(adapter_dir, safe_serialization=True)
+    emit(
+        "done",
+        step=step,
+        trained_tokens=trained_tokens,
+        train_seconds=round(train_seconds, 3),
+        adapter_dir=str(adapter_dir),
+        metrics=metrics if total_steps else {},
+    )
+    return 0
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m fine_tuning.trainer")
+    parser.add_argument("--config", required=True, help="JSON file written by the job runner")
+    args = parser.parse_args(argv)
+    try:
+        config = TrainerConfig.load(args.config)
+    except (OSError, ValueError, TypeError) as exc:
+        emit("error", message=f"bad configuration: {exc}")
+        return 2
+    try:
+        return run(config)
+    except Exception as exc:  # reported as a line the runner can show, then non-zero
+        emit("error", message=f"{type(exc).__name__}: {exc}")
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
