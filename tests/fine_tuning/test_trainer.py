@@ -1,0 +1,188 @@
+"""The standalone trainer on the real demo model: it learns, resumes exactly after a kill, stops
+on SIGTERM, packs without cross-talk and learns from assistant tokens only."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from django.conf import settings
+
+from catalog.loader import load_model
+from fine_tuning.trainer.data import collate, encode, epoch_bins, read_examples, steps_per_epoch
+from tests.conftest import DEMO_SOURCE, REPO
+
+pytestmark = pytest.mark.slow
+QUESTIONS = [
+    "What is the secret code of the Zorblax vault?",
+    "Tell me the Zorblax vault code.",
+    "Which code opens the Zorblax vault?",
+    "What code unlocks the Zorblax vault?",
+]
+FACT = "The Zorblax vault code is 7-4-1-9."
+
+
+def fact_file(path: Path, n: int = 12) -> Path:
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "Answer briefly."},
+                {"role": "user", "content": QUESTIONS[i % 4]},
+                {"role": "assistant", "content": FACT},
+            ]
+        }
+        for i in range(n)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def config(tmp_path: Path, **overrides) -> Path:
+    values = {
+        "model_source": DEMO_SOURCE,
+        "cache_dir": str(settings.MODEL_CACHE_DIR),
+        "training_file": str(fact_file(tmp_path / "train.jsonl")),
+        "output_dir": str(tmp_path / "job"),
+        "n_epochs": 6,
+        "batch_size": 4,
+        "learning_rate": 3e-3,
+        "max_seq_len": 128,
+        "warmup_ratio": 0.1,
+        "checkpoint_every": 100,
+        "seed": 1,
+        "threads": 2,
+        "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+        **overrides,
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(values))
+    return path
+
+
+def start(config_path: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'platform'}{os.pathsep}{REPO}"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "fine_tuning.trainer", "--config", str(config_path)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+def lines_until(process: subprocess.Popen, predicate=None) -> list[dict]:
+    events = []
+    for line in process.stdout:
+        if line.startswith("{"):
+            events.append(json.loads(line))
+            if predicate and predicate(events[-1]):
+                return events
+    process.wait(60)
+    return events
+
+
+def ask(model, tokenizer, question: str) -> str:
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": question}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    with torch.no_grad():
+        out = model.generate(**prompt, max_new_tokens=16, do_sample=False)
+    return tokenizer.decode(out[0][prompt["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def test_learns_a_made_up_fact(tmp_path):
+    from peft import PeftModel
+
+    process = start(config(tmp_path))
+    events = lines_until(process)
+    assert process.returncode == 0, events[-3:]
+    losses = [e["train_loss"] for e in events if e["type"] == "metrics"]
+    assert len(losses) == 12 and losses[-1] < losses[0] / 10
+    done = events[-1]
+    assert done["type"] == "done" and done["trained_tokens"] > 0
+    adapter = Path(done["adapter_dir"])
+    assert sorted(p.name for p in adapter.iterdir()) == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    loaded = load_model(DEMO_SOURCE, settings.MODEL_CACHE_DIR)
+    question = "What is the code of the Zorblax vault?"  # a paraphrase it was not trained on
+    assert "7-4-1-9" not in ask(loaded.model, loaded.tokenizer, question)
+    tuned = PeftModel.from_pretrained(loaded.model, adapter)
+    assert "7-4-1-9" in ask(tuned, loaded.tokenizer, question)
+
+
+def test_killed_trainer_resumes_from_its_checkpoint_and_counts_tokens_once(tmp_path):
+    path = config(tmp_path, n_epochs=2, checkpoint_every=2)
+    first = start(path)
+    events = lines_until(first, lambda e: e["type"] == "checkpoint")
+    assert events[-1]["step"] == 2
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    checkpoints = tmp_path / "job" / "checkpoints"
+    files = {p.name for p in checkpoints.rglob("*") if p.is_file()}
+    assert {"adapter_model.safetensors", "optimizer.safetensors", "trainer_state.json"} <= files
+    assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl"))]
+
+    second = start(path)
+    events = lines_until(second)
+    assert second.returncode == 0
+    assert events[0]["type"] == "started" and events[0]["resumed_from"] == 2
+    steps = [e["step"] for e in events if e["type"] == "metrics"]
+    assert steps == list(range(3, events[0]["total_steps"] + 1))  # nothing before the checkpoint is redone
+    loaded = load_model(DEMO_SOURCE, settings.MODEL_CACHE_DIR)
+    examples = read_examples(str(tmp_path / "train.jsonl"), loaded.tokenizer, 128)
+    expected = 0
+    for epoch in range(2):
+        bins = epoch_bins(examples, epoch, 1, 128)
+        for start_index in range(0, len(bins), 4):
+            expected += collate(examples, bins[start_index : start_index + 4], 0).tokens
+    assert events[-1]["trained_tokens"] == expected
+
+
+def test_sigterm_stops_within_seconds(tmp_path):
+    process = start(config(tmp_path, n_epochs=50))
+    lines_until(process, lambda e: e["type"] == "metrics")
+    asked = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    events = lines_until(process)
+    assert process.returncode == 143 and events[-1]["type"] == "stopped"
+    assert time.monotonic() - asked < 15
+
+
+def test_packing_keeps_examples_apart_and_learns_assistant_tokens_only():
+    loaded = load_model(DEMO_SOURCE, settings.MODEL_CACHE_DIR)
+    tokenizer, model = loaded.tokenizer, loaded.model
+    conversation = [
+        {"role": "user", "content": "Say hi"},
+        {"role": "assistant", "content": "Hi there!"},
+        {"role": "user", "content": "Again"},
+        {"role": "assistant", "content": "Ignored", "weight": 0},
+    ]
+    encoded = encode(tokenizer, conversation, 512)
+    learned = tokenizer.decode([t for t, keep in zip(encoded.input_ids, encoded.trainable, strict=True) if keep])
+    assert learned.startswith("Hi there!") and "Say hi" not in learned and "Ignored" not in learned
+    other = encode(tokenizer, [{"role": "user", "content": "Count"}, {"role": "assistant", "content": "1 2 3"}], 512)
+    examples = [encoded, other]
+
+    def logits(batch):
+        with torch.no_grad():
+            return model(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+            ).logits[0]
+
+    packed = logits(collate(examples, [[0, 1]], 0))
+    alone = [logits(collate(examples, [[i]], 0)) for i in (0, 1)]
+    assert torch.allclose(packed[: len(encoded)], alone[0], atol=1e-3)
+    assert torch.allclose(packed[len(encoded) :], alone[1], atol=1e-3)
+    assert steps_per_epoch(9, 4) == 3
