@@ -86,3 +86,112 @@ class DatasetVersion(TenantModel):
     class Meta:
         ordering = ["-created_at", "-id"]
         constraints = [models.UniqueConstraint(fields=["dataset", "number"], name="one_number_per_version")]
+
+
+def new_job_id() -> str:
+    return f"ftjob-{secrets.token_hex(12)}"
+
+
+def new_event_id() -> str:
+    return f"ftevent-{secrets.token_hex(12)}"
+
+
+def new_checkpoint_id() -> str:
+    return f"ftckpt-{secrets.token_hex(12)}"
+
+
+class FineTuningJob(TenantModel):
+    """A LoRA fine-tune. The row is the truth about the job: its status changes only in
+    fine_tuning.jobs under a row lock, and a lease with a heartbeat says which worker runs it."""
+
+    class Status(models.TextChoices):
+        VALIDATING_FILES = "validating_files", "Validating files"
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        PAUSED = "paused", "Paused"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    ACTIVE = (Status.VALIDATING_FILES, Status.QUEUED, Status.RUNNING)
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+    id = models.CharField(primary_key=True, max_length=40, default=new_job_id, editable=False)
+    base_model = models.ForeignKey("catalog.BaseModel", on_delete=models.PROTECT, related_name="+")
+    training_file = models.ForeignKey(File, on_delete=models.PROTECT, related_name="+")
+    validation_file = models.ForeignKey(File, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    dataset_version = models.ForeignKey(
+        DatasetVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="jobs"
+    )
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.VALIDATING_FILES)
+    hyperparameters = models.JSONField(default=dict)
+    method = models.JSONField(default=dict)
+    suffix = models.CharField(max_length=64, blank=True)
+    seed = models.BigIntegerField()
+    metadata = models.JSONField(null=True, blank=True)
+    fine_tuned_model = models.CharField(max_length=200, null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    estimated_tokens = models.BigIntegerField(default=0)
+    trained_tokens = models.BigIntegerField(null=True, blank=True)
+    progress = models.FloatField(default=0.0)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_by_key = models.ForeignKey(
+        "tenancy.APIKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    estimated_finish = models.DateTimeField(null=True, blank=True)
+    # Execution: who runs it, until when, how often it was (re)started, what was productive.
+    lease_owner = models.CharField(max_length=200, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    train_seconds = models.FloatField(default=0.0)
+    stop_requested = models.CharField(max_length=16, blank=True, help_text="cancel | pause, when asked while running")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status", "queued_at"], name="ftjob_queue")]
+
+    @property
+    def effective_training_time(self) -> float | None:
+        """Productive training seconds / wall seconds from first start to the end."""
+        if not (self.started_at and self.finished_at):
+            return None
+        wall = (self.finished_at - self.started_at).total_seconds()
+        return round(min(1.0, self.train_seconds / wall), 4) if wall > 0 else None
+
+
+class JobEvent(TenantModel):
+    class Level(models.TextChoices):
+        INFO = "info", "Info"
+        WARN = "warn", "Warning"
+        ERROR = "error", "Error"
+
+    id = models.CharField(primary_key=True, max_length=40, default=new_event_id, editable=False)
+    job = models.ForeignKey(FineTuningJob, on_delete=models.CASCADE, related_name="events")
+    level = models.CharField(max_length=8, choices=Level.choices, default=Level.INFO)
+    type = models.CharField(max_length=16, default="message")  # message | metrics
+    message = models.TextField()
+    data = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["job", "-created_at"], name="ftevent_job_time")]
+
+
+class Checkpoint(TenantModel):
+    id = models.CharField(primary_key=True, max_length=40, default=new_checkpoint_id, editable=False)
+    job = models.ForeignKey(FineTuningJob, on_delete=models.CASCADE, related_name="checkpoints")
+    step_number = models.PositiveIntegerField()
+    metrics = models.JSONField(default=dict)
+    path = models.CharField(max_length=500)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["job", "step_number"], name="one_checkpoint_per_step")]

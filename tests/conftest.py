@@ -197,7 +197,8 @@ def runtime_server(tmp_path_factory):
     import secrets
 
     port, key = _free_port(), secrets.token_urlsafe(16)
-    adapters = tmp_path_factory.mktemp("adapters")
+    adapters = settings.ADAPTER_STORE  # where finished jobs publish their adapters
+    adapters.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'platform'}{os.pathsep}{REPO}", "MAAS_RUNTIME_API_KEY": key}
     log = (tmp_path_factory.mktemp("runtime") / "runtime.log").open("w+")
     process = subprocess.Popen(

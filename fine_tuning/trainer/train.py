@@ -120,8 +120,19 @@ def run(config: TrainerConfig) -> int:
         model_load_seconds=round(loaded.seconds, 2),
     )
     bins_cache: dict[int, list] = {}
+    metrics: dict = {}
     while step < total_steps:
         if Stop.requested:
+            # Asked to stop (cancel, pause, preemption): keep the work done since the last checkpoint.
+            if step and not (output / "checkpoints" / f"step-{step:06d}").exists():
+                path = checkpoint.save(
+                    output,
+                    step=step,
+                    peft_model=model,
+                    optimizer=optimizer,
+                    state={"trained_tokens": trained_tokens, "train_seconds": train_seconds},
+                )
+                emit("checkpoint", step=step, path=str(path), metrics=metrics)
             emit("stopped", step=step)
             return 143
         epoch, index = divmod(step, per_epoch)

@@ -6,6 +6,7 @@ from django.db import models
 from django.utils import timezone
 
 from catalog.loader import SourceError, resolve_source
+from tenancy.managers import TenantModel
 
 model_id_validator = RegexValidator(
     r"^[a-z0-9][a-z0-9._-]{1,98}[a-z0-9]$",
@@ -57,3 +58,20 @@ class BaseModel(models.Model):
             isinstance(t, str) for t in self.default_lora_targets
         ):
             raise ValidationError({"default_lora_targets": "A list of module names."})
+
+
+class FineTunedModel(TenantModel):
+    """A LoRA adapter trained for one organization, callable as `ft:<base>:<org>:<suffix>:<id>`."""
+
+    id = models.CharField(primary_key=True, max_length=200)
+    base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="+")
+    job_id = models.CharField(max_length=40, help_text="The fine-tuning job that made it.")
+    adapter_path = models.CharField(max_length=300, help_text="Relative to the adapter store (the runtime's root).")
+    created_at = models.DateTimeField(default=timezone.now)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.id

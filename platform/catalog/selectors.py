@@ -14,3 +14,13 @@ def visible_base_models(organization_id: int) -> QuerySet[BaseModel]:
         .distinct()
         .order_by("id")
     )
+
+
+def fine_tuned_models(organization_id: int) -> QuerySet:
+    from catalog.models import FineTunedModel
+
+    return (
+        FineTunedModel.all_orgs.filter(organization_id=organization_id, deleted_at=None)
+        .exclude(base_model__status=BaseModel.Status.DISABLED)
+        .order_by("-created_at")
+    )

@@ -163,6 +163,7 @@ CELERY_TASK_ALWAYS_EAGER = env.flag("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE: dict = {
     "probe-backends": {"task": "serving.tasks.probe_backends", "schedule": env.integer("BACKEND_PROBE_SECONDS", 15)},
+    "requeue-expired-jobs": {"task": "fine_tuning.tasks.reap_jobs", "schedule": env.integer("JOB_REAPER_SECONDS", 15)},
 }
 
 # --- Auth -----------------------------------------------------------------------------------
@@ -200,6 +201,14 @@ FINE_TUNING_MAX_LINE_BYTES = env.integer("FINE_TUNING_MAX_LINE_BYTES", 4 * 1024 
 # Uploads are validated (template rendering, token counts) with this model's tokenizer; a job
 # re-checks token lengths against its own base model.
 FINE_TUNING_REFERENCE_MODEL = env.get("FINE_TUNING_REFERENCE_MODEL", "smollm2-135m-instruct")
+FINE_TUNING_MAX_ACTIVE_JOBS = env.integer("FINE_TUNING_MAX_ACTIVE_JOBS", 3)
+# A running job's worker renews its lease every third of this; a job whose lease expired is
+# requeued by the reaper and resumes from its last checkpoint.
+FINE_TUNING_LEASE_SECONDS = env.integer("FINE_TUNING_LEASE_SECONDS", 60)
+FINE_TUNING_REDISPATCH_SECONDS = env.integer("FINE_TUNING_REDISPATCH_SECONDS", 120)
+FINE_TUNING_CHECKPOINT_EVERY = env.integer("FINE_TUNING_CHECKPOINT_EVERY", 10)
+FINE_TUNING_WORK_DIR = Path(env.get("FINE_TUNING_WORK_DIR", str(VAR_DIR / "fine_tuning")))
+ADAPTER_STORE = Path(env.get("ADAPTER_STORE", str(MEDIA_ROOT / "adapters")))
 
 # --- API ------------------------------------------------------------------------------------
 ADMIN_URL = env.get("ADMIN_URL", "admin/").strip("/") + "/"

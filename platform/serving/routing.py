@@ -35,6 +35,7 @@ class Route:
     base_model: str
     upstream_model: str | None  # None: each replica's own name for the base model
     replicas: tuple[Replica, ...]
+    adapter_path: str | None = None  # for ft: models, the adapter to load on a replica that lacks it
 
 
 class ModelNotFound(Exception):
@@ -46,16 +47,24 @@ _marked_down: dict[str, float] = {}  # replica name -> until when (this process 
 
 
 def _load(organization_id: int, model_id: str) -> Route:
-    if model_id.startswith(("ft:", "ep-")):
-        raise ModelNotFound(model_id)  # fine-tuned models and endpoints resolve here once they exist
-    base = catalog.visible_base_models(organization_id).filter(pk=model_id).first()
-    if base is None:
-        raise ModelNotFound(model_id)
+    if model_id.startswith("ep-"):
+        raise ModelNotFound(model_id)  # endpoints resolve here once they exist
+    adapter = None
+    if model_id.startswith("ft:"):
+        tuned = catalog.fine_tuned_models(organization_id).filter(pk=model_id).select_related("base_model").first()
+        if tuned is None:
+            raise ModelNotFound(model_id)
+        base, adapter = tuned.base_model, tuned.adapter_path
+    else:
+        base = catalog.visible_base_models(organization_id).filter(pk=model_id).first()
+        if base is None:
+            raise ModelNotFound(model_id)
     backends = Backend.objects.filter(base_model=base, enabled=True)
     replicas = tuple(
         Replica(b.name, b.url.rstrip("/"), b.engine, b.api_key, b.upstream_model, b.healthy) for b in backends
     )
-    return Route(model_id, base.pk, None, replicas)
+    # An ft: model is served by its base model's replicas, under its own id as the adapter name.
+    return Route(model_id, base.pk, model_id if adapter else None, replicas, adapter)
 
 
 _load_async = sync_to_async(_load)

@@ -21,6 +21,10 @@ class Actor:
         return cls()
 
     @classmethod
+    def from_key(cls, principal, request) -> Actor:
+        return cls(api_key_id=principal.key_id, ip=client_ip(request))
+
+    @classmethod
     def from_request(cls, request) -> Actor:
         principal = getattr(request, "auth", None)
         key_id = getattr(principal, "key_id", None)

@@ -95,6 +95,15 @@ def seeded(tenant_a, tenant_b):
         fine_tuning.validate_file(file.pk)
     dataset = fine_tuning.create_dataset(organization_id=tenant_a.org.pk, name="a-data", actor=Actor())
     fine_tuning.add_dataset_version(dataset.pk, organization_id=tenant_a.org.pk, file_id=file.pk, actor=Actor())
+    from fine_tuning import jobs
+
+    with scope.organization(tenant_a.org.pk):
+        jobs.create(
+            organization_id=tenant_a.org.pk,
+            model="smollm2-135m-instruct",
+            training_file=file.pk,
+            actor=Actor(user=tenant_a.owner),
+        )
     return tenant_a, tenant_b
 
 

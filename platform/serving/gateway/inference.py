@@ -84,6 +84,11 @@ async def _open(route: routing.Route, body: dict, path: str, meter: Meter):
         headers = {"Authorization": f"Bearer {replica.api_key}"} if replica.api_key else {}
         try:
             response = await upstream.post(replica.url + path, payload, headers)
+            if response.status == 404 and route.adapter_path:
+                # The replica has not loaded this fine-tuned model's adapter yet: load it, once.
+                response.release()
+                await upstream.load_adapter(replica.url, headers, name=payload["model"], path=route.adapter_path)
+                response = await upstream.post(replica.url + path, payload, headers)
         except upstream.CONNECT_ERRORS:
             routing.mark_down(replica)
             continue

@@ -68,6 +68,18 @@ async def events(response: aiohttp.ClientResponse) -> AsyncIterator[dict | str]:
         yield payload
 
 
+async def load_adapter(base_url: str, headers: dict, *, name: str, path: str) -> None:
+    """vLLM's runtime adapter loading (our runtime speaks the same). An adapter that another
+    request loaded meanwhile is fine: the retried call finds it."""
+    body = {"lora_name": name, "lora_path": path}
+    async with session().post(
+        base_url + "/v1/load_lora_adapter",
+        data=orjson.dumps(body),
+        headers={**headers, "Content-Type": "application/json"},
+    ) as response:
+        await response.read()
+
+
 def abort(response: aiohttp.ClientResponse) -> None:
     """Drop the connection: the model server sees the client leave and stops decoding."""
     response.close()

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+from asgiref.sync import sync_to_async
 from django.http import JsonResponse
 
 from catalog import selectors as catalog
+from catalog import services as catalog_services
 from catalog.models import BaseModel
 from serving.gateway.http import GatewayError, authenticate, gateway_view
+from tenancy.audit import Actor
 from tenancy.roles import Scope
+from tenancy.services import ServiceError
 
 MODEL_SCOPES = (Scope.MODELS_READ, Scope.INFERENCE)
 
@@ -14,24 +18,49 @@ def model_object(model: BaseModel) -> dict:
     return {"id": model.pk, "object": "model", "created": int(model.created_at.timestamp()), "owned_by": model.owned_by}
 
 
+def tuned_object(model, owner: str) -> dict:
+    return {"id": model.pk, "object": "model", "created": int(model.created_at.timestamp()), "owned_by": owner}
+
+
+def not_found(model_id: str) -> GatewayError:
+    return GatewayError(
+        404,
+        f"The model '{model_id}' does not exist or you do not have access to it.",
+        code="model_not_found",
+        param="model",
+    )
+
+
 @gateway_view("GET")
 async def list_models(request):
     principal = await authenticate(request, *MODEL_SCOPES)
     models = [model_object(m) async for m in catalog.visible_base_models(principal.organization_id)]
+    models += [
+        tuned_object(m, principal.organization_slug) async for m in catalog.fine_tuned_models(principal.organization_id)
+    ]
     return JsonResponse({"object": "list", "data": models})
 
 
-@gateway_view("GET")
+@gateway_view("GET", "DELETE")
 async def retrieve_model(request, model_id: str):
+    if request.method == "DELETE":  # only fine-tuned models can be deleted, by their organization
+        principal = await authenticate(request, Scope.FINE_TUNING)
+        try:
+            await sync_to_async(catalog_services.delete_fine_tuned_model)(
+                model_id, organization_id=principal.organization_id, actor=Actor.from_key(principal, request)
+            )
+        except ServiceError:
+            raise not_found(model_id) from None
+        return JsonResponse({"id": model_id, "object": "model", "deleted": True})
     principal = await authenticate(request, *MODEL_SCOPES)
+    if model_id.startswith("ft:"):
+        tuned = await catalog.fine_tuned_models(principal.organization_id).filter(pk=model_id).afirst()
+        if tuned is None:
+            raise not_found(model_id)
+        return JsonResponse(tuned_object(tuned, principal.organization_slug))
     model = await catalog.visible_base_models(principal.organization_id).filter(pk=model_id).afirst()
     if model is None:
-        raise GatewayError(
-            404,
-            f"The model '{model_id}' does not exist or you do not have access to it.",
-            code="model_not_found",
-            param="model",
-        )
+        raise not_found(model_id)
     return JsonResponse(model_object(model))
 
 

@@ -1,0 +1,99 @@
+"""Hyperparameters: what a job may set, their ranges, and how "auto" is resolved.
+
+- n_epochs "auto": 3, scaled so that examples x epochs falls within [100, 25000], clamped to
+  1-25 (OpenAI's documented rule).
+- batch_size "auto": about 0.2 % of the examples, between 1 and 8 (small batches train well with
+  LoRA and fit any machine).
+- learning_rate_multiplier "auto": 1.0; the learning rate is BASE_LEARNING_RATE x multiplier,
+  with BASE_LEARNING_RATE = 2e-4, a usual LoRA rate.
+- LoRA extension: lora_r (default 8), lora_alpha (default 2 x r), lora_dropout (default 0.05),
+  lora_target_modules (default: the base model's catalog default).
+- max_seq_len: the longest packed sequence, default min(1024, the model's context length).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+BASE_LEARNING_RATE = 2e-4
+KEYS = {
+    "n_epochs",
+    "batch_size",
+    "learning_rate_multiplier",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target_modules",
+    "max_seq_len",
+}
+MODULE_NAME = re.compile(r"^[A-Za-z0-9_.]{1,64}$")
+
+
+class HyperparameterError(ValueError):
+    def __init__(self, message: str, param: str):
+        super().__init__(message)
+        self.message, self.param = message, param
+
+
+def _number(raw: dict, key: str, low, high, kind=int):
+    value = raw.get(key, "auto")
+    if value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and int(value) != value):
+        raise HyperparameterError(f"{key} must be 'auto' or a{'n integer' if kind is int else ' number'}.", key)
+    if not low <= value <= high:
+        raise HyperparameterError(f"{key} must be between {low} and {high}, got {value}.", key)
+    return kind(value)
+
+
+def resolve(raw: dict, *, examples: int, context_length: int, default_targets: list[str]) -> dict:
+    raw = dict(raw or {})
+    unknown = set(raw) - KEYS
+    if unknown:
+        name = sorted(unknown)[0]
+        raise HyperparameterError(f"Unknown hyperparameter {name!r}; accepted: {', '.join(sorted(KEYS))}.", name)
+    n_epochs = _number(raw, "n_epochs", 1, 50)
+    if n_epochs is None:
+        n_epochs = 3
+        if examples * n_epochs < 100:
+            n_epochs = min(25, math.ceil(100 / max(examples, 1)))
+        elif examples * n_epochs > 25000:
+            n_epochs = max(1, 25000 // examples)
+    batch_size = _number(raw, "batch_size", 1, 256) or max(1, min(8, round(examples * 0.002)))
+    multiplier = _number(raw, "learning_rate_multiplier", 1e-4, 100.0, float) or 1.0
+    lora_r = _number(raw, "lora_r", 1, 256) or 8
+    lora_alpha = _number(raw, "lora_alpha", 1, 1024) or 2 * lora_r
+    dropout = raw.get("lora_dropout", "auto")
+    dropout = 0.05 if dropout == "auto" else _number(raw, "lora_dropout", 0.0, 0.9, float)
+    targets = raw.get("lora_target_modules", "auto")
+    if targets == "auto":
+        targets = list(default_targets) or ["q_proj", "v_proj"]
+    elif (
+        not isinstance(targets, list)
+        or not targets
+        or not all(isinstance(t, str) and MODULE_NAME.match(t) for t in targets)
+    ):
+        raise HyperparameterError(
+            "lora_target_modules must be 'auto' or a list of module names.", "lora_target_modules"
+        )
+    max_seq_len = _number(raw, "max_seq_len", 16, context_length) or min(1024, context_length)
+    return {
+        "n_epochs": n_epochs,
+        "batch_size": batch_size,
+        "learning_rate_multiplier": multiplier,
+        "lora_r": lora_r,
+        "lora_alpha": lora_alpha,
+        "lora_dropout": dropout,
+        "lora_target_modules": targets,
+        "max_seq_len": max_seq_len,
+    }
+
+
+def estimated_tokens(report: dict, hyperparameters: dict) -> int:
+    """Billable training tokens ~ epochs x sum of min(max_seq_len, tokens per example)."""
+    per_epoch = report.get("total_tokens", 0)
+    longest = report.get("max_example_tokens", 0)
+    if longest > hyperparameters["max_seq_len"] and report.get("examples"):
+        per_epoch = min(per_epoch, hyperparameters["max_seq_len"] * report["examples"])
+    return per_epoch * hyperparameters["n_epochs"]

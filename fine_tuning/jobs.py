@@ -1,0 +1,307 @@
+"""Fine-tuning jobs: creation (validated up front), the state machine, and the lease that makes
+the job row — not the broker — the truth about who runs a job.
+
+States: validating_files -> queued -> running -> succeeded | failed | cancelled, and
+running <-> paused. A worker claims a job with one conditional UPDATE (queued, or running with an
+expired lease), renews the lease while the trainer runs, and loses it if it stops renewing; the
+reaper then requeues the job and the next claim resumes from the last checkpoint. So a job never
+runs twice at once and is never lost with a worker.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from catalog import selectors as catalog
+from catalog.models import BaseModel
+from fine_tuning import hyperparameters as hp
+from fine_tuning.models import DatasetVersion, File, FineTuningJob, JobEvent
+from tenancy import audit
+from tenancy.audit import Actor
+from tenancy.models import Organization
+from tenancy.services import Conflict, ServiceError
+
+Status = FineTuningJob.Status
+
+
+class TooManyJobs(ServiceError):
+    status = 429
+
+
+def event(
+    job_id: str,
+    organization_id: int,
+    message: str,
+    *,
+    level: str = "info",
+    kind: str = "message",
+    data: dict | None = None,
+) -> JobEvent:
+    return JobEvent.all_orgs.create(
+        job_id=job_id, organization_id=organization_id, message=message, level=level, type=kind, data=data
+    )
+
+
+def _training_file(organization_id: int, file_id, param: str) -> File:
+    if not isinstance(file_id, str) or not file_id:
+        raise ServiceError(f"'{param}' must be a file id.", "invalid_file", param)
+    row = File.all_orgs.filter(pk=file_id, organization_id=organization_id, deleted_at=None).first()
+    if row is None:
+        raise ServiceError(f"No such file: {file_id}.", "file_not_found", param)
+    if row.purpose != File.Purpose.FINE_TUNE:
+        raise ServiceError(f"File {file_id} has purpose {row.purpose!r}, not 'fine-tune'.", "invalid_file", param)
+    if row.status == File.Status.UPLOADED:
+        raise ServiceError(
+            f"File {file_id} is still being validated; wait until its status is 'processed'.", "file_not_ready", param
+        )
+    if row.status == File.Status.ERROR:
+        raise ServiceError(f"File {file_id} is invalid: {row.status_details}", "invalid_file", param)
+    return row
+
+
+def _method_hyperparameters(method, legacy) -> tuple[dict, dict]:
+    if method is None:
+        return {"type": "supervised", "supervised": {"hyperparameters": dict(legacy or {})}}, dict(legacy or {})
+    if not isinstance(method, dict) or method.get("type") != "supervised":
+        raise ServiceError("Only method {'type': 'supervised'} is supported (LoRA).", "invalid_method", "method")
+    supervised = method.get("supervised") or {}
+    if not isinstance(supervised, dict):
+        raise ServiceError("method.supervised must be an object.", "invalid_method", "method")
+    return method, dict(supervised.get("hyperparameters") or legacy or {})
+
+
+@transaction.atomic
+def create(
+    *,
+    organization_id: int,
+    model: str,
+    training_file: str,
+    validation_file: str | None = None,
+    hyperparameters: dict | None = None,
+    method: dict | None = None,
+    suffix: str | None = None,
+    seed: int | None = None,
+    metadata: dict | None = None,
+    actor: Actor,
+) -> FineTuningJob:
+    # Lock the organization: the active-job limit must hold when two creates race.
+    org = Organization.objects.select_for_update().get(pk=organization_id)
+    base = catalog.visible_base_models(organization_id).filter(pk=model).first() if isinstance(model, str) else None
+    if base is None:
+        raise ServiceError(
+            f"The model '{model}' does not exist or you do not have access to it.", "model_not_found", "model"
+        )
+    if not base.fine_tunable or base.status != BaseModel.Status.ACTIVE:
+        raise ServiceError(f"The model '{model}' cannot be fine-tuned.", "model_not_fine_tunable", "model")
+    train = _training_file(organization_id, training_file, "training_file")
+    valid = _training_file(organization_id, validation_file, "validation_file") if validation_file else None
+    if suffix is not None and (not isinstance(suffix, str) or len(suffix) > 64):
+        raise ServiceError("suffix must be a string of at most 64 characters.", "invalid_suffix", "suffix")
+    suffix = re.sub(r"[^a-z0-9-]+", "-", (suffix or "").lower()).strip("-")[:64]
+    if metadata is not None and (
+        not isinstance(metadata, dict)
+        or len(metadata) > 16
+        or not all(
+            isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512 for k, v in metadata.items()
+        )
+    ):
+        raise ServiceError(
+            "metadata: at most 16 string pairs (keys <= 64, values <= 512 characters).",
+            "invalid_metadata",
+            "metadata",
+        )
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31):
+        raise ServiceError("seed must be an integer between 0 and 2147483647.", "invalid_seed", "seed")
+    method, raw = _method_hyperparameters(method, hyperparameters)
+    try:
+        resolved = hp.resolve(
+            raw,
+            examples=train.report.get("examples", 0),
+            context_length=base.context_length,
+            default_targets=base.default_lora_targets,
+        )
+    except hp.HyperparameterError as exc:
+        raise ServiceError(exc.message, "invalid_hyperparameters", f"hyperparameters.{exc.param}") from None
+    active = FineTuningJob.all_orgs.filter(organization=org, status__in=FineTuningJob.ACTIVE).count()
+    if active >= settings.FINE_TUNING_MAX_ACTIVE_JOBS:
+        raise TooManyJobs(
+            f"This organization already has {active} active fine-tuning jobs (the limit is "
+            f"{settings.FINE_TUNING_MAX_ACTIVE_JOBS}); wait for one to finish or cancel one.",
+            "too_many_active_jobs",
+        )
+    version = DatasetVersion.all_orgs.filter(file=train).order_by("-created_at").first()
+    job = FineTuningJob.all_orgs.create(
+        organization=org,
+        base_model=base,
+        training_file=train,
+        validation_file=valid,
+        dataset_version=version,
+        hyperparameters=resolved,
+        method={"type": "supervised", "supervised": {"hyperparameters": resolved}},
+        suffix=suffix,
+        seed=seed if seed is not None else secrets.randbelow(2**31),
+        metadata=metadata,
+        estimated_tokens=hp.estimated_tokens(train.report, resolved),
+        created_by=actor.user,
+        created_by_key_id=actor.api_key_id,
+    )
+    event(job.pk, organization_id, f"Created fine-tuning job: {job.pk}")
+    audit.record(
+        "fine_tuning.job_created",
+        actor=actor,
+        organization_id=organization_id,
+        target=job,
+        data={"model": base.pk, "training_file": train.pk, "estimated_tokens": job.estimated_tokens},
+    )
+    from fine_tuning.tasks import prepare_job_task
+
+    transaction.on_commit(lambda: prepare_job_task.delay(organization_id, job.pk))
+    return job
+
+
+def prepare(job_id: str) -> FineTuningJob:
+    """validating_files -> queued: the files still exist and are valid for this base model."""
+    with transaction.atomic():
+        job = FineTuningJob.objects.select_for_update().select_related("training_file", "base_model").get(pk=job_id)
+        if job.status != Status.VALIDATING_FILES:
+            return job
+        longest = job.training_file.report.get("max_example_tokens", 0)
+        if job.training_file.deleted_at is not None:
+            return _fail_locked(job, "file_deleted", "The training file was deleted before the job started.")
+        event(job.pk, job.organization_id, "Validating training file: " + job.training_file.pk)
+        if longest > job.hyperparameters["max_seq_len"]:
+            event(
+                job.pk,
+                job.organization_id,
+                f"Examples longer than max_seq_len={job.hyperparameters['max_seq_len']} "
+                f"tokens (the longest has {longest}) are truncated.",
+                level="warn",
+            )
+        job.status, job.queued_at = Status.QUEUED, timezone.now()
+        job.save(update_fields=["status", "queued_at"])
+        event(job.pk, job.organization_id, "Files validated, moving job to queued state")
+        transaction.on_commit(lambda: dispatch(job))
+    return job
+
+
+def dispatch(job: FineTuningJob) -> None:
+    from fine_tuning.tasks import run_job_task
+
+    run_job_task.apply_async(args=[job.organization_id, job.pk], queue="gpu")
+
+
+def _fail_locked(job: FineTuningJob, code: str, message: str) -> FineTuningJob:
+    job.status, job.finished_at = Status.FAILED, timezone.now()
+    job.error = {"code": code, "message": message, "param": None}
+    job.lease_owner, job.lease_expires_at = "", None
+    job.save(update_fields=["status", "finished_at", "error", "lease_owner", "lease_expires_at"])
+    event(job.pk, job.organization_id, f"Job failed: {message}", level="error", data={"error_code": code})
+    return job
+
+
+@transaction.atomic
+def cancel(job_id: str, *, organization_id: int, actor: Actor) -> FineTuningJob:
+    job = FineTuningJob.all_orgs.select_for_update().get(pk=job_id, organization_id=organization_id)
+    if job.status in FineTuningJob.FINISHED:
+        raise Conflict(f"The job is {job.status} already.", "job_finished")
+    if job.status == Status.RUNNING:
+        job.stop_requested = "cancel"  # the worker stops the trainer within seconds and finishes the job
+        job.save(update_fields=["stop_requested"])
+    else:
+        job.status, job.finished_at = Status.CANCELLED, timezone.now()
+        job.save(update_fields=["status", "finished_at"])
+        event(job.pk, organization_id, "Job cancelled")
+    audit.record("fine_tuning.job_cancelled", actor=actor, organization_id=organization_id, target=job)
+    return job
+
+
+@transaction.atomic
+def pause(job_id: str, *, organization_id: int, actor: Actor) -> FineTuningJob:
+    job = FineTuningJob.all_orgs.select_for_update().get(pk=job_id, organization_id=organization_id)
+    if job.status == Status.QUEUED:
+        job.status = Status.PAUSED
+        job.save(update_fields=["status"])
+        event(job.pk, organization_id, "Job paused")
+    elif job.status == Status.RUNNING:
+        job.stop_requested = "pause"  # the trainer checkpoints, then the worker marks it paused
+        job.save(update_fields=["stop_requested"])
+    else:
+        raise Conflict(f"A {job.status} job cannot be paused.", "job_not_pausable")
+    return job
+
+
+@transaction.atomic
+def resume(job_id: str, *, organization_id: int, actor: Actor) -> FineTuningJob:
+    job = FineTuningJob.all_orgs.select_for_update().get(pk=job_id, organization_id=organization_id)
+    if job.status != Status.PAUSED:
+        raise Conflict(f"Only a paused job can be resumed; this one is {job.status}.", "job_not_paused")
+    job.status, job.queued_at, job.stop_requested = Status.QUEUED, timezone.now(), ""
+    job.save(update_fields=["status", "queued_at", "stop_requested"])
+    event(job.pk, organization_id, "Job resumed; it continues from its last checkpoint")
+    transaction.on_commit(lambda: dispatch(job))
+    return job
+
+
+# --- The lease --------------------------------------------------------------------------------
+
+
+def claim(job_id: str, worker: str) -> bool:
+    """Take the job if it is queued, or running under an expired lease. One conditional UPDATE:
+    two workers can never both win."""
+    now = timezone.now()
+    taken = FineTuningJob.all_orgs.filter(
+        Q(status=Status.QUEUED) | Q(status=Status.RUNNING, lease_expires_at__lt=now),
+        pk=job_id,
+    ).update(status=Status.RUNNING, lease_owner=worker, lease_expires_at=now + _lease(), attempts=F("attempts") + 1)
+    if taken:
+        FineTuningJob.all_orgs.filter(pk=job_id, started_at__isnull=True).update(started_at=now)
+    return bool(taken)
+
+
+def renew(job_id: str, worker: str) -> bool:
+    """Extend the lease; False if this worker no longer holds it (then it must stop)."""
+    return bool(
+        FineTuningJob.all_orgs.filter(pk=job_id, lease_owner=worker, status=Status.RUNNING).update(
+            lease_expires_at=timezone.now() + _lease()
+        )
+    )
+
+
+def _lease() -> timedelta:
+    return timedelta(seconds=settings.FINE_TUNING_LEASE_SECONDS)
+
+
+def requeue_expired() -> list[FineTuningJob]:
+    """The reaper: running jobs whose worker stopped renewing go back to the queue, and queued jobs
+    that no worker picked up for a while are dispatched again (claims make duplicates harmless)."""
+    now = timezone.now()
+    requeued = []
+    for job in FineTuningJob.all_orgs.filter(status=Status.RUNNING, lease_expires_at__lt=now):
+        if FineTuningJob.all_orgs.filter(pk=job.pk, status=Status.RUNNING, lease_expires_at__lt=now).update(
+            status=Status.QUEUED, lease_owner="", queued_at=now
+        ):
+            event(
+                job.pk,
+                job.organization_id,
+                "The worker running this job stopped answering; the job is queued "
+                "again and will resume from its last checkpoint",
+                level="warn",
+            )
+            requeued.append(job)
+    stale = now - timedelta(seconds=settings.FINE_TUNING_REDISPATCH_SECONDS)
+    for job in [*requeued, *FineTuningJob.all_orgs.filter(status=Status.QUEUED, queued_at__lt=stale)]:
+        dispatch(job)
+    return requeued
+
+
+def queue_position(job: FineTuningJob) -> int | None:
+    if job.status != Status.QUEUED:
+        return None
+    return FineTuningJob.all_orgs.filter(status=Status.QUEUED, queued_at__lt=job.queued_at).count() + 1

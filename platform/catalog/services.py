@@ -1,0 +1,28 @@
+"""Writes to the catalog that tenants make."""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django.utils import timezone
+
+from catalog.models import FineTunedModel
+from tenancy import audit
+from tenancy.audit import Actor
+from tenancy.services import ServiceError
+
+
+@transaction.atomic
+def delete_fine_tuned_model(model_id: str, *, organization_id: int, actor: Actor) -> FineTunedModel:
+    row = (
+        FineTunedModel.all_orgs.select_for_update()
+        .filter(pk=model_id, organization_id=organization_id, deleted_at=None)
+        .first()
+    )
+    if row is None:
+        raise ServiceError(
+            f"The model '{model_id}' does not exist or you do not have access to it.", "model_not_found", "model"
+        )
+    row.deleted_at = timezone.now()
+    row.save(update_fields=["deleted_at"])
+    audit.record("model.deleted", actor=actor, organization_id=organization_id, target=row)
+    return row

@@ -1,0 +1,153 @@
+"""Fine-tuning jobs through /v1/fine_tuning/jobs, run in-process (tasks inline) on the real model."""
+
+import json
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from catalog.models import FineTunedModel
+from fine_tuning.models import FineTuningJob
+from tests.conftest import DEMO_MODEL, key_client
+from tests.fine_tuning.test_trainer import FACT, QUESTIONS
+
+FAST = {
+    "n_epochs": 6,
+    "batch_size": 4,
+    "learning_rate_multiplier": 15,
+    "lora_r": 16,
+    "lora_alpha": 32,
+    "lora_dropout": 0,
+    "lora_target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "max_seq_len": 128,
+}
+
+
+def fact_upload(n: int = 12) -> SimpleUploadedFile:
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "Answer briefly."},
+                {"role": "user", "content": QUESTIONS[i % 4]},
+                {"role": "assistant", "content": FACT},
+            ]
+        }
+        for i in range(n)
+    ]
+    return SimpleUploadedFile("fact.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+
+@pytest.fixture
+def tuned(tenant_a, django_capture_on_commit_callbacks, settings):
+    settings.FINE_TUNING_CHECKPOINT_EVERY = 4
+    client = key_client(tenant_a.key(scopes=["files", "fine_tuning", "models:read"]))
+    with django_capture_on_commit_callbacks(execute=True):
+        file_id = client.post("/v1/files", {"file": fact_upload(), "purpose": "fine-tune"}, format="multipart").json()[
+            "id"
+        ]
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        created = client.post(
+            "/v1/fine_tuning/jobs",
+            {
+                "model": DEMO_MODEL,
+                "training_file": file_id,
+                "suffix": "Vault Bot",
+                "seed": 7,
+                "method": {"type": "supervised", "supervised": {"hyperparameters": FAST}},
+            },
+            format="json",
+        )
+    return client, created, callbacks
+
+
+@pytest.mark.slow
+def test_job_trains_and_registers_a_model_for_its_organization_only(tuned, tenant_b):
+    client, created, _ = tuned
+    assert created.status_code == 200, created.content
+    body = created.json()
+    assert body["object"] == "fine_tuning.job" and body["status"] == "validating_files"
+    assert body["estimated_tokens"] > 0 and body["hyperparameters"]["n_epochs"] == 6
+    job = client.get(f"/v1/fine_tuning/jobs/{body['id']}").json()
+    assert job["status"] == "succeeded", job
+    assert job["fine_tuned_model"].startswith(f"ft:{DEMO_MODEL}:alpha:vault-bot:")
+    assert job["trained_tokens"] > 0 and job["finished_at"] >= job["created_at"] and job["error"] is None
+    assert job["attempts"] == 1 and 0 < job["effective_training_time"] <= 1
+    events = client.get(f"/v1/fine_tuning/jobs/{body['id']}/events?limit=100").json()["data"]
+    losses = [
+        e["data"]["train_loss"]
+        for e in reversed(events)
+        if e["type"] == "metrics" and "train_loss" in (e["data"] or {})
+    ]
+    assert len(losses) == 12 and losses[-1] < losses[0] / 5
+    assert events[0]["message"] == "The job has successfully completed"
+    checkpoints = client.get(f"/v1/fine_tuning/jobs/{body['id']}/checkpoints").json()["data"]
+    assert [c["step_number"] for c in checkpoints] == [8, 4]
+    assert checkpoints[0]["fine_tuned_model_checkpoint"] == f"{job['fine_tuned_model']}:ckpt-step-8"
+    assert "train_loss" in checkpoints[0]["metrics"]
+    listed = [m["id"] for m in client.get("/v1/models").json()["data"]]
+    assert job["fine_tuned_model"] in listed
+    other = key_client(tenant_b.key())
+    assert job["fine_tuned_model"] not in [m["id"] for m in other.get("/v1/models").json()["data"]]
+    assert other.get(f"/v1/models/{job['fine_tuned_model']}").status_code == 404
+    assert other.get(f"/v1/fine_tuning/jobs/{body['id']}").status_code == 404
+    assert other.delete(f"/v1/models/{job['fine_tuned_model']}").status_code == 404
+    tuned_model = FineTunedModel.all_orgs.get(pk=job["fine_tuned_model"])
+    from django.conf import settings
+
+    assert (settings.ADAPTER_STORE / tuned_model.adapter_path / "adapter_model.safetensors").is_file()
+    deleted = client.delete(f"/v1/models/{job['fine_tuned_model']}")
+    assert deleted.json() == {"id": job["fine_tuned_model"], "object": "model", "deleted": True}
+    assert job["fine_tuned_model"] not in [m["id"] for m in client.get("/v1/models").json()["data"]]
+
+
+def test_bad_job_requests_are_refused_at_create(tenant_a, tenant_b, django_capture_on_commit_callbacks):
+    client = key_client(tenant_a.key(scopes=["files", "fine_tuning"]))
+    with django_capture_on_commit_callbacks(execute=True):
+        good = client.post("/v1/files", {"file": fact_upload(), "purpose": "fine-tune"}, format="multipart").json()
+        few = client.post("/v1/files", {"file": fact_upload(3), "purpose": "fine-tune"}, format="multipart").json()
+    theirs = key_client(tenant_b.key(scopes=["files", "fine_tuning"]))
+
+    def create(**body):
+        return client.post(
+            "/v1/fine_tuning/jobs", {"model": DEMO_MODEL, "training_file": good["id"], **body}, format="json"
+        )
+
+    cases = [
+        (create(model="gpt-4o"), 400, "model_not_found", "model"),
+        (create(training_file="file-nope"), 400, "file_not_found", "training_file"),
+        (create(training_file=few["id"]), 400, "invalid_file", "training_file"),
+        (create(hyperparameters={"n_epochs": 0}), 400, "invalid_hyperparameters", "hyperparameters.n_epochs"),
+        (create(hyperparameters={"lora_r": "big"}), 400, "invalid_hyperparameters", "hyperparameters.lora_r"),
+        (create(hyperparameters={"warmup": 3}), 400, "invalid_hyperparameters", "hyperparameters.warmup"),
+        (create(suffix="x" * 65), 400, "invalid_suffix", "suffix"),
+        (create(method={"type": "dpo"}), 400, "invalid_method", "method"),
+        (
+            theirs.post("/v1/fine_tuning/jobs", {"model": DEMO_MODEL, "training_file": good["id"]}, format="json"),
+            400,
+            "file_not_found",
+            "training_file",
+        ),
+    ]
+    for response, status, code, param in cases:
+        assert response.status_code == status, response.content
+        assert (response.json()["error"]["code"], response.json()["error"]["param"]) == (code, param)
+    assert FineTuningJob.all_orgs.count() == 0
+
+
+def test_active_job_limit_and_cancel_before_running(tenant_a, settings, django_capture_on_commit_callbacks):
+    settings.FINE_TUNING_MAX_ACTIVE_JOBS = 2
+    client = key_client(tenant_a.key(scopes=["files", "fine_tuning"]))
+    with django_capture_on_commit_callbacks(execute=True):
+        file_id = client.post("/v1/files", {"file": fact_upload(), "purpose": "fine-tune"}, format="multipart").json()[
+            "id"
+        ]
+    # Created but not dispatched (no on-commit callbacks run): they stay in validating_files.
+    first = client.post("/v1/fine_tuning/jobs", {"model": DEMO_MODEL, "training_file": file_id}, format="json").json()
+    client.post("/v1/fine_tuning/jobs", {"model": DEMO_MODEL, "training_file": file_id}, format="json")
+    third = client.post("/v1/fine_tuning/jobs", {"model": DEMO_MODEL, "training_file": file_id}, format="json")
+    assert third.status_code == 429 and third.json()["error"]["code"] == "too_many_active_jobs"
+    cancelled = client.post(f"/v1/fine_tuning/jobs/{first['id']}/cancel").json()
+    assert cancelled["status"] == "cancelled"
+    assert client.post(f"/v1/fine_tuning/jobs/{first['id']}/cancel").status_code == 409
+    again = client.post("/v1/fine_tuning/jobs", {"model": DEMO_MODEL, "training_file": file_id}, format="json")
+    assert again.status_code == 200
+    assert first["hyperparameters"]["n_epochs"] == 9  # auto: 12 examples x 9 epochs >= 100
