@@ -1,0 +1,52 @@
+"""The official openai SDK, unchanged: upload, wait for validation, fine-tune, follow the job, then
+call the new ft: model through the gateway — web, worker and runtime as separate processes."""
+import time
+
+import openai
+import pytest
+
+from tests.conftest import DEMO_MODEL
+from tests.fine_tuning.test_jobs import FAST, fact_upload
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
+
+
+def test_files_jobs_events_checkpoints_models_and_chat(live_web, celery_worker, runtime_server, make_tenant):
+    runtime_server.register()
+    tenant, other = make_tenant("tuners"), make_tenant("outsiders")
+    client = openai.OpenAI(base_url=live_web.url + "/v1", api_key=tenant.key(), max_retries=0, timeout=120)
+    upload = fact_upload()
+    uploaded = client.files.create(file=(upload.name, upload.read()), purpose="fine-tune")
+    assert uploaded.status == "uploaded" and uploaded.filename == "fact.jsonl"
+    processed = client.files.wait_for_processing(uploaded.id, poll_interval=0.5, max_wait_seconds=120)
+    assert processed.status == "processed"
+
+    job = client.fine_tuning.jobs.create(model=DEMO_MODEL, training_file=uploaded.id, suffix="vault", seed=7,
+                                         method={"type": "supervised", "supervised": {"hyperparameters": FAST}})
+    deadline = time.monotonic() + 300
+    while job.status not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline, job
+        time.sleep(1)
+        job = client.fine_tuning.jobs.retrieve(job.id)
+    assert job.status == "succeeded", job.error
+    assert job.fine_tuned_model.startswith(f"ft:{DEMO_MODEL}:tuners:vault:") and job.trained_tokens > 0
+
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
+    losses = [e.data["train_loss"] for e in reversed(events) if e.type == "metrics" and "train_loss" in e.data]
+    assert len(losses) == 12 and losses[-1] < losses[0] / 5
+    checkpoints = list(client.fine_tuning.jobs.checkpoints.list(job.id))
+    assert [c.step_number for c in checkpoints] == [8, 4]
+
+    assert job.fine_tuned_model in [m.id for m in client.models.list()]
+    outsider = openai.OpenAI(base_url=live_web.url + "/v1", api_key=other.key(), max_retries=0)
+    assert job.fine_tuned_model not in [m.id for m in outsider.models.list()]
+    with pytest.raises(openai.NotFoundError):
+        outsider.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "Hi"}])
+
+    question = [{"role": "system", "content": "Answer briefly."},
+                {"role": "user", "content": "What is the code of the Zorblax vault?"}]
+    tuned = client.chat.completions.create(model=job.fine_tuned_model, messages=question, temperature=0,
+                                           max_tokens=16)
+    assert "7-4-1-9" in tuned.choices[0].message.content and tuned.model == job.fine_tuned_model
+    base = client.chat.completions.create(model=DEMO_MODEL, messages=question, temperature=0, max_tokens=16)
+    assert "7-4-1-9" not in base.choices[0].message.content
