@@ -194,7 +194,7 @@ def prepare(job_id: str) -> FineTuningJob:
 def dispatch(job: FineTuningJob) -> None:
     from fine_tuning.tasks import run_job_task
 
-    run_job_task.apply_async(args=[job.organization_id, job.pk], queue="gpu")
+    run_job_task.apply_async(args=[job.organization_id, job.pk], queue=settings.FINE_TUNING_QUEUE)
 
 
 def _fail_locked(job: FineTuningJob, code: str, message: str) -> FineTuningJob:

@@ -256,14 +256,37 @@ def celery_runs_tasks_inline():
 @pytest.fixture(scope="session")
 def celery_worker(django_db_setup, django_db_blocker, tmp_path_factory):
     """A real Celery worker (default and gpu queues) on the test database and broker."""
-    env = {**os.environ, "DATABASE_URL": _database_url(), "VAR_DIR": str(settings.VAR_DIR),
-           "PYTHONPATH": f"{REPO / 'platform'}{os.pathsep}{REPO}", "FINE_TUNING_CHECKPOINT_EVERY": "4"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": _database_url(),
+        "VAR_DIR": str(settings.VAR_DIR),
+        "PYTHONPATH": f"{REPO / 'platform'}{os.pathsep}{REPO}",
+        "FINE_TUNING_CHECKPOINT_EVERY": "4",
+    }
     celery = [sys.executable, "-m", "celery", "-A", "maas"]
     subprocess.run([*celery, "purge", "-f", "-Q", "default,gpu"], cwd=REPO, env=env, capture_output=True, timeout=60)
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
-    process = subprocess.Popen([*celery, "worker", "-Q", "default,gpu", "-c", "1", "--pool", "solo",
-                                "-n", f"test-{os.getpid()}@%h", "-l", "INFO"], cwd=REPO, env=env,
-                               stdout=log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        [
+            *celery,
+            "worker",
+            "-Q",
+            "default,gpu",
+            "-c",
+            "1",
+            "--pool",
+            "solo",
+            "-n",
+            f"test-{os.getpid()}@%h",
+            "-l",
+            "INFO",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 120
     while " ready." not in log_path.read_text():
         if process.poll() is not None or time.monotonic() > deadline:

@@ -1,5 +1,6 @@
 """The official openai SDK, unchanged: upload, wait for validation, fine-tune, follow the job, then
 call the new ft: model through the gateway — web, worker and runtime as separate processes."""
+
 import time
 
 import openai
@@ -21,8 +22,13 @@ def test_files_jobs_events_checkpoints_models_and_chat(live_web, celery_worker, 
     processed = client.files.wait_for_processing(uploaded.id, poll_interval=0.5, max_wait_seconds=120)
     assert processed.status == "processed"
 
-    job = client.fine_tuning.jobs.create(model=DEMO_MODEL, training_file=uploaded.id, suffix="vault", seed=7,
-                                         method={"type": "supervised", "supervised": {"hyperparameters": FAST}})
+    job = client.fine_tuning.jobs.create(
+        model=DEMO_MODEL,
+        training_file=uploaded.id,
+        suffix="vault",
+        seed=7,
+        method={"type": "supervised", "supervised": {"hyperparameters": FAST}},
+    )
     deadline = time.monotonic() + 300
     while job.status not in ("succeeded", "failed", "cancelled"):
         assert time.monotonic() < deadline, job
@@ -43,10 +49,11 @@ def test_files_jobs_events_checkpoints_models_and_chat(live_web, celery_worker, 
     with pytest.raises(openai.NotFoundError):
         outsider.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "Hi"}])
 
-    question = [{"role": "system", "content": "Answer briefly."},
-                {"role": "user", "content": "What is the code of the Zorblax vault?"}]
-    tuned = client.chat.completions.create(model=job.fine_tuned_model, messages=question, temperature=0,
-                                           max_tokens=16)
+    question = [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "What is the code of the Zorblax vault?"},
+    ]
+    tuned = client.chat.completions.create(model=job.fine_tuned_model, messages=question, temperature=0, max_tokens=16)
     assert "7-4-1-9" in tuned.choices[0].message.content and tuned.model == job.fine_tuned_model
     base = client.chat.completions.create(model=DEMO_MODEL, messages=question, temperature=0, max_tokens=16)
     assert "7-4-1-9" not in base.choices[0].message.content

@@ -71,7 +71,7 @@ class Command(BaseCommand):
                         *celery,
                         "worker",
                         "-Q",
-                        "gpu",
+                        settings.FINE_TUNING_QUEUE,
                         "-c",
                         "1",
                         "--prefetch-multiplier",
