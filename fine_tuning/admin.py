@@ -1,6 +1,9 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 
-from fine_tuning.models import Dataset, DatasetVersion, File
+from fine_tuning import jobs
+from fine_tuning.models import Dataset, DatasetVersion, File, FineTuningJob, JobEvent
+from tenancy.audit import Actor
+from tenancy.services import ServiceError
 
 
 @admin.register(File)
@@ -29,4 +32,76 @@ class DatasetVersionAdmin(admin.ModelAdmin):
     readonly_fields = ["organization", "dataset", "number", "file", "created_at"]
 
     def has_add_permission(self, request):
+        return False
+
+
+@admin.register(FineTuningJob)
+class FineTuningJobAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "organization",
+        "base_model",
+        "status",
+        "queue_position",
+        "progress_percent",
+        "attempts",
+        "lease_owner",
+        "created_at",
+        "finished_at",
+        "effective_training_time",
+    ]
+    list_filter = ["status", "base_model"]
+    search_fields = ["id", "organization__slug", "fine_tuned_model"]
+    readonly_fields = [f.name for f in FineTuningJob._meta.fields]
+    list_select_related = ["organization"]
+    actions = ["cancel", "requeue"]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.display(description="queue position")
+    def queue_position(self, job):
+        return jobs.queue_position(job)
+
+    @admin.display(description="progress")
+    def progress_percent(self, job):
+        return f"{job.progress * 100:.0f} %"
+
+    @admin.action(description="Cancel selected jobs")
+    def cancel(self, request, queryset):
+        self._each(
+            request,
+            queryset,
+            lambda job, actor: jobs.cancel(job.pk, organization_id=job.organization_id, actor=actor),
+            "cancelled",
+        )
+
+    @admin.action(description="Requeue selected jobs (they resume from their last checkpoint)")
+    def requeue(self, request, queryset):
+        self._each(request, queryset, lambda job, actor: jobs.requeue(job.pk, actor=actor), "requeued")
+
+    def _each(self, request, queryset, act, verb: str) -> None:
+        done, refused = 0, []
+        for job in queryset:
+            try:
+                act(job, Actor.from_request(request))
+                done += 1
+            except ServiceError as exc:
+                refused.append(f"{job.pk}: {exc.message}")
+        self.message_user(request, f"{done} job(s) {verb}.", messages.SUCCESS)
+        for line in refused:
+            self.message_user(request, line, messages.WARNING)
+
+
+@admin.register(JobEvent)
+class JobEventAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "job", "level", "type", "message"]
+    list_filter = ["level", "type"]
+    search_fields = ["job__id", "message"]
+    readonly_fields = [f.name for f in JobEvent._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
         return False

@@ -305,3 +305,29 @@ def queue_position(job: FineTuningJob) -> int | None:
     if job.status != Status.QUEUED:
         return None
     return FineTuningJob.all_orgs.filter(status=Status.QUEUED, queued_at__lt=job.queued_at).count() + 1
+
+
+@transaction.atomic
+def requeue(job_id: str, *, actor: Actor) -> FineTuningJob:
+    """Operator action: put a running, failed or paused job back in the queue. It resumes from its
+    last checkpoint; a worker still running it loses its lease and stops at its next renewal."""
+    job = FineTuningJob.all_orgs.select_for_update().get(pk=job_id)
+    if job.status not in (Status.RUNNING, Status.FAILED, Status.PAUSED, Status.QUEUED):
+        raise Conflict(f"A {job.status} job cannot be requeued.", "job_not_requeueable")
+    job.status, job.queued_at, job.error, job.finished_at = Status.QUEUED, timezone.now(), None, None
+    job.lease_owner, job.lease_expires_at, job.stop_requested = "", None, ""
+    job.save(
+        update_fields=[
+            "status",
+            "queued_at",
+            "error",
+            "finished_at",
+            "lease_owner",
+            "lease_expires_at",
+            "stop_requested",
+        ]
+    )
+    event(job.pk, job.organization_id, "Requeued by the platform operator", level="warn")
+    audit.record("fine_tuning.job_requeued", actor=actor, organization_id=job.organization_id, target=job)
+    transaction.on_commit(lambda: dispatch(job))
+    return job

@@ -25,6 +25,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from catalog.models import FineTunedModel
+from compute import services as compute
+from compute import worker_signals
 from fine_tuning import jobs
 from fine_tuning.hyperparameters import BASE_LEARNING_RATE
 from fine_tuning.models import Checkpoint, FineTuningJob
@@ -109,6 +111,17 @@ def run(job_id: str, worker: str | None = None) -> str:
     if not jobs.claim(job_id, worker):
         return "not claimed"
     job = FineTuningJob.objects.select_related("base_model", "training_file", "validation_file").get(pk=job_id)
+    registered = worker_signals.worker_name()
+    if registered:
+        compute.set_current_job(registered, job.pk)
+    try:
+        return _run_claimed(job, worker)
+    finally:
+        if registered:
+            compute.set_current_job(registered, "")
+
+
+def _run_claimed(job: FineTuningJob, worker: str) -> str:
     resumed = job.attempts > 1
     jobs.event(
         job.pk,

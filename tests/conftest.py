@@ -262,6 +262,7 @@ def celery_worker(django_db_setup, django_db_blocker, tmp_path_factory):
         "VAR_DIR": str(settings.VAR_DIR),
         "PYTHONPATH": f"{REPO / 'platform'}{os.pathsep}{REPO}",
         "FINE_TUNING_CHECKPOINT_EVERY": "4",
+        "WORKER_HEARTBEAT_SECONDS": "1",
     }
     celery = [sys.executable, "-m", "celery", "-A", "maas"]
     subprocess.run([*celery, "purge", "-f", "-Q", "default,gpu"], cwd=REPO, env=env, capture_output=True, timeout=60)

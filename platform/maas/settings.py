@@ -203,6 +203,7 @@ FINE_TUNING_MAX_LINE_BYTES = env.integer("FINE_TUNING_MAX_LINE_BYTES", 4 * 1024 
 FINE_TUNING_REFERENCE_MODEL = env.get("FINE_TUNING_REFERENCE_MODEL", "smollm2-135m-instruct")
 FINE_TUNING_MAX_ACTIVE_JOBS = env.integer("FINE_TUNING_MAX_ACTIVE_JOBS", 3)
 FINE_TUNING_QUEUE = env.get("FINE_TUNING_QUEUE", "gpu")  # the Celery queue GPU workers consume
+WORKER_HEARTBEAT_SECONDS = env.integer("WORKER_HEARTBEAT_SECONDS", 15)
 # A running job's worker renews its lease every third of this; a job whose lease expired is
 # requeued by the reaper and resumes from its last checkpoint.
 FINE_TUNING_LEASE_SECONDS = env.integer("FINE_TUNING_LEASE_SECONDS", 60)

@@ -94,3 +94,35 @@ def test_rate_limit_edits_reach_the_gateway_at_once(staff, tenant_a, django_capt
     principal = keyauth.authenticate(plaintext)
     assert principal.org_tpm == 5000
     assert Organization.objects.get(pk=tenant_a.org.pk).name == "Alpha Renamed"
+
+
+def test_job_cancel_and_requeue_actions(staff, tenant_a, django_capture_on_commit_callbacks):
+    from fine_tuning import jobs
+    from fine_tuning import services as fine_tuning
+    from fine_tuning.models import FineTuningJob
+    from tenancy import scope
+    from tenancy.audit import Actor
+    from tests.fine_tuning.test_jobs import fact_upload
+
+    upload = fact_upload()
+    upload.sha256 = "0" * 64
+    with scope.organization(tenant_a.org.pk), django_capture_on_commit_callbacks(execute=False):
+        file = fine_tuning.upload_file(
+            organization_id=tenant_a.org.pk, uploaded=upload, purpose="fine-tune", actor=Actor()
+        )
+        fine_tuning.validate_file(file.pk)
+        job = jobs.create(
+            organization_id=tenant_a.org.pk, model="smollm2-135m-instruct", training_file=file.pk, actor=Actor()
+        )
+    url = reverse("admin:fine_tuning_finetuningjob_changelist")
+    with django_capture_on_commit_callbacks(execute=False) as dispatched:
+        staff.post(url, {"action": "requeue", "_selected_action": [job.pk]}, follow=True)
+    assert FineTuningJob.all_orgs.get(pk=job.pk).status == "validating_files" and not dispatched
+    FineTuningJob.all_orgs.filter(pk=job.pk).update(status="failed", error={"code": "x", "message": "y"})
+    with django_capture_on_commit_callbacks(execute=False) as dispatched:
+        staff.post(url, {"action": "requeue", "_selected_action": [job.pk]})
+    requeued = FineTuningJob.all_orgs.get(pk=job.pk)
+    assert requeued.status == "queued" and requeued.error is None and len(dispatched) == 1
+    assert staff.get(url).status_code == 200
+    staff.post(url, {"action": "cancel", "_selected_action": [job.pk]})
+    assert FineTuningJob.all_orgs.get(pk=job.pk).status == "cancelled"

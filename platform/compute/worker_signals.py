@@ -1,0 +1,51 @@
+"""Celery workers register themselves when ready, heartbeat while alive and sign off on a clean
+shutdown; a killed worker simply stops heartbeating and shows as offline."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+from celery.signals import worker_ready, worker_shutdown
+from django.conf import settings
+
+from compute import services
+
+_name: str | None = None
+
+
+def worker_name() -> str | None:
+    """This process's registered worker name, if it is a Celery worker."""
+    return _name
+
+
+@worker_ready.connect(dispatch_uid="maas-register-worker")
+def _ready(sender, **kwargs) -> None:
+    global _name
+    _name = sender.hostname or f"{socket.gethostname()}:{os.getpid()}"
+    queues = sorted(q.name for q in sender.app.amqp.queues.consume_from.values()) if sender.app.amqp.queues else []
+    device, memory = services.accelerator() if settings.FINE_TUNING_QUEUE in queues else ("cpu", 0)
+    registration = {
+        "hostname": socket.gethostname(),
+        "pid": os.getpid(),
+        "queues": queues,
+        "accelerator": device,
+        "memory": memory,
+    }
+    services.register(name=_name, **registration)
+
+    def beat() -> None:
+        while not stop.wait(settings.WORKER_HEARTBEAT_SECONDS):
+            services.heartbeat(_name, registration)
+
+    stop = threading.Event()
+    _ready.stop = stop
+    threading.Thread(target=beat, name="worker-heartbeat", daemon=True).start()
+
+
+@worker_shutdown.connect(dispatch_uid="maas-unregister-worker")
+def _shutdown(sender, **kwargs) -> None:
+    if _name:
+        getattr(_ready, "stop", threading.Event()).set()
+        services.stopped(_name)
