@@ -160,16 +160,16 @@ def create(
         target=job,
         data={"model": base.pk, "training_file": train.pk, "estimated_tokens": job.estimated_tokens},
     )
-    from fine_tuning.tasks import prepare_job_task
-
-    transaction.on_commit(lambda: prepare_job_task.delay(organization_id, job.pk))
+    # Preparing is a few checks: done right after the commit rather than through the broker, so
+    # a job cannot be stranded in validating_files by a lost message, and one queue hop is saved.
+    transaction.on_commit(lambda: prepare(job.pk))
     return job
 
 
 def prepare(job_id: str) -> FineTuningJob:
     """validating_files -> queued: the files still exist and are valid for this base model."""
     with transaction.atomic():
-        job = FineTuningJob.objects.select_for_update().select_related("training_file", "base_model").get(pk=job_id)
+        job = FineTuningJob.all_orgs.select_for_update().select_related("training_file", "base_model").get(pk=job_id)
         if job.status != Status.VALIDATING_FILES:
             return job
         longest = job.training_file.report.get("max_example_tokens", 0)

@@ -82,21 +82,46 @@ def _die_with_parent() -> None:
         pass
 
 
-def start_trainer(config: Path) -> subprocess.Popen:
+def _spawn(*args: str) -> subprocess.Popen:
     root = Path(settings.REPO_DIR)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "platform"), str(root)])}
     # The trainer dies with the worker: a killed worker must not leave a trainer writing the
     # job's checkpoints while another worker resumes it.
     return subprocess.Popen(
-        [sys.executable, "-m", "fine_tuning.trainer", "--config", str(config)],
+        [sys.executable, "-m", "fine_tuning.trainer", *args],
         cwd=root,
         env=env,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         bufsize=1,
         preexec_fn=_die_with_parent,
     )
+
+
+_warm: subprocess.Popen | None = None
+
+
+def warm_up() -> None:
+    """Start a trainer that imports torch, transformers and peft now and then waits for a job, so
+    the next job skips those seconds. One per worker; a job takes it and a new one is started."""
+    global _warm
+    if _warm is None or _warm.poll() is not None:
+        _warm = _spawn("--wait")
+
+
+def start_trainer(config: Path) -> subprocess.Popen:
+    global _warm
+    warm, _warm = _warm, None
+    if warm is not None and warm.poll() is None:
+        try:
+            warm.stdin.write(f"{config}\n")
+            warm.stdin.flush()
+            return warm
+        except OSError:
+            warm.kill()
+    return _spawn("--config", str(config))
 
 
 def _pump(stream, lines: queue.Queue) -> None:
@@ -119,6 +144,7 @@ def run(job_id: str, worker: str | None = None) -> str:
     finally:
         if registered:
             compute.set_current_job(registered, "")
+            warm_up()  # for the next job on this worker
 
 
 def _run_claimed(job: FineTuningJob, worker: str) -> str:
@@ -175,7 +201,9 @@ def _record(job: FineTuningJob, message: dict) -> None:
             org,
             f"Training {message['total_steps']} steps on {message['examples']} examples"
             + (f", resuming after step {message['resumed_from']}" if message.get("resumed_from") else ""),
-            data={k: message[k] for k in ("total_steps", "examples", "resumed_from") if k in message},
+            data={
+                k: message[k] for k in ("total_steps", "examples", "resumed_from", "model_load_seconds") if k in message
+            },
         )
     elif kind == "metrics":
         data = {

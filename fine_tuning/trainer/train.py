@@ -197,10 +197,27 @@ def main(argv=None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m fine_tuning.trainer")
-    parser.add_argument("--config", required=True, help="JSON file written by the job runner")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="JSON file written by the job runner")
+    source.add_argument(
+        "--wait",
+        action="store_true",
+        help="import everything, print a 'ready' line, then read the config path from stdin "
+        "(a warm trainer: a job starts without paying for Python imports)",
+    )
     args = parser.parse_args(argv)
+    config_path = args.config
+    if args.wait:
+        import peft  # noqa: F401
+        import transformers  # noqa: F401
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
+        emit("ready")
+        config_path = sys.stdin.readline().strip()
+        if not config_path:
+            return 0  # released without a job
     try:
-        config = TrainerConfig.load(args.config)
+        config = TrainerConfig.load(config_path)
     except (OSError, ValueError, TypeError) as exc:
         emit("error", message=f"bad configuration: {exc}")
         return 2
