@@ -169,7 +169,7 @@ def run(config: TrainerConfig) -> int:
         if validation and (step % config.eval_every == 0 or step == total_steps):
             scores = _evaluate(model, validation, config, pad_id)
             metrics.update({k: round(v, 5) for k, v in scores.items()})
-            emit("validation", step=step, **metrics)
+            emit("validation", **metrics)  # metrics carries the step
         if step % config.checkpoint_every == 0 and step < total_steps:
             path = checkpoint.save(
                 output,

@@ -102,9 +102,13 @@ def ask(model, tokenizer, question: str) -> str:
 def test_learns_a_made_up_fact(tmp_path):
     from peft import PeftModel
 
-    process = start(config(tmp_path))
+    validation = fact_file(tmp_path / "valid.jsonl", n=4)
+    process = start(config(tmp_path, validation_file=str(validation)))
     events = lines_until(process)
     assert process.returncode == 0, events[-3:]
+    scores = [e for e in events if e["type"] == "validation"]
+    assert [e["step"] for e in scores] == [10, 12]
+    assert scores[-1]["valid_loss"] < 0.1 and scores[-1]["valid_mean_token_accuracy"] > 0.9
     losses = [e["train_loss"] for e in events if e["type"] == "metrics"]
     assert len(losses) == 12 and losses[-1] < losses[0] / 10
     done = events[-1]
