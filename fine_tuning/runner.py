@@ -33,6 +33,7 @@ from fine_tuning.models import Checkpoint, FineTuningJob
 from tenancy.models import Organization
 
 log = logging.getLogger("fine_tuning.runner")
+STOP_CHECK_SECONDS = 2.0  # how soon a cancel or pause reaches the trainer
 Status = FineTuningJob.Status
 
 
@@ -161,6 +162,7 @@ def _run_claimed(job: FineTuningJob, worker: str) -> str:
     threading.Thread(target=stderr_tail.extend, args=(process.stderr,), daemon=True).start()
     renew_every = max(1.0, settings.FINE_TUNING_LEASE_SECONDS / 3)
     next_renewal, stop_sent, last_error, done = time.monotonic() + renew_every, "", None, None
+    next_stop_check = time.monotonic() + STOP_CHECK_SECONDS
     while True:
         try:
             line = lines.get(timeout=1.0)
@@ -184,8 +186,10 @@ def _run_claimed(job: FineTuningJob, worker: str) -> str:
                 process.kill()
                 process.wait()
                 return "lease lost"
+        if not stop_sent and time.monotonic() >= next_stop_check:
+            next_stop_check = time.monotonic() + STOP_CHECK_SECONDS
             wanted = FineTuningJob.all_orgs.filter(pk=job.pk).values_list("stop_requested", flat=True).first()
-            if wanted and not stop_sent:
+            if wanted:  # cancel or pause: the trainer checkpoints and exits after its current step
                 process.send_signal(signal.SIGTERM)
                 stop_sent = wanted
     code = process.wait()

@@ -57,3 +57,47 @@ def test_files_jobs_events_checkpoints_models_and_chat(live_web, celery_worker, 
     assert "7-4-1-9" in tuned.choices[0].message.content and tuned.model == job.fine_tuned_model
     base = client.chat.completions.create(model=DEMO_MODEL, messages=question, temperature=0, max_tokens=16)
     assert "7-4-1-9" not in base.choices[0].message.content
+
+
+def test_pause_resume_and_cancel_a_running_job(live_web, celery_worker, make_tenant):
+    tenant = make_tenant("stoppers")
+    client = openai.OpenAI(base_url=live_web.url + "/v1", api_key=tenant.key(), max_retries=0, timeout=120)
+    upload = fact_upload()
+    uploaded = client.files.create(file=(upload.name, upload.read()), purpose="fine-tune")
+    client.files.wait_for_processing(uploaded.id, poll_interval=0.5, max_wait_seconds=120)
+    job = client.fine_tuning.jobs.create(
+        model=DEMO_MODEL,
+        training_file=uploaded.id,
+        seed=7,
+        method={"type": "supervised", "supervised": {"hyperparameters": FAST | {"n_epochs": 40}}},
+    )
+
+    def wait(predicate, timeout=120):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            current = client.fine_tuning.jobs.retrieve(job.id)
+            if predicate(current):
+                return current
+            time.sleep(0.5)
+        raise AssertionError(f"timed out; last state {current.status}")
+
+    wait(lambda j: j.status == "running" and j.progress > 0)
+    client.post(f"/fine_tuning/jobs/{job.id}/pause", cast_to=object)
+    wait(lambda j: j.status == "paused", timeout=30)
+    # Pausing checkpoints the work done so far; resuming continues from there.
+    steps_done = max(c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id))
+    assert steps_done >= 1
+    client.post(f"/fine_tuning/jobs/{job.id}/resume", cast_to=object)
+    resumed = wait(lambda j: j.status == "running" and j.attempts == 2)
+    deadline = time.monotonic() + 30
+    while not any(
+        f"resuming after step {steps_done}" in e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=20)
+    ):
+        assert time.monotonic() < deadline, "the resumed trainer did not start from the pause checkpoint"
+        time.sleep(0.5)
+
+    asked = time.monotonic()
+    cancelled = client.fine_tuning.jobs.cancel(job.id)
+    assert cancelled.status in ("running", "cancelled")
+    final = wait(lambda j: j.status == "cancelled", timeout=30)
+    assert time.monotonic() - asked < 15 and final.finished_at is not None and resumed.id == job.id

@@ -60,5 +60,6 @@ def test_runtime_adapter_admin_needs_the_secret_and_stays_in_the_store(runtime_s
     missing = httpx.post(url, json={"lora_name": "x", "lora_path": "nope"}, headers=auth, timeout=30)
     assert missing.status_code == 400
     assert httpx.get(runtime_server.url + "/v1/models", timeout=30).status_code == 401
-    models = httpx.get(runtime_server.url + "/v1/models", headers=auth, timeout=30).json()
-    assert [m["id"] for m in models["data"]] == [DEMO_MODEL]
+    models = httpx.get(runtime_server.url + "/v1/models", headers=auth, timeout=30).json()["data"]
+    assert models[0]["id"] == DEMO_MODEL  # the base model first; anything else is an adapter on it
+    assert all(m["parent"] == DEMO_MODEL for m in models[1:])
