@@ -40,33 +40,22 @@ def resolve_access(request, slug: str) -> selectors.OrgAccess:
     return access
 
 
-class OrgScopedMixin:
-    """Mixed into DRF generic views. `permissions` maps an action (or `*`) to a Permission."""
+class _ScopedRequest:
+    """What both bases share: the organization scope entered by `initial` is left when the request
+    ends, whatever happens, and the queryset comes from the scoped default manager."""
 
     model = None
-    permissions: dict[str, Permission] = {}
-    lookup_value_regex = "[^/]+"
+    _scope_token = None
 
-    def initial(self, request, *args, **kwargs):
-        super().initial(request, *args, **kwargs)  # authenticates: 401 before anything org-related
-        self.access = resolve_access(request, kwargs["org"])
-        self.organization = self.access.organization
-        self._scope_token = scope.enter(self.organization.pk)
-        if getattr(self, "action", "") is None:  # a viewset route that does not map this method
-            raise exceptions.MethodNotAllowed(request.method)
-        needed = self.permissions.get(
-            getattr(self, "action", None) or request.method.lower(), self.permissions.get("*")
-        )
-        if needed is None or not self.access.can(needed):
-            raise exceptions.PermissionDenied("Your role or key does not allow this action in this organization.")
+    def enter_scope(self, organization_id: int) -> None:
+        self._scope_token = scope.enter(organization_id)
 
     def dispatch(self, request, *args, **kwargs):
         try:
             return super().dispatch(request, *args, **kwargs)
         finally:
-            token = getattr(self, "_scope_token", None)
-            if token is not None:
-                scope.leave(token)
+            if self._scope_token is not None:
+                scope.leave(self._scope_token)
                 self._scope_token = None
 
     def get_queryset(self):
@@ -78,6 +67,26 @@ class OrgScopedMixin:
     @property
     def actor(self) -> Actor:
         return Actor.from_request(self.request)
+
+
+class OrgScopedMixin(_ScopedRequest):
+    """Mixed into DRF generic views. `permissions` maps an action (or `*`) to a Permission."""
+
+    permissions: dict[str, Permission] = {}
+    lookup_value_regex = "[^/]+"
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)  # authenticates: 401 before anything org-related
+        self.access = resolve_access(request, kwargs["org"])
+        self.organization = self.access.organization
+        self.enter_scope(self.organization.pk)
+        if getattr(self, "action", "") is None:  # a viewset route that does not map this method
+            raise exceptions.MethodNotAllowed(request.method)
+        needed = self.permissions.get(
+            getattr(self, "action", None) or request.method.lower(), self.permissions.get("*")
+        )
+        if needed is None or not self.access.can(needed):
+            raise exceptions.PermissionDenied("Your role or key does not allow this action in this organization.")
 
     def get_serializer_context(self):
         context = super().get_serializer_context()
@@ -96,13 +105,10 @@ class KeyOnly(BasePermission):
         return isinstance(request.auth, KeyPrincipal)
 
 
-class KeyScopedMixin:
-    """For the OpenAI-compatible resources under /v1/: the organization is the API key's.
+class KeyScopedMixin(_ScopedRequest):
+    """For the OpenAI-compatible resources under /v1/: the organization is the API key's, and the
+    key must hold `required_scope`."""
 
-    Checks the key's scope, enters the organization scope for the request and owns
-    `get_queryset`, like OrgScopedMixin does for the management API."""
-
-    model = None
     required_scope: str = ""
     authentication_classes = [APIKeyAuthentication]
     permission_classes = [KeyOnly]
@@ -113,25 +119,7 @@ class KeyScopedMixin:
         if self.required_scope and not principal.allows(self.required_scope):
             raise InsufficientScope(f"This API key lacks the '{self.required_scope}' scope.")
         self.principal = principal
-        self._scope_token = scope.enter(principal.organization_id)
-
-    def dispatch(self, request, *args, **kwargs):
-        try:
-            return super().dispatch(request, *args, **kwargs)
-        finally:
-            token = getattr(self, "_scope_token", None)
-            if token is not None:
-                scope.leave(token)
-                self._scope_token = None
-
-    def get_queryset(self):
-        if getattr(self, "swagger_fake_view", False):
-            return self.model.all_orgs.none()
-        return self.model.objects.all()
-
-    @property
-    def actor(self) -> Actor:
-        return Actor.from_request(self.request)
+        self.enter_scope(principal.organization_id)
 
 
 class InsufficientScope(exceptions.PermissionDenied):
