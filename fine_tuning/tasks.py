@@ -10,13 +10,6 @@ def validate_file_task(organization_id: int, file_id: str) -> None:
     services.validate_file(file_id)
 
 
-@organization_task(ignore_result=True, acks_late=True)
-def prepare_job_task(organization_id: int, job_id: str) -> None:
-    from fine_tuning import jobs
-
-    jobs.prepare(job_id)
-
-
 # Routed to the gpu queue (concurrency 1, prefetch 1). Late acks and redelivery help, but the
 # job's lease is what guarantees it runs once at a time and is picked up again after a crash.
 @organization_task(ignore_result=True, acks_late=True, reject_on_worker_lost=True)

@@ -79,7 +79,6 @@ def _nav(access, active: str, **extra):
         "access": access,
         "organization": access.organization,
         "active": active,
-        "memberships": None,
         "P": {p.name: p.value for p in P},
         **extra,
     }

@@ -91,9 +91,3 @@ def attempt_order(route: Route) -> list[Replica]:
 
 def mark_down(replica: Replica, seconds: float = 5.0) -> None:
     _marked_down[replica.name] = time.monotonic() + seconds
-
-
-def forget() -> None:
-    """Drop cached routes (tests, and after the registry changes in this process)."""
-    _cache.clear()
-    _marked_down.clear()

@@ -51,23 +51,10 @@ def get(key: str):
     return cache.get(key)
 
 
-async def aget(key: str):
-    if redis_enabled():
-        raw = await async_client().get(prefix(key))
-        return None if raw is None else json.loads(raw)
-    return cache.get(key)
-
-
 def add(key: str, value, ttl: int) -> bool:
     """Set only if absent; True if this call set it."""
     if redis_enabled():
         return bool(sync_client().set(prefix(key), json.dumps(value), nx=True, ex=ttl))
-    return cache.add(key, value, ttl)
-
-
-async def aadd(key: str, value, ttl: int) -> bool:
-    if redis_enabled():
-        return bool(await async_client().set(prefix(key), json.dumps(value), nx=True, ex=ttl))
     return cache.add(key, value, ttl)
 
 
