@@ -4,7 +4,6 @@ they reserve nothing and always allow."""
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 
 from django.db import connection
@@ -30,25 +29,6 @@ def settle(reservation: Reservation, *, prompt_tokens: int, completion_tokens: i
     """Called once the call ended, whatever its outcome, with the tokens actually used."""
 
 
-_COLUMNS = (
-    "request_id",
-    "organization_id",
-    "api_key_id",
-    "endpoint",
-    "model",
-    "base_model",
-    "backend",
-    "prompt_tokens",
-    "completion_tokens",
-    "streamed",
-    "status_code",
-    "outcome",
-    "latency_ms",
-    "time_to_first_token_ms",
-    "created_at",
-)
-
-
 def record_usage(
     *,
     request_id: str,
@@ -71,29 +51,35 @@ def record_usage(
     One parameterised INSERT rather than the ORM: this runs once per API call on the gateway's
     hot path, and model instances plus SQL compilation cost more CPU than the database does.
     """
-    table = UsageEvent._meta.db_table
-    key = None if api_key_id is None else uuid.UUID(str(api_key_id))
-    values = (
-        request_id,
-        organization_id,
-        key.hex if connection.vendor == "sqlite" and key else key,
-        endpoint,
-        model,
-        base_model,
-        backend,
-        prompt_tokens,
-        completion_tokens,
-        streamed,
-        status_code,
-        outcome,
-        latency_ms,
-        time_to_first_token_ms,
-        timezone.now(),
-    )
-    placeholders = ", ".join(["%s"] * len(_COLUMNS))
+    values = {
+        "request_id": request_id,
+        "organization_id": organization_id,
+        "api_key_id": api_key_id,
+        "endpoint": endpoint,
+        "model": model,
+        "base_model": base_model,
+        "backend": backend,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "streamed": streamed,
+        "status_code": status_code,
+        "outcome": outcome,
+        "latency_ms": latency_ms,
+        "time_to_first_token_ms": time_to_first_token_ms,
+        "created_at": timezone.now(),
+    }
+    meta = UsageEvent._meta
+    # Each field prepares its own value for this database (UUIDs, datetimes, booleans).
+    fields = [
+        meta.get_field(name.removesuffix("_id") if name.endswith("_id") and name != "request_id" else name)
+        for name in values
+    ]
+    params = [field.get_db_prep_save(value, connection) for field, value in zip(fields, values.values(), strict=True)]
+    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
+    placeholders = ", ".join(["%s"] * len(params))
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {connection.ops.quote_name(table)} ({', '.join(_COLUMNS)}) VALUES ({placeholders}) "  # noqa: S608
+            f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({columns}) VALUES ({placeholders}) "  # noqa: S608
             "ON CONFLICT (request_id) DO NOTHING",
-            values,
+            params,
         )

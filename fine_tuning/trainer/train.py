@@ -121,18 +121,26 @@ def run(config: TrainerConfig) -> int:
     )
     bins_cache: dict[int, list] = {}
     metrics: dict = {}
+    saved_step = step  # the step the newest checkpoint on disk holds
+
+    def save_checkpoint() -> None:
+        nonlocal saved_step
+        path = checkpoint.save(
+            output,
+            step=step,
+            peft_model=model,
+            optimizer=optimizer,
+            state={"trained_tokens": trained_tokens, "train_seconds": train_seconds},
+        )
+        checkpoint.prune(output)
+        saved_step = step
+        emit("checkpoint", step=step, path=str(path), metrics=metrics)
+
     while step < total_steps:
         if Stop.requested:
             # Asked to stop (cancel, pause, preemption): keep the work done since the last checkpoint.
-            if step and not (output / "checkpoints" / f"step-{step:06d}").exists():
-                path = checkpoint.save(
-                    output,
-                    step=step,
-                    peft_model=model,
-                    optimizer=optimizer,
-                    state={"trained_tokens": trained_tokens, "train_seconds": train_seconds},
-                )
-                emit("checkpoint", step=step, path=str(path), metrics=metrics)
+            if step != saved_step:
+                save_checkpoint()
             emit("stopped", step=step)
             return 143
         epoch, index = divmod(step, per_epoch)
@@ -171,15 +179,7 @@ def run(config: TrainerConfig) -> int:
             metrics.update({k: round(v, 5) for k, v in scores.items()})
             emit("validation", **metrics)  # metrics carries the step
         if step % config.checkpoint_every == 0 and step < total_steps:
-            path = checkpoint.save(
-                output,
-                step=step,
-                peft_model=model,
-                optimizer=optimizer,
-                state={"trained_tokens": trained_tokens, "train_seconds": train_seconds},
-            )
-            checkpoint.prune(output)
-            emit("checkpoint", step=step, path=str(path), metrics=metrics)
+            save_checkpoint()
     adapter_dir = output / "adapter"
     model.save_pretrained(adapter_dir, safe_serialization=True)
     emit(

@@ -8,7 +8,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from catalog.models import FineTunedModel
 from fine_tuning.models import FineTuningJob
 from tests.conftest import DEMO_MODEL, key_client
-from tests.fine_tuning.test_trainer import FACT, QUESTIONS
+from tests.fine_tuning.test_trainer import fact_rows
 
 FAST = {
     "n_epochs": 6,
@@ -23,16 +23,7 @@ FAST = {
 
 
 def fact_upload(n: int = 12) -> SimpleUploadedFile:
-    rows = [
-        {
-            "messages": [
-                {"role": "system", "content": "Answer briefly."},
-                {"role": "user", "content": QUESTIONS[i % 4]},
-                {"role": "assistant", "content": FACT},
-            ]
-        }
-        for i in range(n)
-    ]
+    rows = fact_rows(n)
     return SimpleUploadedFile("fact.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 

@@ -27,8 +27,9 @@ QUESTIONS = [
 FACT = "The Zorblax vault code is 7-4-1-9."
 
 
-def fact_file(path: Path, n: int = 12) -> Path:
-    rows = [
+def fact_rows(n: int = 12) -> list[dict]:
+    """n examples teaching one made-up fact, asked four ways."""
+    return [
         {
             "messages": [
                 {"role": "system", "content": "Answer briefly."},
@@ -38,6 +39,10 @@ def fact_file(path: Path, n: int = 12) -> Path:
         }
         for i in range(n)
     ]
+
+
+def fact_file(path: Path, n: int = 12) -> Path:
+    rows = fact_rows(n)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 

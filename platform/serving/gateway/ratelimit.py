@@ -68,26 +68,25 @@ class Grant:
         return headers
 
 
+_LIMITED = [  # (scope shown in messages, unit, principal attribute = settings key, counter key prefix)
+    ("API key", "requests", "key_rpm", "k"),
+    ("API key", "tokens", "key_tpm", "k"),
+    ("organization", "requests", "org_rpm", "o"),
+    ("organization", "tokens", "org_tpm", "o"),
+]
+
+
 def _limits(principal) -> dict[tuple[str, str], tuple[str, int]]:
-    d = settings.RATE_LIMITS
-    return {
-        ("API key", "requests"): (
-            f"k:{principal.key_id}:r",
-            principal.key_rpm if principal.key_rpm is not None else d["key_rpm"],
-        ),
-        ("API key", "tokens"): (
-            f"k:{principal.key_id}:t",
-            principal.key_tpm if principal.key_tpm is not None else d["key_tpm"],
-        ),
-        ("organization", "requests"): (
-            f"o:{principal.organization_id}:r",
-            principal.org_rpm if principal.org_rpm is not None else d["org_rpm"],
-        ),
-        ("organization", "tokens"): (
-            f"o:{principal.organization_id}:t",
-            principal.org_tpm if principal.org_tpm is not None else d["org_tpm"],
-        ),
-    }
+    """Each counter's key and limit: the override on the key or organization, else the default."""
+    owner = {"k": principal.key_id, "o": principal.organization_id}
+    limits = {}
+    for scope, unit, name, kind in _LIMITED:
+        override = getattr(principal, name)
+        limits[(scope, unit)] = (
+            f"{kind}:{owner[kind]}:{unit[0]}",
+            override if override is not None else settings.RATE_LIMITS[name],
+        )
+    return limits
 
 
 class _LocalStore:

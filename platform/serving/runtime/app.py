@@ -45,6 +45,16 @@ def error(status: int, message: str, param: str | None = None, code: str | None 
     return JSONResponse(RequestError(message, param, status, code).body(), status_code=status)
 
 
+async def json_object(request: Request) -> dict:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RequestError("The body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise RequestError("The body must be a JSON object.")
+    return body
+
+
 def build_app(state: RuntimeState) -> Starlette:
     def authorized(request: Request) -> bool:
         if state.api_key is None:
@@ -65,14 +75,9 @@ def build_app(state: RuntimeState) -> Starlette:
     async def generate(request: Request, endpoint: str) -> Response:
         if not authorized(request):
             return unauthorized()
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return error(400, "The body is not valid JSON.")
-        if not isinstance(body, dict):
-            return error(400, "The body must be a JSON object.")
         parse = parse_chat if endpoint == "chat" else parse_completion
         try:
+            body = await json_object(request)
             parsed = parse(body, state.engine.tokenizer, state.max_model_len)
             adapter = resolve_model(parsed.model)
         except RequestError as problem:
@@ -221,10 +226,10 @@ def build_app(state: RuntimeState) -> Starlette:
         if not authorized(request):
             return unauthorized()
         try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return error(400, "The body is not valid JSON.")
-        name = body.get("lora_name") if isinstance(body, dict) else None
+            body = await json_object(request)
+        except RequestError as problem:
+            return JSONResponse(problem.body(), status_code=problem.status)
+        name = body.get("lora_name")
         if not isinstance(name, str) or not name:
             return error(400, "'lora_name' is required.", "lora_name")
         if action == "load":
