@@ -302,9 +302,22 @@ def requeue_expired() -> list[FineTuningJob]:
 
 
 def queue_position(job: FineTuningJob) -> int | None:
-    if job.status != Status.QUEUED:
-        return None
-    return FineTuningJob.all_orgs.filter(status=Status.QUEUED, queued_at__lt=job.queued_at).count() + 1
+    return queue_positions([job]).get(job.pk)
+
+
+def queue_positions(rows: list[FineTuningJob]) -> dict[str, int]:
+    """Places in the (all-organization, first-come) queue of the queued jobs among `rows`, in one
+    query. A job's place says nothing about other organizations' jobs beyond their number."""
+    queued = [job for job in rows if job.status == Status.QUEUED]
+    if not queued:
+        return {}
+    latest = max(job.queued_at for job in queued)
+    ahead = list(
+        FineTuningJob.all_orgs.filter(status=Status.QUEUED, queued_at__lte=latest)
+        .order_by("queued_at", "pk")
+        .values_list("pk", flat=True)
+    )
+    return {job.pk: ahead.index(job.pk) + 1 for job in queued if job.pk in ahead}
 
 
 @transaction.atomic

@@ -18,7 +18,7 @@ def _ts(value) -> int | None:
     return int(value.timestamp()) if value else None
 
 
-def job_object(job: FineTuningJob) -> dict:
+def job_object(job: FineTuningJob, position: int | None = None) -> dict:
     return {
         "id": job.pk,
         "object": "fine_tuning.job",
@@ -41,7 +41,7 @@ def job_object(job: FineTuningJob) -> dict:
         "metadata": job.metadata,
         "suffix": job.suffix or None,
         "estimated_tokens": job.estimated_tokens,
-        "queue_position": jobs.queue_position(job),
+        "queue_position": position,
         "progress": round(job.progress, 4),
         "attempts": job.attempts,
         "effective_training_time": job.effective_training_time,
@@ -80,7 +80,8 @@ class JobsView(KeyScopedMixin, APIView):
     def get(self, request):
         paginator = CursorPagination()
         page = paginator.paginate_queryset(self.get_queryset().select_related("organization"), request, self)
-        return paginator.get_paginated_response([job_object(job) for job in page])
+        positions = jobs.queue_positions(page)
+        return paginator.get_paginated_response([job_object(job, positions.get(job.pk)) for job in page])
 
     def post(self, request):
         body = request.data if isinstance(request.data, dict) else {}
@@ -115,7 +116,7 @@ class JobsView(KeyScopedMixin, APIView):
             metadata=body.get("metadata"),
             actor=self.actor,
         )
-        return Response(job_object(job))
+        return Response(job_object(job, jobs.queue_position(job)))
 
 
 class JobView(KeyScopedMixin, APIView):
@@ -129,7 +130,8 @@ class JobView(KeyScopedMixin, APIView):
         return row
 
     def get(self, request, job_id: str):
-        return Response(job_object(self.job(job_id)))
+        job = self.job(job_id)
+        return Response(job_object(job, jobs.queue_position(job)))
 
 
 class JobActionView(JobView):
@@ -142,7 +144,8 @@ class JobActionView(JobView):
         job = self.job(job_id)
         act = {"cancel": jobs.cancel, "pause": jobs.pause, "resume": jobs.resume}[self.action_name]
         act(job.pk, organization_id=self.principal.organization_id, actor=self.actor)
-        return Response(job_object(self.job(job_id)))
+        job = self.job(job_id)
+        return Response(job_object(job, jobs.queue_position(job)))
 
 
 class JobEventsView(JobView):

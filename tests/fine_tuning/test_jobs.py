@@ -142,3 +142,37 @@ def test_active_job_limit_and_cancel_before_running(tenant_a, settings, django_c
     again = client.post("/v1/fine_tuning/jobs", {"model": DEMO_MODEL, "training_file": file_id}, format="json")
     assert again.status_code == 200
     assert first["hyperparameters"]["n_epochs"] == 9  # auto: 12 examples x 9 epochs >= 100
+
+
+def test_queue_positions_in_one_query(tenant_a, django_assert_num_queries):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from fine_tuning import jobs
+    from tenancy import scope
+    from tenancy.audit import Actor
+
+    upload = fact_upload()
+    upload.sha256 = "0" * 64
+    from fine_tuning import services
+
+    with scope.organization(tenant_a.org.pk):
+        file = services.upload_file(
+            organization_id=tenant_a.org.pk, uploaded=upload, purpose="fine-tune", actor=Actor()
+        )
+        services.validate_file(file.pk)
+        created = [
+            jobs.create(organization_id=tenant_a.org.pk, model=DEMO_MODEL, training_file=file.pk, actor=Actor())
+            for _ in range(3)
+        ]
+    now = timezone.now()
+    for offset, job in enumerate(created):
+        FineTuningJob.all_orgs.filter(pk=job.pk).update(status="queued", queued_at=now + timedelta(seconds=offset))
+    FineTuningJob.all_orgs.filter(pk=created[0].pk).update(status="running")
+    rows = list(FineTuningJob.all_orgs.filter(pk__in=[j.pk for j in created]))
+    with django_assert_num_queries(1):
+        positions = jobs.queue_positions(rows)
+    assert positions == {created[1].pk: 1, created[2].pk: 2}
+    listed = key_client(tenant_a.key(scopes=["fine_tuning"])).get("/v1/fine_tuning/jobs").json()["data"]
+    assert {j["id"]: j["queue_position"] for j in listed} == {created[0].pk: None, created[1].pk: 1, created[2].pk: 2}
