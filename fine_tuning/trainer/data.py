@@ -47,14 +47,24 @@ def encode(tokenizer, conversation: list[dict], max_len: int) -> Encoded:
     return Encoded(ids[:max_len], trainable[:max_len])
 
 
-def read_examples(path: str, tokenizer, max_len: int) -> list[Encoded]:
+class ExampleError(ValueError):
+    """An example the trainer cannot use; the message names the file's line and the reason."""
+
+
+def read_examples(path: str, tokenizer, max_len: int, *, label: str = "training") -> list[Encoded]:
     examples = []
     with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
                 encoded = encode(tokenizer, as_chat(json.loads(line)), max_len)
-                if any(encoded.trainable):
-                    examples.append(encoded)
+            except Exception as error:
+                # Files are validated at upload, so this means the file or the base model's template
+                # changed since: say which example, not just the exception.
+                raise ExampleError(f"{label} file, line {number}: {type(error).__name__}: {error}") from error
+            if any(encoded.trainable):
+                examples.append(encoded)
     return examples
 
 

@@ -13,7 +13,7 @@ import torch
 from catalog.loader import load_model
 from fine_tuning.trainer import checkpoint
 from fine_tuning.trainer.config import TrainerConfig
-from fine_tuning.trainer.data import IGNORE, collate, epoch_bins, read_examples, steps_per_epoch
+from fine_tuning.trainer.data import IGNORE, ExampleError, collate, epoch_bins, read_examples, steps_per_epoch
 
 
 def emit(kind: str, **data) -> None:
@@ -91,7 +91,11 @@ def run(config: TrainerConfig) -> int:
     model = get_peft_model(loaded.model, lora)
     model.train()
     examples = read_examples(config.training_file, tokenizer, config.max_seq_len)
-    validation = read_examples(config.validation_file, tokenizer, config.max_seq_len) if config.validation_file else []
+    validation = (
+        read_examples(config.validation_file, tokenizer, config.max_seq_len, label="validation")
+        if config.validation_file
+        else []
+    )
     if not examples:
         emit("error", message="no trainable examples in the training file")
         return 2
@@ -223,6 +227,9 @@ def main(argv=None) -> int:
         return 2
     try:
         return run(config)
+    except ExampleError as exc:
+        emit("error", message=f"an example cannot be used: {exc}")
+        return 2
     except Exception as exc:  # reported as a line the runner can show, then non-zero
         emit("error", message=f"{type(exc).__name__}: {exc}")
         raise

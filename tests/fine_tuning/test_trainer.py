@@ -195,3 +195,16 @@ def test_packing_keeps_examples_apart_and_learns_assistant_tokens_only():
     assert torch.allclose(packed[: len(encoded)], alone[0], atol=1e-3)
     assert torch.allclose(packed[len(encoded) :], alone[1], atol=1e-3)
     assert steps_per_epoch(9, 4) == 3
+
+
+def test_a_bad_example_fails_the_job_with_its_line_and_reason(tmp_path):
+    """A file changed after validation (here: line 3 is no longer JSON) stops the trainer with a
+    reason that names the file and line, not a bare traceback."""
+    rows = fact_file(tmp_path / "changed.jsonl").read_text().splitlines()
+    rows[2] = '{"messages": [{"role": "user", "content": "cut off'
+    (tmp_path / "changed.jsonl").write_text("\n".join(rows) + "\n")
+    process = start(config(tmp_path, training_file=str(tmp_path / "changed.jsonl")))
+    events = lines_until(process)
+    assert process.returncode == 2
+    assert events[-1]["type"] == "error"
+    assert "training file, line 3: JSONDecodeError" in events[-1]["message"]

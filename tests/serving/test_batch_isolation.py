@@ -162,3 +162,22 @@ def test_gathered_lora_equals_peft_reference(engine):
     assert patched > 0
     assert torch.allclose(ours, reference, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(ours[0], ours[1], atol=1e-2)  # the adapters do change the logits
+
+
+def test_a_row_that_fails_ends_alone_and_the_batch_goes_on(engine):
+    """A row whose sampling raises (a logit_bias id outside the vocabulary, which the HTTP layer
+    would refuse, fed straight to the engine) gets an error; the rows decoding beside it finish
+    exactly as they would alone, and the engine keeps serving."""
+    expected = {name: alone(engine, name) for name in (BASE, "beta")}
+    first, first_sink = request(engine, BASE)
+    engine.submit(first)
+    assert first_sink.first.wait(60)
+    broken, broken_sink = request(engine, "alpha")
+    broken.params.logit_bias = {10**9: 1.0}
+    other, other_sink = request(engine, "beta")
+    engine.submit(broken)
+    engine.submit(other)
+    kind, message = broken_sink.events.get(timeout=60)
+    assert kind == "error" and "could not generate" in message
+    assert {BASE: first_sink.result(), "beta": other_sink.result()} == expected
+    assert alone(engine, "alpha")[1] == "length"  # still serving, the failed row's adapter included

@@ -163,6 +163,15 @@ class Engine:
     def _prefill(self, requests: list[GenerationRequest]) -> None:
         from transformers import DynamicCache
 
+        rows = []
+        for request in requests:  # a request whose sampling state cannot be built fails alone
+            try:
+                rows.append(_Row(request, Sampler(request.params), TextStream(self.tokenizer, request.params.stop)))
+            except Exception as error:
+                self._fail(request, error)
+        if not rows:
+            return
+        requests = [row.request for row in rows]
         length = max(len(r.prompt_ids) for r in requests)
         ids = torch.full((len(requests), length), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(requests), length), dtype=torch.long)
@@ -170,8 +179,13 @@ class Engine:
             ids[i, length - len(request.prompt_ids) :] = torch.tensor(request.prompt_ids)
             mask[i, length - len(request.prompt_ids) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits, cache = self._forward(ids, mask, positions, DynamicCache(), [r.adapter for r in requests])
-        rows = [_Row(r, Sampler(r.params), TextStream(self.tokenizer, r.params.stop)) for r in requests]
+        try:
+            logits, cache = self._forward(ids, mask, positions, DynamicCache(), [r.adapter for r in requests])
+        except Exception as error:
+            # The running batch's cache is untouched until the join below: only the newcomers fail.
+            for request in requests:
+                self._fail(request, error)
+            return
         for request in requests:
             metrics.PROMPT_TOKENS.inc(len(request.prompt_ids))
         if self.rows:
@@ -196,7 +210,13 @@ class Engine:
         """Sample one token for each of these rows, stream it, and drop the rows that finished."""
         finished = set()
         for offset, i in enumerate(indices):  # logits row `offset` belongs to batch row `i`
-            if self._step_row(self.rows[i], logits[offset]):
+            row = self.rows[i]
+            try:
+                done = self._step_row(row, logits[offset])
+            except Exception as error:  # sampling or decoding this row failed: end it, keep the others
+                self._fail(row.request, error)
+                done = True
+            if done:
                 finished.add(i)
         metrics.RUNNING.set(len(self.rows) - len(finished))
         if finished:
@@ -239,6 +259,11 @@ class Engine:
         metrics.REQUESTS.labels(row.request.endpoint, reason).inc()
         row.request.sink.put(("done", reason, self._usage(row.request, len(row.generated))))
         return True
+
+    def _fail(self, request: GenerationRequest, error: Exception) -> None:
+        log.exception("request %s failed in the engine", request.id, exc_info=error)
+        metrics.REQUESTS.labels(request.endpoint, "error").inc()
+        request.sink.put(("error", f"The runtime could not generate this answer: {error}"))
 
     @staticmethod
     def _usage(request: GenerationRequest, completion: int) -> dict:

@@ -30,6 +30,7 @@ class Parsed:
     continuous_usage: bool
 
 
+MAX_STOP_CHARS = 500
 ROLES = {"system", "user", "assistant", "developer"}
 # Accepted because they do not change the result.
 IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key", "safety_identifier"}
@@ -123,6 +124,10 @@ def _stop(body: dict) -> list[str]:
     stops = [stop] if isinstance(stop, str) else stop
     if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops) or len(stops) > 4:
         raise RequestError("'stop' must be a string or a list of at most 4 strings.", "stop")
+    if any(len(s) > MAX_STOP_CHARS for s in stops):
+        # Every generated token is matched against each stop string: unbounded ones would let one
+        # request slow down the whole batch.
+        raise RequestError(f"Each 'stop' string may have at most {MAX_STOP_CHARS} characters.", "stop")
     return [s for s in stops if s]
 
 
