@@ -1,5 +1,5 @@
 """ASGI entry point (uvicorn): the console, the management API, the OpenAI-compatible gateway,
-and static files.
+and static files, behind the request-body limits of maas.body_limits.
 
 Static files are answered here by Starlette's StaticFiles, from the static folders of the
 packages in STATIC_PACKAGES, before Django is involved. /v1/ goes to Django through a handler
@@ -23,14 +23,15 @@ from starlette.staticfiles import StaticFiles  # noqa: E402
 
 django_application = get_asgi_application()
 
-from maas.gateway_handler import GatewayASGIHandler  # noqa: E402  (after Django is set up)
+from maas.body_limits import BodyLimitMiddleware  # noqa: E402  (after Django is set up)
+from maas.gateway_handler import GatewayASGIHandler  # noqa: E402
 
 gateway_application = GatewayASGIHandler()
 _static_prefix = "/" + settings.STATIC_URL.strip("/") + "/"
 _static = StaticFiles(packages=[(package, "static") for package in settings.STATIC_PACKAGES])
 
 
-async def application(scope, receive, send):
+async def route(scope, receive, send):
     if scope["type"] == "http" and scope["path"].startswith(_static_prefix):
         scope = {**scope, "path": scope["path"][len(_static_prefix) - 1 :], "root_path": ""}
         try:
@@ -40,3 +41,7 @@ async def application(scope, receive, send):
     if scope["type"] == "http" and scope["path"].startswith("/v1/"):
         return await gateway_application(scope, receive, send)
     return await django_application(scope, receive, send)
+
+
+# Every body is bounded before Django (or anything else) reads it.
+application = BodyLimitMiddleware(route)

@@ -199,6 +199,10 @@ MODEL_CACHE_DIR = Path(env.get("MODEL_CACHE_DIR", str(VAR_DIR / "models")))
 
 # --- Fine-tuning ----------------------------------------------------------------------------
 FILE_UPLOAD_MAX_BYTES = env.integer("FILE_UPLOAD_MAX_BYTES", 512 * 1024 * 1024)
+# Every other request body (JSON, forms). Enforced by maas.body_limits before Django reads the
+# body; kept below FILE_UPLOAD_MAX_MEMORY_SIZE (2.5 MB) so such bodies never touch the disk.
+REQUEST_BODY_MAX_BYTES = env.integer("REQUEST_BODY_MAX_BYTES", 2 * 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = REQUEST_BODY_MAX_BYTES
 FINE_TUNING_MAX_LINE_BYTES = env.integer("FINE_TUNING_MAX_LINE_BYTES", 4 * 1024 * 1024)
 # Uploads are validated (template rendering, token counts) with this model's tokenizer; a job
 # re-checks token lengths against its own base model.
