@@ -31,6 +31,12 @@ class BaseModel(models.Model):
     family = models.CharField(max_length=100, help_text="Architecture family, e.g. llama, qwen2.")
     description = models.TextField(blank=True)
     context_length = models.PositiveIntegerField(validators=[MinValueValidator(1)])
+    default_max_tokens = models.PositiveIntegerField(
+        default=1024,
+        validators=[MinValueValidator(1)],
+        help_text="Tokens a completion may generate when the request sets no max_tokens. The gateway always "
+        "sends an explicit cap, so rate limits and reservations hold.",
+    )
     source = models.JSONField(help_text='Where the weights are, e.g. {"format": "gguf", "path": "/models/x.gguf"}.')
     chat_template = models.TextField(blank=True, help_text="Jinja chat template; empty means the model's own.")
     fine_tunable = models.BooleanField(default=False)

@@ -36,6 +36,8 @@ class Route:
     upstream_model: str | None  # None: each replica's own name for the base model
     replicas: tuple[Replica, ...]
     adapter_path: str | None = None  # for ft: models, the adapter to load on a replica that lacks it
+    context_length: int = 0
+    default_max_tokens: int = 1024  # the cap sent upstream when a request sets no max_tokens
 
 
 class ModelNotFound(Exception):
@@ -64,7 +66,15 @@ def _load(organization_id: int, model_id: str) -> Route:
         Replica(b.name, b.url.rstrip("/"), b.engine, b.api_key, b.upstream_model, b.healthy) for b in backends
     )
     # An ft: model is served by its base model's replicas, under its own id as the adapter name.
-    return Route(model_id, base.pk, model_id if adapter else None, replicas, adapter)
+    return Route(
+        model_id,
+        base.pk,
+        model_id if adapter else None,
+        replicas,
+        adapter,
+        base.context_length,
+        base.default_max_tokens,
+    )
 
 
 _load_async = sync_to_async(_load)

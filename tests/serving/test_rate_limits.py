@@ -84,3 +84,36 @@ def wait_for_a_fresh_minute(margin: float = 10.0) -> None:
     left = 60 - time.time() % 60
     if left < margin:
         time.sleep(left + 0.1)
+
+
+async def _counter(key: str) -> tuple[int, float]:
+    """A counter's value and seconds to live, in whichever store the gateway uses."""
+    store = ratelimit.store()
+    if isinstance(store, ratelimit._RedisStore):
+        from tenancy import shared_store
+
+        client = shared_store.async_client()
+        return int(await client.get(key) or 0), await client.ttl(key)
+    value, expires = store._values.get(key, (0, 0.0))
+    return value, expires - time.time()
+
+
+def test_a_stream_counts_its_tokens_in_the_minutes_it_uses_and_every_counter_expires():
+    async def scenario():
+        who = principal(key_tpm=100_000)
+        grant = await ratelimit.acquire(who, 1000)
+        name = next(c.name for c in grant.counters if c.unit == "tokens" and c.scope == "API key")
+        now = grant.window
+        # Pretend the request started a minute ago (its reservation sits in the previous minute) and
+        # that minute's counter has already expired: a late correction must not leave a key without a TTL.
+        grant.window = now - 1
+        old, new = ratelimit._key(now - 1, name), ratelimit._key(now, name)
+        await ratelimit.apply(grant.carry_over(400))  # 400 tokens generated in the old minute, 600 left
+        assert (await _counter(new))[0] == 1000 + 600  # the real acquire was in this minute, plus what moved in
+        await ratelimit.correct(grant, 900)  # 500 more in the new minute: 100 of the reservation come back
+        assert (await _counter(new))[0] == 1000 + 500
+        for key in (old, new):
+            assert 0 < (await _counter(key))[1] <= 120, key
+
+    wait_for_a_fresh_minute()
+    asyncio.run(scenario())

@@ -11,22 +11,23 @@ stops. Plain (non-stream) answers are assembled here.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import orjson
-from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpResponse, StreamingHttpResponse
 
 from billing import services as billing
 from billing.models import UsageEvent
 from serving import routing
-from serving.gateway import ratelimit, upstream
+from serving.gateway import ratelimit, upstream, validation
 from serving.gateway.http import GatewayError, authenticate, gateway_view
 from serving.gateway.metering import Meter
 from tenancy.roles import Scope
 
 Outcome = UsageEvent.Outcome
-CHAT = "chat.completions"
+CHAT = validation.CHAT
+log = logging.getLogger("serving.gateway")
 
 
 def json_response(body: dict, status: int = 200) -> HttpResponse:
@@ -54,46 +55,58 @@ def _body(request) -> dict:
         raise GatewayError(400, "The request body must be a JSON object.", code="invalid_json")
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise GatewayError(400, "You must provide a model parameter.", param="model", code="missing_model")
-    if "stream" in body and not isinstance(body["stream"], bool):
-        raise GatewayError(400, "'stream' must be a boolean.", param="stream")
     return body
 
 
-def _estimate(body: dict, endpoint: str) -> int:
-    """Tokens the request may use, for the rate limiter (corrected to the real count afterwards)."""
-    text = orjson.dumps(body.get("messages" if endpoint == CHAT else "prompt", ""))
-    budget = (
-        (body.get("max_completion_tokens") or body.get("max_tokens")) if endpoint == CHAT else body.get("max_tokens")
-    )
-    if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
-        budget = settings.RATE_LIMIT_COMPLETION_ESTIMATE
-    return len(text) // 3 + 1 + budget
+def _prompt_estimate(checked: validation.Checked) -> int:
+    """Prompt tokens, over-estimated from the UTF-8 size (about four bytes a token in English) plus
+    the chat template's few tokens per message; corrected to the real count afterwards."""
+    messages = checked.forward.get("messages") or [None]
+    return len(checked.prompt_text.encode()) // 3 + 8 * len(messages) + 1
 
 
-def _client_wants_usage(body: dict) -> bool:
-    options = body.get("stream_options")
-    return bool(body.get("stream") and isinstance(options, dict) and options.get("include_usage"))
+def _completion_cap(checked: validation.Checked, route: routing.Route, prompt_estimate: int) -> int:
+    """What the upstream may generate: the caller's max_tokens, else the model's default cap (kept
+    inside the context where the prompt estimate allows). Always sent, so the model server cannot
+    generate more than the gateway reserved."""
+    if checked.max_tokens is not None:
+        return checked.max_tokens
+    cap = route.default_max_tokens
+    if route.context_length:
+        cap = min(cap, max(1, route.context_length - prompt_estimate))
+    return cap
 
 
-async def _open(route: routing.Route, body: dict, path: str, meter: Meter):
+async def _open(route: routing.Route, payload: dict, path: str, meter: Meter):
+    """The first replica's answer that is not a server failure; anything that fails before a byte
+    reached the client (connection refused or reset, timeout, a 5xx) moves on to the next one."""
+    failure = None
     for replica in routing.attempt_order(route):
-        payload = dict(body, model=route.upstream_model or replica.upstream_model, stream=True)
-        payload["stream_options"] = {"include_usage": True}
+        body = dict(payload, model=route.upstream_model or replica.upstream_model)
+        body["stream_options"] = {"include_usage": True}
         if replica.engine in ("builtin", "vllm"):
-            payload["stream_options"]["continuous_usage_stats"] = True
+            body["stream_options"]["continuous_usage_stats"] = True
         headers = {"Authorization": f"Bearer {replica.api_key}"} if replica.api_key else {}
         try:
-            response = await upstream.post(replica.url + path, payload, headers)
+            response = await upstream.post(replica.url + path, body, headers)
             if response.status == 404 and route.adapter_path:
                 # The replica has not loaded this fine-tuned model's adapter yet: load it, once.
                 response.release()
-                await upstream.load_adapter(replica.url, headers, name=payload["model"], path=route.adapter_path)
-                response = await upstream.post(replica.url + path, payload, headers)
-        except upstream.CONNECT_ERRORS:
+                await upstream.load_adapter(replica.url, headers, name=body["model"], path=route.adapter_path)
+                response = await upstream.post(replica.url + path, body, headers)
+        except upstream.CONNECT_ERRORS as error:
+            log.warning("replica %s failed before answering: %r", replica.name, error)
             routing.mark_down(replica)
+            continue
+        if response.status >= 500:
+            failure = await _error_of(response)
+            log.warning("replica %s answered %s: %s", replica.name, response.status, failure["error"]["message"])
             continue
         meter.backend = replica.name
         return response
+    if failure is not None:
+        meter.close(502, Outcome.UPSTREAM_ERROR)
+        raise GatewayError(502, failure["error"]["message"], code="upstream_error", error_type="server_error")
     meter.close(503, Outcome.UPSTREAM_ERROR)
     raise GatewayError(
         503,
@@ -101,6 +114,31 @@ async def _open(route: routing.Route, body: dict, path: str, meter: Meter):
         code="model_unavailable",
         error_type="server_error",
     )
+
+
+async def _error_of(response) -> dict:
+    """An upstream error answer as an OpenAI error body, whatever the upstream sent."""
+    try:
+        raw = await response.read()
+    except upstream.STREAM_ERRORS:
+        raw = b""
+    finally:
+        response.release()
+    try:
+        payload = orjson.loads(raw)
+        if not isinstance(payload, dict) or not isinstance(payload.get("error"), dict):
+            raise ValueError
+        error = payload["error"]
+        return {
+            "error": {
+                "message": str(error.get("message") or "The model server failed."),
+                "type": str(error.get("type") or "server_error"),
+                "param": error.get("param") if isinstance(error.get("param"), str) else None,
+                "code": error.get("code") if isinstance(error.get("code"), str) else None,
+            }
+        }
+    except ValueError:
+        return server_error(raw.decode(errors="replace")[:500] or "The model server failed.")
 
 
 def _finish(response, *, cleanly: bool) -> None:
@@ -113,15 +151,8 @@ def _finish(response, *, cleanly: bool) -> None:
 
 
 async def _upstream_error(response, meter: Meter) -> HttpResponse:
-    raw = await response.read()
-    response.release()
-    try:
-        payload = orjson.loads(raw)
-        if not isinstance(payload.get("error"), dict):
-            raise ValueError
-    except (ValueError, AttributeError):
-        payload = server_error(raw.decode(errors="replace")[:500] or "The model server failed.")
     status = response.status if response.status < 500 else 502
+    payload = await _error_of(response)
     meter.close(status, Outcome.REJECTED if status < 500 else Outcome.UPSTREAM_ERROR)
     return json_response(payload, status)
 
@@ -148,8 +179,10 @@ async def _relay(response, meter: Meter, model: str, endpoint: str, include_usag
                 if include_usage and event.get("usage"):
                     yield _sse({**event, "model": model})
                 continue
-            if any(_text_of(choice, endpoint) for choice in choices):
+            pieces = sum(1 for choice in choices if isinstance(choice, dict) and _text_of(choice, endpoint))
+            if pieces:
                 meter.first_token()
+                meter.relayed += pieces
             event["model"] = model
             if include_usage:
                 event["usage"] = None
@@ -161,6 +194,10 @@ async def _relay(response, meter: Meter, model: str, endpoint: str, include_usag
     except upstream.STREAM_ERRORS:
         outcome, status = Outcome.UPSTREAM_ERROR, 502
         yield _sse(server_error("The model server went away mid-stream."))
+    except Exception:  # a malformed upstream event: the client still gets an error event, the books close
+        log.exception("relaying %s failed", meter.request_id)
+        outcome, status = Outcome.UPSTREAM_ERROR, 502
+        yield _sse(server_error("The model server sent an answer the gateway could not relay."))
     finally:
         meter.close(status, outcome)
         _finish(response, cleanly=outcome == Outcome.OK)
@@ -182,6 +219,7 @@ async def _assemble(response, meter: Meter, model: str, endpoint: str) -> HttpRe
                 piece = _text_of(choice, endpoint)
                 if piece:
                     meter.first_token()
+                    meter.relayed += 1
                     parts.append(piece)
                 finish = choice.get("finish_reason") or finish
     except asyncio.CancelledError:  # our client went away: charge what was generated, stop the server
@@ -189,6 +227,9 @@ async def _assemble(response, meter: Meter, model: str, endpoint: str) -> HttpRe
         raise
     except upstream.STREAM_ERRORS:
         error = server_error("The model server went away mid-answer.")
+    except Exception:  # a malformed upstream event
+        log.exception("assembling %s failed", meter.request_id)
+        error = server_error("The model server sent an answer the gateway could not read.")
     finally:
         _finish(response, cleanly=complete)
     if error is not None or first is None or not complete:
@@ -209,9 +250,9 @@ async def _assemble(response, meter: Meter, model: str, endpoint: str) -> HttpRe
             "finish_reason": finish,
         }
         body = {
-            "id": first["id"],
+            "id": first.get("id") or f"chatcmpl-{meter.request_id}",
             "object": "chat.completion",
-            "created": first["created"],
+            "created": first.get("created") or int(meter.wall_started),
             "model": model,
             "choices": [choice],
             "usage": usage,
@@ -219,9 +260,9 @@ async def _assemble(response, meter: Meter, model: str, endpoint: str) -> HttpRe
         }
     else:
         body = {
-            "id": first["id"],
+            "id": first.get("id") or f"cmpl-{meter.request_id}",
             "object": "text_completion",
-            "created": first["created"],
+            "created": first.get("created") or int(meter.wall_started),
             "model": model,
             "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
             "usage": usage,
@@ -231,42 +272,55 @@ async def _assemble(response, meter: Meter, model: str, endpoint: str) -> HttpRe
 
 async def _proxy(request, endpoint: str, path: str):
     principal = await authenticate(request, Scope.INFERENCE)
-    body = _body(request)
-    model = body["model"]
+    checked = validation.check(_body(request), endpoint)
     try:
-        route = await routing.resolve(principal.organization_id, model)
+        route = await routing.resolve(principal.organization_id, checked.model)
     except routing.ModelNotFound:
         raise GatewayError(
             404,
-            f"The model '{model}' does not exist or you do not have access to it.",
+            f"The model '{checked.model}' does not exist or you do not have access to it.",
             param="model",
             code="model_not_found",
         ) from None
     if not route.replicas:
         raise GatewayError(
             503,
-            f"No server is serving the model '{model}' right now.",
+            f"No server is serving the model '{checked.model}' right now.",
             code="model_unavailable",
             error_type="server_error",
         )
-    estimate = _estimate(body, endpoint)
-    grant = await ratelimit.acquire(principal, estimate)
+    prompt_estimate = _prompt_estimate(checked)
+    cap = _completion_cap(checked, route, prompt_estimate)
+    grant = await ratelimit.acquire(principal, prompt_estimate + cap)
     reservation = billing.reserve(
-        organization_id=principal.organization_id, api_key_id=principal.key_id, model=model, estimated_tokens=estimate
+        organization_id=principal.organization_id,
+        api_key_id=principal.key_id,
+        model=checked.model,
+        estimated_tokens=prompt_estimate + cap,
     )
-    streamed = bool(body.get("stream"))
-    meter = Meter(request.request_id, principal, endpoint, model, route.base_model, streamed, grant, reservation)
-    response = await _open(route, body, path, meter)
-    if response.status != 200:
-        result = await _upstream_error(response, meter)
-    elif streamed:
-        result = StreamingHttpResponse(
-            _relay(response, meter, model, endpoint, _client_wants_usage(body)), content_type="text/event-stream"
-        )
-        result["Cache-Control"] = "no-cache"
-        result["X-Accel-Buffering"] = "no"
-    else:
-        result = await _assemble(response, meter, model, endpoint)
+    meter = Meter(
+        request.request_id, principal, endpoint, checked.model, route.base_model, checked.stream, grant, reservation
+    )
+    meter.prompt_estimate = prompt_estimate
+    try:
+        response = await _open(route, {**checked.forward, "stream": True, "max_tokens": cap}, path, meter)
+        if response.status != 200:
+            result = await _upstream_error(response, meter)
+        elif checked.stream:
+            result = StreamingHttpResponse(
+                _relay(response, meter, checked.model, endpoint, checked.include_usage),
+                content_type="text/event-stream",
+            )
+            result["Cache-Control"] = "no-cache"
+            result["X-Accel-Buffering"] = "no"
+        else:
+            result = await _assemble(response, meter, checked.model, endpoint)
+    except GatewayError:
+        raise
+    except Exception:  # whatever failed, the books close and the caller gets an OpenAI error
+        log.exception("gateway request %s failed", request.request_id)
+        meter.close(500, Outcome.UPSTREAM_ERROR)
+        raise GatewayError(500, "The gateway failed while handling this request.", code="internal_error") from None
     for name, value in grant.headers().items():
         result[name] = value
     return result

@@ -43,16 +43,25 @@ class Meter:
     grant: ratelimit.Grant
     reservation: billing.Reservation
     started: float = field(default_factory=time.perf_counter)
+    wall_started: float = field(default_factory=time.time)
     backend: str = ""
+    prompt_estimate: int = 0
+    relayed: int = 0  # text pieces passed to the client: a floor for upstreams that report usage only at the end
+    usage_reported: bool = False
     prompt_tokens: int = 0
     completion_tokens: int = 0
     first_token_at: float | None = None
     closed: bool = False
 
     def saw(self, usage: dict | None) -> None:
-        if usage:
+        if isinstance(usage, dict):
+            self.usage_reported = True
             self.prompt_tokens = int(usage.get("prompt_tokens") or self.prompt_tokens)
             self.completion_tokens = int(usage.get("completion_tokens") or self.completion_tokens)
+            # A stream that outlives its minute carries its rate-limit reservation along.
+            changes = self.grant.carry_over(self.prompt_tokens + self.completion_tokens)
+            if changes:
+                spawn(ratelimit.apply(changes))
 
     def first_token(self) -> None:
         if self.first_token_at is None:
@@ -62,6 +71,11 @@ class Meter:
         if self.closed:
             return None
         self.closed = True
+        if not self.usage_reported and self.relayed:
+            # The upstream reports usage only at the end and never got there (a disconnect, an
+            # error): bill what was relayed, never 0.
+            self.prompt_tokens = self.prompt_tokens or self.prompt_estimate
+            self.completion_tokens = max(self.completion_tokens, self.relayed)
         return spawn(self._book(status_code, outcome, time.perf_counter()))
 
     async def _book(self, status_code: int, outcome: str, ended: float) -> None:

@@ -6,7 +6,10 @@ rejected request consumes nothing and concurrent requests cannot overshoot), oth
 in-process table — right for the embedded default, which runs one web process.
 
 Windows are fixed minutes. A request reserves its estimated tokens (prompt estimate plus the
-completion budget) when it starts; the estimate is corrected to the real count when it ends.
+completion cap the gateway sends upstream, so the model cannot generate more) when it starts. A
+stream that outlives its minute carries what is left of its reservation into each new minute it
+generates in, so tokens count in the window that uses them; at the end the reservation is
+corrected to the real count. Every counter key always has a TTL: corrections create none without.
 """
 
 from __future__ import annotations
@@ -44,9 +47,17 @@ return values
 class Counter:
     scope: str  # "API key" | "organization"
     unit: str  # "requests" | "tokens"
-    key: str
+    name: str  # the counter's key without its window
     limit: int
     amount: int
+
+
+def window_now() -> int:
+    return int(time.time() // WINDOW)
+
+
+def _key(window: int, name: str) -> str:
+    return shared_store.prefix(f"rl:{window}:{name}")
 
 
 @dataclass
@@ -54,6 +65,9 @@ class Grant:
     counters: list[Counter]
     used: list[int]
     reset_seconds: float
+    window: int  # where the request's token reservation sits now
+    reserved: int = 0  # tokens of the reservation in that window
+    settled: int = 0  # tokens already counted in earlier windows
 
     def headers(self) -> dict[str, str]:
         headers = {}
@@ -66,6 +80,30 @@ class Grant:
             headers[f"x-ratelimit-remaining-{unit}"] = str(max(0, counter.limit - used))
             headers[f"x-ratelimit-reset-{unit}"] = f"{math.ceil(self.reset_seconds)}s"
         return headers
+
+    def _token_names(self) -> list[str]:
+        return [c.name for c in self.counters if c.unit == "tokens"]
+
+    def carry_over(self, used_so_far: int) -> list[tuple[str, int]]:
+        """The counter changes that move this request's reservation into the current minute, if it
+        has moved on: the old minute keeps what was used in it, the new one gets what is left."""
+        now = window_now()
+        if now == self.window:
+            return []
+        estimate = max((c.amount for c in self.counters if c.unit == "tokens"), default=0)
+        used_here = max(0, used_so_far - self.settled)
+        left = max(0, estimate - used_so_far)
+        changes = [(_key(self.window, n), used_here - self.reserved) for n in self._token_names()]
+        changes += [(_key(now, n), left) for n in self._token_names()]
+        self.window, self.reserved, self.settled = now, left, max(used_so_far, self.settled)
+        return [(k, d) for k, d in changes if d]
+
+    def final(self, actual: int) -> list[tuple[str, int]]:
+        """The counter changes that replace the reservation by the real count."""
+        changes = self.carry_over(actual)
+        delta = max(0, actual - self.settled) - self.reserved
+        self.reserved = max(0, actual - self.settled)
+        return changes + ([(_key(self.window, n), delta) for n in self._token_names()] if delta else [])
 
 
 _LIMITED = [  # (scope shown in messages, unit, principal attribute = settings key, counter key prefix)
@@ -108,10 +146,22 @@ class _LocalStore:
                 self._values = {k: v for k, v in self._values.items() if v[1] > now}
             return 0, [v + a for v, a in zip(current, amounts, strict=True)]
 
-    async def add(self, key: str, amount: int) -> None:
+    async def add(self, changes: list[tuple[str, int]]) -> None:
         with self._lock:
-            value, expires = self._values.get(key, (0, time.time() + WINDOW * 2))
-            self._values[key] = (max(0, value + amount), expires)
+            for key, amount in changes:
+                value, expires = self._values.get(key, (0, time.time() + WINDOW * 2))
+                self._values[key] = (max(0, value + amount), expires)
+
+
+# Add to a counter and make sure it expires, even when the add created it.
+_ADD = """
+for i = 1, #KEYS do
+  local value = redis.call('INCRBY', KEYS[i], ARGV[1 + i])
+  if value < 0 then redis.call('SET', KEYS[i], 0) end
+  if redis.call('TTL', KEYS[i]) < 0 then redis.call('EXPIRE', KEYS[i], ARGV[1]) end
+end
+return 0
+"""
 
 
 class _RedisStore:
@@ -119,8 +169,9 @@ class _RedisStore:
         result = await shared_store.async_client().eval(_SCRIPT, len(keys), *keys, WINDOW * 2, *amounts, *limits)
         return int(result[0]), [int(v) for v in result[1:]]
 
-    async def add(self, key: str, amount: int) -> None:
-        await shared_store.async_client().incrby(key, amount)
+    async def add(self, changes: list[tuple[str, int]]) -> None:
+        keys, amounts = [k for k, _ in changes], [a for _, a in changes]
+        await shared_store.async_client().eval(_ADD, len(keys), *keys, WINDOW * 2, *amounts)
 
 
 _store = None
@@ -137,13 +188,12 @@ async def acquire(principal, estimated_tokens: int) -> Grant:
     now = time.time()
     window = int(now // WINDOW)
     reset = WINDOW - (now % WINDOW)
-    prefix = shared_store.prefix(f"rl:{window}:")
     counters = [
-        Counter(scope, unit, prefix + key, limit, 1 if unit == "requests" else estimated_tokens)
+        Counter(scope, unit, key, limit, 1 if unit == "requests" else estimated_tokens)
         for (scope, unit), (key, limit) in _limits(principal).items()
     ]
     violated, used = await store().check_and_add(
-        [c.key for c in counters], [c.amount for c in counters], [c.limit for c in counters]
+        [_key(window, c.name) for c in counters], [c.amount for c in counters], [c.limit for c in counters]
     )
     if violated:
         counter = counters[violated - 1]
@@ -166,11 +216,14 @@ async def acquire(principal, estimated_tokens: int) -> Grant:
             f"x-ratelimit-reset-{counter.unit}": f"{retry}s",
         }
         raise GatewayError(429, message, code="rate_limit_exceeded", error_type="rate_limit_error", headers=headers)
-    return Grant(counters, used, reset)
+    return Grant(counters, used, reset, window, reserved=estimated_tokens)
+
+
+async def apply(changes: list[tuple[str, int]]) -> None:
+    if changes:
+        await store().add(changes)
 
 
 async def correct(grant: Grant, actual_tokens: int) -> None:
-    """Replace the token estimate by the real count."""
-    for counter in grant.counters:
-        if counter.unit == "tokens" and actual_tokens != counter.amount:
-            await store().add(counter.key, actual_tokens - counter.amount)
+    """Replace the token reservation by the real count."""
+    await apply(grant.final(actual_tokens))

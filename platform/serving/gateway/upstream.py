@@ -16,8 +16,9 @@ from django.conf import settings
 
 _sessions: dict[int, aiohttp.ClientSession] = {}
 
-# Failures before the first byte: another replica may be tried.
-CONNECT_ERRORS = (aiohttp.ClientConnectorError, asyncio.TimeoutError, ConnectionRefusedError)
+# Failures before the first byte (refused, reset before the headers, timeouts, a broken answer):
+# another replica may be tried.
+CONNECT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 # Failures once the answer is flowing: the client gets an error event.
 STREAM_ERRORS = (
     aiohttp.ClientPayloadError,
@@ -56,7 +57,9 @@ async def events(response: aiohttp.ClientResponse) -> AsyncIterator[dict | str]:
             return
         try:
             payload = orjson.loads(data)
-        except orjson.JSONDecodeError:
+            if not isinstance(payload, dict):
+                raise ValueError
+        except ValueError:
             payload = {
                 "error": {
                     "message": "The model server sent a malformed event.",

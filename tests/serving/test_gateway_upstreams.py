@@ -1,0 +1,157 @@
+"""The gateway against upstreams other than our runtime: it validates every request once and
+forwards only what it understands, always with an explicit max_tokens; a provider that reports
+usage only at the end is billed the relayed tokens on a disconnect; every failure before the first
+byte fails over, and every failure is an OpenAI error that closes the books."""
+
+import time
+
+import httpx
+import pytest
+
+from billing.models import UsageEvent
+from serving import services
+from serving.models import Backend
+from tests.conftest import DEMO_MODEL
+from tests.serving.stub_upstream import Upstream
+
+pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
+SAY = [{"role": "user", "content": "Say hello."}]
+
+
+def register(name: str, upstream: Upstream) -> Backend:
+    backend = services.register_backend(name=name, url=upstream.url, base_model=DEMO_MODEL, engine="openai")
+    Backend.objects.filter(pk=backend.pk).update(healthy=True)
+    return backend
+
+
+def ledger(request_id: str, timeout: float = 10.0) -> UsageEvent:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = UsageEvent.all_orgs.filter(request_id=request_id).first()
+        if row is not None:
+            return row
+        time.sleep(0.1)
+    raise AssertionError(f"no usage row for {request_id}")
+
+
+@pytest.fixture
+def key(make_tenant):
+    return make_tenant("upstreams").key()
+
+
+def post(web, key, body) -> httpx.Response:
+    return httpx.post(
+        web.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=60
+    )
+
+
+def test_only_understood_parameters_reach_any_engine(live_web, key):
+    provider = Upstream("provider", words=3, delay=0)
+    register("provider", provider)
+    base = {"model": DEMO_MODEL, "messages": SAY}
+    refused = {
+        "n": {"n": 2},
+        "best_of": {"best_of": 2},
+        "chat_template": {"chat_template": "{{ evil }}"},
+        "guided_json": {"guided_json": {}},
+        "logprobs": {"logprobs": True},
+        "tools": {"tools": [{"type": "function", "function": {"name": "f"}}]},
+        "temperature": {"temperature": "hot"},
+        "seed": {"seed": 2**63},
+        "messages.0.content": {"messages": [{"role": "user", "content": {"nested": "x"}}]},
+    }
+    for param, extra in refused.items():
+        response = post(live_web, key, {**base, **extra})
+        assert response.status_code == 400, (param, response.text)
+        assert response.json()["error"]["param"] == param, response.text
+    deep = {**base, "metadata": {"a": [[[[[[[[{}]]]]]]]]}}
+    assert post(live_web, key, deep).status_code == 400
+    assert provider.requests == []  # nothing refused was sent upstream
+
+    ok = post(live_web, key, {**base, "temperature": 0.5, "user": "u-1", "metadata": {"team": "a"}})
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["choices"] == [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "w0 w1 w2 ", "refusal": None},
+            "logprobs": None,
+            "finish_reason": "length",
+        }
+    ]
+    sent = provider.requests[-1]
+    assert set(sent) == {"model", "messages", "stream", "stream_options", "max_tokens", "temperature"}
+    assert sent["max_tokens"] == 256  # the demo model's default cap: sent even when the caller set none
+    assert sent["stream_options"] == {"include_usage": True}
+
+
+def test_a_disconnect_from_a_usage_at_the_end_provider_is_billed_the_relayed_tokens(live_web, key):
+    register("slow-provider", Upstream("provider", words=200, delay=0.05))
+    body = {"model": DEMO_MODEL, "messages": SAY, "stream": True}
+    pieces = 0
+    with httpx.stream(
+        "POST", live_web.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=60
+    ) as response:
+        request_id = response.headers["x-request-id"]
+        for line in response.iter_lines():
+            if line.startswith("data: {") and '"content"' in line:
+                pieces += 1
+            if pieces == 10:
+                break
+    row = ledger(request_id)
+    assert row.outcome == UsageEvent.Outcome.CLIENT_DISCONNECTED
+    assert 10 <= row.completion_tokens < 200
+    assert row.prompt_tokens > 0
+
+
+def test_failures_before_the_first_byte_fail_over(live_web, key):
+    body = {"model": DEMO_MODEL, "messages": SAY, "max_tokens": 3}
+    failing, resetting = Upstream("fail"), Upstream("reset")
+    register("failing", failing)
+    register("resetting", resetting)
+    alone = post(live_web, key, body)
+    assert alone.status_code == 502, alone.text
+    assert alone.headers["content-type"] == "application/json"
+    assert alone.json()["error"]["type"] == "server_error"
+    assert ledger(alone.headers["x-request-id"]).outcome == UsageEvent.Outcome.UPSTREAM_ERROR
+    assert failing.requests and resetting.requests  # both were tried
+    register("healthy", Upstream("provider", words=3, delay=0))
+    for _ in range(4):  # whichever order the replicas are tried in, the healthy one answers
+        response = post(live_web, key, body)
+        assert response.status_code == 200, response.text
+        assert ledger(response.headers["x-request-id"]).outcome == UsageEvent.Outcome.OK
+
+
+def test_no_html_error_page_on_v1(live_web, key):
+    for method, path in [("GET", "/v1/nowhere"), ("POST", "/v1/files/x/content"), ("DELETE", "/v1/chat/completions")]:
+        response = httpx.request(method, live_web.url + path, headers={"Authorization": f"Bearer {key}"})
+        assert response.headers["content-type"].startswith("application/json"), (path, response.text)
+        assert set(response.json()["error"]) >= {"message", "type", "param", "code"}
+    garbage = httpx.post(
+        live_web.url + "/v1/chat/completions",
+        content=b'{"model": "x", "messages": [' * 3000,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    assert garbage.status_code == 400 and garbage.json()["error"]["code"] == "invalid_json"
+
+
+def test_requests_without_max_tokens_cannot_overrun_the_token_limit(live_web, make_tenant):
+    """Key TPM 2,000, five concurrent requests that set no max_tokens, against a provider that
+    would write 1,000 tokens each if let: together they use no more than the limit."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tenancy import services as tenancy
+    from tenancy.audit import Actor
+
+    tenant = make_tenant("tpm")
+    issued = tenancy.create_api_key(
+        organization_id=tenant.org.pk, name="tpm", created_by_id=tenant.owner.pk, actor=Actor(user=tenant.owner)
+    )
+    tenancy.set_key_limits(issued.key.pk, organization_id=tenant.org.pk, rpm=None, tpm=2000, actor=Actor())
+    register("verbose", Upstream("provider", words=1000, delay=0.001))
+    body = {"model": DEMO_MODEL, "messages": SAY}
+    with ThreadPoolExecutor(5) as pool:
+        answers = list(pool.map(lambda _: post(live_web, issued.plaintext, body), range(5)))
+    served = [a for a in answers if a.status_code == 200]
+    assert served and all(a.status_code in (200, 429) for a in answers)
+    rows = [ledger(a.headers["x-request-id"]) for a in served]
+    assert sum(r.prompt_tokens + r.completion_tokens for r in rows) <= 2000
