@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
@@ -15,31 +16,63 @@ from django.views.decorators.http import require_POST
 
 from catalog import selectors as catalog
 from frontend.forms import InviteForm, NewKeyForm, RoleForm, SignInForm, SignUpForm
-from tenancy import scope, selectors, services
-from tenancy.audit import Actor
+from tenancy import scope, selectors, services, throttle
+from tenancy.audit import Actor, client_ip
 from tenancy.models import APIKey, Invitation, Membership
 from tenancy.roles import Permission as P
 
 
+def _too_many(request, template: str, context: dict, wait: int):
+    message = f"Too many attempts from here. Try again in {max(1, wait // 60)} minutes."
+    response = render(request, template, {**context, "throttled": message}, status=429)
+    response["Retry-After"] = str(wait)
+    return response
+
+
 class SignInView(LoginView):
+    """Django's sign-in, throttled per client IP and per account (tenancy.throttle)."""
+
     template_name = "frontend/sign_in.html"
     authentication_form = SignInForm
     redirect_authenticated_user = True
+
+    def post(self, request, *args, **kwargs):
+        ip, email = client_ip(request), request.POST.get("username", "")[:254]
+        wait = throttle.sign_in_blocked(ip, email)
+        if wait:
+            return _too_many(request, self.template_name, self.get_context_data(form=self.get_form()), wait)
+        response = super().post(request, *args, **kwargs)
+        if request.user.is_authenticated:
+            throttle.sign_in_succeeded(email)
+        else:
+            throttle.sign_in_failed(ip, email)
+        return response
 
 
 def sign_up(request):
     if request.user.is_authenticated:
         return redirect("frontend:home")
-    form = SignUpForm(request.POST or None)
+    invitation_token = request.POST.get("invitation") or request.GET.get("invitation") or ""
+    invitation = selectors.invitation_by_token(invitation_token) if invitation_token else None
+    initial = {"email": invitation.email} if invitation is not None else None
+    form = SignUpForm(request.POST or None, initial=initial)
+    context = {"form": form, "invitation": invitation, "invitation_token": invitation_token}
+    context["mode"] = settings.SIGN_UP_MODE
+    if request.method == "POST":
+        wait = throttle.sign_up_allowed(client_ip(request))
+        if wait:
+            return _too_many(request, "frontend/sign_up.html", context, wait)
     if request.method == "POST" and form.is_valid():
         try:
-            user, org = services.sign_up(actor=Actor.from_request(request), **form.cleaned_data)
+            user, org = services.sign_up(
+                actor=Actor.from_request(request), invitation_token=invitation_token, **form.cleaned_data
+            )
         except services.ServiceError as exc:
             form.add_error(exc.param if exc.param in form.fields else None, exc.message)
         else:
             login(request, user, backend="django.contrib.auth.backends.ModelBackend")
             return redirect("frontend:org", org=org.slug)
-    return render(request, "frontend/sign_up.html", {"form": form})
+    return render(request, "frontend/sign_up.html", context)
 
 
 @login_required
@@ -192,9 +225,11 @@ def change_member(request, access, member_id):
     return redirect("frontend:members", org=access.organization.slug)
 
 
-@login_required
 def accept_invitation(request, token):
+    """Open to the signed-out too: the page offers to sign in, or to create an account that joins."""
     invitation = selectors.invitation_by_token(token)
+    if request.method == "POST" and not request.user.is_authenticated:
+        return redirect(f"{reverse('frontend:sign_in')}?next={request.path}")
     if request.method == "POST":
         try:
             membership = services.accept_invitation(token=token, user=request.user, actor=Actor.from_request(request))

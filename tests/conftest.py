@@ -117,7 +117,7 @@ class LiveServer:
         return httpx.get(self.url + path, timeout=30, **kwargs)
 
 
-def start_web(extra_env: dict | None = None) -> LiveServer:
+def start_web(extra_env: dict | None = None, *, access_log: bool = False) -> LiveServer:
     """A real uvicorn web process on the test database and the shared cache. Routes are not
     cached there, so that each test's backends and models are seen at once."""
     port = _free_port()
@@ -138,7 +138,7 @@ def start_web(extra_env: dict | None = None) -> LiveServer:
             "maas.asgi:application",
             "--port",
             str(port),
-            "--no-access-log",
+            "--access-log" if access_log else "--no-access-log",
             *os.environ.get("TEST_UVICORN_ARGS", "").split(),
         ],
         cwd=REPO,
@@ -242,6 +242,21 @@ def runtime_server(tmp_path_factory):
     yield Runtime(url, key, adapters, process)
     process.terminate()
     process.wait(20)
+
+
+THROTTLE_DEFAULTS = {
+    "SIGN_IN_MAX_FAILURES_PER_IP": settings.SIGN_IN_MAX_FAILURES_PER_IP,
+    "SIGN_IN_MAX_FAILURES_PER_ACCOUNT": settings.SIGN_IN_MAX_FAILURES_PER_ACCOUNT,
+    "SIGN_UP_MAX_PER_IP": settings.SIGN_UP_MAX_PER_IP,
+}
+
+
+@pytest.fixture(autouse=True)
+def sign_in_throttle_out_of_the_way(settings):
+    """Throttle counters outlive a test in the shared store, so tests that are not about the throttle
+    would throttle each other; tests/tenancy/test_doors.py puts the defaults (THROTTLE_DEFAULTS) back."""
+    for name in THROTTLE_DEFAULTS:
+        setattr(settings, name, 10**6)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -13,6 +13,7 @@ SECRET_PATTERNS = [
     re.compile(r"sk-[A-Za-z0-9_\-]{16,}"),
     re.compile(r"(?i)(bearer\s+)[^\s'\"]+"),
     re.compile(r"(?i)(/invitations/)[A-Za-z0-9_\-]{16,}"),
+    re.compile(r"(?i)([?&]invitation=)[A-Za-z0-9_\-]{16,}"),
 ]
 
 

@@ -180,6 +180,19 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 INVITATION_TTL_HOURS = env.integer("INVITATION_TTL_HOURS", 72)
+# Who may create an account: "open" (anyone; they get an organization of their own),
+# "invite-only" (only someone following an invitation, who joins that organization), "closed"
+# (no sign-up: the back office creates users).
+SIGN_UP_MODE = env.get("SIGN_UP_MODE", "open")
+if SIGN_UP_MODE not in {"open", "invite-only", "closed"}:
+    raise ImproperlyConfigured(f"SIGN_UP_MODE must be open, invite-only or closed, got {SIGN_UP_MODE!r}")
+MAX_ORGANIZATIONS_PER_USER = env.integer("MAX_ORGANIZATIONS_PER_USER", 10)  # organizations a user may own
+# Failed sign-ins allowed per client IP and per account within SIGN_IN_THROTTLE_SECONDS.
+SIGN_IN_MAX_FAILURES_PER_IP = env.integer("SIGN_IN_MAX_FAILURES_PER_IP", 10)
+SIGN_IN_MAX_FAILURES_PER_ACCOUNT = env.integer("SIGN_IN_MAX_FAILURES_PER_ACCOUNT", 5)
+SIGN_IN_THROTTLE_SECONDS = env.integer("SIGN_IN_THROTTLE_SECONDS", 900)
+SIGN_UP_MAX_PER_IP = env.integer("SIGN_UP_MAX_PER_IP", 5)  # sign-up attempts per client IP
+SIGN_UP_THROTTLE_SECONDS = env.integer("SIGN_UP_THROTTLE_SECONDS", 3600)
 
 # --- I18N, static, media --------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
@@ -282,4 +295,9 @@ LOGGING = {
         "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact_secrets"]},
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    # uvicorn's request lines carry URLs (invitation links among them): through the same filter.
+    "loggers": {
+        name: {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False}
+        for name in ("uvicorn", "uvicorn.access", "uvicorn.error")
+    },
 }

@@ -2,7 +2,9 @@
 (maas.admin_site), so these pages see every tenant; actions go through the services."""
 
 from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
 
+from accounts.admin import UserAdmin
 from tenancy import services
 from tenancy.audit import Actor
 from tenancy.models import APIKey, AuditLog, Invitation, Membership, Organization
@@ -143,3 +145,20 @@ class AuditLogAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+admin.site.unregister(get_user_model())
+
+
+@admin.register(get_user_model())
+class TenantUserAdmin(UserAdmin):
+    """Deactivating a user goes through the service, which also revokes the keys they created."""
+
+    def save_model(self, request, obj, form, change):
+        deactivating = change and "is_active" in form.changed_data and not obj.is_active
+        if deactivating:
+            obj.is_active = True  # the service makes the change, under its lock, with the keys
+        super().save_model(request, obj, form, change)
+        if deactivating:
+            services.deactivate_user(obj.pk, actor=Actor(user=request.user))
+            obj.is_active = False

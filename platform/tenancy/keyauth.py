@@ -15,6 +15,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from tenancy import secrets, shared_store
@@ -176,12 +177,18 @@ def _record_use(key_hash: str) -> None:
     APIKey.all_orgs.filter(key_hash=key_hash).update(last_used_at=timezone.now())
 
 
-def publish(keys: list[APIKey], organization: Organization) -> None:
-    """Overwrite the cached state of these keys with their state in the database.
-    Call after the transaction that changed them has committed."""
-    entries = {}
-    for key in keys:
-        principal = KeyPrincipal.from_row(key, organization)
-        entries[_cache_key(key.key_hash)] = principal.to_cache()
-    if entries:
-        shared_store.set_many(entries, settings.API_KEY_CACHE_SECONDS)
+def publish(key_ids: list) -> None:
+    """Overwrite the cached state of these keys with their state in the database. Call after the
+    transaction that changed them has committed.
+
+    The rows are re-read under their row locks and the cache is written before the locks are
+    released: every change to a key row takes the same lock, so two publications of one key land
+    in the order of their changes, and a stale one (say, limits edited just before a revocation)
+    can never put an active state back over the revoked one."""
+    if not key_ids:
+        return
+    with transaction.atomic():
+        keys = list(APIKey.all_orgs.select_for_update().select_related("organization").filter(pk__in=key_ids))
+        entries = {_cache_key(k.key_hash): KeyPrincipal.from_row(k, k.organization).to_cache() for k in keys}
+        if entries:
+            shared_store.set_many(entries, settings.API_KEY_CACHE_SECONDS)

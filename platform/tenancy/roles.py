@@ -4,6 +4,7 @@
 |-------------------|:-----:|:-----:|:------:|:------:|
 | org.view          |   ✓   |   ✓   |   ✓    |   ✓    |
 | org.manage        |   ✓   |   ✓   |        |        |
+| members.view      |   ✓   |   ✓   |   ✓    |   ✓    |
 | members.manage    |   ✓   |   ✓¹  |        |        |
 | keys.manage       |   ✓   |   ✓   |        |        |
 | keys.own          |   ✓   |   ✓   |   ✓²   |        |
@@ -19,6 +20,10 @@
 ¹ An admin cannot grant, change or remove the owner role; only an owner can, and the last owner
   of an organization can never be removed or demoted.
 ² A member creates and revokes only keys of their own, never with the `all` or `billing:read` scope.
+
+API keys act with the permissions of their scopes; only `all` reaches the member list. A key dies
+with its creator's right to hold it: removing a member revokes the keys they created, and a
+demotion revokes those whose scopes the new role could not have granted.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class Role(models.TextChoices):
 class Permission(StrEnum):
     ORG_VIEW = "org.view"
     ORG_MANAGE = "org.manage"
+    MEMBERS_VIEW = "members.view"
     MEMBERS_MANAGE = "members.manage"
     KEYS_MANAGE = "keys.manage"
     KEYS_OWN = "keys.own"
@@ -52,7 +58,7 @@ class Permission(StrEnum):
 
 
 P = Permission
-_VIEWER = {P.ORG_VIEW, P.JOBS_VIEW, P.ENDPOINTS_VIEW}
+_VIEWER = {P.ORG_VIEW, P.MEMBERS_VIEW, P.JOBS_VIEW, P.ENDPOINTS_VIEW}
 _MEMBER = _VIEWER | {P.KEYS_OWN, P.MODELS_USE, P.JOBS_MANAGE}
 _ADMIN = _MEMBER | {
     P.ORG_MANAGE,
@@ -105,6 +111,15 @@ _SCOPE_PERMISSIONS: dict[str, frozenset[Permission]] = {
     Scope.BILLING_READ: frozenset({P.ORG_VIEW, P.BILLING_VIEW}),
     Scope.ALL: frozenset(_ADMIN),
 }
+
+
+def key_scopes_allowed(role: str | None) -> frozenset[str]:
+    """The scopes a key created by someone of this role may keep."""
+    if Permission.KEYS_MANAGE in permissions_of(role or ""):
+        return frozenset(Scope)
+    if Permission.KEYS_OWN in permissions_of(role or ""):
+        return MEMBER_GRANTABLE_SCOPES
+    return frozenset()
 
 
 def permissions_of_scopes(scopes: frozenset[str] | set[str] | list[str]) -> frozenset[Permission]:

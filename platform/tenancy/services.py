@@ -20,7 +20,15 @@ from django.utils.text import slugify
 from tenancy import audit, keyauth, secrets
 from tenancy.audit import Actor
 from tenancy.models import APIKey, Invitation, Membership, Organization, slug_validator
-from tenancy.roles import MEMBER_GRANTABLE_SCOPES, RANK, Permission, Role, Scope, permissions_of
+from tenancy.roles import (
+    MEMBER_GRANTABLE_SCOPES,
+    RANK,
+    Permission,
+    Role,
+    Scope,
+    key_scopes_allowed,
+    permissions_of,
+)
 
 
 class ServiceError(Exception):
@@ -68,6 +76,14 @@ def _validate_slug(slug: str) -> str:
 @transaction.atomic
 def create_organization(*, slug: str, name: str, owner, actor: Actor) -> Organization:
     slug = _validate_slug(slug)
+    # Locking the owner serialises their concurrent creations, so the cap holds.
+    get_user_model().objects.select_for_update().filter(pk=owner.pk).first()
+    owned = Membership.all_orgs.filter(user=owner, role=Role.OWNER).count()
+    if owned >= settings.MAX_ORGANIZATIONS_PER_USER:
+        raise Forbidden(
+            f"You own {owned} organizations, the most one account may own; ask an administrator for more.",
+            "organization_limit",
+        )
     try:
         with transaction.atomic():
             org = Organization.objects.create(slug=slug, name=name.strip() or slug)
@@ -90,8 +106,23 @@ def available_slug(base: str) -> str:
 
 
 @transaction.atomic
-def sign_up(*, email: str, password: str, full_name: str = "", organization_name: str = "", actor: Actor):
-    """Create a user and their own organization, with them as its owner, all or nothing."""
+def sign_up(
+    *,
+    email: str,
+    password: str,
+    full_name: str = "",
+    organization_name: str = "",
+    invitation_token: str = "",
+    actor: Actor,
+):
+    """Create a user and, all or nothing, either their own organization with them as its owner or,
+    following an invitation, their membership of the inviting organization. SIGN_UP_MODE decides
+    who may: everyone (open), only the invited (invite-only), nobody (closed)."""
+    mode = settings.SIGN_UP_MODE
+    if mode == "closed":
+        raise Forbidden("Sign-up is closed on this platform; ask an administrator for an account.", "sign_up_closed")
+    if mode == "invite-only" and not invitation_token:
+        raise Forbidden("Sign-up is by invitation only: follow the link in your invitation.", "invitation_required")
     User = get_user_model()
     email = User.objects.normalize_email(email).strip().lower()
     if User.objects.filter(email__iexact=email).exists():
@@ -109,9 +140,13 @@ def sign_up(*, email: str, password: str, full_name: str = "", organization_name
             user.save()
     except IntegrityError:
         raise Conflict("An account with this email address exists already.", "email_taken", "email") from None
-    name = organization_name.strip() or f"{full_name.strip() or email.split('@')[0]}'s organization"
-    org = create_organization(slug=available_slug(name), name=name, owner=user, actor=Actor(user=user, ip=actor.ip))
-    audit.record("user.signed_up", actor=Actor(user=user, ip=actor.ip), organization_id=org.pk, target=user)
+    acting = Actor(user=user, ip=actor.ip)
+    if invitation_token:
+        org = accept_invitation(token=invitation_token, user=user, actor=acting).organization
+    else:
+        name = organization_name.strip() or f"{full_name.strip() or email.split('@')[0]}'s organization"
+        org = create_organization(slug=available_slug(name), name=name, owner=user, actor=acting)
+    audit.record("user.signed_up", actor=acting, organization_id=org.pk, target=user)
     return user, org
 
 
@@ -121,8 +156,8 @@ def _set_status(org_id: int, status: str, reason: str, action: str, actor: Actor
         org.status, org.suspended_reason = status, reason
         org.save(update_fields=["status", "suspended_reason"])
         audit.record(action, actor=actor, organization_id=org.pk, target=org, data={"reason": reason} if reason else {})
-        keys = list(APIKey.all_orgs.filter(organization=org))
-        transaction.on_commit(lambda: keyauth.publish(keys, org))
+        keys = list(APIKey.all_orgs.filter(organization=org).values_list("pk", flat=True))
+        transaction.on_commit(lambda: keyauth.publish(keys))
     return org
 
 
@@ -183,6 +218,7 @@ def change_role(membership_id, *, organization_id: int, role: str, actor_role: s
     if old != role:
         target.role = role
         target.save(update_fields=["role"])
+        _revoke_keys_beyond(target.user_id, organization_id, key_scopes_allowed(role), actor, reason=f"role now {role}")
         audit.record(
             "member.role_changed",
             actor=actor,
@@ -206,12 +242,48 @@ def remove_member(membership_id, *, organization_id: int, actor_role: str | None
         raise Conflict("The last owner cannot leave or be removed; make someone else owner first.", "last_owner")
     email = target.user.email
     target.delete()
+    _revoke_keys_beyond(target.user_id, organization_id, frozenset(), actor, reason="member removed")
     audit.record(
         "member.removed",
         actor=actor,
         organization_id=organization_id,
         data={"user": email, "role": target.role, "membership_id": str(membership_id)},
     )
+
+
+def _revoke_keys_beyond(user_id, organization_id: int, allowed: frozenset[str], actor: Actor, *, reason: str) -> None:
+    """Revoke the active keys this user created in the organization whose scopes are not all in
+    `allowed` (everything, when nothing is allowed); published once the transaction commits."""
+    keys = APIKey.all_orgs.select_for_update().filter(
+        organization_id=organization_id, created_by_id=user_id, revoked_at=None
+    )
+    revoked = [key for key in keys if not set(key.scopes) <= allowed]
+    now = timezone.now()
+    for key in revoked:
+        key.revoked_at = now
+        key.save(update_fields=["revoked_at"])
+        audit.record(
+            "key.revoked",
+            actor=actor,
+            organization_id=organization_id,
+            target=key,
+            data={"name": key.name, "prefix": key.prefix, "reason": reason},
+        )
+    if revoked:
+        ids = [key.pk for key in revoked]
+        transaction.on_commit(lambda: keyauth.publish(ids))
+
+
+@transaction.atomic
+def deactivate_user(user_id, *, actor: Actor) -> None:
+    """A deactivated user cannot sign in, and the keys they created stop working at once."""
+    User = get_user_model()
+    user = User.objects.select_for_update().get(pk=user_id)
+    if user.is_active:
+        user.is_active = False
+        user.save(update_fields=["is_active"])
+    for organization_id in Membership.all_orgs.filter(user_id=user_id).values_list("organization_id", flat=True):
+        _revoke_keys_beyond(user_id, organization_id, frozenset(), actor, reason="user deactivated")
 
 
 # --- Invitations -----------------------------------------------------------------------------
@@ -381,7 +453,7 @@ def revoke_api_key(key_id, *, organization_id: int, actor: Actor) -> APIKey:
             target=key,
             data={"name": key.name, "prefix": key.prefix},
         )
-    transaction.on_commit(lambda: keyauth.publish([key], key.organization))
+    transaction.on_commit(lambda: keyauth.publish([key.pk]))
     return key
 
 
@@ -402,8 +474,8 @@ def set_organization_limits(org_id: int, *, rpm: int | None, tpm: int | None, ac
     org.rpm_limit, org.tpm_limit = _limit(rpm), _limit(tpm)
     org.save(update_fields=["rpm_limit", "tpm_limit"])
     audit.record("org.limits_changed", actor=actor, organization_id=org.pk, target=org, data={"rpm": rpm, "tpm": tpm})
-    keys = list(APIKey.all_orgs.filter(organization=org))
-    transaction.on_commit(lambda: keyauth.publish(keys, org))
+    keys = list(APIKey.all_orgs.filter(organization=org).values_list("pk", flat=True))
+    transaction.on_commit(lambda: keyauth.publish(keys))
     return org
 
 
@@ -419,5 +491,5 @@ def set_key_limits(key_id, *, organization_id: int, rpm: int | None, tpm: int | 
     audit.record(
         "key.limits_changed", actor=actor, organization_id=organization_id, target=key, data={"rpm": rpm, "tpm": tpm}
     )
-    transaction.on_commit(lambda: keyauth.publish([key], key.organization))
+    transaction.on_commit(lambda: keyauth.publish([key.pk]))
     return key

@@ -77,3 +77,31 @@ async def aget_and_add(get_key: str, add_key: str, ttl: int):
         raw, added = await pipe.execute()
         return (None if raw is None else json.loads(raw)), bool(added)
     return cache.get(get_key), cache.add(add_key, 1, ttl)
+
+
+def hit(key: str, ttl: int) -> int:
+    """Add one to a counter that expires ttl seconds after its first hit; the new count."""
+    if redis_enabled():
+        pipe = sync_client().pipeline()
+        pipe.incr(prefix(key))
+        pipe.expire(prefix(key), ttl, nx=True)
+        count, _ = pipe.execute()
+        return int(count)
+    if cache.add(key, 1, ttl):
+        return 1
+    try:
+        return cache.incr(key)
+    except ValueError:  # expired between the two calls
+        cache.add(key, 1, ttl)
+        return 1
+
+
+def count(key: str) -> int:
+    return int(get(key) or 0)
+
+
+def forget(key: str) -> None:
+    if redis_enabled():
+        sync_client().delete(prefix(key))
+    else:
+        cache.delete(key)

@@ -68,8 +68,8 @@ class MemberViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgScopedV
     serializer_class = s.MembershipSerializer
     # Leaving is allowed to everyone; removing someone else is checked in destroy().
     permissions = {
-        "list": P.ORG_VIEW,
-        "retrieve": P.ORG_VIEW,
+        "list": P.MEMBERS_VIEW,
+        "retrieve": P.MEMBERS_VIEW,
         "partial_update": P.MEMBERS_MANAGE,
         "destroy": P.ORG_VIEW,
     }
