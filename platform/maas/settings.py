@@ -243,8 +243,6 @@ RATE_LIMITS = {
     "org_rpm": env.integer("RATE_LIMIT_ORG_RPM", 3_000),
     "org_tpm": env.integer("RATE_LIMIT_ORG_TPM", 2_000_000),
 }
-# Completion tokens assumed for the rate-limit estimate when a request sets no max_tokens.
-RATE_LIMIT_COMPLETION_ESTIMATE = env.integer("RATE_LIMIT_COMPLETION_ESTIMATE", 256)
 GATEWAY_UPSTREAM_TIMEOUT = env.integer("GATEWAY_UPSTREAM_TIMEOUT", 600)
 GATEWAY_ROUTE_CACHE_SECONDS = env.integer("GATEWAY_ROUTE_CACHE_SECONDS", 5)
 

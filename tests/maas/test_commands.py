@@ -50,3 +50,26 @@ def test_seed_demo_is_idempotent_and_keeps_passwords_out_of_the_repo(db):
 
     admin = get_user_model().objects.get(email="admin@example.com")
     assert admin.is_superuser and admin.check_password(first["admin@example.com"])
+
+
+def test_create_api_key_with_another_instances_var_dir_explains_and_creates_nothing(tmp_path):
+    """The README's second-instance recipe with the VAR_DIR left out: a clear message on stderr,
+    nothing on stdout (so `| tail -n 1` yields no key), and no stray database."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {k: v for k, v in __import__("os").environ.items() if k != "DATABASE_URL"}
+    env["VAR_DIR"] = str(tmp_path / "elsewhere")
+    done = subprocess.run(
+        [sys.executable, "manage.py", "create_api_key", "demo", "--name", "my-key"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1 and done.stdout == ""
+    assert "There is no database at" in done.stderr and "VAR_DIR" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "elsewhere" / "db.sqlite3").exists()

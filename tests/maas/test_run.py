@@ -1,5 +1,7 @@
-"""`manage.py run` (what `make run` starts): every process comes up, the console answers, the
-printed logins work, and SIGINT (Ctrl-C) stops every process."""
+"""`manage.py run` (what `make run` starts) on its default ports: every process comes up, the
+banner says ready only when a completion can be served, the console answers, the printed logins
+work, the README's shell and Python examples run literally, and SIGINT (Ctrl-C) stops every
+process."""
 
 import os
 import re
@@ -42,18 +44,48 @@ def alive(pid: int) -> bool:
     return bool(state) and not state.startswith("Z")
 
 
+def readme_block(after: str, language: str) -> str:
+    """The first ```language block of the README after the line that contains `after`."""
+    text = (REPO / "README.md").read_text()
+    start = text.index(after)
+    match = re.compile(rf"```{language}\n(.*?)```", re.S).search(text, start)
+    return match.group(1)
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def call_before_ready(port: int, env: dict) -> httpx.Response:
+    key = subprocess.run(
+        [sys.executable, "manage.py", "create_api_key", "demo", "--name", "early"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()[-1]
+    return httpx.post(
+        f"http://localhost:{port}/v1/chat/completions",
+        json={"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=60,
+    )
+
+
 @pytest.mark.slow
 def test_run_starts_everything_and_ctrl_c_stops_everything(tmp_path):
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}}
+    port = 8000  # the README's examples name it
+    assert port_is_free(port) and port_is_free(port + 100), "make run's default ports 8000/8100 are taken"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "PORT", "RUNTIME_PORT", "HOST"}
+    }
     from django.conf import settings
 
-    env.update(
-        VAR_DIR=str(tmp_path),
-        PORT=str(port),
-        RUNTIME_PORT=str(free_port()),
-        MODEL_CACHE_DIR=str(settings.MODEL_CACHE_DIR),
-    )  # reuse the dequantized demo model
+    env.update(VAR_DIR=str(tmp_path), MODEL_CACHE_DIR=str(settings.MODEL_CACHE_DIR))  # reuse the dequantized model
     log = (tmp_path / "run.log").open("w+")
     process = subprocess.Popen(
         [sys.executable, "manage.py", "run"],
@@ -71,11 +103,17 @@ def test_run_starts_everything_and_ctrl_c_stops_everything(tmp_path):
             ready = ("Stop:         Ctrl-C", "worker | ", "gpu | ", "beat | ", "web | ")
             return all(mark in text for mark in ready) and text.count(" ready.") >= 2  # both Celery workers
 
+        early = None
         while not everything_up(text):
+            if early is None and "loading the demo model" in text and "Ready:" not in text:
+                early = call_before_ready(port, env)
             assert time.monotonic() < deadline, text[-3000:]
             assert process.poll() is None, text[-3000:]
             time.sleep(0.5)
             text = (tmp_path / "run.log").read_text()
+        if early is not None and early.status_code != 200:  # the model was still loading
+            assert early.status_code == 503 and early.headers["retry-after"] == "5", early.text
+            assert early.json()["error"]["code"] == "model_unavailable"
         console = re.search(r"Console:\s+(\S+)", text).group(1)
         assert console == f"http://localhost:{port}/"
         page = httpx.get(console + "sign-in/", timeout=10)
@@ -91,36 +129,18 @@ def test_run_starts_everything_and_ctrl_c_stops_everything(tmp_path):
         )
         assert signed_in.status_code == 302 and signed_in.headers["location"] == "/"
 
-        # The whole inference path of `make run`: a key from the operations command, the gateway,
-        # the registered runtime serving the demo model.
-        key = (
-            subprocess.run(
-                [sys.executable, "manage.py", "create_api_key", "demo", "--name", "e2e"],
-                cwd=REPO,
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            .stdout.strip()
-            .splitlines()[-1]
-        )
-        body = {
-            "model": "smollm2-135m-instruct",
-            "temperature": 0,
-            "max_tokens": 12,
-            "messages": [{"role": "user", "content": "What is the capital of France?"}],
-        }
-        answer = None
-        while answer is None or answer.status_code == 503:  # the runtime may still be loading the model
-            assert time.monotonic() < deadline, text[-3000:]
-            answer = httpx.post(
-                console + "v1/chat/completions", json=body, timeout=60, headers={"Authorization": f"Bearer {key}"}
-            )
-            time.sleep(0.5)
-        assert answer.status_code == 200, answer.text
-        assert "Paris" in answer.json()["choices"][0]["message"]["content"]
-        runtime_port = env["RUNTIME_PORT"]
+        # The README's examples, literally, right after the banner: no retry, no 503.
+        (tmp_path / "hello.py").write_text(readme_block("Any OpenAI client works unchanged", "python"))
+        script = readme_block("Then, in another shell", "sh") + f"\n.venv/bin/python {tmp_path / 'hello.py'}\n"
+        shell = ["bash", "-e", "-o", "pipefail", "-c", script]
+        done = subprocess.run(shell, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        printed = done.stdout.replace(" ", "")  # curl's two answers, then what hello.py printed
+        assert '{"object":"list","data":[{"id":"smollm2-135m-instruct"' in printed, done.stdout
+        assert '"object":"chat.completion"' in printed and '"finish_reason":' in printed, done.stdout
+        assert "Paris" in done.stdout.splitlines()[-1], done.stdout
+        assert " ERROR " not in (tmp_path / "run.log").read_text()
+        runtime_port = port + 100
         assert httpx.get(f"http://127.0.0.1:{runtime_port}/v1/models", timeout=10).status_code == 401  # secret set
         spawned = children_of(process.pid)
         assert len(spawned) >= 4

@@ -155,3 +155,21 @@ def test_requests_without_max_tokens_cannot_overrun_the_token_limit(live_web, ma
     assert served and all(a.status_code in (200, 429) for a in answers)
     rows = [ledger(a.headers["x-request-id"]) for a in served]
     assert sum(r.prompt_tokens + r.completion_tokens for r in rows) <= 2000
+
+
+def test_a_model_that_is_not_up_yet_answers_503_with_retry_after_and_bills_nothing(live_web, key):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on once this closes, like a runtime still loading
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    backend = services.register_backend(name="loading", url=url, base_model=DEMO_MODEL)
+    Backend.objects.filter(pk=backend.pk).update(healthy=True)
+    log_before = len(live_web.log())
+    response = post(live_web, key, {"model": DEMO_MODEL, "messages": SAY})
+    assert response.status_code == 503 and response.headers["retry-after"] == "5"
+    assert response.json()["error"]["code"] == "model_unavailable"
+    time.sleep(1)
+    assert not UsageEvent.all_orgs.filter(request_id=response.headers["x-request-id"]).exists()
+    logged = live_web.log()[log_before:]
+    assert "WARNING serving.gateway no replica" in logged and " ERROR " not in logged, logged

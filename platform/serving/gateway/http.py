@@ -22,10 +22,11 @@ class GatewayError(Exception):
         param: str | None = None,
         error_type: str | None = None,
         headers: dict | None = None,
+        quiet: bool = False,
     ):
         super().__init__(message)
         self.status, self.message, self.code, self.param = status, message, code, param
-        self.error_type, self.headers = error_type, headers or {}
+        self.error_type, self.headers, self.quiet = error_type, headers or {}, quiet
 
     def response(self) -> JsonResponse:
         body = error_body(
@@ -34,6 +35,9 @@ class GatewayError(Exception):
         response = JsonResponse(body, status=self.status)
         for name, value in self.headers.items():
             response[name] = value
+        if self.quiet:
+            # An expected condition logged by the gateway as a warning: not Django's ERROR line for a 5xx.
+            response._has_been_logged = True
         return response
 
 

@@ -28,6 +28,7 @@ from tenancy.roles import Scope
 Outcome = UsageEvent.Outcome
 CHAT = validation.CHAT
 log = logging.getLogger("serving.gateway")
+MODEL_UNAVAILABLE_RETRY_SECONDS = 5
 
 
 def json_response(body: dict, status: int = 200) -> HttpResponse:
@@ -107,12 +108,18 @@ async def _open(route: routing.Route, payload: dict, path: str, meter: Meter):
     if failure is not None:
         meter.close(502, Outcome.UPSTREAM_ERROR)
         raise GatewayError(502, failure["error"]["message"], code="upstream_error", error_type="server_error")
-    meter.close(503, Outcome.UPSTREAM_ERROR)
+    # No replica took the request (the model may still be loading): nothing was used, so nothing
+    # is billed or counted, and the caller is told when to retry.
+    meter.discard()
+    log.warning("no replica of %s is reachable; answered 503", route.requested_model)
     raise GatewayError(
         503,
-        f"No server for the model '{route.requested_model}' is reachable right now; retry shortly.",
+        f"The model '{route.requested_model}' is not reachable right now (it may still be loading); "
+        f"retry in {MODEL_UNAVAILABLE_RETRY_SECONDS} s.",
         code="model_unavailable",
         error_type="server_error",
+        headers={"retry-after": str(MODEL_UNAVAILABLE_RETRY_SECONDS)},
+        quiet=True,
     )
 
 

@@ -78,6 +78,25 @@ class Meter:
             self.completion_tokens = max(self.completion_tokens, self.relayed)
         return spawn(self._book(status_code, outcome, time.perf_counter()))
 
+    def discard(self) -> asyncio.Task | None:
+        """Close the books of a request that never reached a model server (none was up to take it):
+        the rate-limit reservation and the billing reservation are released, and no usage row is
+        written, since nothing was used."""
+        if self.closed:
+            return None
+        self.closed = True
+        self.prompt_tokens = self.completion_tokens = 0
+        return spawn(self._release())
+
+    async def _release(self) -> None:
+        try:
+            await ratelimit.correct(self.grant, 0)
+            await sync_to_async(billing.settle, thread_sensitive=False)(
+                self.reservation, prompt_tokens=0, completion_tokens=0
+            )
+        except Exception:
+            log.exception("could not release the reservations of %s", self.request_id)
+
     async def _book(self, status_code: int, outcome: str, ended: float) -> None:
         try:
             await ratelimit.correct(self.grant, self.prompt_tokens + self.completion_tokens)

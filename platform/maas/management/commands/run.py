@@ -11,8 +11,8 @@ import os
 import secrets
 import sys
 import time
-import urllib.request
 
+import httpx
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
@@ -32,7 +32,8 @@ class Command(BaseCommand):
     def handle(self, *args, host, port, runtime_port, no_workers, **options):
         call_command("migrate", interactive=False, verbosity=0)
         call_command("seed_demo")
-        runtime = self.runtime_program(runtime_port or port + 100)
+        runtime_port = runtime_port or port + 100
+        runtime = self.runtime_program(runtime_port)
         repo = str(settings.REPO_DIR)
         env = {
             **os.environ,
@@ -88,25 +89,39 @@ class Command(BaseCommand):
         url = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}/"  # noqa: S104
         supervisor = Supervisor(programs, env, cwd=repo)
 
-        def announce():
-            for _ in range(240):
-                if supervisor.stopping.is_set():
-                    return
+        def wait_for(url: str, seconds: float) -> bool:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline and not supervisor.stopping.is_set():
                 try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
-                        break
-                except OSError:
-                    time.sleep(0.5)
+                    if httpx.get(url, timeout=2).status_code == 200:
+                        return True
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.5)
+            return False
+
+        def announce():
+            if not wait_for(f"http://127.0.0.1:{port}/healthz", 120):
+                return
+            if not no_workers:
+                # The banner says "ready" only once a completion can be served: the runtime answers
+                # /health after its model is loaded.
+                supervisor.say("run", "web is up; loading the demo model (the first start dequantizes it, ~20 s)…")
+                if not wait_for(f"http://127.0.0.1:{runtime_port}/health", 600):
+                    supervisor.say("run", "the model runtime is not answering: see the runtime | lines above.")
+                    return
             credentials = json.loads((settings.VAR_DIR / "credentials.json").read_text())
+            var = "" if settings.VAR_DIR == settings.REPO_DIR / "var" else f"VAR_DIR={settings.VAR_DIR} "
             lines = [
                 "",
                 "=" * 64,
+                "  Ready: the console, the API and the demo model answer.",
                 f"  Console:      {url}",
                 f"  Back office:  {url}{settings.ADMIN_URL}",
                 f"  API docs:     {url}api/docs/",
                 f"  OpenAI base:  {url}v1",
                 *[f"  Login:        {email} / {password}" for email, password in credentials.items()],
-                "  API key:      python manage.py create_api_key demo --name my-key",
+                f"  API key:      {var}.venv/bin/python manage.py create_api_key demo --name my-key",
                 "  Stop:         Ctrl-C",
                 "=" * 64,
                 "",

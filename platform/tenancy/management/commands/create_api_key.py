@@ -4,8 +4,11 @@ Prints the new key alone on its last line, so scripts can take it with `tail -n 
 """
 
 from datetime import timedelta
+from pathlib import Path
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError
 from django.utils import timezone
 
 from tenancy import services
@@ -24,9 +27,19 @@ class Command(BaseCommand):
         parser.add_argument("--expires-in-days", type=int, default=None)
 
     def handle(self, *args, org_slug, name, scopes, expires_in_days, **options):
-        org = Organization.objects.filter(slug=org_slug).first()
+        database = settings.DATABASES["default"]
+        where = "VAR_DIR" if database["ENGINE"].endswith("sqlite3") else "DATABASE_URL"
+        hint = f"Run this with the {where} that `make run` uses (e.g. VAR_DIR=/tmp/maas2 python manage.py ...)."
+        if database["ENGINE"].endswith("sqlite3") and not Path(database["NAME"]).exists():
+            # Opening it would create an empty, stray database.
+            raise CommandError(f"There is no database at {database['NAME']}. {hint}")
+        try:
+            org = Organization.objects.filter(slug=org_slug).first()
+        except DatabaseError:
+            message = f"The database at {database['NAME']} is not set up (`make run` migrates it). {hint}"
+            raise CommandError(message) from None
         if org is None:
-            raise CommandError(f"No organization with slug {org_slug!r}")
+            raise CommandError(f"No organization with slug {org_slug!r} in the database at {database['NAME']}. {hint}")
         expires_at = timezone.now() + timedelta(days=expires_in_days) if expires_in_days else None
         try:
             issued = services.create_api_key(
