@@ -259,12 +259,13 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "MaaS platform management API",
-    "DESCRIPTION": "Organizations, members, invitations and API keys. "
-    "Inference and fine-tuning speak the OpenAI-compatible API under /v1/.",
+    "DESCRIPTION": "The management API (/api/: organizations, members, invitations, API keys, files, datasets) "
+    "and the OpenAI-compatible API (/v1/: models, chat completions, completions, files, fine-tuning jobs).",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
     "PREPROCESSING_HOOKS": ["maas.schema.management_api_only"],
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "maas.schema.add_v1_and_errors"],
     # Swagger UI from the installed sidecar package: the platform never loads a CDN.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

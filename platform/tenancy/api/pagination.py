@@ -46,8 +46,8 @@ class CursorPagination(BasePagination):
                 "object": "list",
                 "data": data,
                 "has_more": self.has_more,
-                "first_id": data[0]["id"] if data else None,
-                "last_id": data[-1]["id"] if data else None,
+                "first_id": str(data[0]["id"]) if data else None,
+                "last_id": str(data[-1]["id"]) if data else None,
             }
         )
 

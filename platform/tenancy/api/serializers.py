@@ -43,7 +43,7 @@ class RoleSerializer(serializers.Serializer):
 
 class InvitationSerializer(serializers.ModelSerializer):
     status = serializers.CharField(read_only=True)
-    invited_by = serializers.SlugRelatedField(slug_field="email", read_only=True)
+    invited_by = serializers.SlugRelatedField(slug_field="email", read_only=True, allow_null=True)
 
     class Meta:
         model = Invitation
@@ -80,7 +80,7 @@ class AcceptInvitationSerializer(serializers.Serializer):
 
 class APIKeySerializer(serializers.ModelSerializer):
     status = serializers.CharField(read_only=True)
-    created_by = serializers.SlugRelatedField(slug_field="email", read_only=True)
+    created_by = serializers.SlugRelatedField(slug_field="email", read_only=True, allow_null=True)
 
     class Meta:
         model = APIKey
@@ -119,7 +119,7 @@ class IssuedAPIKeySerializer(APIKeySerializer):
 
 
 class AuditLogSerializer(serializers.ModelSerializer):
-    actor = serializers.SlugRelatedField(slug_field="email", read_only=True)
+    actor = serializers.SlugRelatedField(slug_field="email", read_only=True, allow_null=True)
     api_key = serializers.SerializerMethodField()
 
     class Meta:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
-from rest_framework import exceptions, mixins, status
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import exceptions, mixins, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -26,7 +26,17 @@ class OrganizationListView(APIView):
 
     permission_classes = [SignedInOrKey]
 
-    @extend_schema(responses=s.OrganizationSerializer(many=True))
+    @extend_schema(
+        operation_id="orgs_list",
+        responses=inline_serializer(
+            "OrganizationList",
+            {
+                "object": serializers.CharField(),
+                "data": s.OrganizationSerializer(many=True),
+                "has_more": serializers.BooleanField(),
+            },
+        )
+    )
     def get(self, request):
         if isinstance(request.auth, KeyPrincipal):
             access = selectors.access_by_key(request.auth, request.auth.organization_slug)
@@ -122,7 +132,7 @@ class InvitationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgSco
         data["accept_url"] = request.build_absolute_uri(reverse("frontend:accept_invitation", args=[issued.token]))
         return Response(data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(responses=s.InvitationSerializer)
+    @extend_schema(responses={200: s.InvitationSerializer})
     def destroy(self, request, org, pk):
         invitation = self.get_object()
         revoked = services.revoke_invitation(invitation.pk, organization_id=self.organization.pk, actor=self.actor)
@@ -160,7 +170,7 @@ class APIKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgScopedV
         data["key"] = issued.plaintext
         return Response(data, status=status.HTTP_201_CREATED, headers={"Cache-Control": "no-store"})
 
-    @extend_schema(responses=s.APIKeySerializer)
+    @extend_schema(responses={200: s.APIKeySerializer})
     def destroy(self, request, org, pk):
         key = self.get_object()
         revoked = services.revoke_api_key(key.pk, organization_id=self.organization.pk, actor=self.actor)

@@ -1,0 +1,432 @@
+"""The OpenAPI description of the OpenAI-compatible API under /v1/, merged into the management
+API's document (maas.schema). Written by hand: the gateway's views are plain async views, and the
+shapes are OpenAI's, which the official SDK relies on. Request bodies say what the gateway
+accepts (serving.gateway.validation is the authority); responses say what it returns."""
+
+from __future__ import annotations
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict, description: str = "OK") -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+NUMBER = {"type": "number"}
+NULLABLE_STRING = {"type": "string", "nullable": True}
+NULLABLE_INT = {"type": "integer", "nullable": True}
+USAGE = {
+    "type": "object",
+    "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
+    "properties": {k: {"type": "integer"} for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
+}
+SAMPLING = {
+    "temperature": {"type": "number", "minimum": 0, "maximum": 2, "nullable": True},
+    "top_p": {"type": "number", "minimum": 0, "maximum": 1, "nullable": True},
+    "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2, "nullable": True},
+    "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2, "nullable": True},
+    "seed": {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1, "nullable": True},
+    "stop": {
+        "nullable": True,
+        "oneOf": [
+            {"type": "string", "maxLength": 500},
+            {"type": "array", "maxItems": 4, "items": {"type": "string", "maxLength": 500}},
+        ],
+    },
+    "logit_bias": {
+        "type": "object",
+        "nullable": True,
+        "maxProperties": 300,
+        "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
+    },
+    "n": {"type": "integer", "enum": [1], "nullable": True},
+    "stream": {"type": "boolean", "nullable": True},
+    "stream_options": {
+        "type": "object",
+        "nullable": True,
+        "properties": {"include_usage": {"type": "boolean"}},
+        "additionalProperties": False,
+    },
+    "max_tokens": {"type": "integer", "minimum": 1, "nullable": True},
+    "user": {"type": "string", "maxLength": 256},
+    "metadata": {
+        "type": "object",
+        "maxProperties": 16,
+        "additionalProperties": {"type": "string", "maxLength": 512},
+        "nullable": True,
+    },
+}
+MESSAGE = {
+    "type": "object",
+    "required": ["role", "content"],
+    "additionalProperties": False,
+    "properties": {
+        "role": {"type": "string", "enum": ["system", "developer", "user", "assistant"]},
+        "content": {
+            "oneOf": [
+                {"type": "string"},
+                {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["type", "text"],
+                        "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}},
+                    },
+                },
+            ]
+        },
+        "name": {"type": "string"},
+    },
+}
+SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {"data": {"type": "string", "description": "A JSON chunk, or `[DONE]` at the end."}},
+}
+CHOICE_FINISH = {"type": "string", "nullable": True, "enum": ["stop", "length", None]}
+
+SCHEMAS = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["message", "type", "param", "code"],
+                "properties": {
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                    "param": NULLABLE_STRING,
+                    "code": NULLABLE_STRING,
+                },
+            }
+        },
+    },
+    "Model": {
+        "type": "object",
+        "required": ["id", "object", "created", "owned_by"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"type": "string", "enum": ["model"]},
+            "created": {"type": "integer"},
+            "owned_by": {"type": "string"},
+        },
+    },
+    "ModelList": {
+        "type": "object",
+        "required": ["object", "data"],
+        "properties": {
+            "object": {"type": "string", "enum": ["list"]},
+            "data": {"type": "array", "items": _ref("Model")},
+        },
+    },
+    "ModelDeleted": {
+        "type": "object",
+        "required": ["id", "object", "deleted"],
+        "properties": {"id": {"type": "string"}, "object": {"type": "string"}, "deleted": {"type": "boolean"}},
+    },
+    "ChatCompletionRequest": {
+        "type": "object",
+        "required": ["model", "messages"],
+        "additionalProperties": False,
+        "properties": {
+            "model": {"type": "string", "minLength": 1, "example": "smollm2-135m-instruct"},
+            "messages": {"type": "array", "minItems": 1, "maxItems": 2048, "items": MESSAGE},
+            "max_completion_tokens": {"type": "integer", "minimum": 1, "nullable": True},
+            **SAMPLING,
+        },
+    },
+    "CompletionRequest": {
+        "type": "object",
+        "required": ["model", "prompt"],
+        "additionalProperties": False,
+        "properties": {
+            "model": {"type": "string", "minLength": 1, "example": "smollm2-135m-instruct"},
+            "prompt": {
+                "oneOf": [
+                    {"type": "string", "minLength": 1},
+                    {"type": "array", "minItems": 1, "maxItems": 1, "items": {"type": "string", "minLength": 1}},
+                ]
+            },
+            **SAMPLING,
+        },
+    },
+    "ChatCompletion": {
+        "type": "object",
+        "required": ["id", "object", "created", "model", "choices", "usage"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"type": "string", "enum": ["chat.completion"]},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "choices": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["index", "message", "finish_reason"],
+                    "properties": {
+                        "index": {"type": "integer"},
+                        "message": {
+                            "type": "object",
+                            "required": ["role", "content"],
+                            "properties": {"role": {"type": "string"}, "content": NULLABLE_STRING},
+                        },
+                        "finish_reason": CHOICE_FINISH,
+                    },
+                },
+            },
+            "usage": USAGE,
+        },
+    },
+    "Completion": {
+        "type": "object",
+        "required": ["id", "object", "created", "model", "choices", "usage"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"type": "string", "enum": ["text_completion"]},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "choices": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["index", "text", "finish_reason"],
+                    "properties": {
+                        "index": {"type": "integer"},
+                        "text": {"type": "string"},
+                        "finish_reason": CHOICE_FINISH,
+                    },
+                },
+            },
+            "usage": USAGE,
+        },
+    },
+    "File": {
+        "type": "object",
+        "required": ["id", "object", "bytes", "created_at", "filename", "purpose", "status"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"type": "string", "enum": ["file"]},
+            "bytes": {"type": "integer"},
+            "created_at": {"type": "integer"},
+            "filename": {"type": "string"},
+            "purpose": {"type": "string"},
+            "status": {"type": "string"},
+            "status_details": NULLABLE_STRING,
+            "expires_at": NULLABLE_INT,
+        },
+    },
+    "FineTuningJob": {
+        "type": "object",
+        "required": ["id", "object", "created_at", "model", "status", "training_file", "hyperparameters"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"type": "string", "enum": ["fine_tuning.job"]},
+            "created_at": {"type": "integer"},
+            "model": {"type": "string"},
+            "status": {"type": "string"},
+            "training_file": {"type": "string"},
+            "validation_file": NULLABLE_STRING,
+            "hyperparameters": {"type": "object"},
+            "fine_tuned_model": NULLABLE_STRING,
+            "finished_at": NULLABLE_INT,
+            "trained_tokens": NULLABLE_INT,
+            "error": {"type": "object", "nullable": True},
+            "seed": NULLABLE_INT,
+            "suffix": NULLABLE_STRING,
+        },
+    },
+    "FineTuningJobCreate": {
+        "type": "object",
+        "required": ["model", "training_file"],
+        "properties": {
+            "model": {"type": "string", "example": "smollm2-135m-instruct"},
+            "training_file": {"type": "string"},
+            "validation_file": NULLABLE_STRING,
+            "suffix": {"type": "string", "nullable": True, "maxLength": 64},
+            "seed": NULLABLE_INT,
+            "hyperparameters": {"type": "object", "nullable": True},
+            "method": {"type": "object", "nullable": True},
+            "metadata": {"type": "object", "nullable": True},
+        },
+    },
+    "JobEvent": {
+        "type": "object",
+        "required": ["id", "object", "created_at", "level", "message"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"type": "string"},
+            "created_at": {"type": "integer"},
+            "level": {"type": "string"},
+            "message": {"type": "string"},
+            "type": {"type": "string"},
+            "data": {"type": "object", "nullable": True},
+        },
+    },
+    "JobCheckpoint": {
+        "type": "object",
+        "required": ["id", "object", "created_at", "fine_tuning_job_id", "step_number", "metrics"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"type": "string"},
+            "created_at": {"type": "integer"},
+            "fine_tuned_model_checkpoint": {"type": "string"},
+            "fine_tuning_job_id": {"type": "string"},
+            "step_number": {"type": "integer"},
+            "metrics": {"type": "object"},
+        },
+    },
+}
+
+
+def _page(item: str) -> dict:
+    return {
+        "type": "object",
+        "required": ["object", "data", "has_more"],
+        "properties": {
+            "object": {"type": "string", "enum": ["list"]},
+            "data": {"type": "array", "items": _ref(item)},
+            "has_more": {"type": "boolean"},
+        },
+    }
+
+
+def _path_param(name: str) -> dict:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+PAGE_PARAMS = [
+    {"name": "after", "in": "query", "required": False, "schema": {"type": "string"}},
+    {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+]
+
+
+def _op(summary: str, responses: dict, *, tag: str, body: dict | None = None, params: list | None = None) -> dict:
+    operation = {
+        "summary": summary,
+        "tags": [tag],
+        "security": [{"apiKey": []}],
+        "responses": responses,
+        "operationId": "v1_" + summary.lower().replace(" ", "_").replace("'", "").replace(",", ""),
+    }
+    if body is not None:
+        operation["requestBody"] = body
+    if params:
+        operation["parameters"] = params
+    return operation
+
+
+def _json_body(name: str) -> dict:
+    return {"required": True, "content": {"application/json": {"schema": _ref(name)}}}
+
+
+def _generation(summary: str, request: str, answer: str) -> dict:
+    ok = {
+        "description": "The answer; with `stream: true`, server-sent events of chunks ending in `data: [DONE]`.",
+        "content": {"application/json": {"schema": _ref(answer)}, "text/event-stream": {"schema": SSE_EVENT}},
+    }
+    return {"post": _op(summary, {"200": ok}, tag="inference", body=_json_body(request))}
+
+
+def paths() -> dict:
+    job = [_path_param("job_id")]
+    file = [_path_param("file_id")]
+    return {
+        "/v1/models": {"get": _op("List models", {"200": _json(_ref("ModelList"))}, tag="models")},
+        "/v1/models/{model_id}": {
+            "get": _op(
+                "Retrieve a model", {"200": _json(_ref("Model"))}, tag="models", params=[_path_param("model_id")]
+            ),
+            "delete": _op(
+                "Delete a fine-tuned model",
+                {"200": _json(_ref("ModelDeleted"))},
+                tag="models",
+                params=[_path_param("model_id")],
+            ),
+        },
+        "/v1/chat/completions": _generation("Create a chat completion", "ChatCompletionRequest", "ChatCompletion"),
+        "/v1/completions": _generation("Create a completion", "CompletionRequest", "Completion"),
+        "/v1/files": {
+            "get": _op(
+                "List files",
+                {"200": _json(_page("File"))},
+                tag="files",
+                params=[*PAGE_PARAMS, {"name": "purpose", "in": "query", "schema": {"type": "string"}}],
+            ),
+            "post": _op(
+                "Upload a file",
+                {"200": _json(_ref("File"))},
+                tag="files",
+                body={
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["file", "purpose"],
+                                "properties": {
+                                    "file": {"type": "string", "format": "binary"},
+                                    "purpose": {"type": "string", "enum": ["fine-tune"]},
+                                },
+                            }
+                        }
+                    },
+                },
+            ),
+        },
+        "/v1/files/{file_id}": {
+            "get": _op("Retrieve a file", {"200": _json(_ref("File"))}, tag="files", params=file),
+            "delete": _op("Delete a file", {"200": _json(_ref("ModelDeleted"))}, tag="files", params=file),
+        },
+        "/v1/files/{file_id}/content": {
+            "get": _op(
+                "Retrieve a file's content",
+                {"200": {"description": "The file", "content": {"application/octet-stream": {"schema": {}}}}},
+                tag="files",
+                params=file,
+            )
+        },
+        "/v1/fine_tuning/jobs": {
+            "get": _op(
+                "List fine-tuning jobs", {"200": _json(_page("FineTuningJob"))}, tag="fine-tuning", params=PAGE_PARAMS
+            ),
+            "post": _op(
+                "Create a fine-tuning job",
+                {"200": _json(_ref("FineTuningJob"))},
+                tag="fine-tuning",
+                body=_json_body("FineTuningJobCreate"),
+            ),
+        },
+        "/v1/fine_tuning/jobs/{job_id}": {
+            "get": _op(
+                "Retrieve a fine-tuning job", {"200": _json(_ref("FineTuningJob"))}, tag="fine-tuning", params=job
+            )
+        },
+        **{
+            f"/v1/fine_tuning/jobs/{{job_id}}/{action}": {
+                "post": _op(
+                    f"{action.capitalize()} a fine-tuning job",
+                    {"200": _json(_ref("FineTuningJob"))},
+                    tag="fine-tuning",
+                    params=job,
+                )
+            }
+            for action in ("cancel", "pause", "resume")
+        },
+        "/v1/fine_tuning/jobs/{job_id}/events": {
+            "get": _op(
+                "List a job's events", {"200": _json(_page("JobEvent"))}, tag="fine-tuning", params=[*job, *PAGE_PARAMS]
+            )
+        },
+        "/v1/fine_tuning/jobs/{job_id}/checkpoints": {
+            "get": _op(
+                "List a job's checkpoints",
+                {"200": _json(_page("JobCheckpoint"))},
+                tag="fine-tuning",
+                params=[*job, *PAGE_PARAMS],
+            )
+        },
+    }
