@@ -3,7 +3,10 @@ gateway (API-key auth, rate limits, routing, usage ledger all on), at concurrenc
 Prints requests/s and p50/p99 latency of both, and what the gateway adds.
 
 Uses DATABASE_URL and REDIS_URL when set (production-like: PostgreSQL + Redis); otherwise the
-embedded default (SQLite + file cache) in a temporary VAR_DIR.
+embedded default (SQLite + file cache) in a temporary VAR_DIR. On PostgreSQL it compares, side by
+side in one run, the ways a web process can hold database connections under ASGI: persistent
+per-thread connections (CONN_MAX_AGE=60, the earlier setting), one connection per request
+(CONN_MAX_AGE=0, Django's guidance for async servers) and a psycopg pool per process (the default).
 Run: .venv/bin/python bench/gateway_overhead.py
 """
 
@@ -23,6 +26,11 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+CONNECTION_MODES = {
+    "persistent, CONN_MAX_AGE=60 (before)": {"DB_POOL": "0", "DB_CONN_MAX_AGE": "60"},
+    "per request, CONN_MAX_AGE=0": {"DB_POOL": "0", "DB_CONN_MAX_AGE": "0"},
+    "psycopg pool (default)": {"DB_POOL": "1"},
+}
 REQUESTS = {1: int(os.environ.get("BENCH_REQUESTS_C1", "400")), 32: int(os.environ.get("BENCH_REQUESTS_C32", "2000"))}
 BODY = {"model": "bench-model", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 2}
 
@@ -87,7 +95,7 @@ def main() -> None:
         RATE_LIMIT_ORG_TPM="1000000000",
         LOG_LEVEL="WARNING",
     )
-    up_port, web_port = free_port(), free_port()
+    up_port = free_port()
     upstream = subprocess.Popen(
         [
             sys.executable,
@@ -118,59 +126,69 @@ def main() -> None:
     manage(
         env, "register_backend", f"bench-{up_port}", "--url", f"http://127.0.0.1:{up_port}", "--model", "bench-model"
     )
-    web = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "maas.asgi:application",
-            "--port",
-            str(web_port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
+    store = ("PostgreSQL" if "postgres" in env.get("DATABASE_URL", "") else "SQLite") + (
+        " + Redis" if env.get("REDIS_URL") else " + file cache"
     )
+    modes = CONNECTION_MODES if store.startswith("PostgreSQL") else {"embedded": {}}
+    figures = {"store": store, "cores": os.cpu_count(), "results": []}
     try:
         wait(f"http://127.0.0.1:{up_port}/health", upstream)
-        wait(f"http://127.0.0.1:{web_port}/healthz", web)
-        store = ("PostgreSQL" if "postgres" in env.get("DATABASE_URL", "") else "SQLite") + (
-            " + Redis" if env.get("REDIS_URL") else " + file cache"
-        )
-        figures = {"store": store, "cores": os.cpu_count(), "results": []}
-        for concurrency, total in REQUESTS.items():
-            direct_rps, direct = asyncio.run(
-                load(f"http://127.0.0.1:{up_port}/v1/chat/completions", {}, concurrency, total)
+        for mode, overrides in modes.items():
+            web_port = free_port()
+            web = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "maas.asgi:application",
+                    "--port",
+                    str(web_port),
+                    "--no-access-log",
+                    "--log-level",
+                    "warning",
+                ],
+                cwd=ROOT,
+                env={**env, **overrides},
             )
-            gateway_rps, through = asyncio.run(
-                load(
-                    f"http://127.0.0.1:{web_port}/v1/chat/completions",
-                    {"Authorization": f"Bearer {key}"},
-                    concurrency,
-                    total,
-                )
-            )
-            row = {
-                "concurrency": concurrency,
-                "requests": total,
-                "direct_rps": round(direct_rps),
-                "gateway_rps": round(gateway_rps),
-                "direct_p50_ms": round(quantile(direct, 0.50), 2),
-                "gateway_p50_ms": round(quantile(through, 0.50), 2),
-                "direct_p99_ms": round(quantile(direct, 0.99), 2),
-                "gateway_p99_ms": round(quantile(through, 0.99), 2),
-            }
-            row["added_p50_ms"] = round(row["gateway_p50_ms"] - row["direct_p50_ms"], 2)
-            row["added_p99_ms"] = round(row["gateway_p99_ms"] - row["direct_p99_ms"], 2)
-            figures["results"].append(row)
+            try:
+                wait(f"http://127.0.0.1:{web_port}/healthz", web)
+                for concurrency, total in REQUESTS.items():
+                    figures["results"].append(measure(mode, up_port, web_port, key, concurrency, total))
+            finally:
+                web.terminate()
+                web.wait(10)
         print(json.dumps(figures, indent=2))
         (ROOT / "bench" / "results" / "gateway_overhead.json").write_text(json.dumps(figures, indent=2) + "\n")
     finally:
-        for process in (web, upstream):
-            process.terminate()
-            process.wait(10)
+        upstream.terminate()
+        upstream.wait(10)
+
+
+def measure(mode: str, up_port: int, web_port: int, key: str, concurrency: int, total: int) -> dict:
+    direct_rps, direct = asyncio.run(load(f"http://127.0.0.1:{up_port}/v1/chat/completions", {}, concurrency, total))
+    gateway_rps, through = asyncio.run(
+        load(
+            f"http://127.0.0.1:{web_port}/v1/chat/completions",
+            {"Authorization": f"Bearer {key}"},
+            concurrency,
+            total,
+        )
+    )
+    row = {
+        "connections": mode,
+        "concurrency": concurrency,
+        "requests": total,
+        "direct_rps": round(direct_rps),
+        "gateway_rps": round(gateway_rps),
+        "direct_p50_ms": round(quantile(direct, 0.50), 2),
+        "gateway_p50_ms": round(quantile(through, 0.50), 2),
+        "direct_p99_ms": round(quantile(direct, 0.99), 2),
+        "gateway_p99_ms": round(quantile(through, 0.99), 2),
+    }
+    row["added_p50_ms"] = round(row["gateway_p50_ms"] - row["direct_p50_ms"], 2)
+    row["added_p99_ms"] = round(row["gateway_p99_ms"] - row["direct_p99_ms"], 2)
+    print(json.dumps(row), flush=True)
+    return row
 
 
 if __name__ == "__main__":

@@ -98,12 +98,26 @@ TEMPLATES = [
 # --- Database -------------------------------------------------------------------------------
 DATABASE_URL = env.get("DATABASE_URL")
 VAR_DIR.mkdir(parents=True, exist_ok=True)
+# Under ASGI, Django's guidance: no persistent connections (CONN_MAX_AGE 0), since sync code runs on
+# whichever executor thread is free and a per-thread connection would outlive its request. On
+# PostgreSQL a psycopg pool per process (DB_POOL, on by default) takes their place: a request
+# borrows a connection and gives it back when it ends (bench/README.md has the before and after).
 if DATABASE_URL:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env.integer("DB_CONN_MAX_AGE", 60))}
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env.integer("DB_CONN_MAX_AGE", 0))}
 else:
     DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": str(VAR_DIR / "db.sqlite3")}}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    if env.flag("DB_POOL", default=True):
+        DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps the connections
+        # A health check would cost a round trip on every borrow; the pool drops a connection that
+        # comes back broken instead.
+        DATABASES["default"]["CONN_HEALTH_CHECKS"] = False
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": env.integer("DB_POOL_MIN_SIZE", 1),
+            "max_size": env.integer("DB_POOL_MAX_SIZE", 8),
+            "timeout": env.integer("DB_POOL_TIMEOUT", 10),
+        }
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     # Several processes (web, workers, beat) share the file: wait for locks, and start write

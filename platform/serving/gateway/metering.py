@@ -5,6 +5,7 @@ settle call and the ledger row. The closing runs in its own task, so a client th
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,21 @@ async def drain() -> None:
     """Wait for pending ledger writes (tests, shutdown)."""
     while _background:
         await asyncio.gather(*list(_background), return_exceptions=True)
+
+
+async def _detached(work) -> None:
+    """Database work after the request: not thread-sensitive (the request and its executor may be
+    gone by now), on a thread that is no request, so it opens and closes its connection as a request
+    would (with a connection pool, closing gives the connection back)."""
+
+    def run() -> None:
+        close_old_connections()
+        try:
+            work()
+        finally:
+            close_old_connections()
+
+    await sync_to_async(run, thread_sensitive=False)()
 
 
 @dataclass
@@ -91,22 +107,18 @@ class Meter:
     async def _release(self) -> None:
         try:
             await ratelimit.correct(self.grant, 0)
-            await sync_to_async(billing.settle, thread_sensitive=False)(
-                self.reservation, prompt_tokens=0, completion_tokens=0
-            )
+            await _detached(functools.partial(billing.settle, self.reservation, prompt_tokens=0, completion_tokens=0))
         except Exception:
             log.exception("could not release the reservations of %s", self.request_id)
 
     async def _book(self, status_code: int, outcome: str, ended: float) -> None:
         try:
             await ratelimit.correct(self.grant, self.prompt_tokens + self.completion_tokens)
-            # Not thread-sensitive: the request (and its executor) may be gone by now.
-            await sync_to_async(self._write, thread_sensitive=False)(status_code, outcome, ended)
+            await _detached(functools.partial(self._write, status_code, outcome, ended))
         except Exception:
             log.exception("could not record usage of %s", self.request_id)
 
     def _write(self, status_code: int, outcome: str, ended: float) -> None:
-        close_old_connections()  # this pool thread keeps its connection like a request would, within CONN_MAX_AGE
         billing.settle(self.reservation, prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens)
         ttft = None if self.first_token_at is None else int((self.first_token_at - self.started) * 1000)
         billing.record_usage(

@@ -35,7 +35,7 @@ class OrganizationListView(APIView):
                 "data": s.OrganizationSerializer(many=True),
                 "has_more": serializers.BooleanField(),
             },
-        )
+        ),
     )
     def get(self, request):
         if isinstance(request.auth, KeyPrincipal):
