@@ -114,3 +114,19 @@ def test_a_declared_length_over_the_limit_is_refused_without_reading(server):
             reply += part
     assert reply.startswith(b"HTTP/1.1 413")
     assert b'"type":"invalid_request_error"' in reply
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/api/orgs/alpha/keys/"), ("PATCH", "/api/orgs/alpha/"), ("POST", "/v1/fine_tuning/jobs")],
+)
+def test_deeply_nested_json_is_a_400_not_a_server_error(tenant_a, method, path):
+    """Python's json module raised RecursionError on [[[[…]]]] (a 500 with an HTML page); every
+    JSON body is now parsed with bounded nesting."""
+    from tests.conftest import key_client
+
+    client = key_client(tenant_a.key())
+    for body in ("[" * 50_000 + "]" * 50_000, '{"a":' * 40 + "1" + "}" * 40):
+        response = client.generic(method, path, body, content_type="application/json")
+        assert response.status_code == 400, (path, response.content[:200])
+        assert response.json()["error"]["type"] == "invalid_request_error"

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from serving.gateway.http import GatewayError
+from tenancy.api.parsers import nests_within
 
 CHAT = "chat.completions"
 ROLES = ("system", "developer", "user", "assistant")
@@ -67,18 +68,6 @@ class Checked:
 
 def invalid(message: str, param: str | None, code: str = "invalid_value") -> GatewayError:
     return GatewayError(400, message, param=param, code=code)
-
-
-def _depth(value, limit: int) -> bool:
-    """Whether value nests no deeper than limit (iteratively: no recursion on hostile input)."""
-    stack = [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict | list):
-            if level > limit:
-                return False
-            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
-    return True
 
 
 def _number(body: dict, key: str) -> float | None:
@@ -168,7 +157,7 @@ def _metadata(body: dict) -> None:
 
 
 def _common(body: dict, keys: frozenset[str]) -> dict:
-    if not _depth(body, MAX_DEPTH):
+    if not nests_within(body, MAX_DEPTH):
         raise invalid(f"The request body nests deeper than {MAX_DEPTH} levels.", None, "invalid_json")
     unknown = sorted(set(body) - keys - COMMON_KEYS)
     if unknown:
