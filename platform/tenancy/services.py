@@ -258,17 +258,8 @@ def _revoke_keys_beyond(user_id, organization_id: int, allowed: frozenset[str], 
         organization_id=organization_id, created_by_id=user_id, revoked_at=None
     )
     revoked = [key for key in keys if not set(key.scopes) <= allowed]
-    now = timezone.now()
     for key in revoked:
-        key.revoked_at = now
-        key.save(update_fields=["revoked_at"])
-        audit.record(
-            "key.revoked",
-            actor=actor,
-            organization_id=organization_id,
-            target=key,
-            data={"name": key.name, "prefix": key.prefix, "reason": reason},
-        )
+        _revoke(key, actor, reason)
     if revoked:
         ids = [key.pk for key in revoked]
         transaction.on_commit(lambda: keyauth.publish(ids))
@@ -444,17 +435,17 @@ def revoke_api_key(key_id, *, organization_id: int, actor: Actor) -> APIKey:
     if key is None:
         raise ServiceError("No such API key.", "not_found")
     if key.revoked_at is None:
-        key.revoked_at = timezone.now()
-        key.save(update_fields=["revoked_at"])
-        audit.record(
-            "key.revoked",
-            actor=actor,
-            organization_id=organization_id,
-            target=key,
-            data={"name": key.name, "prefix": key.prefix},
-        )
+        _revoke(key, actor)
     transaction.on_commit(lambda: keyauth.publish([key.pk]))
     return key
+
+
+def _revoke(key: APIKey, actor: Actor, reason: str = "") -> None:
+    """Mark a locked, active key revoked, with its audit row; the caller publishes after commit."""
+    key.revoked_at = timezone.now()
+    key.save(update_fields=["revoked_at"])
+    data = {"name": key.name, "prefix": key.prefix, **({"reason": reason} if reason else {})}
+    audit.record("key.revoked", actor=actor, organization_id=key.organization_id, target=key, data=data)
 
 
 # --- Rate-limit overrides (set in the back office) -------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 from billing.models import UsageEvent
 from serving import services
 from serving.models import Backend
-from tests.conftest import DEMO_MODEL
+from tests.conftest import DEMO_MODEL, usage_row
 from tests.serving.stub_upstream import Upstream
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
@@ -22,16 +22,6 @@ def register(name: str, upstream: Upstream) -> Backend:
     backend = services.register_backend(name=name, url=upstream.url, base_model=DEMO_MODEL, engine="openai")
     Backend.objects.filter(pk=backend.pk).update(healthy=True)
     return backend
-
-
-def ledger(request_id: str, timeout: float = 10.0) -> UsageEvent:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        row = UsageEvent.all_orgs.filter(request_id=request_id).first()
-        if row is not None:
-            return row
-        time.sleep(0.1)
-    raise AssertionError(f"no usage row for {request_id}")
 
 
 @pytest.fixture
@@ -97,7 +87,7 @@ def test_a_disconnect_from_a_usage_at_the_end_provider_is_billed_the_relayed_tok
                 pieces += 1
             if pieces == 10:
                 break
-    row = ledger(request_id)
+    row = usage_row(request_id)
     assert row.outcome == UsageEvent.Outcome.CLIENT_DISCONNECTED
     assert 10 <= row.completion_tokens < 200
     assert row.prompt_tokens > 0
@@ -112,13 +102,13 @@ def test_failures_before_the_first_byte_fail_over(live_web, key):
     assert alone.status_code == 502, alone.text
     assert alone.headers["content-type"] == "application/json"
     assert alone.json()["error"]["type"] == "server_error"
-    assert ledger(alone.headers["x-request-id"]).outcome == UsageEvent.Outcome.UPSTREAM_ERROR
+    assert usage_row(alone.headers["x-request-id"]).outcome == UsageEvent.Outcome.UPSTREAM_ERROR
     assert failing.requests and resetting.requests  # both were tried
     register("healthy", Upstream("provider", words=3, delay=0))
     for _ in range(4):  # whichever order the replicas are tried in, the healthy one answers
         response = post(live_web, key, body)
         assert response.status_code == 200, response.text
-        assert ledger(response.headers["x-request-id"]).outcome == UsageEvent.Outcome.OK
+        assert usage_row(response.headers["x-request-id"]).outcome == UsageEvent.Outcome.OK
 
 
 def test_no_html_error_page_on_v1(live_web, key):
@@ -153,7 +143,7 @@ def test_requests_without_max_tokens_cannot_overrun_the_token_limit(live_web, ma
         answers = list(pool.map(lambda _: post(live_web, issued.plaintext, body), range(5)))
     served = [a for a in answers if a.status_code == 200]
     assert served and all(a.status_code in (200, 429) for a in answers)
-    rows = [ledger(a.headers["x-request-id"]) for a in served]
+    rows = [usage_row(a.headers["x-request-id"]) for a in served]
     assert sum(r.prompt_tokens + r.completion_tokens for r in rows) <= 2000
 
 

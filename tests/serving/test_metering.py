@@ -8,20 +8,10 @@ import httpx
 import pytest
 
 from billing.models import UsageEvent
-from tests.conftest import DEMO_MODEL
+from tests.conftest import DEMO_MODEL, usage_row
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 LONG = [{"role": "user", "content": "Count from 1 to 300, separated by commas."}]
-
-
-def ledger_row(request_id: str, timeout: float = 15) -> UsageEvent:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        row = UsageEvent.all_orgs.filter(request_id=request_id).first()
-        if row is not None:
-            return row
-        time.sleep(0.1)
-    raise AssertionError(f"no usage event for {request_id}")
 
 
 @pytest.mark.parametrize("stream", [True, False])
@@ -51,7 +41,7 @@ def test_disconnect_is_charged_for_what_was_generated(live_web, runtime_server, 
                 live_web.url + "/v1/chat/completions", json=body, headers=headers, timeout=httpx.Timeout(60, read=2.0)
             )
         request_id = wait_for_latest_request(tenant)
-    row = ledger_row(request_id)
+    row = usage_row(request_id)
     time.sleep(1.0)  # decoding stops within a step or two of the hang-up
     generated = runtime_server.generated_tokens() - before
     assert row.outcome == "client_disconnected" and row.streamed is stream
