@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from serving import services
-from tests.conftest import DEMO_MODEL, REPO
+from tests.conftest import DEMO_MODEL
 from tests.serving.stub_upstream import Upstream
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
@@ -47,7 +47,7 @@ def test_schemathesis_finds_no_server_error_and_no_contract_breach(live_web, mak
             "--generation-database",
             "none",
         ],
-        cwd=REPO,
+        cwd=tmp_path,  # schemathesis keeps a cache in its working directory
         capture_output=True,
         text=True,
         timeout=500,
