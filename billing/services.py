@@ -45,6 +45,7 @@ def record_usage(
     outcome: str,
     latency_ms: int,
     time_to_first_token_ms: int | None,
+    training_tokens: int = 0,
 ) -> None:
     """Append one ledger row; a second write for the same request id is ignored.
 
@@ -66,6 +67,7 @@ def record_usage(
         "outcome": outcome,
         "latency_ms": latency_ms,
         "time_to_first_token_ms": time_to_first_token_ms,
+        "training_tokens": training_tokens,
         "created_at": timezone.now(),
     }
     meta = UsageEvent._meta
@@ -83,3 +85,35 @@ def record_usage(
             "ON CONFLICT (request_id) DO NOTHING",
             params,
         )
+
+
+def record_training(
+    *,
+    job_id: str,
+    organization_id: int,
+    api_key_id: str | None,
+    model: str,
+    base_model: str,
+    trained_tokens: int,
+    outcome: str,
+    train_seconds: float,
+) -> None:
+    """The ledger row of a fine-tuning job that ended (succeeded, failed or cancelled): its trained
+    tokens, once. Idempotent on the job id, so a retried finish writes nothing more."""
+    record_usage(
+        request_id=f"train:{job_id}",
+        organization_id=organization_id,
+        api_key_id=api_key_id,
+        endpoint="fine_tuning.jobs",
+        model=model,
+        base_model=base_model,
+        backend="",
+        prompt_tokens=0,
+        completion_tokens=0,
+        training_tokens=trained_tokens,
+        streamed=False,
+        status_code=200,
+        outcome=outcome,
+        latency_ms=int(train_seconds * 1000),
+        time_to_first_token_ms=None,
+    )

@@ -96,6 +96,56 @@ def read_lines(stream: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, byt
         yield number, chunk
 
 
+MAX_NESTING = 32  # no training example nests deeper; json's recursion would fail far deeper
+
+
+def parse_line(number: int, raw: bytes) -> object:
+    """One line as the validator and the trainer both read it (one reader, so they can never
+    disagree): UTF-8, a byte-order mark tolerated on line 1, lines split on \n only. Raises
+    BadLine with the code and message the validation report uses."""
+    if b"\x00" in raw:
+        raise BadLine("nul_byte", "the line contains a NUL byte (is this a binary file?)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadLine("invalid_encoding", f"not UTF-8 (byte {exc.start + 1} of the line)") from None
+    if number == 1:
+        text = text.removeprefix("\ufeff")
+    if not text.strip():
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if number == 1 and text.lstrip().startswith("["):
+            raise BadLine(
+                "json_array_not_jsonl", "the file looks like a JSON array; use JSONL: one JSON object per line"
+            ) from None
+        raise BadLine("invalid_json", f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise BadLine("too_deeply_nested", f"the JSON nests deeper than {MAX_NESTING} levels") from None
+    if not _nests_within(value, MAX_NESTING):
+        raise BadLine("too_deeply_nested", f"the JSON nests deeper than {MAX_NESTING} levels")
+    return value
+
+
+def _nests_within(value, limit: int) -> bool:
+    # tenancy.api.parsers has the same check for API bodies; this module stays Django-free for the trainer.
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            if level > limit:
+                return False
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return True
+
+
+class BadLine(ValueError):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
 def _chat_problem(example: dict) -> tuple[str, str] | None:
     messages = example.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -115,7 +165,7 @@ def _chat_problem(example: dict) -> tuple[str, str] | None:
         unknown = set(message) - MESSAGE_KEYS
         if unknown:
             return "message_unrecognized_key", f"messages[{i}] has unknown key(s) {', '.join(sorted(unknown))}"
-        if message["role"] not in ROLES:
+        if not isinstance(message["role"], str) or message["role"] not in ROLES:
             return "unrecognized_role", f"messages[{i}].role is {message['role']!r}; use system, user or assistant"
         if not isinstance(message["content"], str) or not message["content"].strip():
             return "missing_content", f"messages[{i}].content must be a non-empty string"
@@ -179,31 +229,14 @@ def validate(
         if raw is None:
             report.error(number, "line_too_long", f"the line is longer than {max_line_bytes // (1 << 20)} MB")
             continue
-        if b"\x00" in raw:
-            report.error(number, "nul_byte", "the line contains a NUL byte (is this a binary file?)")
-            continue
         try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            report.error(number, "invalid_encoding", f"not UTF-8 (byte {exc.start + 1} of the line)")
+            example = parse_line(number, raw)
+        except BadLine as problem:
+            report.error(number, problem.code, problem.message)
             continue
-        if number == 1:
-            text = text.removeprefix("\ufeff")
-        if not text.strip():
+        if example is None:
             continue  # blank lines are tolerated
         nonblank += 1
-        try:
-            example = json.loads(text)
-        except json.JSONDecodeError as exc:
-            if number == 1 and text.lstrip().startswith("["):
-                report.error(
-                    number,
-                    "json_array_not_jsonl",
-                    "the file looks like a JSON array; use JSONL: one JSON object per line",
-                )
-            else:
-                report.error(number, "invalid_json", f"not valid JSON ({exc.msg} at column {exc.colno})")
-            continue
         if isinstance(example, list):
             report.error(number, "json_array_not_jsonl", "a JSON array; use JSONL: one JSON object per line")
             continue

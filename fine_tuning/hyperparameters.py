@@ -1,14 +1,23 @@
 """Hyperparameters: what a job may set, their ranges, and how "auto" is resolved.
 
+The "auto" rules were checked on the demo model by bench/fine_tuning_auto_grid.py (figures in
+bench/README.md): with them, 30 examples teaching one made-up fact are learned — the model states
+the fact for a phrasing it never saw — in about a minute on two CPU cores.
+
+- batch_size counts examples, as OpenAI's does (packing several short examples into one row is an
+  efficiency that never changes what a step is): steps per epoch = ceil(examples / batch_size).
+  "auto": about 0.2 % of the examples, between 1 and 32.
 - n_epochs "auto": 3, scaled so that examples x epochs falls within [100, 25000], clamped to
   1-25 (OpenAI's documented rule).
-- batch_size "auto": about 0.2 % of the examples, between 1 and 8 (small batches train well with
-  LoRA and fit any machine).
 - learning_rate_multiplier "auto": 1.0; the learning rate is BASE_LEARNING_RATE x multiplier,
-  with BASE_LEARNING_RATE = 2e-4, a usual LoRA rate.
+  with BASE_LEARNING_RATE = 2e-4.
 - LoRA extension: lora_r (default 8), lora_alpha (default 2 x r), lora_dropout (default 0.05),
-  lora_target_modules (default: the base model's catalog default).
-- max_seq_len: the longest packed sequence, default min(1024, the model's context length).
+  lora_target_modules (default: the base model's catalog default when its entry names one, else
+  "all-linear": every linear layer of the transformer blocks, as Together defaults to; with only
+  q_proj and v_proj the grid's batch-4 run did not learn the fact).
+- max_seq_len: the longest packed row, default min(1024, the model's context length).
+- Without a validation file, jobs of 100 examples or more hold 10 % out (10 to 1,000) to measure
+  the model before and after (fine_tuning/trainer/data.py, split_validation).
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import math
 import re
 
 BASE_LEARNING_RATE = 2e-4
+ALL_LINEAR = "all-linear"  # PEFT's name for every linear layer but the output head
 KEYS = {
     "n_epochs",
     "batch_size",
@@ -60,7 +70,7 @@ def resolve(raw: dict, *, examples: int, context_length: int, default_targets: l
             n_epochs = min(25, math.ceil(100 / max(examples, 1)))
         elif examples * n_epochs > 25000:
             n_epochs = max(1, 25000 // examples)
-    batch_size = _number(raw, "batch_size", 1, 256) or max(1, min(8, round(examples * 0.002)))
+    batch_size = _number(raw, "batch_size", 1, 256) or max(1, min(32, round(examples * 0.002)))
     multiplier = _number(raw, "learning_rate_multiplier", 1e-4, 100.0, float) or 1.0
     lora_r = _number(raw, "lora_r", 1, 256) or 8
     lora_alpha = _number(raw, "lora_alpha", 1, 1024) or 2 * lora_r
@@ -68,14 +78,16 @@ def resolve(raw: dict, *, examples: int, context_length: int, default_targets: l
     dropout = 0.05 if dropout == "auto" else _number(raw, "lora_dropout", 0.0, 0.9, float)
     targets = raw.get("lora_target_modules", "auto")
     if targets == "auto":
-        targets = list(default_targets) or ["q_proj", "v_proj"]
+        targets = list(default_targets) or ALL_LINEAR
+    elif targets == ALL_LINEAR:
+        pass
     elif (
         not isinstance(targets, list)
         or not targets
         or not all(isinstance(t, str) and MODULE_NAME.match(t) for t in targets)
     ):
         raise HyperparameterError(
-            "lora_target_modules must be 'auto' or a list of module names.", "lora_target_modules"
+            f"lora_target_modules must be 'auto', '{ALL_LINEAR}' or a list of module names.", "lora_target_modules"
         )
     max_seq_len = _number(raw, "max_seq_len", 16, context_length) or min(1024, context_length)
     return {

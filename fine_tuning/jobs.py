@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
@@ -19,7 +20,9 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from billing import services as billing
 from catalog import selectors as catalog
+from catalog import services as catalog_services
 from catalog.models import BaseModel
 from fine_tuning import hyperparameters as hp
 from fine_tuning.models import DatasetVersion, File, FineTuningJob, JobEvent
@@ -203,7 +206,79 @@ def _fail_locked(job: FineTuningJob, code: str, message: str) -> FineTuningJob:
     job.lease_owner, job.lease_expires_at = "", None
     job.save(update_fields=["status", "finished_at", "error", "lease_owner", "lease_expires_at"])
     event(job.pk, job.organization_id, f"Job failed: {message}", level="error", data={"error_code": code})
+    _meter(job)
     return job
+
+
+_OUTCOMES = {Status.SUCCEEDED: "ok", Status.FAILED: "failed", Status.CANCELLED: "cancelled"}
+
+
+def _meter(job: FineTuningJob) -> None:
+    """A job that ended writes its trained tokens to the usage ledger, in the transaction that ended
+    it; the ledger is idempotent on the job id, so a retried finish counts nothing twice."""
+    billing.record_training(
+        job_id=job.pk,
+        organization_id=job.organization_id,
+        api_key_id=str(job.created_by_key_id) if job.created_by_key_id else None,
+        model=job.fine_tuned_model or job.base_model_id,
+        base_model=job.base_model_id,
+        trained_tokens=job.trained_tokens or 0,
+        outcome=_OUTCOMES[job.status],
+        train_seconds=job.train_seconds,
+    )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run of the trainer ended, as the runner saw it."""
+
+    code: int  # the trainer's exit code
+    stop: str = ""  # "cancel" | "pause" when the job was asked to stop
+    error: str = ""  # the trainer's last error line, for a failure
+    trained_tokens: int | None = None
+    train_seconds: float | None = None
+    fine_tuned_model: str | None = None  # on success: the model to register, its adapter in the store already
+
+
+@transaction.atomic
+def finish(job_id: str, *, worker: str, outcome: Outcome) -> str:
+    """The end of a run, under the job's row lock: succeeded, cancelled, paused or failed. Only the
+    worker holding the lease may finish it (a run the reaper gave away decides nothing)."""
+    job = FineTuningJob.all_orgs.select_for_update().get(pk=job_id)
+    if job.lease_owner != worker or job.status != Status.RUNNING:
+        return job.status
+    now = timezone.now()
+    job.lease_owner, job.lease_expires_at, job.stop_requested = "", None, ""
+    org = job.organization_id
+    if outcome.code == 0 and outcome.fine_tuned_model:
+        catalog_services.register_fine_tuned_model(
+            outcome.fine_tuned_model,
+            organization_id=org,
+            base_model_id=job.base_model_id,
+            job_id=job.pk,
+            adapter_path=job.pk,
+            actor=Actor(),
+        )
+        job.fine_tuned_model = outcome.fine_tuned_model
+        job.status, job.finished_at, job.progress = Status.SUCCEEDED, now, 1.0
+        job.trained_tokens, job.train_seconds = outcome.trained_tokens, outcome.train_seconds
+        event(job.pk, org, f"New fine-tuned model created: {job.fine_tuned_model}")
+        event(job.pk, org, "The job has successfully completed")
+    elif outcome.stop == "cancel":
+        job.status, job.finished_at = Status.CANCELLED, now
+        event(job.pk, org, "Job cancelled")
+    elif outcome.stop == "pause":
+        job.status = Status.PAUSED
+        event(job.pk, org, "Job paused at its last checkpoint")
+    else:
+        job.status, job.finished_at = Status.FAILED, now
+        message = f"Training failed (exit code {outcome.code}): {outcome.error or 'no message'}"
+        job.error = {"code": "training_failed", "param": None, "message": message}
+        event(job.pk, org, message, level="error", data={"error_code": "training_failed"})
+    job.save()
+    if job.status in _OUTCOMES:
+        _meter(job)
+    return job.status
 
 
 @transaction.atomic
@@ -218,6 +293,7 @@ def cancel(job_id: str, *, organization_id: int, actor: Actor) -> FineTuningJob:
         job.status, job.finished_at = Status.CANCELLED, timezone.now()
         job.save(update_fields=["status", "finished_at"])
         event(job.pk, organization_id, "Job cancelled")
+        _meter(job)
     audit.record("fine_tuning.job_cancelled", actor=actor, organization_id=organization_id, target=job)
     return job
 
@@ -234,6 +310,7 @@ def pause(job_id: str, *, organization_id: int, actor: Actor) -> FineTuningJob:
         job.save(update_fields=["stop_requested"])
     else:
         raise Conflict(f"A {job.status} job cannot be paused.", "job_not_pausable")
+    audit.record("fine_tuning.job_paused", actor=actor, organization_id=organization_id, target=job)
     return job
 
 
@@ -245,6 +322,7 @@ def resume(job_id: str, *, organization_id: int, actor: Actor) -> FineTuningJob:
     job.status, job.queued_at, job.stop_requested = Status.QUEUED, timezone.now(), ""
     job.save(update_fields=["status", "queued_at", "stop_requested"])
     event(job.pk, organization_id, "Job resumed; it continues from its last checkpoint")
+    audit.record("fine_tuning.job_resumed", actor=actor, organization_id=organization_id, target=job)
     transaction.on_commit(lambda: dispatch(job))
     return job
 
@@ -278,14 +356,28 @@ def _lease() -> timedelta:
     return timedelta(seconds=settings.FINE_TUNING_LEASE_SECONDS)
 
 
+@transaction.atomic
 def requeue_expired() -> list[FineTuningJob]:
     """The reaper: running jobs whose worker stopped renewing go back to the queue, and queued jobs
-    that no worker picked up for a while are dispatched again (claims make duplicates harmless)."""
+    that no worker picked up for a while are dispatched again (claims make duplicates harmless).
+    A job is re-sent at most once per FINE_TUNING_REDISPATCH_SECONDS: its dispatched_at moves, not
+    its queued_at (its place in the queue), so a busy GPU does not pile up copies of its message."""
     now = timezone.now()
     requeued = []
-    for job in FineTuningJob.all_orgs.filter(status=Status.RUNNING, lease_expires_at__lt=now):
+    expired = FineTuningJob.all_orgs.select_for_update(skip_locked=True).filter(
+        status=Status.RUNNING, lease_expires_at__lt=now
+    )
+    for job in expired:
+        if job.attempts >= settings.FINE_TUNING_MAX_ATTEMPTS:
+            _fail_locked(
+                job,
+                "too_many_interruptions",
+                f"The job's worker stopped answering {job.attempts} times; it is not retried again. "
+                "Its last checkpoint is kept: create a new job to train on.",
+            )
+            continue
         if FineTuningJob.all_orgs.filter(pk=job.pk, status=Status.RUNNING, lease_expires_at__lt=now).update(
-            status=Status.QUEUED, lease_owner="", queued_at=now
+            status=Status.QUEUED, lease_owner="", queued_at=now, dispatched_at=now
         ):
             event(
                 job.pk,
@@ -296,8 +388,19 @@ def requeue_expired() -> list[FineTuningJob]:
             )
             requeued.append(job)
     stale = now - timedelta(seconds=settings.FINE_TUNING_REDISPATCH_SECONDS)
-    for job in [*requeued, *FineTuningJob.all_orgs.filter(status=Status.QUEUED, queued_at__lt=stale)]:
-        dispatch(job)
+    waiting = FineTuningJob.all_orgs.filter(status=Status.QUEUED, queued_at__lt=stale).filter(
+        Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=stale)
+    )
+    for job in waiting:
+        # Conditional, so two reapers cannot both send it.
+        if (
+            FineTuningJob.all_orgs.filter(pk=job.pk, status=Status.QUEUED)
+            .filter(Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=stale))
+            .update(dispatched_at=now)
+        ):
+            requeued.append(job)
+    for job in requeued:
+        transaction.on_commit(lambda job=job: dispatch(job))
     return requeued
 
 

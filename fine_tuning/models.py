@@ -134,6 +134,11 @@ class FineTuningJob(TenantModel):
     estimated_tokens = models.BigIntegerField(default=0)
     trained_tokens = models.BigIntegerField(null=True, blank=True)
     progress = models.FloatField(default=0.0)
+    evaluation = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="Validation before and after: {validation: {source, examples}, base: {...}, fine_tuned: {...}}",
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -142,6 +147,7 @@ class FineTuningJob(TenantModel):
     )
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     queued_at = models.DateTimeField(null=True, blank=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True, help_text="When a worker was last woken for it.")
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     estimated_finish = models.DateTimeField(null=True, blank=True)

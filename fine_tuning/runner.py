@@ -21,10 +21,8 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.files.storage import default_storage
-from django.db import transaction
 from django.utils import timezone
 
-from catalog.models import FineTunedModel
 from compute import services as compute
 from compute import worker_signals
 from fine_tuning import jobs
@@ -161,6 +159,24 @@ def _run_claimed(job: FineTuningJob, worker: str) -> str:
     stderr_tail: deque[str] = deque(maxlen=50)  # the last lines, for a failure message
     threading.Thread(target=stderr_tail.extend, args=(process.stderr,), daemon=True).start()
     renew_every = max(1.0, settings.FINE_TUNING_LEASE_SECONDS / 3)
+    try:
+        ended = _supervise(job, worker, process, lines, renew_every)
+    finally:
+        if process.poll() is None:
+            # The supervision itself failed (say the database went away): never leave a trainer
+            # running unsupervised while the reaper hands the job to another worker.
+            process.kill()
+            process.wait()
+    if ended is None:
+        return "lease lost"
+    code, done, last_error, stop_sent = ended
+    return _finish(job, worker, code, done, last_error or "".join(list(stderr_tail)[-5:]).strip()[-500:], stop_sent)
+
+
+def _supervise(job: FineTuningJob, worker: str, process, lines: queue.Queue, renew_every: float):
+    """Follow the trainer to its end: record its lines, renew the lease, pass on cancel and pause.
+    Returns (exit code, done line, last error, stop sent), or None when this worker lost the lease
+    (the caller then stops the trainer)."""
     next_renewal, stop_sent, last_error, done = time.monotonic() + renew_every, "", None, None
     next_stop_check = time.monotonic() + STOP_CHECK_SECONDS
     while True:
@@ -169,34 +185,39 @@ def _run_claimed(job: FineTuningJob, worker: str) -> str:
         except queue.Empty:
             line = ""
         if line is None:
-            break
-        if line.startswith("{"):
-            try:
-                message = json.loads(line)
-            except json.JSONDecodeError:
-                message = None
-            if message:
-                last_error = message.get("message") if message.get("type") == "error" else last_error
-                done = message if message.get("type") == "done" else done
-                _record(job, message)
+            return process.wait(), done, last_error, stop_sent
+        message = _message(line)
+        if message:
+            last_error = message.get("message") if message.get("type") == "error" else last_error
+            done = message if message.get("type") == "done" else done
+            if not _record(job, message, worker):
+                break
         if time.monotonic() >= next_renewal:
             next_renewal = time.monotonic() + renew_every
             if not jobs.renew(job.pk, worker):
-                log.warning("lost the lease of %s; stopping its trainer", job.pk)
-                process.kill()
-                process.wait()
-                return "lease lost"
+                break
         if not stop_sent and time.monotonic() >= next_stop_check:
             next_stop_check = time.monotonic() + STOP_CHECK_SECONDS
             wanted = FineTuningJob.all_orgs.filter(pk=job.pk).values_list("stop_requested", flat=True).first()
             if wanted:  # cancel or pause: the trainer checkpoints and exits after its current step
                 process.send_signal(signal.SIGTERM)
                 stop_sent = wanted
-    code = process.wait()
-    return _finish(job, worker, code, done, last_error or "".join(list(stderr_tail)[-5:]).strip()[-500:], stop_sent)
+    log.warning("lost the lease of %s; stopping its trainer", job.pk)
+    return None
 
 
-def _record(job: FineTuningJob, message: dict) -> None:
+def _message(line: str) -> dict | None:
+    if not line.startswith("{"):
+        return None
+    try:
+        message = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return message if isinstance(message, dict) else None
+
+
+def _record(job: FineTuningJob, message: dict, worker: str) -> bool:
+    """Record one trainer line; False if this worker no longer holds the job's lease."""
     kind = message.get("type")
     org = job.organization_id
     if kind == "started":
@@ -230,11 +251,14 @@ def _record(job: FineTuningJob, message: dict) -> None:
             data=data,
         )
         eta = message.get("eta_seconds")
-        FineTuningJob.all_orgs.filter(pk=job.pk).update(
-            progress=message["step"] / message["total_steps"],
-            trained_tokens=message["trained_tokens"],
-            train_seconds=message["train_seconds"],
-            estimated_finish=timezone.now() + timedelta(seconds=eta) if eta is not None else None,
+        # Guarded by the lease: a run the reaper gave away writes no progress over the new run's.
+        return bool(
+            FineTuningJob.all_orgs.filter(pk=job.pk, lease_owner=worker, status=Status.RUNNING).update(
+                progress=message["step"] / message["total_steps"],
+                trained_tokens=message["trained_tokens"],
+                train_seconds=message["train_seconds"],
+                estimated_finish=timezone.now() + timedelta(seconds=eta) if eta is not None else None,
+            )
         )
     elif kind == "validation":
         jobs.event(
@@ -252,58 +276,59 @@ def _record(job: FineTuningJob, message: dict) -> None:
             defaults={"metrics": message.get("metrics") or {}, "path": message["path"]},
         )
         jobs.event(job.pk, org, f"Checkpoint saved at step {message['step']}")
+    elif kind == "validation_split":
+        evaluation = {"validation": {"source": "split", "examples": message["held_out"]}}
+        FineTuningJob.all_orgs.filter(pk=job.pk).update(evaluation=evaluation)
+        jobs.event(
+            job.pk,
+            org,
+            f"No validation file: {message['held_out']} of the training examples are held out to measure the "
+            f"model before and after ({message['training']} train)",
+            data=message,
+        )
+    elif kind == "evaluation":
+        base, tuned = message["base"], message["fine_tuned"]
+        validation = {"source": message["source"], "examples": message["examples"]}
+        FineTuningJob.all_orgs.filter(pk=job.pk).update(
+            evaluation={"validation": validation, "base": base, "fine_tuned": tuned}
+        )
+        jobs.event(
+            job.pk,
+            org,
+            f"Validation loss {base['valid_loss']:.4f} (base model) -> {tuned['valid_loss']:.4f} (fine-tuned); token "
+            f"accuracy {base['valid_mean_token_accuracy']:.1%} -> {tuned['valid_mean_token_accuracy']:.1%}",
+            kind="metrics",
+            data=message,
+        )
+    elif kind == "warning":
+        jobs.event(job.pk, org, message["message"], level="warning", data={"code": message.get("code")})
     elif kind == "error":
         jobs.event(job.pk, org, f"Trainer error: {message['message']}", level="error")
+    return True
 
 
 def _finish(job: FineTuningJob, worker: str, code: int, done: dict | None, error: str, stop: str) -> str:
-    with transaction.atomic():
-        row = FineTuningJob.objects.select_for_update().get(pk=job.pk)
-        if row.lease_owner != worker or row.status != Status.RUNNING:
-            return row.status  # someone else owns it now; their run decides
-        now = timezone.now()
-        row.lease_owner, row.lease_expires_at, row.stop_requested = "", None, ""
-        if code == 0 and done:
-            row.fine_tuned_model = _publish(row, Path(done["adapter_dir"]))
-            row.status, row.finished_at, row.progress = Status.SUCCEEDED, now, 1.0
-            row.trained_tokens, row.train_seconds = done["trained_tokens"], done["train_seconds"]
-            jobs.event(row.pk, row.organization_id, f"New fine-tuned model created: {row.fine_tuned_model}")
-            jobs.event(row.pk, row.organization_id, "The job has successfully completed")
-        elif stop == "cancel":
-            row.status, row.finished_at = Status.CANCELLED, now
-            jobs.event(row.pk, row.organization_id, "Job cancelled")
-        elif stop == "pause":
-            row.status = Status.PAUSED
-            jobs.event(row.pk, row.organization_id, "Job paused at its last checkpoint")
-        else:
-            row.status, row.finished_at = Status.FAILED, now
-            row.error = {
-                "code": "training_failed",
-                "param": None,
-                "message": f"Training failed (exit code {code}): {error or 'no message'}",
-            }
-            jobs.event(
-                row.pk, row.organization_id, row.error["message"], level="error", data={"error_code": "training_failed"}
-            )
-        row.save()
-        return row.status
+    """Publish the adapter of a successful run (copied before any lock is taken), then let the job's
+    state machine end the run."""
+    outcome = jobs.Outcome(code=code, stop=stop, error=error)
+    if code == 0 and done:
+        outcome = jobs.Outcome(
+            code=0,
+            trained_tokens=done["trained_tokens"],
+            train_seconds=done["train_seconds"],
+            fine_tuned_model=_publish(job, Path(done["adapter_dir"])),
+        )
+    return jobs.finish(job.pk, worker=worker, outcome=outcome)
 
 
 def _publish(job: FineTuningJob, adapter: Path) -> str:
-    """Copy the adapter into the store the runtimes load from, and register the model."""
+    """Copy the adapter into the store the runtimes load from (staged, then renamed into place, so
+    a runtime never sees half an adapter); the model's id. Registering it is the job's finish."""
     destination = settings.ADAPTER_STORE / job.pk
-    if destination.exists():
-        shutil.rmtree(destination)
-    shutil.copytree(adapter, destination)
+    staging = settings.ADAPTER_STORE / f".staging-{job.pk}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(adapter, staging)
+    shutil.rmtree(destination, ignore_errors=True)
+    staging.rename(destination)
     slug = Organization.objects.get(pk=job.organization_id).slug
-    model_id = f"ft:{job.base_model_id}:{slug}:{job.suffix}:{job.pk.removeprefix('ftjob-')[:8]}"
-    FineTunedModel.all_orgs.update_or_create(
-        id=model_id,
-        defaults={
-            "organization_id": job.organization_id,
-            "base_model_id": job.base_model_id,
-            "job_id": job.pk,
-            "adapter_path": job.pk,
-        },
-    )
-    return model_id
+    return f"ft:{job.base_model_id}:{slug}:{job.suffix}:{job.pk.removeprefix('ftjob-')[:8]}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 
 from django.conf import settings
@@ -18,6 +19,8 @@ from fine_tuning.models import Dataset, DatasetVersion, File, new_file_id
 from tenancy import audit
 from tenancy.audit import Actor
 from tenancy.services import Conflict, ServiceError
+
+log = logging.getLogger("fine_tuning")
 
 
 def _key_for(organization_id: int, file_id: str) -> str:
@@ -78,13 +81,22 @@ def validate_file(file_id: str) -> File:
     if row.status != File.Status.UPLOADED:
         return row
     model = reference_model()
-    with default_storage.open(row.storage_key, "rb") as stream:
-        report = datafile.validate(
-            stream,
-            tokenizer=_tokenizer(model.pk),
-            max_tokens_per_example=model.context_length,
-            max_line_bytes=settings.FINE_TUNING_MAX_LINE_BYTES,
+    try:
+        with default_storage.open(row.storage_key, "rb") as stream:
+            report = datafile.validate(
+                stream,
+                tokenizer=_tokenizer(model.pk),
+                max_tokens_per_example=model.context_length,
+                max_line_bytes=settings.FINE_TUNING_MAX_LINE_BYTES,
+            )
+    except Exception as error:  # a file must never stay "uploaded" forever: it ends in error, with the reason
+        log.exception("validating %s failed", file_id)
+        File.objects.filter(pk=file_id, status=File.Status.UPLOADED).update(
+            status=File.Status.ERROR,
+            status_details=f"The file could not be validated: {type(error).__name__}: {error}"[:1000],
+            validated_at=timezone.now(),
         )
+        return File.objects.get(pk=file_id)
     details = report.summary()
     File.objects.filter(pk=file_id, status=File.Status.UPLOADED).update(
         status=File.Status.PROCESSED if report.ok else File.Status.ERROR,

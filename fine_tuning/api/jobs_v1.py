@@ -46,6 +46,7 @@ def job_object(job: FineTuningJob, position: int | None = None) -> dict:
         "attempts": job.attempts,
         "effective_training_time": job.effective_training_time,
         "dataset_version": job.dataset_version_id,
+        "evaluation": job.evaluation,
     }
 
 

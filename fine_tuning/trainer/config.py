@@ -16,7 +16,7 @@ class LoraSettings:
     r: int = 8
     alpha: int = 16
     dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    target_modules: list[str] | str = "all-linear"  # a list of module names, or PEFT's "all-linear"
 
 
 @dataclass
@@ -27,6 +27,8 @@ class TrainerConfig:
     cache_dir: str = "var/models"
     chat_template: str | None = None
     validation_file: str | None = None
+    # Without a validation file, hold some training examples out (data.split_validation's rule).
+    auto_validation: bool = True
     n_epochs: int = 3
     batch_size: int = 4
     learning_rate: float = 2e-4

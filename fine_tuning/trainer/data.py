@@ -3,15 +3,15 @@ only, and packing of short examples into sequences that never attend across exam
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 
 import torch
 
-from fine_tuning.datafile import as_chat
+from fine_tuning.datafile import BadLine, as_chat, parse_line, read_lines
 
 IGNORE = -100
+MAX_LINE_BYTES = 64 << 20  # the upload limit of a line is lower; this only bounds memory
 
 
 @dataclass
@@ -52,17 +52,23 @@ class ExampleError(ValueError):
 
 
 def read_examples(path: str, tokenizer, max_len: int, *, label: str = "training") -> list[Encoded]:
+    """The file's examples, read exactly as the upload validator read them (datafile.read_lines and
+    parse_line: the same bytes, the same line breaks, the same decoding)."""
     examples = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
+    with open(path, "rb") as handle:
+        for number, raw in read_lines(handle, MAX_LINE_BYTES):
             try:
-                encoded = encode(tokenizer, as_chat(json.loads(line)), max_len)
+                if raw is None:
+                    raise BadLine("line_too_long", "the line is too long")
+                example = parse_line(number, raw)
+                if example is None:
+                    continue
+                encoded = encode(tokenizer, as_chat(example), max_len)
             except Exception as error:
                 # Files are validated at upload, so this means the file or the base model's template
                 # changed since: say which example, not just the exception.
-                raise ExampleError(f"{label} file, line {number}: {type(error).__name__}: {error}") from error
+                reason = error.message if isinstance(error, BadLine) else f"{type(error).__name__}: {error}"
+                raise ExampleError(f"{label} file, line {number}: {reason}") from error
             if any(encoded.trainable):
                 examples.append(encoded)
     return examples
@@ -84,14 +90,35 @@ def pack(examples: list[Encoded], order: list[int], max_len: int) -> list[list[i
     return bins
 
 
-def epoch_bins(examples: list[Encoded], epoch: int, seed: int, max_len: int) -> list[list[int]]:
+def epoch_batches(
+    examples: list[Encoded], epoch: int, seed: int, batch_size: int, max_len: int
+) -> list[list[list[int]]]:
+    """One epoch's optimizer steps. `batch_size` counts examples, as OpenAI's does: the examples are
+    shuffled (reproducibly per epoch), cut into batches of batch_size examples, and each batch is
+    packed into rows of up to max_len tokens. Packing only saves padding; it never changes how many
+    examples a step learns from, so steps per epoch = ceil(examples / batch_size)."""
     generator = torch.Generator().manual_seed(seed * 1000 + epoch)
     order = torch.randperm(len(examples), generator=generator).tolist()
-    return pack(examples, order, max_len)
+    return [pack(examples, order[i : i + batch_size], max_len) for i in range(0, len(order), batch_size)]
 
 
-def steps_per_epoch(n_bins: int, batch_size: int) -> int:
-    return math.ceil(n_bins / batch_size)
+AUTO_VALIDATION_MIN_EXAMPLES = 100
+
+
+def split_validation(examples: list[Encoded], seed: int) -> tuple[list[Encoded], list[Encoded]]:
+    """The automatic validation split, for a job without a validation file: from 100 examples on,
+    10 % of them (at least 10, at most 1,000), drawn reproducibly from the seed, are held out to
+    measure the model before and after training. Smaller datasets keep every example for training."""
+    if len(examples) < AUTO_VALIDATION_MIN_EXAMPLES:
+        return examples, []
+    held = max(10, min(1000, len(examples) // 10))
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
+    chosen = set(order[:held])
+    return [e for i, e in enumerate(examples) if i not in chosen], [examples[i] for i in order[:held]]
+
+
+def steps_per_epoch(examples: int, batch_size: int) -> int:
+    return math.ceil(examples / batch_size)
 
 
 @dataclass

@@ -13,7 +13,16 @@ import torch
 from catalog.loader import load_model
 from fine_tuning.trainer import checkpoint
 from fine_tuning.trainer.config import TrainerConfig
-from fine_tuning.trainer.data import IGNORE, ExampleError, collate, epoch_bins, read_examples, steps_per_epoch
+from fine_tuning.trainer.data import (
+    IGNORE,
+    ExampleError,
+    collate,
+    epoch_batches,
+    pack,
+    read_examples,
+    split_validation,
+    steps_per_epoch,
+)
 
 
 def emit(kind: str, **data) -> None:
@@ -52,19 +61,47 @@ def _schedule(total_steps: int, warmup_ratio: float):
     return factor
 
 
+EVAL_ROWS = 8  # packed rows per evaluation forward pass
+
+
 def _evaluate(model, examples, config, pad_id) -> dict:
-    bins = epoch_bins(examples, 0, config.seed, config.max_seq_len)
+    rows = pack(examples, list(range(len(examples))), config.max_seq_len)
     total_loss = total_correct = total = 0.0
     model.eval()
     with torch.no_grad():
-        for start in range(0, len(bins), config.batch_size):
-            batch = collate(examples, bins[start : start + config.batch_size], pad_id)
+        for start in range(0, len(rows), EVAL_ROWS):
+            batch = collate(examples, rows[start : start + EVAL_ROWS], pad_id)
             loss, accuracy, count = _loss(model, batch)
             total_loss += float(loss) * count
             total_correct += accuracy * count
             total += count
     model.train()
     return {"valid_loss": total_loss / max(total, 1), "valid_mean_token_accuracy": total_correct / max(total, 1)}
+
+
+def _before_and_after(model, validation, config, pad_id, valid_losses: list[float], train_losses: list[float]) -> None:
+    """Did it help? The validation set scored by the base model (the adapter switched off) and by
+    the fine-tuned one; and a warning when validation loss rose while training loss fell."""
+    with model.disable_adapter():
+        base = _evaluate(model, validation, config, pad_id)
+    tuned = _evaluate(model, validation, config, pad_id)
+    emit(
+        "evaluation",
+        source="file" if config.validation_file else "split",
+        examples=len(validation),
+        base={k: round(v, 5) for k, v in base.items()},
+        fine_tuned={k: round(v, 5) for k, v in tuned.items()},
+    )
+    if len(valid_losses) >= 2:
+        best = min(range(len(valid_losses)), key=valid_losses.__getitem__)
+        if valid_losses[-1] > valid_losses[best] * 1.05 and train_losses[-1] < train_losses[best]:
+            emit(
+                "warning",
+                code="overfitting",
+                message=f"Validation loss rose from {valid_losses[best]:.4f} to {valid_losses[-1]:.4f} while "
+                f"training loss fell from {train_losses[best]:.4f} to {train_losses[-1]:.4f}: the model may be "
+                "memorising the training examples. Fewer epochs or more data may help.",
+            )
 
 
 def run(config: TrainerConfig) -> int:
@@ -99,7 +136,11 @@ def run(config: TrainerConfig) -> int:
     if not examples:
         emit("error", message="no trainable examples in the training file")
         return 2
-    per_epoch = steps_per_epoch(len(epoch_bins(examples, 0, config.seed, config.max_seq_len)), config.batch_size)
+    if not validation and config.auto_validation:
+        examples, validation = split_validation(examples, config.seed)
+        if validation:
+            emit("validation_split", held_out=len(validation), training=len(examples))
+    per_epoch = steps_per_epoch(len(examples), config.batch_size)
     total_steps = per_epoch * config.n_epochs
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=config.learning_rate, weight_decay=0.0
@@ -123,8 +164,10 @@ def run(config: TrainerConfig) -> int:
         trainable_parameters=trainable,
         model_load_seconds=round(loaded.seconds, 2),
     )
-    bins_cache: dict[int, list] = {}
+    batches: dict[int, list] = {}  # epoch -> its steps' packed rows
     metrics: dict = {}
+    valid_losses: list[float] = []  # at each validation during this run, with the training loss then
+    train_losses: list[float] = []
     saved_step = step  # the step the newest checkpoint on disk holds
 
     def save_checkpoint() -> None:
@@ -148,8 +191,9 @@ def run(config: TrainerConfig) -> int:
             emit("stopped", step=step)
             return 143
         epoch, index = divmod(step, per_epoch)
-        bins = bins_cache.setdefault(epoch, epoch_bins(examples, epoch, config.seed, config.max_seq_len))
-        batch = collate(examples, bins[index * config.batch_size : (index + 1) * config.batch_size], pad_id)
+        if epoch not in batches:
+            batches = {epoch: epoch_batches(examples, epoch, config.seed, config.batch_size, config.max_seq_len)}
+        batch = collate(examples, batches[epoch][index], pad_id)
         started = time.perf_counter()
         loss, accuracy, _ = _loss(model, batch)
         loss.backward()
@@ -182,8 +226,12 @@ def run(config: TrainerConfig) -> int:
             scores = _evaluate(model, validation, config, pad_id)
             metrics.update({k: round(v, 5) for k, v in scores.items()})
             emit("validation", **metrics)  # metrics carries the step
+            valid_losses.append(metrics["valid_loss"])
+            train_losses.append(metrics["train_loss"])
         if step % config.checkpoint_every == 0 and step < total_steps:
             save_checkpoint()
+    if validation:
+        _before_and_after(model, validation, config, pad_id, valid_losses, train_losses)
     adapter_dir = output / "adapter"
     model.save_pretrained(adapter_dir, safe_serialization=True)
     emit(

@@ -40,7 +40,11 @@ class BaseModel(models.Model):
     source = models.JSONField(help_text='Where the weights are, e.g. {"format": "gguf", "path": "/models/x.gguf"}.')
     chat_template = models.TextField(blank=True, help_text="Jinja chat template; empty means the model's own.")
     fine_tunable = models.BooleanField(default=False)
-    default_lora_targets = models.JSONField(default=list, blank=True, help_text='e.g. ["q_proj", "v_proj"]')
+    default_lora_targets = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='LoRA targets for "auto", e.g. ["q_proj", "v_proj"]; empty: every linear layer.',
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     visibility = models.CharField(max_length=16, choices=Visibility.choices, default=Visibility.PUBLIC)
     allowed_organizations = models.ManyToManyField("tenancy.Organization", blank=True, related_name="+")

@@ -241,6 +241,8 @@ WORKER_HEARTBEAT_SECONDS = env.integer("WORKER_HEARTBEAT_SECONDS", 15)
 # requeued by the reaper and resumes from its last checkpoint.
 FINE_TUNING_LEASE_SECONDS = env.integer("FINE_TUNING_LEASE_SECONDS", 60)
 FINE_TUNING_REDISPATCH_SECONDS = env.integer("FINE_TUNING_REDISPATCH_SECONDS", 120)
+# A job whose worker stopped answering this many times fails with the reason instead of a new try.
+FINE_TUNING_MAX_ATTEMPTS = env.integer("FINE_TUNING_MAX_ATTEMPTS", 5)
 FINE_TUNING_CHECKPOINT_EVERY = env.integer("FINE_TUNING_CHECKPOINT_EVERY", 10)
 FINE_TUNING_WORK_DIR = Path(env.get("FINE_TUNING_WORK_DIR", str(VAR_DIR / "fine_tuning")))
 ADAPTER_STORE = Path(env.get("ADAPTER_STORE", str(MEDIA_ROOT / "adapters")))

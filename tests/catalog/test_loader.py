@@ -16,7 +16,7 @@ def demo_spec() -> dict:
 @pytest.mark.django_db
 def test_demo_model_is_registered_from_the_installed_distribution():
     model = BaseModel.objects.get(pk=DEMO_ID)
-    assert model.fine_tunable and model.default_lora_targets == ["q_proj", "v_proj"]
+    assert model.fine_tunable and model.default_lora_targets == []  # "auto": every linear layer
     source = resolve_source(model.source)
     assert source.format == "gguf" and source.path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert "site-packages" in str(source.path) and source.path.stat().st_size > 50_000_000

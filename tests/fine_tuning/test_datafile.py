@@ -43,6 +43,17 @@ def with_line(line_number: int, bad) -> bytes:
 
 CORPUS = {
     "empty file": (b"", 0, "empty_file"),
+    "a role that is not a string": (
+        with_line(3, {"messages": [{"role": ["user"], "content": "a"}]}),
+        3,
+        "unrecognized_role",
+    ),
+    "json nested a thousand deep": (
+        with_line(4, '{"messages": ' + "[" * 1000 + "]" * 1000 + "}"),
+        4,
+        "too_deeply_nested",
+    ),
+    "json nested forty deep": (with_line(5, '{"messages": ' + "[" * 40 + "]" * 40 + "}"), 5, "too_deeply_nested"),
     "json array": (json.dumps(good()).encode(), 1, "json_array_not_jsonl"),
     "latin-1 bytes": (
         with_line(3, "").replace(b"\n\n", b'\n{"prompt": "caf\xe9", "completion": "x"}\n', 1),
@@ -133,3 +144,43 @@ def test_errors_are_capped_but_counted(tokenizer):
     report = datafile.validate(io.BytesIO(jsonl(["oops"] * 250)), tokenizer=tokenizer)
     assert report.error_count == 251 and len(report.errors) == 100  # 250 lines + too few examples
     assert report.summary().endswith("and 248 more errors")
+
+
+def test_the_trainer_reads_exactly_what_the_validator_accepted(tokenizer, tmp_path):
+    """A byte-order mark on line 1 and a bare carriage return inside a line: the validator accepts
+    the file, and the trainer reads the same examples from it (it used to choke on both)."""
+    from fine_tuning.trainer.data import read_examples
+
+    rows = good()
+    body = jsonl(rows).replace(b'"Say 3"', b'"Say\\r 3"').replace(b"{", b"{\r", 1)
+    content = b"\xef\xbb\xbf" + body.replace(b'"system", "content"', b'"system",\r "content"')
+    assert b"\r" in content
+    report = datafile.validate(io.BytesIO(content), tokenizer=tokenizer, max_tokens_per_example=2048)
+    assert report.ok and report.examples == len(rows), report.errors
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(content)
+    assert len(read_examples(str(path), tokenizer, 256)) == len(rows)
+
+
+def test_a_validation_that_crashes_leaves_the_file_in_error_with_the_reason(
+    tenant_a, django_capture_on_commit_callbacks
+):
+    """Whatever goes wrong inside validation, the file ends in `error` with the reason — never
+    `uploaded` forever. (Here the stored file vanished before the task ran.)"""
+    from django.core.files.storage import default_storage
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from fine_tuning import services
+    from fine_tuning.models import File
+    from tests.conftest import key_client
+
+    client = key_client(tenant_a.key(scopes=["files"]))
+    upload = SimpleUploadedFile("data.jsonl", jsonl(good()))
+    with django_capture_on_commit_callbacks(execute=False):
+        file_id = client.post("/v1/files", {"file": upload, "purpose": "fine-tune"}, format="multipart").json()["id"]
+    default_storage.delete(File.all_orgs.get(pk=file_id).storage_key)
+    from tenancy import scope
+
+    with scope.organization(tenant_a.org.pk):  # as the validation task runs
+        row = services.validate_file(file_id)
+    assert row.status == "error" and row.status_details.startswith("The file could not be validated: ")

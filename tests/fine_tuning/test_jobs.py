@@ -10,16 +10,9 @@ from fine_tuning.models import FineTuningJob
 from tests.conftest import DEMO_MODEL, key_client
 from tests.fine_tuning.test_trainer import fact_rows
 
-FAST = {
-    "n_epochs": 6,
-    "batch_size": 4,
-    "learning_rate_multiplier": 15,
-    "lora_r": 16,
-    "lora_alpha": 32,
-    "lora_dropout": 0,
-    "lora_target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "max_seq_len": 128,
-}
+# For the tests about the job machinery (kills, pauses) rather than learning: fewer, larger steps
+# than "auto" would take. Tests that check the model learned run with every hyperparameter "auto".
+FAST = {"n_epochs": 6, "batch_size": 4, "max_seq_len": 128}
 
 
 def fact_upload(n: int = 12) -> SimpleUploadedFile:
@@ -43,7 +36,6 @@ def tuned(tenant_a, django_capture_on_commit_callbacks, settings):
                 "training_file": file_id,
                 "suffix": "Vault Bot",
                 "seed": 7,
-                "method": {"type": "supervised", "supervised": {"hyperparameters": FAST}},
             },
             format="json",
         )
@@ -56,23 +48,31 @@ def test_job_trains_and_registers_a_model_for_its_organization_only(tuned, tenan
     assert created.status_code == 200, created.content
     body = created.json()
     assert body["object"] == "fine_tuning.job" and body["status"] == "validating_files"
-    assert body["estimated_tokens"] > 0 and body["hyperparameters"]["n_epochs"] == 6
+    # Everything "auto": 12 examples -> 9 epochs (examples x epochs >= 100), batch size 1.
+    assert body["estimated_tokens"] > 0 and body["hyperparameters"]["n_epochs"] == 9
+    assert body["hyperparameters"]["batch_size"] == 1 and body["hyperparameters"]["lora_target_modules"] == "all-linear"
     job = client.get(f"/v1/fine_tuning/jobs/{body['id']}").json()
     assert job["status"] == "succeeded", job
     assert job["fine_tuned_model"].startswith(f"ft:{DEMO_MODEL}:alpha:vault-bot:")
     assert job["trained_tokens"] > 0 and job["finished_at"] >= job["created_at"] and job["error"] is None
     assert job["attempts"] == 1 and 0 < job["effective_training_time"] <= 1
-    events = client.get(f"/v1/fine_tuning/jobs/{body['id']}/events?limit=100").json()["data"]
+    events, after = [], ""
+    while True:  # every page, newest first
+        page = client.get(f"/v1/fine_tuning/jobs/{body['id']}/events?limit=100{after}").json()
+        events += page["data"]
+        if not page["has_more"]:
+            break
+        after = f"&after={page['data'][-1]['id']}"
     losses = [
         e["data"]["train_loss"]
         for e in reversed(events)
         if e["type"] == "metrics" and "train_loss" in (e["data"] or {})
     ]
-    assert len(losses) == 12 and losses[-1] < losses[0] / 5
+    assert len(losses) == 108 and sum(losses[-5:]) / 5 < losses[0] / 10  # 9 epochs x 12 steps
     assert events[0]["message"] == "The job has successfully completed"
     checkpoints = client.get(f"/v1/fine_tuning/jobs/{body['id']}/checkpoints").json()["data"]
-    assert [c["step_number"] for c in checkpoints] == [8, 4]
-    assert checkpoints[0]["fine_tuned_model_checkpoint"] == f"{job['fine_tuned_model']}:ckpt-step-8"
+    assert [c["step_number"] for c in checkpoints][:3] == [104, 100, 96]  # every 4 steps, newest first
+    assert checkpoints[0]["fine_tuned_model_checkpoint"] == f"{job['fine_tuned_model']}:ckpt-step-104"
     assert "train_loss" in checkpoints[0]["metrics"]
     listed = [m["id"] for m in client.get("/v1/models").json()["data"]]
     assert job["fine_tuned_model"] in listed
@@ -88,6 +88,22 @@ def test_job_trains_and_registers_a_model_for_its_organization_only(tuned, tenan
     deleted = client.delete(f"/v1/models/{job['fine_tuned_model']}")
     assert deleted.json() == {"id": job["fine_tuned_model"], "object": "model", "deleted": True}
     assert job["fine_tuned_model"] not in [m["id"] for m in client.get("/v1/models").json()["data"]]
+
+    # Training usage: one ledger row for the job, with its trained tokens; a retried finish (the
+    # same outcome again, as after a worker crash between commit and acknowledgement) adds none.
+    from billing.models import UsageEvent
+    from fine_tuning import jobs
+
+    rows = list(UsageEvent.all_orgs.filter(endpoint="fine_tuning.jobs"))
+    assert [(r.request_id, r.training_tokens, r.outcome, r.model) for r in rows] == [
+        (f"train:{body['id']}", job["trained_tokens"], "ok", job["fine_tuned_model"])
+    ]
+    assert rows[0].organization_id == body_org(client) and str(rows[0].api_key_id) == created_key(body["id"])
+    FineTuningJob.all_orgs.filter(pk=body["id"]).update(status="running", lease_owner="w")  # as if not yet finished
+    again = jobs.Outcome(code=0, trained_tokens=10**6, train_seconds=1.0, fine_tuned_model=job["fine_tuned_model"])
+    assert jobs.finish(body["id"], worker="w", outcome=again) == "succeeded"
+    assert UsageEvent.all_orgs.filter(endpoint="fine_tuning.jobs").count() == 1
+    assert UsageEvent.all_orgs.get(endpoint="fine_tuning.jobs").training_tokens == job["trained_tokens"]
 
 
 def test_bad_job_requests_are_refused_at_create(tenant_a, tenant_b, django_capture_on_commit_callbacks):
@@ -176,3 +192,128 @@ def test_queue_positions_in_one_query(tenant_a, django_assert_num_queries):
     assert positions == {created[1].pk: 1, created[2].pk: 2}
     listed = key_client(tenant_a.key(scopes=["fine_tuning"])).get("/v1/fine_tuning/jobs").json()["data"]
     assert {j["id"]: j["queue_position"] for j in listed} == {created[0].pk: None, created[1].pk: 1, created[2].pk: 2}
+
+
+def body_org(client) -> int:
+    from tenancy.models import Organization
+
+    return Organization.objects.get(slug="alpha").pk
+
+
+def created_key(job_id: str) -> str:
+    return str(FineTuningJob.all_orgs.get(pk=job_id).created_by_key_id)
+
+
+def test_a_job_cancelled_before_it_ran_is_metered_with_no_tokens(tenant_a, django_capture_on_commit_callbacks):
+    from billing.models import UsageEvent
+    from fine_tuning import jobs
+    from tenancy.audit import Actor
+
+    client = key_client(tenant_a.key(scopes=["files", "fine_tuning"]))
+    with django_capture_on_commit_callbacks(execute=True):
+        file_id = client.post("/v1/files", {"file": fact_upload(), "purpose": "fine-tune"}, format="multipart").json()[
+            "id"
+        ]
+    with django_capture_on_commit_callbacks(execute=False):  # created and queued, never dispatched
+        job_id = client.post(
+            "/v1/fine_tuning/jobs", {"model": DEMO_MODEL, "training_file": file_id}, format="json"
+        ).json()["id"]
+    jobs.cancel(job_id, organization_id=tenant_a.org.pk, actor=Actor(user=tenant_a.owner))
+    row = UsageEvent.all_orgs.get(request_id=f"train:{job_id}")
+    assert (row.training_tokens, row.outcome) == (0, "cancelled")
+
+
+def test_the_reaper_resends_a_waiting_job_once_per_interval(tenant_a, django_capture_on_commit_callbacks, settings):
+    """A queued job no worker took is re-sent once per FINE_TUNING_REDISPATCH_SECONDS, not on every
+    tick of the reaper (queued_at never moves, so the old rule re-sent it every 15 s)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from fine_tuning import jobs
+
+    client = key_client(tenant_a.key(scopes=["files", "fine_tuning"]))
+    with django_capture_on_commit_callbacks(execute=True):
+        file_id = client.post("/v1/files", {"file": fact_upload(), "purpose": "fine-tune"}, format="multipart").json()[
+            "id"
+        ]
+    with django_capture_on_commit_callbacks(execute=False):
+        job_id = client.post(
+            "/v1/fine_tuning/jobs", {"model": DEMO_MODEL, "training_file": file_id}, format="json"
+        ).json()["id"]
+    long_ago = timezone.now() - timedelta(seconds=settings.FINE_TUNING_REDISPATCH_SECONDS * 3)
+    FineTuningJob.all_orgs.filter(pk=job_id).update(status="queued", queued_at=long_ago)
+    sent = []
+    for _ in range(3):  # three ticks of the reaper in a row
+        with django_capture_on_commit_callbacks(execute=False) as callbacks:
+            jobs.requeue_expired()
+        sent.append(len(callbacks))
+    assert sent == [1, 0, 0]
+    assert FineTuningJob.all_orgs.get(pk=job_id).queued_at == long_ago  # its place in the queue is kept
+
+
+def _queued_job(tenant, django_capture_on_commit_callbacks) -> str:
+    """A job created and left queued (its dispatch not run)."""
+    client = key_client(tenant.key(scopes=["files", "fine_tuning"]))
+    with django_capture_on_commit_callbacks(execute=True):
+        file_id = client.post("/v1/files", {"file": fact_upload(), "purpose": "fine-tune"}, format="multipart").json()[
+            "id"
+        ]
+    with django_capture_on_commit_callbacks(execute=False):
+        job_id = client.post(
+            "/v1/fine_tuning/jobs",
+            {"model": DEMO_MODEL, "training_file": file_id, "hyperparameters": FAST},
+            format="json",
+        ).json()["id"]
+    FineTuningJob.all_orgs.filter(pk=job_id).update(status="queued")
+    return job_id
+
+
+def test_a_job_interrupted_too_often_fails_with_the_reason(tenant_a, django_capture_on_commit_callbacks, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from billing.models import UsageEvent
+    from fine_tuning import jobs
+
+    job_id = _queued_job(tenant_a, django_capture_on_commit_callbacks)
+    FineTuningJob.all_orgs.filter(pk=job_id).update(
+        status="running",
+        lease_owner="gone",
+        lease_expires_at=timezone.now() - timedelta(seconds=1),
+        attempts=settings.FINE_TUNING_MAX_ATTEMPTS,
+    )
+    with django_capture_on_commit_callbacks(execute=False) as sent:
+        jobs.requeue_expired()
+    job = FineTuningJob.all_orgs.get(pk=job_id)
+    assert job.status == "failed" and job.error["code"] == "too_many_interruptions" and len(sent) == 0
+    assert UsageEvent.all_orgs.get(request_id=f"train:{job_id}").outcome == "failed"
+
+
+@pytest.mark.slow
+def test_a_failing_supervisor_never_leaves_its_trainer_running(
+    tenant_a, monkeypatch, settings, django_capture_on_commit_callbacks
+):
+    """The database goes away under the runner (here: renewing the lease raises): the runner fails,
+    and its trainer child is stopped with it instead of training on unsupervised while the reaper
+    gives the job to another worker."""
+    from django.db import OperationalError
+
+    from fine_tuning import jobs, runner
+
+    settings.FINE_TUNING_LEASE_SECONDS = 3  # renew every second
+    job_id = _queued_job(tenant_a, django_capture_on_commit_callbacks)
+    started = []
+    real_start = runner.start_trainer
+    monkeypatch.setattr(runner, "start_trainer", lambda config: started.append(real_start(config)) or started[-1])
+
+    def database_gone(job_id, worker):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(jobs, "renew", database_gone)
+    from tenancy import scope
+
+    with scope.organization(tenant_a.org.pk), pytest.raises(OperationalError):  # as the task runs it
+        runner.run(job_id, worker="test-worker")
+    assert started and started[0].poll() is not None  # the trainer did not outlive its supervisor

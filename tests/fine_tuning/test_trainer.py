@@ -14,7 +14,7 @@ import torch
 from django.conf import settings
 
 from catalog.loader import load_model
-from fine_tuning.trainer.data import collate, encode, epoch_bins, read_examples, steps_per_epoch
+from fine_tuning.trainer.data import collate, encode, epoch_batches, read_examples, steps_per_epoch
 from tests.conftest import DEMO_SOURCE, REPO
 
 pytestmark = pytest.mark.slow
@@ -112,10 +112,10 @@ def test_learns_a_made_up_fact(tmp_path):
     events = lines_until(process)
     assert process.returncode == 0, events[-3:]
     scores = [e for e in events if e["type"] == "validation"]
-    assert [e["step"] for e in scores] == [10, 12]
+    assert [e["step"] for e in scores] == [10, 18]  # 12 examples, batch 4: 3 steps an epoch, 6 epochs
     assert scores[-1]["valid_loss"] < 0.1 and scores[-1]["valid_mean_token_accuracy"] > 0.9
     losses = [e["train_loss"] for e in events if e["type"] == "metrics"]
-    assert len(losses) == 12 and losses[-1] < losses[0] / 10
+    assert len(losses) == 18 and losses[-1] < losses[0] / 10
     done = events[-1]
     assert done["type"] == "done" and done["trained_tokens"] > 0
     adapter = Path(done["adapter_dir"])
@@ -151,11 +151,9 @@ def test_killed_trainer_resumes_from_its_checkpoint_and_counts_tokens_once(tmp_p
     assert steps == list(range(3, events[0]["total_steps"] + 1))  # nothing before the checkpoint is redone
     loaded = load_model(DEMO_SOURCE, settings.MODEL_CACHE_DIR)
     examples = read_examples(str(tmp_path / "train.jsonl"), loaded.tokenizer, 128)
-    expected = 0
-    for epoch in range(2):
-        bins = epoch_bins(examples, epoch, 1, 128)
-        for start_index in range(0, len(bins), 4):
-            expected += collate(examples, bins[start_index : start_index + 4], 0).tokens
+    expected = sum(
+        collate(examples, rows, 0).tokens for epoch in range(2) for rows in epoch_batches(examples, epoch, 1, 4, 128)
+    )
     assert events[-1]["trained_tokens"] == expected
 
 
@@ -207,4 +205,54 @@ def test_a_bad_example_fails_the_job_with_its_line_and_reason(tmp_path):
     events = lines_until(process)
     assert process.returncode == 2
     assert events[-1]["type"] == "error"
-    assert "training file, line 3: JSONDecodeError" in events[-1]["message"]
+    assert "training file, line 3: not valid JSON" in events[-1]["message"]
+
+
+def test_a_step_learns_from_batch_size_examples_whatever_their_lengths():
+    """batch_size counts examples (OpenAI's meaning); packing only fills rows: steps per epoch =
+    ceil(examples / batch_size), every example once per epoch, no row longer than max_seq_len."""
+    from fine_tuning.trainer.data import Encoded
+
+    lengths = [5, 90, 12, 40, 3, 77, 64, 8, 21, 50, 33]
+    examples = [Encoded(list(range(n)), [True] * n) for n in lengths]
+    for batch_size in (1, 3, 4, 11, 20):
+        for epoch in range(3):
+            steps = epoch_batches(examples, epoch, 5, batch_size, 100)
+            assert len(steps) == steps_per_epoch(len(examples), batch_size) == -(-len(examples) // batch_size)
+            seen = [i for rows in steps for row in rows for i in row]
+            assert sorted(seen) == list(range(len(examples)))
+            assert all(len({i for row in rows for i in row}) <= batch_size for rows in steps)
+            assert all(sum(lengths[i] for i in row) <= 100 for rows in steps for row in rows)
+    packed = epoch_batches(examples, 0, 5, 11, 100)
+    assert len(packed) == 1 and len(packed[0]) < 11  # one step, its 11 examples packed into fewer rows
+
+
+def test_without_a_validation_file_a_split_measures_the_model_before_and_after(tmp_path):
+    """From 100 examples on, 10 % are held out; at the end the base model and the fine-tuned one
+    are scored on them."""
+    data = fact_file(tmp_path / "many.jsonl", n=120)
+    process = start(config(tmp_path, training_file=str(data), n_epochs=1, batch_size=8, eval_every=100))
+    events = lines_until(process)
+    assert process.returncode == 0, events[-3:]
+    split = next(e for e in events if e["type"] == "validation_split")
+    assert split == {"type": "validation_split", "held_out": 12, "training": 108}
+    assert next(e for e in events if e["type"] == "started")["total_steps"] == 14  # ceil(108 / 8)
+    evaluation = next(e for e in events if e["type"] == "evaluation")
+    assert evaluation["source"] == "split" and evaluation["examples"] == 12
+    assert evaluation["fine_tuned"]["valid_loss"] < evaluation["base"]["valid_loss"] / 3
+    assert evaluation["fine_tuned"]["valid_mean_token_accuracy"] > evaluation["base"]["valid_mean_token_accuracy"]
+
+
+def test_validation_loss_rising_while_training_loss_falls_is_reported_as_overfitting(tmp_path):
+    """The validation file answers the same questions differently: the better the model learns the
+    training answer, the worse it scores there."""
+    rows = fact_rows(4)
+    for row in rows:
+        row["messages"][-1]["content"] = "The Zorblax vault code is 1-2-3-5."
+    contrary = tmp_path / "contrary.jsonl"
+    contrary.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    process = start(config(tmp_path, validation_file=str(contrary), eval_every=3))
+    events = lines_until(process)
+    assert process.returncode == 0, events[-3:]
+    warning = next(e for e in events if e["type"] == "warning")
+    assert warning["code"] == "overfitting" and "Validation loss rose" in warning["message"]
