@@ -25,6 +25,7 @@ from catalog import selectors as catalog
 from catalog import services as catalog_services
 from catalog.models import BaseModel
 from fine_tuning import hyperparameters as hp
+from fine_tuning import retention
 from fine_tuning.models import DatasetVersion, File, FineTuningJob, JobEvent
 from tenancy import audit
 from tenancy.audit import Actor
@@ -215,7 +216,10 @@ _OUTCOMES = {Status.SUCCEEDED: "ok", Status.FAILED: "failed", Status.CANCELLED: 
 
 def _meter(job: FineTuningJob) -> None:
     """A job that ended writes its trained tokens to the usage ledger, in the transaction that ended
-    it; the ledger is idempotent on the job id, so a retried finish counts nothing twice."""
+    it (the ledger is idempotent on the job id, so a retried finish counts nothing twice), and its
+    work directory is trimmed to what the retention rule keeps once that transaction commits."""
+    job_id = job.pk
+    transaction.on_commit(lambda: retention.trim(job_id))
     billing.record_training(
         job_id=job.pk,
         organization_id=job.organization_id,

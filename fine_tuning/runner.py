@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from compute import services as compute
 from compute import worker_signals
-from fine_tuning import jobs
+from fine_tuning import jobs, retention
 from fine_tuning.hyperparameters import BASE_LEARNING_RATE
 from fine_tuning.models import Checkpoint, FineTuningJob
 from tenancy.models import Organization
@@ -40,7 +40,7 @@ def worker_name() -> str:
 
 
 def job_dir(job: FineTuningJob) -> Path:
-    return settings.FINE_TUNING_WORK_DIR / "jobs" / job.pk
+    return retention.work_dir(job.pk)
 
 
 def write_config(job: FineTuningJob) -> Path:

@@ -24,3 +24,10 @@ def reap_jobs() -> None:
     from fine_tuning import jobs
 
     jobs.requeue_expired()
+
+
+@shared_task(ignore_result=True)
+def sweep_disk() -> None:
+    from fine_tuning import retention
+
+    retention.sweep()

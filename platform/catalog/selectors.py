@@ -24,3 +24,10 @@ def fine_tuned_models(organization_id: int) -> QuerySet:
         .exclude(base_model__status=BaseModel.Status.DISABLED)
         .order_by("-created_at")
     )
+
+
+def deleted_fine_tuned_models() -> QuerySet:
+    """Every organization's deleted fine-tuned models (the retention sweep reclaims their adapters)."""
+    from catalog.models import FineTunedModel
+
+    return FineTunedModel.all_orgs.exclude(deleted_at=None)

@@ -180,6 +180,10 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE: dict = {
     "probe-backends": {"task": "serving.tasks.probe_backends", "schedule": env.integer("BACKEND_PROBE_SECONDS", 15)},
     "requeue-expired-jobs": {"task": "fine_tuning.tasks.reap_jobs", "schedule": env.integer("JOB_REAPER_SECONDS", 15)},
+    "sweep-fine-tuning-disk": {
+        "task": "fine_tuning.tasks.sweep_disk",
+        "schedule": env.integer("FINE_TUNING_SWEEP_SECONDS", 3600),
+    },
 }
 
 # --- Auth -----------------------------------------------------------------------------------
@@ -244,6 +248,9 @@ FINE_TUNING_REDISPATCH_SECONDS = env.integer("FINE_TUNING_REDISPATCH_SECONDS", 1
 # A job whose worker stopped answering this many times fails with the reason instead of a new try.
 FINE_TUNING_MAX_ATTEMPTS = env.integer("FINE_TUNING_MAX_ATTEMPTS", 5)
 FINE_TUNING_CHECKPOINT_EVERY = env.integer("FINE_TUNING_CHECKPOINT_EVERY", 10)
+# An ended job's work directory (its checkpoints' adapters) is removed this long after it ended
+# (fine_tuning/retention.py has every rule).
+FINE_TUNING_WORK_RETENTION_HOURS = env.integer("FINE_TUNING_WORK_RETENTION_HOURS", 168)
 FINE_TUNING_WORK_DIR = Path(env.get("FINE_TUNING_WORK_DIR", str(VAR_DIR / "fine_tuning")))
 ADAPTER_STORE = Path(env.get("ADAPTER_STORE", str(MEDIA_ROOT / "adapters")))
 

@@ -85,6 +85,29 @@ def test_job_trains_and_registers_a_model_for_its_organization_only(tuned, tenan
     from django.conf import settings
 
     assert (settings.ADAPTER_STORE / tuned_model.adapter_path / "adapter_model.safetensors").is_file()
+    # The ended job's work directory keeps only what the retention rule keeps: its config and the
+    # checkpoints' adapters and state — no optimizer state, no second copy of the final adapter.
+    from fine_tuning import retention
+
+    kept = sorted(str(p.relative_to(retention.work_dir(body["id"]))) for p in retention.work_dir(body["id"]).rglob("*"))
+    assert kept and all(
+        name in ("config.json", "checkpoints")
+        or (
+            name.startswith("checkpoints/step-")
+            and name.endswith(
+                (
+                    "step-000100",
+                    "step-000104",
+                    "adapter_model.safetensors",
+                    "adapter_config.json",
+                    "README.md",
+                    "trainer_state.json",
+                )
+            )
+        )
+        for name in kept
+    ), kept
+    assert not [name for name in kept if name.endswith("optimizer.safetensors") or name.startswith("adapter")]
     deleted = client.delete(f"/v1/models/{job['fine_tuned_model']}")
     assert deleted.json() == {"id": job["fine_tuned_model"], "object": "model", "deleted": True}
     assert job["fine_tuned_model"] not in [m["id"] for m in client.get("/v1/models").json()["data"]]
@@ -284,10 +307,10 @@ def test_a_job_interrupted_too_often_fails_with_the_reason(tenant_a, django_capt
         lease_expires_at=timezone.now() - timedelta(seconds=1),
         attempts=settings.FINE_TUNING_MAX_ATTEMPTS,
     )
-    with django_capture_on_commit_callbacks(execute=False) as sent:
-        jobs.requeue_expired()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert jobs.requeue_expired() == []  # not sent to a worker again
     job = FineTuningJob.all_orgs.get(pk=job_id)
-    assert job.status == "failed" and job.error["code"] == "too_many_interruptions" and len(sent) == 0
+    assert job.status == "failed" and job.error["code"] == "too_many_interruptions" and job.dispatched_at is None
     assert UsageEvent.all_orgs.get(request_id=f"train:{job_id}").outcome == "failed"
 
 
