@@ -340,3 +340,28 @@ def test_a_failing_supervisor_never_leaves_its_trainer_running(
     with scope.organization(tenant_a.org.pk), pytest.raises(OperationalError):  # as the task runs it
         runner.run(job_id, worker="test-worker")
     assert started and started[0].poll() is not None  # the trainer did not outlive its supervisor
+
+
+@pytest.mark.slow
+def test_a_job_without_a_validation_file_shows_before_and_after(tenant_a, django_capture_on_commit_callbacks, settings):
+    """120 examples and no validation file: 12 are held out, and the job object and its events show
+    the validation loss of the base model and of the fine-tuned one."""
+    client = key_client(tenant_a.key(scopes=["files", "fine_tuning"]))
+    with django_capture_on_commit_callbacks(execute=True):
+        file_id = client.post(
+            "/v1/files", {"file": fact_upload(120), "purpose": "fine-tune"}, format="multipart"
+        ).json()["id"]
+    with django_capture_on_commit_callbacks(execute=True):
+        job_id = client.post(
+            "/v1/fine_tuning/jobs",
+            {"model": DEMO_MODEL, "training_file": file_id, "hyperparameters": {"n_epochs": 1, "batch_size": 8}},
+            format="json",
+        ).json()["id"]
+    job = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+    assert job["status"] == "succeeded", job["error"]
+    evaluation = job["evaluation"]
+    assert evaluation["validation"] == {"source": "split", "examples": 12}
+    assert evaluation["fine_tuned"]["valid_loss"] < evaluation["base"]["valid_loss"]
+    messages = [e["message"] for e in client.get(f"/v1/fine_tuning/jobs/{job_id}/events?limit=100").json()["data"]]
+    assert any(m.startswith("No validation file: 12 of the training examples are held out") for m in messages)
+    assert any("(base model) ->" in m and "(fine-tuned)" in m for m in messages)
