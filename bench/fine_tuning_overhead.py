@@ -79,25 +79,10 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
 
 
 def start_worker(env: dict) -> subprocess.Popen:
+    from compute.processes import celery_worker
+
     worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "maas",
-            "worker",
-            "-Q",
-            "default,gpu",
-            "-c",
-            "1",
-            "--pool",
-            "solo",
-            "-l",
-            "WARNING",
-            "-n",
-            f"bench-{os.getpid()}@%h",
-        ],
+        celery_worker(["default", "gpu"], name=f"bench-{os.getpid()}@%h", loglevel="WARNING", pool="solo"),
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

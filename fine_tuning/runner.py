@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from compute import services as compute
 from compute import worker_signals
+from compute.processes import die_with_parent
 from fine_tuning import jobs, retention
 from fine_tuning.hyperparameters import BASE_LEARNING_RATE
 from fine_tuning.models import Checkpoint, FineTuningJob
@@ -72,15 +73,6 @@ def write_config(job: FineTuningJob) -> Path:
     return path
 
 
-def _die_with_parent() -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 def _spawn(*args: str) -> subprocess.Popen:
     root = Path(settings.REPO_DIR)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "platform"), str(root)])}
@@ -95,7 +87,7 @@ def _spawn(*args: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         bufsize=1,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent(signal.SIGKILL),
     )
 
 

@@ -292,24 +292,13 @@ def celery_worker(django_db_setup, django_db_blocker, tmp_path_factory):
         "FINE_TUNING_CHECKPOINT_EVERY": "4",
         "WORKER_HEARTBEAT_SECONDS": "1",
     }
+    from compute.processes import celery_worker as worker_argv
+
     celery = [sys.executable, "-m", "celery", "-A", "maas"]
     subprocess.run([*celery, "purge", "-f", "-Q", "default,gpu"], cwd=REPO, env=env, capture_output=True, timeout=60)
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
     process = subprocess.Popen(
-        [
-            *celery,
-            "worker",
-            "-Q",
-            "default,gpu",
-            "-c",
-            "1",
-            "--pool",
-            "solo",
-            "-n",
-            f"test-{os.getpid()}@%h",
-            "-l",
-            "INFO",
-        ],
+        worker_argv(["default", "gpu"], name=f"test-{os.getpid()}@%h", pool="solo"),
         cwd=REPO,
         env=env,
         stdout=log_path.open("w"),

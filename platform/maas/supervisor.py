@@ -13,15 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-
-def _die_with_parent() -> None:
-    """Linux: ask the kernel to SIGTERM this child if the supervisor dies without cleaning up."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+from compute.processes import die_with_parent
 
 
 @dataclass
@@ -62,7 +54,7 @@ class Supervisor:
             start_new_session=True,
             text=True,
             bufsize=1,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent(signal.SIGTERM),
         )
         threading.Thread(target=self._pump, args=(program, program.process), daemon=True).start()
 

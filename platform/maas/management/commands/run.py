@@ -17,6 +17,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
+from compute import processes
 from maas.supervisor import Program, Supervisor
 
 
@@ -63,25 +64,12 @@ class Command(BaseCommand):
         ]
         if not no_workers:
             programs += [
-                Program(
-                    "worker", [*celery, "worker", "-Q", "default", "-c", "1", "-n", f"default-{tag}@%h", "-l", "INFO"]
-                ),
+                Program("worker", processes.celery_worker(["default"], name=f"default-{tag}@%h")),
                 Program(
                     "gpu",
-                    [
-                        *celery,
-                        "worker",
-                        "-Q",
-                        settings.FINE_TUNING_QUEUE,
-                        "-c",
-                        "1",
-                        "--prefetch-multiplier",
-                        "1",
-                        "-n",
-                        f"gpu-{tag}@%h",
-                        "-l",
-                        "INFO",
-                    ],
+                    processes.celery_worker(
+                        [settings.FINE_TUNING_QUEUE], name=f"gpu-{tag}@%h", one_task_at_a_time=True
+                    ),
                 ),
                 Program("beat", [*celery, "beat", "-s", str(settings.VAR_DIR / "celerybeat-schedule"), "-l", "INFO"]),
                 runtime,
