@@ -23,6 +23,7 @@ from serving import routing
 from serving.gateway import ratelimit, upstream, validation
 from serving.gateway.http import GatewayError, authenticate, gateway_view
 from serving.gateway.metering import Meter
+from serving.runtime import answers
 from tenancy.roles import Scope
 
 Outcome = UsageEvent.Outcome
@@ -248,32 +249,16 @@ async def _assemble(response, meter: Meter, model: str, endpoint: str) -> HttpRe
         "completion_tokens": meter.completion_tokens,
         "total_tokens": meter.prompt_tokens + meter.completion_tokens,
     }
-    text = "".join(parts)
-    if endpoint == CHAT:
-        choice = {
-            "index": 0,
-            "message": {"role": "assistant", "content": text, "refusal": None},
-            "logprobs": None,
-            "finish_reason": finish,
-        }
-        body = {
-            "id": first.get("id") or f"chatcmpl-{meter.request_id}",
-            "object": "chat.completion",
-            "created": first.get("created") or int(meter.wall_started),
-            "model": model,
-            "choices": [choice],
-            "usage": usage,
-            "system_fingerprint": None,
-        }
-    else:
-        body = {
-            "id": first.get("id") or f"cmpl-{meter.request_id}",
-            "object": "text_completion",
-            "created": first.get("created") or int(meter.wall_started),
-            "model": model,
-            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
-            "usage": usage,
-        }
+    chat = endpoint == CHAT
+    body = answers.completion(
+        chat=chat,
+        id=first.get("id") or f"{'chatcmpl' if chat else 'cmpl'}-{meter.request_id}",
+        created=first.get("created") or int(meter.wall_started),
+        model=model,
+        text="".join(parts),
+        finish_reason=finish,
+        usage=usage,
+    )
     return json_response(body)
 
 

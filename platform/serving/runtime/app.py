@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from serving.runtime import metrics
+from serving.runtime import answers, metrics
 from serving.runtime.adapters import BASE, AdapterError
 from serving.runtime.engine import Engine, GenerationRequest
 from serving.runtime.protocol import Parsed, RequestError, parse_chat, parse_completion
@@ -107,35 +107,17 @@ def build_app(state: RuntimeState) -> Starlette:
                     break
         finally:
             job.cancelled.set()  # a no-op once finished; stops decoding if the client went away
-        text, created = "".join(parts), int(time.time())
-        if endpoint == "chat":
-            choice = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
-                "logprobs": None,
-                "finish_reason": reason,
-            }
-            return JSONResponse(
-                {
-                    "id": f"chatcmpl-{job.id}",
-                    "object": "chat.completion",
-                    "created": created,
-                    "model": parsed.model,
-                    "choices": [choice],
-                    "usage": usage,
-                    "system_fingerprint": None,
-                }
-            )
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
+        chat = endpoint == "chat"
         return JSONResponse(
-            {
-                "id": f"cmpl-{job.id}",
-                "object": "text_completion",
-                "created": created,
-                "model": parsed.model,
-                "choices": [choice],
-                "usage": usage,
-            }
+            answers.completion(
+                chat=chat,
+                id=f"{'chatcmpl' if chat else 'cmpl'}-{job.id}",
+                created=int(time.time()),
+                model=parsed.model,
+                text="".join(parts),
+                finish_reason=reason,
+                usage=usage,
+            )
         )
 
     async def stream(job, sink, parsed: Parsed, endpoint: str):
