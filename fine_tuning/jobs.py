@@ -356,6 +356,10 @@ def renew(job_id: str, worker: str) -> bool:
     )
 
 
+def holds_lease(job_id: str, worker: str) -> bool:
+    return FineTuningJob.all_orgs.filter(pk=job_id, lease_owner=worker, status=Status.RUNNING).exists()
+
+
 def _lease() -> timedelta:
     return timedelta(seconds=settings.FINE_TUNING_LEASE_SECONDS)
 

@@ -209,9 +209,12 @@ def _message(line: str) -> dict | None:
 
 
 def _record(job: FineTuningJob, message: dict, worker: str) -> bool:
-    """Record one trainer line; False if this worker no longer holds the job's lease."""
+    """Record one trainer line; False if this worker no longer holds the job's lease (then nothing
+    is written: the run the reaper gave the job to owns its events, checkpoints and progress)."""
     kind = message.get("type")
     org = job.organization_id
+    if kind != "metrics" and not jobs.holds_lease(job.pk, worker):  # metrics: guarded in their UPDATE
+        return False
     if kind == "started":
         jobs.event(
             job.pk,
@@ -223,6 +226,15 @@ def _record(job: FineTuningJob, message: dict, worker: str) -> bool:
             },
         )
     elif kind == "metrics":
+        eta = message.get("eta_seconds")
+        # Guarded by the lease: a run the reaper gave away writes no progress over the new run's.
+        if not FineTuningJob.all_orgs.filter(pk=job.pk, lease_owner=worker, status=Status.RUNNING).update(
+            progress=message["step"] / message["total_steps"],
+            trained_tokens=message["trained_tokens"],
+            train_seconds=message["train_seconds"],
+            estimated_finish=timezone.now() + timedelta(seconds=eta) if eta is not None else None,
+        ):
+            return False
         data = {
             k: message.get(k)
             for k in (
@@ -241,16 +253,6 @@ def _record(job: FineTuningJob, message: dict, worker: str) -> bool:
             f"Step {message['step']}/{message['total_steps']}: training loss={message['train_loss']:.4f}",
             kind="metrics",
             data=data,
-        )
-        eta = message.get("eta_seconds")
-        # Guarded by the lease: a run the reaper gave away writes no progress over the new run's.
-        return bool(
-            FineTuningJob.all_orgs.filter(pk=job.pk, lease_owner=worker, status=Status.RUNNING).update(
-                progress=message["step"] / message["total_steps"],
-                trained_tokens=message["trained_tokens"],
-                train_seconds=message["train_seconds"],
-                estimated_finish=timezone.now() + timedelta(seconds=eta) if eta is not None else None,
-            )
         )
     elif kind == "validation":
         jobs.event(

@@ -365,3 +365,25 @@ def test_a_job_without_a_validation_file_shows_before_and_after(tenant_a, django
     messages = [e["message"] for e in client.get(f"/v1/fine_tuning/jobs/{job_id}/events?limit=100").json()["data"]]
     assert any(m.startswith("No validation file: 12 of the training examples are held out") for m in messages)
     assert any("(base model) ->" in m and "(fine-tuned)" in m for m in messages)
+
+
+def test_a_runner_that_lost_the_lease_writes_nothing(tenant_a, django_capture_on_commit_callbacks):
+    """The reaper gave the job to another worker: the old runner's trainer lines (checkpoint,
+    progress, events) are not recorded, and the runner is told to stop."""
+    from fine_tuning import runner
+    from fine_tuning.models import Checkpoint, JobEvent
+
+    job_id = _queued_job(tenant_a, django_capture_on_commit_callbacks)
+    FineTuningJob.all_orgs.filter(pk=job_id).update(status="running", lease_owner="new-worker")
+    job = FineTuningJob.all_orgs.get(pk=job_id)
+    events = JobEvent.all_orgs.filter(job_id=job_id).count()
+    lines = [
+        {"type": "checkpoint", "step": 4, "path": "/x", "metrics": {}},
+        {"type": "metrics", "step": 5, "total_steps": 9, "train_loss": 1.0, "trained_tokens": 50, "train_seconds": 1.0},
+        {"type": "warning", "code": "overfitting", "message": "…"},
+    ]
+    assert [runner._record(job, line, "old-worker") for line in lines] == [False, False, False]
+    assert not Checkpoint.all_orgs.filter(job_id=job_id).exists()
+    assert JobEvent.all_orgs.filter(job_id=job_id).count() == events
+    assert FineTuningJob.all_orgs.get(pk=job_id).progress == 0
+    assert runner._record(job, lines[0], "new-worker") is True  # the lease holder's lines are recorded
