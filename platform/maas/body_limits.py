@@ -1,4 +1,4 @@
-"""Request bodies are bounded before anything reads them.
+"""Request bodies are bounded before anything reads them (and URLs with a NUL are refused).
 
 Django's ASGI handler reads the whole body into a spooled temporary file before routing,
 authentication or any size check, so without this layer one anonymous chunked request could fill
@@ -40,6 +40,10 @@ class BodyLimitMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if "\x00" in scope["path"] or b"%00" in scope["query_string"].lower() or b"\x00" in scope["query_string"]:
+            # No identifier or filter of the platform can hold a NUL, and PostgreSQL refuses one in
+            # any text: refused here, for every route, rather than as a database error.
+            return await _reply(scope, send, 400, "The URL contains a NUL character.", "invalid_url")
         upload = scope["method"] == "POST" and bool(UPLOAD_ROUTES.match(scope["path"]))
         limit = settings.FILE_UPLOAD_MAX_BYTES + MULTIPART_ROOM if upload else settings.REQUEST_BODY_MAX_BYTES
         headers = dict(scope["headers"])

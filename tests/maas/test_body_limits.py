@@ -130,3 +130,26 @@ def test_deeply_nested_json_is_a_400_not_a_server_error(tenant_a, method, path):
         response = client.generic(method, path, body, content_type="application/json")
         assert response.status_code == 400, (path, response.content[:200])
         assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["/v1/files?after=%00x", "/api/orgs/alpha/keys/?after=a%00", "/v1/files/file-%00", "/v1/models?x=%C2%8B%00"],
+)
+def test_a_nul_in_the_url_is_a_400_not_a_database_error(server, tenant_a, url):
+    """Found by the API fuzzer: a NUL in a query parameter reached PostgreSQL, which refuses it (500)."""
+    import httpx
+
+    response = httpx.get(server.url + url, headers={"Authorization": f"Bearer {tenant_a.key()}"})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_url"
+
+
+def test_a_nul_in_the_model_name_is_a_400(server, tenant_a):
+    import httpx
+
+    response = httpx.post(
+        server.url + "/v1/chat/completions",
+        json={"model": "smollm2\u0000", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"Authorization": f"Bearer {tenant_a.key()}"},
+    )
+    assert response.status_code == 400 and response.json()["error"]["param"] == "model"

@@ -57,6 +57,8 @@ def _body(request) -> dict:
         raise GatewayError(400, "The request body must be a JSON object.", code="invalid_json")
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise GatewayError(400, "You must provide a model parameter.", param="model", code="missing_model")
+    if "\x00" in body["model"] or len(body["model"]) > 256:
+        raise GatewayError(400, "The model name is not valid.", param="model", code="invalid_model")
     return body
 
 
