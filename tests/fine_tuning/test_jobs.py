@@ -232,15 +232,7 @@ def test_a_job_cancelled_before_it_ran_is_metered_with_no_tokens(tenant_a, djang
     from fine_tuning import jobs
     from tenancy.audit import Actor
 
-    client = key_client(tenant_a.key(scopes=["files", "fine_tuning"]))
-    with django_capture_on_commit_callbacks(execute=True):
-        file_id = client.post("/v1/files", {"file": fact_upload(), "purpose": "fine-tune"}, format="multipart").json()[
-            "id"
-        ]
-    with django_capture_on_commit_callbacks(execute=False):  # created and queued, never dispatched
-        job_id = client.post(
-            "/v1/fine_tuning/jobs", {"model": DEMO_MODEL, "training_file": file_id}, format="json"
-        ).json()["id"]
+    job_id = _queued_job(tenant_a, django_capture_on_commit_callbacks)
     jobs.cancel(job_id, organization_id=tenant_a.org.pk, actor=Actor(user=tenant_a.owner))
     row = UsageEvent.all_orgs.get(request_id=f"train:{job_id}")
     assert (row.training_tokens, row.outcome) == (0, "cancelled")
@@ -255,15 +247,7 @@ def test_the_reaper_resends_a_waiting_job_once_per_interval(tenant_a, django_cap
 
     from fine_tuning import jobs
 
-    client = key_client(tenant_a.key(scopes=["files", "fine_tuning"]))
-    with django_capture_on_commit_callbacks(execute=True):
-        file_id = client.post("/v1/files", {"file": fact_upload(), "purpose": "fine-tune"}, format="multipart").json()[
-            "id"
-        ]
-    with django_capture_on_commit_callbacks(execute=False):
-        job_id = client.post(
-            "/v1/fine_tuning/jobs", {"model": DEMO_MODEL, "training_file": file_id}, format="json"
-        ).json()["id"]
+    job_id = _queued_job(tenant_a, django_capture_on_commit_callbacks)
     long_ago = timezone.now() - timedelta(seconds=settings.FINE_TUNING_REDISPATCH_SECONDS * 3)
     FineTuningJob.all_orgs.filter(pk=job_id).update(status="queued", queued_at=long_ago)
     sent = []
