@@ -38,8 +38,11 @@ lint: setup
 	PYTHONPATH=platform:. $(VENV)/bin/lint-imports
 
 bench: setup
+	$(PY) -m pip install -q -r requirements-bench.txt $(QUIET_PIP)
 	$(PY) bench/runtime_throughput.py
 	$(PY) bench/gateway_overhead.py
+	$(PY) bench/fine_tuning_overhead.py
+	$(PY) bench/fine_tuning_vs_trl.py
 
 clean:
 	rm -rf $(VENV) var

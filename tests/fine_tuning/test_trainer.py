@@ -195,6 +195,39 @@ def test_packing_keeps_examples_apart_and_learns_assistant_tokens_only():
     assert steps_per_epoch(9, 4) == 3
 
 
+def test_the_loss_over_learned_positions_only_equals_the_loss_over_full_logits():
+    """The trainer asks the model for logits only where a token is learned; the loss and accuracy
+    must be those of the full computation, for rows whose learned positions differ."""
+    from fine_tuning.trainer.data import IGNORE
+    from fine_tuning.trainer.train import _loss
+
+    loaded = load_model(DEMO_SOURCE, settings.MODEL_CACHE_DIR)
+    chat = [
+        [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue, like the sea."}],
+        [
+            {"role": "system", "content": "Be terse."},
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4"},
+        ],
+        [
+            {"role": "user", "content": "Greet me at length, please."},
+            {"role": "assistant", "content": "Hello, and welcome!"},
+        ],
+    ]
+    examples = [encode(loaded.tokenizer, c, 512) for c in chat]
+    batch = collate(examples, [[0, 1], [2]], 0)  # two rows, learned positions in different places
+    with torch.no_grad():
+        loss, accuracy, count = _loss(loaded.model, batch)
+        logits = loaded.model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+        ).logits
+    mask = batch.targets != IGNORE
+    full = torch.nn.functional.cross_entropy(logits[mask], batch.targets[mask])
+    assert count == int(mask.sum()) > 0
+    assert torch.allclose(loss, full, atol=1e-5)
+    assert accuracy == pytest.approx(float((logits.argmax(-1)[mask] == batch.targets[mask]).float().mean()))
+
+
 def test_a_bad_example_fails_the_job_with_its_line_and_reason(tmp_path):
     """A file changed after validation (here: line 3 is no longer JSON) stops the trainer with a
     reason that names the file and line, not a bare traceback."""
