@@ -165,7 +165,7 @@ def main() -> None:
     first = platform[-1]
     figures = {
         "rounds": ROUNDS,
-        "steps_per_run": JobEvent.objects.filter(job=first["job"], type="metrics").count(),
+        "steps_per_run": JobEvent.all_orgs.filter(job=first["job"], type="metrics").count(),
         "hyperparameters": first["job"].hyperparameters,
         "trained_tokens": first["job"].trained_tokens,
         "platform_tokens_per_s": [round(p["rate"], 1) for p in platform],

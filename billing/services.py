@@ -1,90 +1,258 @@
-"""Metering. The ledger write is idempotent; reserve/settle are the seam where budgets and
-credits attach (a conditional debit before the call, the true cost after). Until billing lands
-they reserve nothing and always allow."""
+"""Billing's writes: prices, usage records into the ledger (settling budgets with them), and
+reservations against budgets."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
 
-from django.db import connection
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
-from billing.models import UsageEvent
+from billing import budgets, ledger, money, outbox, pricing
+from billing.models import Account, KeySpendLimit, Price
+from catalog.models import BaseModel, FineTunedModel
+from tenancy import audit
+from tenancy.audit import Actor
+from tenancy.detached import run_detached
+from tenancy.models import APIKey
+from tenancy.services import ServiceError
+
+BillingError = ServiceError
+UNCHANGED = object()
+# A price may take effect "now" from a form filled in a minute ago, never earlier: the past is not repriced.
+PRICE_BACKDATE_SLACK = timedelta(minutes=2)
 
 
-@dataclass(frozen=True)
-class Reservation:
-    organization_id: int
-    api_key_id: str | None
-    model: str
-    estimated_tokens: int
+def check_priceable(model: str, organization_id: int | None) -> None:
+    """A price is for a catalog model; an organization's price for a fine-tuned model, for its own."""
+    if model.startswith("ft:"):
+        tuned = FineTunedModel.all_orgs.filter(pk=model).first()
+        if tuned is None or (organization_id is not None and tuned.organization_id != organization_id):
+            raise BillingError(f"The model '{model}' does not exist.", "model_not_found", "model")
+    elif not BaseModel.objects.filter(pk=model).exists():
+        raise BillingError(f"The model '{model}' does not exist.", "model_not_found", "model")
 
 
-def reserve(*, organization_id: int, api_key_id: str | None, model: str, estimated_tokens: int) -> Reservation:
-    """Called before forwarding a request. Will raise when a budget cannot cover the estimate."""
-    return Reservation(organization_id, api_key_id, model, estimated_tokens)
-
-
-def settle(reservation: Reservation, *, prompt_tokens: int, completion_tokens: int) -> None:
-    """Called once the call ended, whatever its outcome, with the tokens actually used."""
-
-
-def record_usage(
+@transaction.atomic
+def set_price(
     *,
-    request_id: str,
-    organization_id: int,
-    api_key_id: str | None,
-    endpoint: str,
     model: str,
-    base_model: str,
-    backend: str,
-    prompt_tokens: int,
-    completion_tokens: int,
-    streamed: bool,
-    status_code: int,
-    outcome: str,
-    latency_ms: int,
-    time_to_first_token_ms: int | None,
-    training_tokens: int = 0,
-) -> None:
-    """Append one ledger row; a second write for the same request id is ignored.
+    organization_id: int | None,
+    input_per_million: Decimal | str,
+    output_per_million: Decimal | str,
+    training_per_million: Decimal | str,
+    effective_from: datetime | None = None,
+    note: str = "",
+    actor: Actor,
+) -> Price:
+    """A new version of a model's price (the list price, or one organization's own), from
+    `effective_from` (default: now) on. Earlier versions stay, so the past keeps its prices."""
+    now = timezone.now()
+    effective_from = effective_from or now
+    if effective_from < now - PRICE_BACKDATE_SLACK:
+        raise BillingError("A price cannot take effect in the past.", "invalid_request", "effective_from")
+    check_priceable(model, organization_id)
+    try:
+        per_token = {
+            name: money.per_token_from_per_million(value)
+            for name, value in (
+                ("input_per_token", input_per_million),
+                ("output_per_token", output_per_million),
+                ("training_per_token", training_per_million),
+            )
+        }
+    except money.MoneyError as error:
+        raise BillingError(str(error), "invalid_request", "price") from None
+    if any(v < 0 for v in per_token.values()):
+        raise BillingError("A price cannot be negative.", "invalid_request", "price")
+    price = Price.objects.create(
+        organization_id=organization_id,
+        model=model,
+        effective_from=effective_from,
+        note=note,
+        created_by=actor.user if getattr(actor.user, "pk", None) else None,
+        **per_token,
+    )
+    audit.record(
+        "billing.price_set",
+        actor=actor,
+        organization_id=organization_id,
+        target=price,
+        data={
+            "model": model,
+            "currency": money.currency(),
+            "input_per_million": str(money.per_million(price.input_per_token)),
+            "output_per_million": str(money.per_million(price.output_per_token)),
+            "training_per_million": str(money.per_million(price.training_per_token)),
+            "effective_from": effective_from.isoformat(),
+        },
+    )
+    transaction.on_commit(pricing.forget)
+    return price
 
-    One parameterised INSERT rather than the ORM: this runs once per API call on the gateway's
-    hot path, and model instances plus SQL compilation cost more CPU than the database does.
-    """
-    values = {
-        "request_id": request_id,
-        "organization_id": organization_id,
-        "api_key_id": api_key_id,
-        "endpoint": endpoint,
-        "model": model,
-        "base_model": base_model,
-        "backend": backend,
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "streamed": streamed,
-        "status_code": status_code,
-        "outcome": outcome,
-        "latency_ms": latency_ms,
-        "time_to_first_token_ms": time_to_first_token_ms,
-        "training_tokens": training_tokens,
-        "created_at": timezone.now(),
-    }
-    meta = UsageEvent._meta
-    # Each field prepares its own value for this database (UUIDs, datetimes, booleans).
-    fields = [
-        meta.get_field(name.removesuffix("_id") if name.endswith("_id") and name != "request_id" else name)
-        for name in values
-    ]
-    params = [field.get_db_prep_save(value, connection) for field, value in zip(fields, values.values(), strict=True)]
-    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
-    placeholders = ", ".join(["%s"] * len(params))
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({columns}) VALUES ({placeholders}) "  # noqa: S608
-            "ON CONFLICT (request_id) DO NOTHING",
-            params,
+
+@transaction.atomic
+def configure_account(
+    organization_id: int,
+    *,
+    mode: str | None = None,
+    monthly_limit: Decimal | str | object | None = UNCHANGED,
+    actor: Actor,
+) -> Account:
+    """An operator's or owner's change to how an organization pays: its mode, and its monthly
+    spend limit (None: no limit; UNCHANGED, the default, leaves it as it is)."""
+    budgets.ensure_account(organization_id)
+    account = Account.all_orgs.select_for_update().get(organization_id=organization_id)
+    changed: dict = {}
+    if mode is not None:
+        if mode not in Account.Mode.values:
+            raise BillingError(f"Unknown billing mode '{mode}'.", "invalid_request", "mode")
+        account.mode, changed["mode"] = mode, mode
+    if monthly_limit is not UNCHANGED:
+        try:
+            account.monthly_limit = None if monthly_limit is None else money.from_decimal(monthly_limit)
+        except money.MoneyError as error:
+            raise BillingError(str(error), "invalid_request", "monthly_limit") from None
+        if account.monthly_limit is not None and account.monthly_limit < 0:
+            raise BillingError("A limit cannot be negative.", "invalid_request", "monthly_limit")
+        changed["monthly_limit"] = None if monthly_limit is None else str(monthly_limit)
+    account.save()
+    audit.record("billing.account_changed", actor=actor, organization_id=organization_id, target=account, data=changed)
+    transaction.on_commit(budgets.forget)
+    return account
+
+
+@transaction.atomic
+def set_key_spend_limit(organization_id: int, api_key_id: str, monthly_limit: Decimal | str | None, *, actor: Actor):
+    """A monthly spend limit on one of the organization's keys (None removes it)."""
+    key = APIKey.all_orgs.filter(pk=api_key_id, organization_id=organization_id).first()
+    if key is None:
+        raise BillingError("No such API key.", "not_found", "api_key")
+    if monthly_limit is None:
+        KeySpendLimit.all_orgs.filter(api_key=key).delete()
+    else:
+        try:
+            limit = money.from_decimal(monthly_limit)
+        except money.MoneyError as error:
+            raise BillingError(str(error), "invalid_request", "monthly_limit") from None
+        if limit < 0:
+            raise BillingError("A limit cannot be negative.", "invalid_request", "monthly_limit")
+        KeySpendLimit.all_orgs.update_or_create(
+            api_key=key,
+            defaults={"organization_id": organization_id, "monthly_limit": limit},
+            create_defaults={
+                "organization_id": organization_id,
+                "monthly_limit": limit,
+                "period": budgets.period_of(timezone.now()),
+            },
         )
+    audit.record(
+        "billing.key_limit_set",
+        actor=actor,
+        organization_id=organization_id,
+        target=key,
+        data={"monthly_limit": None if monthly_limit is None else str(monthly_limit)},
+    )
+    transaction.on_commit(budgets.forget)
+
+
+@transaction.atomic
+def grant_credits(organization_id: int, amount: Decimal | str, *, reason: str, actor: Actor) -> Account:
+    """Add (or, negative, take back) prepaid credit, audited."""
+    try:
+        nanos = money.from_decimal(amount)
+    except money.MoneyError as error:
+        raise BillingError(str(error), "invalid_request", "amount") from None
+    budgets.ensure_account(organization_id)
+    Account.all_orgs.filter(organization_id=organization_id).update(credit=F("credit") + nanos)
+    account = Account.all_orgs.get(organization_id=organization_id)
+    audit.record(
+        "billing.credits_granted",
+        actor=actor,
+        organization_id=organization_id,
+        target=account,
+        data={"amount": str(amount), "currency": money.currency(), "reason": reason, "credit_after": account.credit},
+    )
+    return account
+
+
+def reserve(
+    *, request_id: str, organization_id: int, api_key_id: str | None, amount: int, ttl_seconds: int | None = None
+) -> budgets.Hold:
+    """Hold a request's worst-case cost (nano-units) against the budgets that apply; raises
+    budgets.InsufficientQuota naming the one that cannot cover it."""
+    return budgets.reserve(
+        request_id=request_id,
+        organization_id=organization_id,
+        api_key_id=api_key_id,
+        amount=amount,
+        ttl_seconds=ttl_seconds or settings.BILLING_RESERVATION_TTL_SECONDS,
+    )
+
+
+async def areserve(*, request_id: str, organization_id: int, api_key_id: str | None, amount: int) -> budgets.Hold:
+    """The same from the gateway: no database round trip when no budget applies (known from the
+    cached policy), one short transaction on a worker thread when one does."""
+    known = budgets.cached_policy(organization_id)
+    if amount <= 0 or (known is not None and not known.applies(api_key_id)):
+        return budgets.Hold(request_id, organization_id, api_key_id, 0)
+    return await run_detached(
+        reserve, request_id=request_id, organization_id=organization_id, api_key_id=api_key_id, amount=amount
+    )
+
+
+def release(hold: budgets.Hold) -> None:
+    """Give back a hold whose request used nothing (it never reached a model server)."""
+    if hold.amount:
+        budgets.release([hold.request_id])
+
+
+def record_usage(**record) -> bool:
+    """Write one usage record into the ledger now (inside the caller's transaction, if any); a
+    second write for the same request id is ignored. Returns whether this call wrote it."""
+    record.setdefault("created_at", timezone.now())
+    return bool(_ingest_and_settle([record]))
+
+
+def meter(record: dict) -> None:
+    """Hand a finished request's usage record to the outbox: durable once this returns, in the
+    ledger within METERING_DRAIN_SECONDS while the database is up, later if it is not."""
+    outbox.append(record)
+    outbox.nudge()
+
+
+def ingest_usage(records: list[dict]) -> list[dict]:
+    """Records into the ledger, once each, and the budgets settled for those written now, in one
+    transaction: a reservation is released and its cost charged exactly once (what the outbox
+    drains through)."""
+    try:
+        return _ingest_and_settle(records)
+    except IntegrityError:
+        pass
+    # A record the ledger refuses (its organization or key was deleted since) must not hold back the
+    # others: one at a time, and those refused are set aside with the reason.
+    written = []
+    for record in records:
+        try:
+            written += _ingest_and_settle([record])
+        except IntegrityError as error:
+            outbox.reject(record, str(error))
+    return written
+
+
+def _ingest_and_settle(records: list[dict]) -> list[dict]:
+    with transaction.atomic():
+        written = ledger.ingest(records)
+        budgets.settle(written)
+    return written
+
+
+def drain_outbox() -> int:
+    """Move every complete spooled record of this host into the ledger; returns how many."""
+    return outbox.drain(ingest_usage)
 
 
 def record_training(
@@ -99,21 +267,19 @@ def record_training(
     train_seconds: float,
 ) -> None:
     """The ledger row of a fine-tuning job that ended (succeeded, failed or cancelled): its trained
-    tokens, once. Idempotent on the job id, so a retried finish writes nothing more."""
+    tokens, once, at the base model's training price in effect now. Idempotent on the job id, so a
+    retried finish writes nothing more."""
+    price = pricing.current(organization_id, base_model)
     record_usage(
         request_id=f"train:{job_id}",
         organization_id=organization_id,
         api_key_id=api_key_id,
-        endpoint="fine_tuning.jobs",
+        route="fine_tuning.jobs",
         model=model,
         base_model=base_model,
-        backend="",
-        prompt_tokens=0,
-        completion_tokens=0,
         training_tokens=trained_tokens,
-        streamed=False,
+        price=ledger.price_fields(price),
         status_code=200,
         outcome=outcome,
         latency_ms=int(train_seconds * 1000),
-        time_to_first_token_ms=None,
     )

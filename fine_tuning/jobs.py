@@ -20,7 +20,9 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from billing import money, pricing
 from billing import services as billing
+from billing.budgets import InsufficientQuota
 from catalog import selectors as catalog
 from catalog import services as catalog_services
 from catalog.models import BaseModel
@@ -37,6 +39,14 @@ Status = FineTuningJob.Status
 
 class TooManyJobs(ServiceError):
     status = 429
+
+
+class QuotaExceeded(ServiceError):
+    status = 429
+
+
+# A job's estimated cost stays reserved while it waits and runs; its ledger row at the end settles it.
+TRAINING_HOLD_SECONDS = 30 * 24 * 3600
 
 
 def event(
@@ -156,18 +166,45 @@ def create(
         created_by=actor.user,
         created_by_key_id=actor.api_key_id,
     )
+    estimated_cost = _reserve_estimate(job, actor)
     event(job.pk, organization_id, f"Created fine-tuning job: {job.pk}")
     audit.record(
         "fine_tuning.job_created",
         actor=actor,
         organization_id=organization_id,
         target=job,
-        data={"model": base.pk, "training_file": train.pk, "estimated_tokens": job.estimated_tokens},
+        data={
+            "model": base.pk,
+            "training_file": train.pk,
+            "estimated_tokens": job.estimated_tokens,
+            "estimated_cost": str(money.to_decimal(estimated_cost)),
+        },
     )
     # Preparing is a few checks: done right after the commit rather than through the broker, so
     # a job cannot be stranded in validating_files by a lost message, and one queue hop is saved.
     transaction.on_commit(lambda: prepare(job.pk))
     return job
+
+
+def _reserve_estimate(job: FineTuningJob, actor: Actor) -> int:
+    """Refuse a job whose estimated cost (its estimated trained tokens at the base model's training
+    price) is more than the organization's budgets allow, and hold it for the job's life."""
+    cost = pricing.current(job.organization_id, job.base_model_id).cost(training_tokens=job.estimated_tokens)
+    try:
+        billing.reserve(
+            request_id=f"train:{job.pk}",
+            organization_id=job.organization_id,
+            api_key_id=str(actor.api_key_id) if actor.api_key_id else None,
+            amount=cost,
+            ttl_seconds=TRAINING_HOLD_SECONDS,
+        )
+    except InsufficientQuota as refused:
+        raise QuotaExceeded(
+            f"This fine-tuning job is estimated to cost {money.display(cost)} ({job.estimated_tokens} trained "
+            f"tokens), more than is available: {refused.message}",
+            "insufficient_quota",
+        ) from None
+    return cost
 
 
 def prepare(job_id: str) -> FineTuningJob:

@@ -25,6 +25,7 @@ django_application = get_asgi_application()
 
 from maas.body_limits import BodyLimitMiddleware  # noqa: E402  (after Django is set up)
 from maas.gateway_handler import GatewayASGIHandler  # noqa: E402
+from maas.lifespan import lifespan  # noqa: E402
 
 gateway_application = GatewayASGIHandler()
 _static_prefix = "/" + settings.STATIC_URL.strip("/") + "/"
@@ -32,6 +33,8 @@ _static = StaticFiles(packages=[(package, "static") for package in settings.STAT
 
 
 async def route(scope, receive, send):
+    if scope["type"] == "lifespan":
+        return await lifespan(receive, send)
     if scope["type"] == "http" and scope["path"].startswith(_static_prefix):
         scope = {**scope, "path": scope["path"][len(_static_prefix) - 1 :], "root_path": ""}
         try:

@@ -113,6 +113,17 @@ SCHEMAS = {
             "object": {"type": "string", "enum": ["model"]},
             "created": {"type": "integer"},
             "owned_by": {"type": "string"},
+            "pricing": {
+                "type": "object",
+                "description": "Extension: what the calling organization pays, per million tokens, as exact decimals.",
+                "required": ["currency", "input_per_million", "output_per_million", "training_per_million"],
+                "properties": {
+                    "currency": {"type": "string", "example": "usd"},
+                    "input_per_million": {"type": "string", "example": "0.1"},
+                    "output_per_million": {"type": "string", "example": "0.2"},
+                    "training_per_million": {"type": "string", "example": "1"},
+                },
+            },
         },
     },
     "ModelList": {

@@ -133,6 +133,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Cache (shared between processes: key revocation must reach every web process at once) ----
 REDIS_URL = env.get("REDIS_URL")
+# Connections a process keeps to Redis; a burst beyond them waits up to REDIS_POOL_TIMEOUT seconds.
+REDIS_MAX_CONNECTIONS = env.integer("REDIS_MAX_CONNECTIONS", 64)
+REDIS_POOL_TIMEOUT = env.integer("REDIS_POOL_TIMEOUT", 5)
 if REDIS_URL:
     CACHES = {
         "default": {
@@ -183,6 +186,12 @@ CELERY_BEAT_SCHEDULE: dict = {
     "sweep-fine-tuning-disk": {
         "task": "fine_tuning.tasks.sweep_disk",
         "schedule": env.integer("FINE_TUNING_SWEEP_SECONDS", 3600),
+    },
+    # Spool files of web processes that died on this host (live ones drain their own).
+    "release-expired-reservations": {"task": "billing.tasks.release_expired_reservations", "schedule": 60},
+    "drain-metering-outbox": {
+        "task": "billing.tasks.drain_outbox",
+        "schedule": env.integer("METERING_SWEEP_SECONDS", 30),
     },
 }
 
@@ -253,6 +262,35 @@ FINE_TUNING_CHECKPOINT_EVERY = env.integer("FINE_TUNING_CHECKPOINT_EVERY", 10)
 FINE_TUNING_WORK_RETENTION_HOURS = env.integer("FINE_TUNING_WORK_RETENTION_HOURS", 168)
 FINE_TUNING_WORK_DIR = Path(env.get("FINE_TUNING_WORK_DIR", str(VAR_DIR / "fine_tuning")))
 ADAPTER_STORE = Path(env.get("ADAPTER_STORE", str(MEDIA_ROOT / "adapters")))
+
+# --- Email (invitations and billing notices) ---------------------------------------------------
+# The embedded default writes each message to a file under VAR_DIR/mail; set EMAIL_BACKEND
+# (e.g. django.core.mail.backends.smtp.EmailBackend with EMAIL_HOST, EMAIL_PORT, ...) to send.
+EMAIL_BACKEND = env.get("EMAIL_BACKEND", "django.core.mail.backends.filebased.EmailBackend")
+EMAIL_FILE_PATH = str(VAR_DIR / "mail")
+EMAIL_HOST = env.get("EMAIL_HOST", "localhost")
+EMAIL_PORT = env.integer("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env.get("EMAIL_USE_TLS", "0") == "1"
+DEFAULT_FROM_EMAIL = env.get("DEFAULT_FROM_EMAIL", "maas@localhost")
+
+# --- Billing --------------------------------------------------------------------------------
+# One currency for every price, balance and invoice; money is integer nano-units of it (billing/money.py).
+BILLING_CURRENCY = env.get("BILLING_CURRENCY", "usd").lower()
+# Seconds a process caches prices and which budgets apply: a new price, limit or mode takes effect
+# within this (balances and spend are never cached: every reservation is a conditional UPDATE).
+BILLING_CACHE_SECONDS = env.integer("BILLING_CACHE_SECONDS", 5)
+# A new organization's account: "prepaid" (requests need credit) or "invoiced" (billed monthly),
+# and the credit it starts with (a decimal amount of BILLING_CURRENCY).
+BILLING_DEFAULT_MODE = env.get("BILLING_DEFAULT_MODE", "prepaid")
+BILLING_SIGNUP_CREDIT = env.get("BILLING_SIGNUP_CREDIT", "5")
+# A reservation whose request wrote no usage record by then is released by the reaper.
+BILLING_RESERVATION_TTL_SECONDS = env.integer("BILLING_RESERVATION_TTL_SECONDS", 900)
+# Usage records are appended here before a response ends, then drained into the ledger (billing/outbox.py).
+# Local disk of the web host; each process drains its own file and those of processes that died.
+METERING_SPOOL_DIR = Path(env.get("METERING_SPOOL_DIR", str(VAR_DIR / "metering")))
+METERING_DRAIN_SECONDS = float(env.get("METERING_DRAIN_SECONDS", "0.5"))
 
 # --- API ------------------------------------------------------------------------------------
 ADMIN_URL = env.get("ADMIN_URL", "admin/").strip("/") + "/"

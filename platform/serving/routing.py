@@ -8,15 +8,19 @@ so the hot path does not query the database on every call.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from dataclasses import dataclass
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import DatabaseError
 
 from catalog import selectors as catalog
 from serving.models import Backend
+from tenancy.detached import run_detached
+
+log = logging.getLogger("serving.routing")
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,10 @@ def _load(organization_id: int, model_id: str) -> Route:
     )
 
 
-_load_async = sync_to_async(_load)
+async def _load_async(organization_id: int, model_id: str) -> Route:
+    # A worker thread that gives its connection back at once: requests do not hold one each while
+    # they stream.
+    return await run_detached(_load, organization_id, model_id)
 
 
 async def resolve(organization_id: int, model_id: str) -> Route:
@@ -85,7 +92,14 @@ async def resolve(organization_id: int, model_id: str) -> Route:
     cached = _cache.get((organization_id, model_id))
     if cached and cached[0] > now:
         return cached[1]
-    route = await _load_async(organization_id, model_id)
+    try:
+        route = await _load_async(organization_id, model_id)
+    except DatabaseError as error:
+        if not cached:
+            raise
+        # The database is away: keep serving the route last seen (usage waits in the metering outbox).
+        log.warning("route of %s not refreshed (%s); using the one last seen", model_id, error)
+        route = cached[1]
     _cache[(organization_id, model_id)] = (now + settings.GATEWAY_ROUTE_CACHE_SECONDS, route)
     return route
 

@@ -56,3 +56,14 @@ def access_by_key(principal, slug: str) -> OrgAccess | None:
 
 def invitation_by_token(token: str) -> Invitation | None:
     return Invitation.all_orgs.select_related("organization").filter(token_hash=secrets.digest(token)).first()
+
+
+def administrator_emails(organization_id: int) -> list[str]:
+    """Where an organization's notices go: its active owners' and admins' addresses."""
+    from tenancy.roles import Role
+
+    return sorted(
+        Membership.all_orgs.filter(
+            organization_id=organization_id, role__in=[Role.OWNER, Role.ADMIN], user__is_active=True
+        ).values_list("user__email", flat=True)
+    )

@@ -30,7 +30,10 @@ def sync_client():
     if _sync_client is None:
         import redis
 
-        _sync_client = redis.Redis.from_url(settings.REDIS_URL)
+        pool = redis.BlockingConnectionPool.from_url(
+            settings.REDIS_URL, max_connections=settings.REDIS_MAX_CONNECTIONS, timeout=settings.REDIS_POOL_TIMEOUT
+        )
+        _sync_client = redis.Redis(connection_pool=pool)
     return _sync_client
 
 
@@ -40,7 +43,11 @@ def async_client():
 
     loop = id(asyncio.get_running_loop())
     if loop not in _async_clients:
-        _async_clients[loop] = redis.asyncio.Redis.from_url(settings.REDIS_URL)
+        # A burst of requests waits for a connection (up to REDIS_POOL_TIMEOUT) instead of failing.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            settings.REDIS_URL, max_connections=settings.REDIS_MAX_CONNECTIONS, timeout=settings.REDIS_POOL_TIMEOUT
+        )
+        _async_clients[loop] = redis.asyncio.Redis(connection_pool=pool)
     return _async_clients[loop]
 
 

@@ -3,26 +3,12 @@ import uuid
 from billing import services
 from billing.models import UsageEvent
 from tenancy.models import APIKey
+from tests.billing.usage import usage_record
 
 
 def record(tenant, request_id: str, key_id=None, **overrides):
-    values = dict(
-        request_id=request_id,
-        organization_id=tenant.org.pk,
-        api_key_id=key_id,
-        endpoint="chat.completions",
-        model="m",
-        base_model="m",
-        backend="b",
-        prompt_tokens=10,
-        completion_tokens=5,
-        streamed=True,
-        status_code=200,
-        outcome="ok",
-        latency_ms=12,
-        time_to_first_token_ms=3,
-    )
-    services.record_usage(**{**values, **overrides})
+    values = {"api_key_id": key_id, "backend": "b", "streamed": True, "latency_ms": 12, "time_to_first_token_ms": 3}
+    services.record_usage(**usage_record(tenant.org.pk, request_id, **{**values, **overrides}))
 
 
 def test_ledger_rows_are_exact_and_unique_per_request(tenant_a):

@@ -117,7 +117,7 @@ def test_job_trains_and_registers_a_model_for_its_organization_only(tuned, tenan
     from billing.models import UsageEvent
     from fine_tuning import jobs
 
-    rows = list(UsageEvent.all_orgs.filter(endpoint="fine_tuning.jobs"))
+    rows = list(UsageEvent.all_orgs.filter(route="fine_tuning.jobs"))
     assert [(r.request_id, r.training_tokens, r.outcome, r.model) for r in rows] == [
         (f"train:{body['id']}", job["trained_tokens"], "ok", job["fine_tuned_model"])
     ]
@@ -125,8 +125,8 @@ def test_job_trains_and_registers_a_model_for_its_organization_only(tuned, tenan
     FineTuningJob.all_orgs.filter(pk=body["id"]).update(status="running", lease_owner="w")  # as if not yet finished
     again = jobs.Outcome(code=0, trained_tokens=10**6, train_seconds=1.0, fine_tuned_model=job["fine_tuned_model"])
     assert jobs.finish(body["id"], worker="w", outcome=again) == "succeeded"
-    assert UsageEvent.all_orgs.filter(endpoint="fine_tuning.jobs").count() == 1
-    assert UsageEvent.all_orgs.get(endpoint="fine_tuning.jobs").training_tokens == job["trained_tokens"]
+    assert UsageEvent.all_orgs.filter(route="fine_tuning.jobs").count() == 1
+    assert UsageEvent.all_orgs.get(route="fine_tuning.jobs").training_tokens == job["trained_tokens"]
 
 
 def test_bad_job_requests_are_refused_at_create(tenant_a, tenant_b, django_capture_on_commit_callbacks):
@@ -236,6 +236,35 @@ def test_a_job_cancelled_before_it_ran_is_metered_with_no_tokens(tenant_a, djang
     jobs.cancel(job_id, organization_id=tenant_a.org.pk, actor=Actor(user=tenant_a.owner))
     row = UsageEvent.all_orgs.get(request_id=f"train:{job_id}")
     assert (row.training_tokens, row.outcome) == (0, "cancelled")
+
+
+def test_a_job_its_organization_cannot_afford_is_refused_and_an_affordable_one_holds_its_cost(
+    tenant_a, django_capture_on_commit_callbacks
+):
+    from billing import services as billing
+    from billing.models import Account, Reservation
+    from fine_tuning import jobs
+    from tenancy.audit import Actor
+
+    billing.grant_credits(tenant_a.org.pk, "-4.99999", reason="nearly spent", actor=Actor())  # 10,000 nano-units left
+    client = key_client(tenant_a.key(scopes=["files", "fine_tuning"]))
+    with django_capture_on_commit_callbacks(execute=True):
+        file_id = client.post("/v1/files", {"file": fact_upload(), "purpose": "fine-tune"}, format="multipart").json()[
+            "id"
+        ]
+    refused = client.post("/v1/fine_tuning/jobs", {"model": DEMO_MODEL, "training_file": file_id}, format="json")
+    assert refused.status_code == 429, refused.content
+    assert refused.json()["error"]["code"] == "insufficient_quota"
+    assert "estimated to cost" in refused.json()["error"]["message"]
+    assert not FineTuningJob.all_orgs.exists() and not Reservation.all_orgs.exists()
+    billing.grant_credits(tenant_a.org.pk, "1", reason="top-up", actor=Actor())
+    job_id = _queued_job(tenant_a, django_capture_on_commit_callbacks)
+    hold = Reservation.all_orgs.get(request_id=f"train:{job_id}")
+    estimated = FineTuningJob.all_orgs.get(pk=job_id).estimated_tokens
+    assert hold.amount == estimated * 1000  # the demo model's training price: 1,000 nano-units a token
+    jobs.cancel(job_id, organization_id=tenant_a.org.pk, actor=Actor(user=tenant_a.owner))
+    assert not Reservation.all_orgs.exists()  # the job's ledger row settled it
+    assert Account.all_orgs.get(organization=tenant_a.org).reserved == 0
 
 
 def test_the_reaper_resends_a_waiting_job_once_per_interval(tenant_a, django_capture_on_commit_callbacks, settings):

@@ -17,8 +17,11 @@ def staff(client, django_user_model):
 
 
 def test_every_admin_page_renders(staff, tenant_a):
+    from billing import budgets
+
     tenant_a.key()
     tenant_a.add_member("m@alpha.test")
+    budgets.ensure_account(tenant_a.org.pk)
     for model in admin.site._registry:
         opts = model._meta
         changelist = staff.get(reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist"))

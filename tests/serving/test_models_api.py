@@ -18,8 +18,14 @@ def test_list_and_retrieve_models_in_the_openai_shape(tenant_a):
     body = listed.json()
     assert body["object"] == "list" and [m["id"] for m in body["data"]] == [DEMO]
     model = body["data"][0]
-    assert set(model) == {"id", "object", "created", "owned_by"}
+    assert set(model) == {"id", "object", "created", "owned_by", "pricing"}
     assert model["object"] == "model" and model["owned_by"] == "system" and isinstance(model["created"], int)
+    assert model["pricing"] == {
+        "currency": "usd",
+        "input_per_million": "0.1",
+        "output_per_million": "0.2",
+        "training_per_million": "1",
+    }
     assert client.get(f"/v1/models/{DEMO}").json() == model
     assert listed["x-request-id"].startswith("req_")
 

@@ -71,7 +71,7 @@ def test_models_chat_stream_and_completions_with_exact_usage(stack):
     assert text.object == "text_completion" and text.choices[0].text.startswith(" four")
 
     rows = wait_for_ledger(4)
-    assert [(r.endpoint, r.streamed, r.outcome) for r in rows] == [
+    assert [(r.route, r.streamed, r.outcome) for r in rows] == [
         ("chat.completions", False, "ok"),
         ("chat.completions", True, "ok"),
         ("chat.completions", True, "ok"),

@@ -15,9 +15,12 @@ import logging
 
 import orjson
 from django.core.exceptions import RequestDataTooBig
+from django.db import DatabaseError
 from django.http import HttpResponse, StreamingHttpResponse
 
+from billing import pricing
 from billing import services as billing
+from billing.budgets import Hold, InsufficientQuota
 from billing.models import UsageEvent
 from serving import routing
 from serving.gateway import ratelimit, upstream, validation
@@ -67,6 +70,49 @@ def _prompt_estimate(checked: validation.Checked) -> int:
     the chat template's few tokens per message; corrected to the real count afterwards."""
     messages = checked.forward.get("messages") or [None]
     return len(checked.prompt_text.encode()) // 3 + 8 * len(messages) + 1
+
+
+def _prompt_bound(checked: validation.Checked) -> int:
+    """Prompt tokens, never under-counted, for the money a request may cost: a byte-level tokenizer
+    never makes more tokens than UTF-8 bytes; the template adds a few per message and a default
+    system prompt. The reservation holds this; the charge is the real count."""
+    messages = checked.forward.get("messages") or [None]
+    return len(checked.prompt_text.encode()) + 8 * len(messages) + 64
+
+
+async def _reserve(request_id: str, principal, amount: int, grant) -> Hold:
+    try:
+        return await billing.areserve(
+            request_id=request_id,
+            organization_id=principal.organization_id,
+            api_key_id=principal.key_id,
+            amount=amount,
+        )
+    except InsufficientQuota as refused:
+        await ratelimit.correct(grant, 0)
+        raise GatewayError(
+            429,
+            refused.message,
+            code="insufficient_quota",
+            error_type="insufficient_quota",
+            param=None,
+            headers={"x-should-retry": "false", "x-budget": refused.budget},
+            quiet=True,
+        ) from None
+    except DatabaseError:
+        await ratelimit.correct(grant, 0)
+        # A budget applies and cannot be checked: fail closed, and say it is worth retrying.
+        raise GatewayError(
+            503,
+            "Billing is unavailable right now, so this request cannot be admitted. Retry shortly.",
+            code="billing_unavailable",
+            error_type="server_error",
+            headers={"retry-after": "5"},
+            quiet=True,
+        ) from None
+    except BaseException:
+        await ratelimit.correct(grant, 0)
+        raise
 
 
 def _completion_cap(checked: validation.Checked, route: routing.Route, prompt_estimate: int) -> int:
@@ -285,15 +331,21 @@ async def _proxy(request, endpoint: str, path: str):
         )
     prompt_estimate = _prompt_estimate(checked)
     cap = _completion_cap(checked, route, prompt_estimate)
+    price = await pricing.acurrent(principal.organization_id, checked.model, route.base_model)
     grant = await ratelimit.acquire(principal, prompt_estimate + cap)
-    reservation = billing.reserve(
-        organization_id=principal.organization_id,
-        api_key_id=principal.key_id,
-        model=checked.model,
-        estimated_tokens=prompt_estimate + cap,
+    hold = await _reserve(
+        request.request_id, principal, price.cost(prompt_tokens=_prompt_bound(checked), completion_tokens=cap), grant
     )
     meter = Meter(
-        request.request_id, principal, endpoint, checked.model, route.base_model, checked.stream, grant, reservation
+        request.request_id,
+        principal,
+        endpoint,
+        checked.model,
+        route.base_model,
+        checked.stream,
+        grant,
+        hold,
+        price,
     )
     meter.prompt_estimate = prompt_estimate
     try:

@@ -1,20 +1,21 @@
-"""What one gateway request used, and closing its books: rate-limit correction, the billing
-settle call and the ledger row. The closing runs in its own task, so a client that disconnects
-(which cancels the request's task) cannot cancel the metering."""
+"""What one gateway request used, and closing its books: the usage record goes into the metering
+outbox synchronously, before the response ends (its ledger row settles the budget reservation when
+drained); the rate-limit correction runs in its own task, so a client that disconnects (which
+cancels the request's task) cannot cancel it."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from dataclasses import dataclass, field
 
-from asgiref.sync import sync_to_async
-from django.db import close_old_connections
-
+from billing import ledger
 from billing import services as billing
+from billing.budgets import Hold
+from billing.pricing import UnitPrice
 from serving.gateway import ratelimit
+from tenancy.detached import run_detached
 
 log = logging.getLogger("serving.gateway")
 _background: set[asyncio.Task] = set()
@@ -33,31 +34,17 @@ async def drain() -> None:
         await asyncio.gather(*list(_background), return_exceptions=True)
 
 
-async def _detached(work) -> None:
-    """Database work after the request: not thread-sensitive (the request and its executor may be
-    gone by now), on a thread that is no request, so it opens and closes its connection as a request
-    would (with a connection pool, closing gives the connection back)."""
-
-    def run() -> None:
-        close_old_connections()
-        try:
-            work()
-        finally:
-            close_old_connections()
-
-    await sync_to_async(run, thread_sensitive=False)()
-
-
 @dataclass
 class Meter:
     request_id: str
     principal: object
-    endpoint: str
+    route: str  # the API route: chat.completions | completions
     model: str
     base_model: str
     streamed: bool
     grant: ratelimit.Grant
-    reservation: billing.Reservation
+    hold: Hold
+    price: UnitPrice
     started: float = field(default_factory=time.perf_counter)
     wall_started: float = field(default_factory=time.time)
     backend: str = ""
@@ -92,7 +79,11 @@ class Meter:
             # error): bill what was relayed, never 0.
             self.prompt_tokens = self.prompt_tokens or self.prompt_estimate
             self.completion_tokens = max(self.completion_tokens, self.relayed)
-        return spawn(self._book(status_code, outcome, time.perf_counter()))
+        try:
+            billing.meter(self._record(status_code, outcome, time.perf_counter()))
+        except Exception:
+            log.exception("could not spool the usage of %s", self.request_id)
+        return spawn(self._book())
 
     def discard(self) -> asyncio.Task | None:
         """Close the books of a request that never reached a model server (none was up to take it):
@@ -107,33 +98,34 @@ class Meter:
     async def _release(self) -> None:
         try:
             await ratelimit.correct(self.grant, 0)
-            await _detached(functools.partial(billing.settle, self.reservation, prompt_tokens=0, completion_tokens=0))
+            if self.hold.amount:
+                await run_detached(billing.release, self.hold)
         except Exception:
             log.exception("could not release the reservations of %s", self.request_id)
 
-    async def _book(self, status_code: int, outcome: str, ended: float) -> None:
+    async def _book(self) -> None:
         try:
             await ratelimit.correct(self.grant, self.prompt_tokens + self.completion_tokens)
-            await _detached(functools.partial(self._write, status_code, outcome, ended))
         except Exception:
-            log.exception("could not record usage of %s", self.request_id)
+            log.exception("could not correct the rate limit of %s", self.request_id)
 
-    def _write(self, status_code: int, outcome: str, ended: float) -> None:
-        billing.settle(self.reservation, prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens)
+    def _record(self, status_code: int, outcome: str, ended: float) -> dict:
         ttft = None if self.first_token_at is None else int((self.first_token_at - self.started) * 1000)
-        billing.record_usage(
-            request_id=self.request_id,
-            organization_id=self.principal.organization_id,
-            api_key_id=self.principal.key_id,
-            endpoint=self.endpoint,
-            model=self.model,
-            base_model=self.base_model,
-            backend=self.backend,
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=self.completion_tokens,
-            streamed=self.streamed,
-            status_code=status_code,
-            outcome=outcome,
-            latency_ms=int((ended - self.started) * 1000),
-            time_to_first_token_ms=ttft,
-        )
+        return {
+            "request_id": self.request_id,
+            "organization_id": self.principal.organization_id,
+            "api_key_id": self.principal.key_id,
+            "route": self.route,
+            "model": self.model,
+            "base_model": self.base_model,
+            "backend": self.backend,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "price": ledger.price_fields(self.price),
+            "streamed": self.streamed,
+            "status_code": status_code,
+            "outcome": outcome,
+            "latency_ms": int((ended - self.started) * 1000),
+            "time_to_first_token_ms": ttft,
+            "created_at": self.wall_started,
+        }

@@ -3,9 +3,10 @@ from __future__ import annotations
 from asgiref.sync import sync_to_async
 from django.http import JsonResponse
 
+from billing import money, pricing
+from billing.pricing import UnitPrice
 from catalog import selectors as catalog
 from catalog import services as catalog_services
-from catalog.models import BaseModel
 from serving.gateway.http import GatewayError, authenticate, gateway_view
 from tenancy.audit import Actor
 from tenancy.roles import Scope
@@ -14,12 +15,26 @@ from tenancy.services import ServiceError
 MODEL_SCOPES = (Scope.MODELS_READ, Scope.INFERENCE)
 
 
-def model_object(model: BaseModel) -> dict:
-    return {"id": model.pk, "object": "model", "created": int(model.created_at.timestamp()), "owned_by": model.owned_by}
+def model_object(model, owned_by: str, price: UnitPrice) -> dict:
+    """A base or fine-tuned model as /v1/models shows it."""
+    return {
+        "id": model.pk,
+        "object": "model",
+        "created": int(model.created_at.timestamp()),
+        "owned_by": owned_by,
+        "pricing": pricing_object(price),
+    }
 
 
-def tuned_object(model, owner: str) -> dict:
-    return {"id": model.pk, "object": "model", "created": int(model.created_at.timestamp()), "owned_by": owner}
+def pricing_object(price: UnitPrice) -> dict:
+    """An extension of the model object: what this organization pays, per million tokens, as
+    exact decimal strings in the platform's currency."""
+    return {
+        "currency": money.currency(),
+        "input_per_million": str(money.per_million(price.input)),
+        "output_per_million": str(money.per_million(price.output)),
+        "training_per_million": str(money.per_million(price.training)),
+    }
 
 
 def not_found(model_id: str) -> GatewayError:
@@ -34,9 +49,13 @@ def not_found(model_id: str) -> GatewayError:
 @gateway_view("GET")
 async def list_models(request):
     principal = await authenticate(request, *MODEL_SCOPES)
-    models = [model_object(m) async for m in catalog.visible_base_models(principal.organization_id)]
+    org = principal.organization_id
+    models = [
+        model_object(m, m.owned_by, await pricing.acurrent(org, m.pk)) async for m in catalog.visible_base_models(org)
+    ]
     models += [
-        tuned_object(m, principal.organization_slug) async for m in catalog.fine_tuned_models(principal.organization_id)
+        model_object(m, principal.organization_slug, await pricing.acurrent(org, m.pk, m.base_model_id))
+        async for m in catalog.fine_tuned_models(org)
     ]
     return JsonResponse({"object": "list", "data": models})
 
@@ -57,11 +76,14 @@ async def retrieve_model(request, model_id: str):
         tuned = await catalog.fine_tuned_models(principal.organization_id).filter(pk=model_id).afirst()
         if tuned is None:
             raise not_found(model_id)
-        return JsonResponse(tuned_object(tuned, principal.organization_slug))
+        price = await pricing.acurrent(principal.organization_id, tuned.pk, tuned.base_model_id)
+        return JsonResponse(model_object(tuned, principal.organization_slug, price))
     model = await catalog.visible_base_models(principal.organization_id).filter(pk=model_id).afirst()
     if model is None:
         raise not_found(model_id)
-    return JsonResponse(model_object(model))
+    return JsonResponse(
+        model_object(model, model.owned_by, await pricing.acurrent(principal.organization_id, model.pk))
+    )
 
 
 @gateway_view()
