@@ -19,6 +19,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from tenancy import secrets, shared_store
+from tenancy.detached import returning_connection
 from tenancy.models import APIKey, Organization
 from tenancy.roles import Scope
 
@@ -129,10 +130,10 @@ async def aauthenticate(raw_key: str | None) -> KeyPrincipal:
     if cached is not None:
         principal = KeyPrincipal.from_cache(cached)
     else:
-        principal = await sync_to_async(_load)(key_hash)  # a miss: rare, so the usual request thread
+        principal = await sync_to_async(returning_connection(_load))(key_hash)  # a miss: rare
     _check(principal)
     if first_use_in_window:
-        await sync_to_async(_record_use)(key_hash)
+        await sync_to_async(returning_connection(_record_use))(key_hash)
     return principal
 
 
