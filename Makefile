@@ -43,6 +43,8 @@ bench: setup
 	$(PY) bench/gateway_overhead.py
 	$(PY) bench/fine_tuning_overhead.py
 	$(PY) bench/fine_tuning_vs_trl.py
+	$(PY) bench/ledger_ingest.py
+	$(PY) bench/gateway_budgets.py
 
 clean:
 	rm -rf $(VENV) var
