@@ -15,6 +15,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/", include(("tenancy.api.urls", "api"))),
     path("api/", include(("fine_tuning.api.urls_api", "api-fine-tuning"))),
+    path("api/", include(("billing.api.urls_api", "api-billing"))),
     # Fine-tuning sits above serving in the layering, so it brings its own /v1/ routes, ahead of
     # the gateway's (which end in a catch-all for unknown URLs).
     path("v1/", include(("fine_tuning.api.urls_v1", "v1-fine-tuning"))),

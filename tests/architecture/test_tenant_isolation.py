@@ -95,6 +95,11 @@ def seeded(tenant_a, tenant_b):
         fine_tuning.validate_file(file.pk)
     dataset = fine_tuning.create_dataset(organization_id=tenant_a.org.pk, name="a-data", actor=Actor())
     fine_tuning.add_dataset_version(dataset.pk, organization_id=tenant_a.org.pk, file_id=file.pk, actor=Actor())
+    from billing import budgets
+    from billing.models import Notification
+
+    budgets.ensure_account(tenant_a.org.pk)
+    Notification.all_orgs.create(organization=tenant_a.org, kind="spend_limit", title="50 %", body="a's notice")
     from fine_tuning import jobs
 
     with scope.organization(tenant_a.org.pk):
