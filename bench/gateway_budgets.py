@@ -18,14 +18,13 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.gateway_overhead import free_port, load, manage, quantile, wait  # noqa: E402
+from bench.gateway_overhead import bench_env, free_port, load, manage, quantile, wait  # noqa: E402
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
 REQUESTS = {1: int(os.environ.get("BENCH_REQUESTS_C1", "400")), 32: int(os.environ.get("BENCH_REQUESTS_C32", "2000"))}
@@ -46,16 +45,7 @@ services.configure_account(off.pk, mode='invoiced', actor=Actor())
 
 
 def main() -> None:
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'platform'}{os.pathsep}{ROOT}"}
-    if not env.get("DATABASE_URL"):
-        env["VAR_DIR"] = tempfile.mkdtemp(prefix="bench-budgets-")
-    env.update(
-        RATE_LIMIT_KEY_RPM="10000000",
-        RATE_LIMIT_ORG_RPM="10000000",
-        RATE_LIMIT_KEY_TPM="1000000000",
-        RATE_LIMIT_ORG_TPM="1000000000",
-        LOG_LEVEL="WARNING",
-    )
+    env = bench_env("bench-budgets-")
     up_port, web_port = free_port(), free_port()
     serve = [sys.executable, "-m", "uvicorn", "--no-access-log", "--log-level", "warning", "--port"]
     upstream = subprocess.Popen([*serve, str(up_port), "bench.trivial_upstream:app"], cwd=ROOT, env=env)

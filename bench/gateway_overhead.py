@@ -84,10 +84,12 @@ def quantile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[int(q * 100) - 1] * 1000
 
 
-def main() -> None:
+def bench_env(prefix: str) -> dict:
+    """The platform's processes for a gateway benchmark: the given database (or a fresh embedded
+    one), rate limits out of the way, quiet logs."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'platform'}{os.pathsep}{ROOT}"}
     if not env.get("DATABASE_URL"):
-        env["VAR_DIR"] = tempfile.mkdtemp(prefix="bench-gateway-")
+        env["VAR_DIR"] = tempfile.mkdtemp(prefix=prefix)
     env.update(
         RATE_LIMIT_KEY_RPM="10000000",
         RATE_LIMIT_ORG_RPM="10000000",
@@ -95,6 +97,11 @@ def main() -> None:
         RATE_LIMIT_ORG_TPM="1000000000",
         LOG_LEVEL="WARNING",
     )
+    return env
+
+
+def main() -> None:
+    env = bench_env("bench-gateway-")
     up_port = free_port()
     upstream = subprocess.Popen(
         [

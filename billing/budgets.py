@@ -130,10 +130,22 @@ def reserve(*, request_id: str, organization_id: int, api_key_id: str | None, am
     if amount <= 0 or not found.applies(api_key_id):
         return Hold(request_id, organization_id, api_key_id, 0)
     key_limited = api_key_id is not None and api_key_id in found.limited_keys
-    if connection.vendor == "postgresql" and not key_limited and not connection.in_atomic_block:
-        return _hold_in_one_statement(request_id, organization_id, api_key_id, amount, ttl_seconds)
-    with transaction.atomic():
-        return _hold(request_id, organization_id, api_key_id, amount, ttl_seconds, found)
+    for attempt in range(2):
+        try:
+            if connection.vendor == "postgresql" and not key_limited and not connection.in_atomic_block:
+                return _hold_in_one_statement(request_id, organization_id, api_key_id, amount, ttl_seconds)
+            with transaction.atomic():
+                return _hold(request_id, organization_id, api_key_id, amount, ttl_seconds, found)
+        except _AccountMissing:
+            # The cached policy outlived the account's absence (a new organization): make it, once.
+            if attempt:
+                raise
+            ensure_account(organization_id)
+    raise AssertionError("unreachable")
+
+
+class _AccountMissing(Exception):
+    pass
 
 
 def _hold_in_one_statement(
@@ -225,8 +237,10 @@ def _hold(request_id: str, organization_id: int, api_key_id: str | None, amount:
     return Hold(request_id, organization_id, api_key_id, amount, key_limited)
 
 
-def _why_not(organization_id: int, amount: int) -> InsufficientQuota:
-    account = Account.all_orgs.get(organization_id=organization_id)
+def _why_not(organization_id: int, amount: int) -> Exception:
+    account = Account.all_orgs.filter(organization_id=organization_id).first()
+    if account is None:
+        return _AccountMissing()
     if account.mode == Account.Mode.PREPAID and account.credit - account.reserved < amount:
         return InsufficientQuota(
             "organization_credit",

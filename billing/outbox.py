@@ -37,20 +37,19 @@ class Spool:
         self.directory = Path(directory)
         self._lock = threading.Lock()
         self._fd: int | None = None
-        self._path: Path | None = None
         self._pid = os.getpid()
         self._numbers = itertools.count()
 
     def _open(self) -> int:
         if self._pid != os.getpid():  # forked: the parent's file and lock are not ours
-            self._fd, self._path, self._pid = None, None, os.getpid()
+            self._fd, self._pid = None, os.getpid()
         if self._fd is None:
             self.directory.mkdir(parents=True, exist_ok=True)
             name = f"{socket.gethostname()}.{self._pid}.{next(self._numbers)}.jsonl"
             path = self.directory / name
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX)
-            self._fd, self._path = fd, path
+            self._fd = fd
         return self._fd
 
     def append(self, record: dict) -> None:
@@ -66,7 +65,7 @@ class Spool:
         with self._lock:
             if self._fd is not None and self._pid == os.getpid():
                 os.close(self._fd)  # releases the flock
-            self._fd, self._path = None, None
+            self._fd = None
 
 
 def reject(record: dict, reason: str) -> None:

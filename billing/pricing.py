@@ -101,9 +101,3 @@ async def acurrent(organization_id: int | None, model: str, base_model: str = ""
 def forget() -> None:
     """Drop the cache of this process (a price was just set here; tests)."""
     _cache.clear()
-
-
-def by_id(version: int | None) -> UnitPrice:
-    if version is None:
-        return FREE
-    return UnitPrice(version, *_amounts(Price.objects.get(pk=version)))

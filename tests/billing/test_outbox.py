@@ -32,7 +32,13 @@ def test_spooled_records_are_drained_once(tenant_a, spool_dir):
         services.meter(record(tenant_a, f"req_{n}"))
     services.meter(record(tenant_a, "req_0", completion_tokens=999))  # a replay of the same request
     assert UsageEvent.all_orgs.count() == 0  # spooled, not yet in the ledger
-    assert services.drain_outbox() == 6
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("drain_usage", stdout=out)  # the operator's command, as the README gives it
+    assert out.getvalue().strip() == "6 usage record(s) drained into the ledger."
     rows = {r.request_id: r.completion_tokens for r in UsageEvent.all_orgs.all()}
     assert rows == {f"req_{n}": 5 for n in range(5)}
     assert list(spool_dir.glob("*.jsonl")) == []
