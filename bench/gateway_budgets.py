@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.gateway_overhead import bench_env, free_port, load, manage, quantile, wait  # noqa: E402
+from bench.gateway_overhead import bench_env, free_port, load, manage, quantile, register_upstream, wait  # noqa: E402
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
 REQUESTS = {1: int(os.environ.get("BENCH_REQUESTS_C1", "400")), 32: int(os.environ.get("BENCH_REQUESTS_C32", "2000"))}
@@ -56,9 +56,7 @@ def main() -> None:
         manage(env, "create_org", f"{slug}-{mode}", "--owner", f"{slug}-{mode}@example.com")
         keys[mode] = manage(env, "create_api_key", f"{slug}-{mode}", "--name", "bench").strip().splitlines()[-1]
     manage(env, "shell", "--no-imports", "-c", SETUP.replace("SLUG", slug))
-    manage(
-        env, "register_backend", f"bench-{up_port}", "--url", f"http://127.0.0.1:{up_port}", "--model", "bench-model"
-    )
+    register_upstream(env, up_port)
     web = subprocess.Popen([*serve, str(web_port), "maas.asgi:application"], cwd=ROOT, env=env)
     rows = []
     try:

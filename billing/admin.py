@@ -3,7 +3,19 @@ from django.contrib import admin
 from django.utils import timezone
 
 from billing import money, services
-from billing.models import Account, Notification, Price, Reservation, UsageEvent
+from billing.models import (
+    Account,
+    Invoice,
+    InvoiceLine,
+    Notification,
+    Payment,
+    PaymentCustomer,
+    Price,
+    Reservation,
+    UsageEvent,
+    WebhookEvent,
+)
+from tenancy.admin import ReadOnlyAdmin
 from tenancy.audit import Actor
 
 
@@ -84,15 +96,15 @@ class PriceAdmin(admin.ModelAdmin):
 
     @admin.display(description="input / 1M")
     def input(self, obj: Price) -> str:
-        return str(money.per_million(obj.input_per_token))
+        return money.per_million(obj.input_per_token)
 
     @admin.display(description="output / 1M")
     def output(self, obj: Price) -> str:
-        return str(money.per_million(obj.output_per_token))
+        return money.per_million(obj.output_per_token)
 
     @admin.display(description="training / 1M")
     def training(self, obj: Price) -> str:
-        return str(money.per_million(obj.training_per_token))
+        return money.per_million(obj.training_per_token)
 
     def has_change_permission(self, request, obj=None):
         return obj is None and super().has_change_permission(request, obj)
@@ -172,18 +184,9 @@ class AccountAdmin(admin.ModelAdmin):
 
 
 @admin.register(Reservation)
-class ReservationAdmin(admin.ModelAdmin):
+class ReservationAdmin(ReadOnlyAdmin):  # released by its settle, or by the reaper
     list_display = ["request_id", "organization", "amount", "created_at", "expires_at"]
     search_fields = ["request_id", "organization__slug"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False  # released by its settle, or by the reaper
 
 
 @admin.register(Notification)
@@ -196,3 +199,57 @@ class NotificationAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+class InvoiceLineInline(admin.TabularInline):
+    model = InvoiceLine
+    fields = ["model", "meter", "quantity", "unit_price", "amount"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def get_queryset(self, request):
+        return InvoiceLine.all_orgs.all()
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Invoice)
+class InvoiceAdmin(ReadOnlyAdmin):
+    list_display = ["number", "organization", "period", "mode", "subtotal_display", "due_display", "status"]
+    list_filter = ["status", "mode", "period"]
+    search_fields = ["number", "organization__slug", "provider_invoice_id"]
+    inlines = [InvoiceLineInline]
+
+    @admin.display(description="subtotal")
+    def subtotal_display(self, obj: Invoice) -> str:
+        return money.display(obj.subtotal)
+
+    @admin.display(description="amount due")
+    def due_display(self, obj: Invoice) -> str:
+        return money.display(obj.amount_due)
+
+
+@admin.register(Payment)
+class PaymentAdmin(ReadOnlyAdmin):
+    list_display = ["created_at", "organization", "kind", "amount_display", "status", "provider_payment_id"]
+    list_filter = ["kind", "status", "provider"]
+    search_fields = ["provider_payment_id", "organization__slug"]
+
+    @admin.display(description="amount")
+    def amount_display(self, obj: Payment) -> str:
+        return money.display(obj.amount, 2)
+
+
+@admin.register(PaymentCustomer)
+class PaymentCustomerAdmin(ReadOnlyAdmin):
+    list_display = ["organization", "provider", "customer_id", "card_brand", "card_last4"]
+    search_fields = ["customer_id", "organization__slug"]
+
+
+@admin.register(WebhookEvent)
+class WebhookEventAdmin(ReadOnlyAdmin):
+    list_display = ["received_at", "provider", "type", "event_id", "status", "organization"]
+    list_filter = ["provider", "status", "type"]
+    search_fields = ["event_id"]

@@ -1,5 +1,6 @@
-"""Spend-limit alerts: when a period's spend crosses 50, 80 or 100 % of a monthly limit (the
-organization's or a key's), one notice per threshold and period — a notification row for the
+"""Billing notices (billing.alerts.notify), and spend-limit alerts among them: when a period's
+spend crosses 50, 80 or 100 % of a monthly limit (the organization's or a key's), one notice per
+threshold and period — a notification row for the
 console, an email to the organization's owners and admins, an audit row.
 
 "Once per period" is a conditional UPDATE of the limit row's alerted_percent (which a new period
@@ -57,15 +58,24 @@ def _notify(organization_id: int, level: int, spent: int, limit: int, key) -> No
     data = {"percent": level, "spent": str(money.to_decimal(spent)), "limit": str(money.to_decimal(limit))}
     if key is not None:
         data["api_key_id"] = str(key.pk)
-    Notification.all_orgs.create(
-        organization_id=organization_id,
+    notify(
+        organization_id,
         kind="spend_limit",
         level="critical" if level >= 100 else "warning",
         title=title,
         body=body,
         data=data,
+        action="billing.spend_alert",
     )
-    audit.record("billing.spend_alert", actor=Actor.system(), organization_id=organization_id, data=data)
+
+
+def notify(organization_id: int, *, kind: str, level: str, title: str, body: str, data: dict, action: str) -> None:
+    """Inside the caller's transaction: a notification for the console, an audit row, and (once
+    the transaction commits) an email to the organization's owners and admins."""
+    Notification.all_orgs.create(
+        organization_id=organization_id, kind=kind, level=level, title=title, body=body, data=data
+    )
+    audit.record(action, actor=Actor.system(), organization_id=organization_id, data=data)
     recipients = selectors.administrator_emails(organization_id)
     if recipients:
         transaction.on_commit(lambda: _email(recipients, title, body))
@@ -75,4 +85,4 @@ def _email(recipients: list[str], subject: str, body: str) -> None:
     try:
         send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, recipients)
     except Exception:  # the notification row and the audit row stand; the mail is best effort
-        log.exception("could not send a spend alert to %d recipient(s)", len(recipients))
+        log.exception("could not send a billing notice to %d recipient(s)", len(recipients))

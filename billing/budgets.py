@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -148,45 +149,52 @@ class _AccountMissing(Exception):
     pass
 
 
+HOLD_STATEMENT = """
+    WITH debit AS (
+        UPDATE {account} SET
+            reserved = reserved + %(amount)s,
+            period_spent = CASE WHEN period = %(period)s THEN period_spent ELSE 0 END,
+            alerted_percent = CASE WHEN period = %(period)s THEN alerted_percent ELSE 0 END,
+            period = %(period)s
+        WHERE organization_id = %(org)s
+          AND (mode = %(invoiced)s OR credit >= reserved + %(amount)s)
+          AND (monthly_limit IS NULL OR monthly_limit >=
+               (CASE WHEN period = %(period)s THEN period_spent ELSE 0 END) + reserved + %(amount)s)
+        RETURNING organization_id
+    )
+    INSERT INTO {reservation}
+        (organization_id, request_id, api_key_id, amount, key_limited, created_at, expires_at)
+    SELECT organization_id, %(request_id)s, %(key)s, %(amount)s, false, %(now)s, %(expires)s FROM debit
+    RETURNING id
+"""
+
+
+def hold_statement(
+    request_id: str, organization_id: int, api_key_id: str | None, amount: int, ttl_seconds: int
+) -> tuple[str, dict]:
+    """PostgreSQL's reservation in one statement, when no key limit applies: a CTE whose UPDATE
+    debits the account under the same conditions as _hold and whose INSERT writes the reservation
+    only if the debit happened — one round trip, the account row locked for one statement. It
+    returns a row if the reservation was made."""
+    now = timezone.now()
+    sql = HOLD_STATEMENT.format(account=Account._meta.db_table, reservation=Reservation._meta.db_table)
+    return sql, {
+        "amount": amount,
+        "period": period_of(now),
+        "org": organization_id,
+        "invoiced": Account.Mode.INVOICED.value,
+        "request_id": request_id,
+        "key": uuid.UUID(str(api_key_id)) if api_key_id else None,
+        "now": now,
+        "expires": now + timedelta(seconds=ttl_seconds),
+    }
+
+
 def _hold_in_one_statement(
     request_id: str, organization_id: int, api_key_id: str | None, amount: int, ttl_seconds: int
 ) -> Hold:
-    """The gateway's common case on PostgreSQL (no key limit): the account's conditional debit and
-    the reservation row in one statement — one round trip, the account row locked for one statement
-    only. The same conditions as _hold; a statement is atomic on its own."""
-    now = timezone.now()
-    account, reservation = Account._meta.db_table, Reservation._meta.db_table
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"""
-            WITH debit AS (
-                UPDATE {account} SET
-                    reserved = reserved + %(amount)s,
-                    period_spent = CASE WHEN period = %(period)s THEN period_spent ELSE 0 END,
-                    alerted_percent = CASE WHEN period = %(period)s THEN alerted_percent ELSE 0 END,
-                    period = %(period)s
-                WHERE organization_id = %(org)s
-                  AND (mode = %(invoiced)s OR credit >= reserved + %(amount)s)
-                  AND (monthly_limit IS NULL OR monthly_limit >=
-                       (CASE WHEN period = %(period)s THEN period_spent ELSE 0 END) + reserved + %(amount)s)
-                RETURNING organization_id
-            )
-            INSERT INTO {reservation}
-                (organization_id, request_id, api_key_id, amount, key_limited, created_at, expires_at)
-            SELECT organization_id, %(request_id)s, %(key)s, %(amount)s, false, %(now)s, %(expires)s FROM debit
-            RETURNING id
-            """,  # noqa: S608 (table names from the models)
-            {
-                "amount": amount,
-                "period": period_of(now),
-                "org": organization_id,
-                "invoiced": Account.Mode.INVOICED.value,
-                "request_id": request_id,
-                "key": api_key_id,
-                "now": now,
-                "expires": now + timedelta(seconds=ttl_seconds),
-            },
-        )
+        cursor.execute(*hold_statement(request_id, organization_id, api_key_id, amount, ttl_seconds))
         if cursor.fetchone() is None:
             raise _why_not(organization_id, amount)
     return Hold(request_id, organization_id, api_key_id, amount)
@@ -284,16 +292,42 @@ def _apply(organization_amounts: dict, key_amounts: dict, period: date) -> None:
             period=period,
         )
     if any(spent for _, spent in organization_amounts.values()):
-        alerts.check(list(organization_amounts), list(key_amounts))
+        # Only limits can alert: skip the query for organizations this process knows have none (a
+        # limit set a moment ago is checked at the first settle after the cached policy refreshes).
+        known = {o: cached_policy(o) for o in organization_amounts}
+        orgs = [o for o, p in known.items() if p is None or p.org_limited]
+        unknown = any(p is None for p in known.values())
+        limited = frozenset().union(*(p.limited_keys for p in known.values() if p is not None))
+        keys = [k for k in key_amounts if unknown or k in limited]
+        if orgs or keys:
+            alerts.check(orgs, keys)
 
 
 def _take(request_ids: list[str]) -> dict[str, Reservation]:
-    """Lock and delete the reservations of these requests; returns those that were there (each is
-    taken once: a concurrent settle or release waits, then finds it gone)."""
-    held = {r.request_id: r for r in Reservation.all_orgs.select_for_update().filter(request_id__in=request_ids)}
-    if held:
-        Reservation.all_orgs.filter(pk__in=[r.pk for r in held.values()]).delete()
-    return held
+    """Delete the reservations of these requests, returning those that were there: one statement
+    (DELETE … RETURNING locks each row it deletes, so a concurrent settle or release of the same
+    request waits, then finds it gone — each is taken once)."""
+    table = connection.ops.quote_name(Reservation._meta.db_table)
+    rows: list = []
+    with connection.cursor() as cursor:
+        for start in range(0, len(request_ids), 1000):
+            chunk = request_ids[start : start + 1000]
+            cursor.execute(
+                f"DELETE FROM {table} WHERE request_id IN ({', '.join(['%s'] * len(chunk))}) "  # noqa: S608
+                "RETURNING request_id, organization_id, api_key_id, amount, key_limited",
+                chunk,
+            )
+            rows += cursor.fetchall()
+    return {
+        request_id: Reservation(
+            request_id=request_id,
+            organization_id=organization_id,
+            api_key_id=uuid.UUID(str(api_key_id)) if api_key_id else None,  # SQLite returns the hex text
+            amount=amount,
+            key_limited=bool(key_limited),
+        )
+        for request_id, organization_id, api_key_id, amount, key_limited in rows
+    }
 
 
 def settle(written: list[dict]) -> None:

@@ -97,7 +97,8 @@ def ingest(records: list[dict]) -> list[dict]:
         if record["request_id"] not in by_id:  # a duplicate within one batch counts once
             by_id[record["request_id"]] = _row(record)
     unique = list(by_id.values())
-    with transaction.atomic(), connection.cursor() as cursor:
+    # Joins the caller's transaction when there is one (no savepoint: two round trips fewer per drain).
+    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
         for start in range(0, len(unique), BATCH):
             chunk = unique[start : start + BATCH]
             params: list = []

@@ -75,10 +75,15 @@ class UsageEvent(TenantModel):
     latency_ms = models.PositiveIntegerField()
     time_to_first_token_ms = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    rolled_up = models.BooleanField(default=False, db_default=False, help_text="Counted in a UsageRollup row.")
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["organization", "created_at"], name="usage_org_time")]
+        indexes = [
+            models.Index(fields=["organization", "created_at"], name="usage_org_time"),
+            # What the rollup pass and the exact readers look for: few rows, a small index.
+            models.Index(fields=["id"], condition=models.Q(rolled_up=False), name="usage_not_rolled_up"),
+        ]
 
     @property
     def total_tokens(self) -> int:
@@ -105,6 +110,9 @@ class Account(TenantModel):
     period = models.DateField(help_text="The month (its first day) that period_spent counts.")
     period_spent = models.PositiveBigIntegerField(default=0)
     alerted_percent = models.PositiveSmallIntegerField(default=0, help_text="Highest limit alert sent this period.")
+    payment_failed_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a payment first failed; cleared by a successful one."
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -151,3 +159,179 @@ class Notification(TenantModel):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+
+
+class UsageRollup(TenantModel):
+    """Hourly sums of the ledger, which the usage and cost APIs and the monthly close read instead of
+    raw events. An event is added to exactly one rollup row, in the transaction that marks it
+    `rolled_up` (billing.rollups), so rollups plus the events not yet rolled up are always exact.
+
+    `billing_month` is the month whose invoice counts the row: the event's own month, or, for an
+    event that arrived after its month was closed (a spool drained late), the first open month.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    hour = models.DateTimeField()
+    billing_month = models.DateField()
+    route = models.CharField(max_length=32)
+    model = models.CharField(max_length=200)
+    api_key_id = models.CharField(max_length=36, blank=True, help_text="Kept after the key is deleted; '' for none.")
+    endpoint_id = models.CharField(max_length=64, blank=True)
+    price_version = models.PositiveBigIntegerField(default=0, help_text="The Price id charged; 0 for free.")
+    requests = models.PositiveBigIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    training_tokens = models.PositiveBigIntegerField(default=0)
+    input_cost = models.PositiveBigIntegerField(default=0)
+    output_cost = models.PositiveBigIntegerField(default=0)
+    training_cost = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=[
+                    "organization",
+                    "hour",
+                    "billing_month",
+                    "route",
+                    "model",
+                    "api_key_id",
+                    "endpoint_id",
+                    "price_version",
+                ],
+                name="one_rollup_per_group",
+            )
+        ]
+        indexes = [models.Index(fields=["organization", "hour"], name="rollup_org_hour")]
+
+
+class RollupLock(models.Model):
+    """One row, updated first by every rollup pass and every monthly close: they take turns, so an
+    event is never assigned to a month while that month is being closed."""
+
+    taken_at = models.DateTimeField(null=True)
+
+    def __str__(self) -> str:
+        return f"rollup turn taken at {self.taken_at}"
+
+
+class Invoice(TenantModel):
+    """One per organization and month, made by the monthly close from the month's rollups.
+
+    Prepaid accounts paid as they went (their credit was debited request by request): the invoice
+    is a statement, paid by credit. Invoiced accounts: remaining credit is applied, the rest is due
+    and pushed to the payment provider.
+    """
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        PAID = "paid", "Paid"
+        UNCOLLECTIBLE = "uncollectible", "Uncollectible"
+        VOID = "void", "Void"
+
+    id = models.BigAutoField(primary_key=True)
+    number = models.CharField(max_length=32, unique=True)
+    period = models.DateField(help_text="The month invoiced (its first day).")
+    mode = models.CharField(max_length=16, choices=Account.Mode.choices)
+    currency = models.CharField(max_length=3)
+    subtotal = models.PositiveBigIntegerField(help_text="Nano-units: the sum of the lines.")
+    credits_applied = models.PositiveBigIntegerField(default=0)
+    amount_due = models.PositiveBigIntegerField(default=0, help_text="Nano-units.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    provider = models.CharField(max_length=16, blank=True)
+    provider_invoice_id = models.CharField(max_length=100, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    paid_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-period", "-id"]
+        constraints = [models.UniqueConstraint(fields=["organization", "period"], name="one_invoice_per_month")]
+
+
+class InvoiceLine(TenantModel):
+    """A model's meter at one unit price: quantity in tokens, amount = quantity x unit price."""
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
+    model = models.CharField(max_length=200)
+    meter = models.CharField(max_length=16)  # input | output | training
+    unit_price = models.PositiveBigIntegerField(help_text="Nano-units per token.")
+    quantity = models.PositiveBigIntegerField()
+    amount = models.PositiveBigIntegerField()
+    price_version = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["model", "meter", "unit_price", "id"]
+
+
+class PaymentCustomer(TenantModel):
+    """The organization as the payment provider's customer, with its saved card."""
+
+    provider = models.CharField(max_length=16)
+    customer_id = models.CharField(max_length=100)
+    payment_method_id = models.CharField(max_length=100, blank=True)
+    card_brand = models.CharField(max_length=20, blank=True)
+    card_last4 = models.CharField(max_length=4, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["organization", "provider"], name="one_customer_per_provider")]
+
+
+class Payment(TenantModel):
+    """A charge at the payment provider: a credit top-up, or an invoice's payment. Its status moves
+    only forward, under a row lock, so a success credits once however often it is reported."""
+
+    class Kind(models.TextChoices):
+        TOP_UP = "top_up", "Credit top-up"
+        INVOICE = "invoice", "Invoice payment"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    id = models.BigAutoField(primary_key=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    provider = models.CharField(max_length=16)
+    provider_payment_id = models.CharField(max_length=100, blank=True, db_index=True)
+    invoice = models.ForeignKey(Invoice, null=True, blank=True, on_delete=models.PROTECT, related_name="payments")
+    amount = models.PositiveBigIntegerField(help_text="Nano-units.")
+    amount_minor = models.PositiveBigIntegerField(help_text="What the provider charges, in the currency's minor unit.")
+    currency = models.CharField(max_length=3)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    refunded_minor = models.PositiveBigIntegerField(default=0)
+    failure_message = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+
+class WebhookEvent(models.Model):
+    """Each provider event once (unique on its id), with what became of it."""
+
+    class Status(models.TextChoices):
+        PROCESSED = "processed", "Processed"
+        IGNORED = "ignored", "Ignored"
+        FAILED = "failed", "Failed"
+
+    id = models.BigAutoField(primary_key=True)
+    provider = models.CharField(max_length=16)
+    event_id = models.CharField(max_length=100)
+    type = models.CharField(max_length=100)
+    status = models.CharField(max_length=16, choices=Status.choices)
+    error = models.TextField(blank=True)
+    organization = models.ForeignKey(
+        "tenancy.Organization", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    payload = models.JSONField()
+    received_at = models.DateTimeField(default=timezone.now)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["provider", "event_id"], name="one_row_per_provider_event")]
+
+    def __str__(self) -> str:
+        return f"{self.provider} {self.type} {self.event_id}"

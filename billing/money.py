@@ -52,14 +52,35 @@ def per_token_from_per_million(amount: Decimal | str | int) -> int:
     return nanos_per_million // TOKENS_PER_PRICE_UNIT
 
 
-def per_million(nanos_per_token: int) -> Decimal:
-    return to_decimal(nanos_per_token * TOKENS_PER_PRICE_UNIT).normalize()
+def per_million(nanos_per_token: int) -> str:
+    """A price per token as shown: per million tokens, exact, without trailing zeros."""
+    return exact(nanos_per_token * TOKENS_PER_PRICE_UNIT)
+
+
+def exact(nanos: int) -> str:
+    """An amount as an exact decimal string without trailing zeros or exponent: '10', '0.05'."""
+    text = f"{to_decimal(nanos):f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def to_minor_units(nanos: int, exponent: int = 2) -> int:
     """Nano-units to the currency's minor unit (cents for 2), rounding half to even: only for what a
     payment provider charges."""
     return int(to_decimal(nanos).scaleb(exponent).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+
+
+ZERO_DECIMAL_CURRENCIES = frozenset(
+    {"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf"}
+)
+
+
+def minor_exponent() -> int:
+    """Decimal places of the currency's minor unit (2 for cents; 0 for yen)."""
+    return 0 if currency() in ZERO_DECIMAL_CURRENCIES else 2
+
+
+def from_minor_units(amount: int, exponent: int = 2) -> int:
+    return amount * 10 ** (9 - exponent)
 
 
 def display(nanos: int, places: int = 6) -> str:

@@ -22,6 +22,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from billing.models import Price
+from billing.money import per_million
 from tenancy.detached import run_detached
 
 log = logging.getLogger("billing.pricing")
@@ -42,6 +43,16 @@ class UnitPrice:
 
     def cost(self, *, prompt_tokens: int = 0, completion_tokens: int = 0, training_tokens: int = 0) -> int:
         return prompt_tokens * self.input + completion_tokens * self.output + training_tokens * self.training
+
+    def public(self) -> dict:
+        """As /v1/models and the price list show it: per million tokens, exact decimal strings in
+        the platform's currency."""
+        return {
+            "currency": settings.BILLING_CURRENCY,
+            "input_per_million": per_million(self.input),
+            "output_per_million": per_million(self.output),
+            "training_per_million": per_million(self.training),
+        }
 
 
 FREE = UnitPrice(None, 0, 0, 0)

@@ -11,7 +11,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from billing import budgets, ledger, money, outbox, pricing
+from billing import budgets, ledger, money, outbox, pricing, reserving
 from billing.models import Account, KeySpendLimit, Price
 from catalog.models import BaseModel, FineTunedModel
 from tenancy import audit
@@ -84,9 +84,9 @@ def set_price(
         data={
             "model": model,
             "currency": money.currency(),
-            "input_per_million": str(money.per_million(price.input_per_token)),
-            "output_per_million": str(money.per_million(price.output_per_token)),
-            "training_per_million": str(money.per_million(price.training_per_token)),
+            "input_per_million": money.per_million(price.input_per_token),
+            "output_per_million": money.per_million(price.output_per_token),
+            "training_per_million": money.per_million(price.training_per_token),
             "effective_from": effective_from.isoformat(),
         },
     )
@@ -195,10 +195,16 @@ def reserve(
 
 async def areserve(*, request_id: str, organization_id: int, api_key_id: str | None, amount: int) -> budgets.Hold:
     """The same from the gateway: no database round trip when no budget applies (known from the
-    cached policy), one short transaction on a worker thread when one does."""
+    cached policy); in a web process on PostgreSQL, one statement from the event loop when only the
+    organization's budgets apply (billing.reserving); otherwise a short transaction on a worker
+    thread."""
     known = budgets.cached_policy(organization_id)
     if amount <= 0 or (known is not None and not known.applies(api_key_id)):
         return budgets.Hold(request_id, organization_id, api_key_id, 0)
+    fast = known is not None and api_key_id not in known.limited_keys and reserving.active()
+    if fast and await reserving.hold(request_id, organization_id, api_key_id, amount):
+        return budgets.Hold(request_id, organization_id, api_key_id, amount)
+    # Refused (or no account yet): the synchronous path tries once more and says which budget.
     return await run_detached(
         reserve, request_id=request_id, organization_id=organization_id, api_key_id=api_key_id, amount=amount
     )

@@ -14,5 +14,7 @@ urlpatterns = [
     path("orgs/<slug:org>/keys/", views.keys, name="keys"),
     path("orgs/<slug:org>/keys/<uuid:key_id>/revoke/", views.revoke_key, name="revoke_key"),
     path("orgs/<slug:org>/members/", views.members, name="members"),
+    path("orgs/<slug:org>/billing/", views.billing, name="billing"),
+    path("orgs/<slug:org>/billing/invoices/<int:invoice_id>/", views.invoice, name="invoice"),
     path("orgs/<slug:org>/members/<uuid:member_id>/", views.change_member, name="change_member"),
 ]

@@ -14,6 +14,8 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from billing import budgets
+from billing.models import Invoice, Notification
 from catalog import selectors as catalog
 from frontend.forms import InviteForm, NewKeyForm, RoleForm, SignInForm, SignUpForm
 from tenancy import scope, selectors, services, throttle
@@ -83,9 +85,10 @@ def home(request):
     return render(request, "frontend/home.html", {"memberships": memberships})
 
 
-def org_page(permission: P, model=None):
+def org_page(permission: P, model=None, *, allow_suspended: bool = False):
     """Resolve the organization from the URL (404 unless a member), check the role, enter the scope.
-    `model` names the tenant-owned model whose id the URL carries (the isolation test reads it)."""
+    `model` names the tenant-owned model whose id the URL carries (the isolation test reads it).
+    `allow_suspended`: the page stays open to a suspended organization (billing: to see why, and pay)."""
 
     def decorate(view):
         @functools.wraps(view)
@@ -94,7 +97,7 @@ def org_page(permission: P, model=None):
             access = selectors.access_by_membership(request.user, org)
             if access is None:
                 raise Http404("No such organization")
-            if not access.organization.is_active:
+            if not access.organization.is_active and not allow_suspended:
                 return render(request, "frontend/suspended.html", {"organization": access.organization}, status=403)
             if not access.can(permission):
                 return render(request, "frontend/forbidden.html", {"organization": access.organization}, status=403)
@@ -238,3 +241,24 @@ def accept_invitation(request, token):
         else:
             return redirect("frontend:org", org=membership.organization.slug)
     return render(request, "frontend/accept_invitation.html", {"invitation": invitation})
+
+
+@org_page(P.BILLING_VIEW, allow_suspended=True)
+def billing(request, access):
+    account = budgets.ensure_account(access.organization.pk)
+    context = _nav(
+        access,
+        "billing",
+        account=account,
+        invoices=Invoice.objects.all()[:24],
+        notifications=Notification.objects.all()[:10],
+    )
+    return render(request, "frontend/billing.html", context)
+
+
+@org_page(P.BILLING_VIEW, model=Invoice, allow_suspended=True)
+def invoice(request, access, invoice_id: int):
+    found = Invoice.objects.filter(pk=invoice_id).prefetch_related("lines").first()
+    if found is None:
+        raise Http404("No such invoice")
+    return render(request, "frontend/invoice.html", _nav(access, "billing", invoice=found))

@@ -204,16 +204,15 @@ class Runtime:
         return float(line.split()[1])
 
 
-@pytest.fixture(scope="session")
-def runtime_server(tmp_path_factory):
-    """The real runtime serving the demo model (weights from the test model cache)."""
+def start_runtime(log_path: Path, port: int | None = None, key: str | None = None) -> Runtime:
+    """The real runtime serving the demo model (weights from the test model cache), on `port`."""
     import secrets
 
-    port, key = _free_port(), secrets.token_urlsafe(16)
+    port, key = port or _free_port(), key or secrets.token_urlsafe(16)
     adapters = settings.ADAPTER_STORE  # where finished jobs publish their adapters
     adapters.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'platform'}{os.pathsep}{REPO}", "MAAS_RUNTIME_API_KEY": key}
-    log = (tmp_path_factory.mktemp("runtime") / "runtime.log").open("w+")
+    log = log_path.open("a+")
     process = subprocess.Popen(
         [
             sys.executable,
@@ -252,9 +251,15 @@ def runtime_server(tmp_path_factory):
             process.kill()
             raise RuntimeError("runtime did not start in 300 s")
         time.sleep(0.5)
-    yield Runtime(url, key, adapters, process)
-    process.terminate()
-    process.wait(20)
+    return Runtime(url, key, adapters, process)
+
+
+@pytest.fixture(scope="session")
+def runtime_server(tmp_path_factory):
+    runtime = start_runtime(tmp_path_factory.mktemp("runtime") / "runtime.log")
+    yield runtime
+    runtime.process.terminate()
+    runtime.process.wait(20)
 
 
 THROTTLE_DEFAULTS = {
@@ -279,6 +284,30 @@ def no_usage_spooled_by_an_earlier_run():
     import shutil
 
     shutil.rmtree(settings.METERING_SPOOL_DIR, ignore_errors=True)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+@pytest.fixture(autouse=True)
+def web_processes_done_writing(request):
+    """After a test on the shared live web process, it may still be moving the test's usage into
+    the ledger; the transactional teardown empties every table meanwhile, and the two lock the same
+    tables in different orders. Wait until the spool is drained (a drained file is deleted after
+    its transaction committed). Records spooled in this process (no drainer here) are not waited
+    for."""
+    yield
+    if "live_web" not in request.fixturenames:
+        return
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if not any(_size(p) for p in Path(settings.METERING_SPOOL_DIR).glob("*.jsonl")):
+            return
+        time.sleep(0.1)
 
 
 @pytest.fixture(autouse=True, scope="session")

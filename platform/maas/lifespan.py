@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 
-from billing import outbox
+from billing import outbox, reserving
 from billing import services as billing
 from serving.gateway import metering
 from tenancy.detached import run_detached
@@ -23,6 +23,7 @@ async def lifespan(receive, send) -> None:
         message = await receive()
         if message["type"] == "lifespan.startup":
             drainer = asyncio.get_running_loop().create_task(outbox.drain_forever(billing.ingest_usage))
+            reserving.start()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             if drainer is not None:
@@ -30,6 +31,7 @@ async def lifespan(receive, send) -> None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await drainer
             await metering.drain()
+            await reserving.close()
             try:
                 await run_detached(outbox.drain, billing.ingest_usage)
             except Exception as error:

@@ -293,6 +293,55 @@ SCHEMAS = {
 }
 
 
+def _query(name: str, schema: dict, required: bool = False, many: bool = False) -> dict:
+    param = {"name": name, "in": "query", "required": required, "schema": schema}
+    if many:
+        param.update(schema={"type": "array", "items": schema}, style="form", explode=True)
+    return param
+
+
+USAGE_PARAMS = [
+    _query("start_time", {"type": "integer", "minimum": 0}, required=True),
+    _query("end_time", {"type": "integer", "minimum": 0}),
+    _query("bucket_width", {"type": "string", "enum": ["1m", "1h", "1d"]}),
+    _query("group_by", {"type": "string", "enum": ["model", "api_key_id", "endpoint_id", "project_id"]}, many=True),
+    _query("models", {"type": "string"}, many=True),
+    _query("api_key_ids", {"type": "string", "format": "uuid"}, many=True),
+    _query("limit", {"type": "integer", "minimum": 1}),
+    _query("page", {"type": "string"}),
+]
+COST_PARAMS = [
+    *[p for p in USAGE_PARAMS if p["name"] != "group_by"],
+    _query(
+        "group_by",
+        {"type": "string", "enum": ["model", "api_key_id", "endpoint_id", "project_id", "line_item"]},
+        many=True,
+    ),
+]
+BUCKET_PAGE = {
+    "type": "object",
+    "required": ["object", "data", "has_more", "next_page"],
+    "properties": {
+        "object": {"type": "string", "enum": ["page"]},
+        "has_more": {"type": "boolean"},
+        "next_page": NULLABLE_STRING,
+        "data": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["object", "start_time", "end_time", "results"],
+                "properties": {
+                    "object": {"type": "string", "enum": ["bucket"]},
+                    "start_time": {"type": "integer"},
+                    "end_time": {"type": "integer"},
+                    "results": {"type": "array", "items": {"type": "object"}},
+                },
+            },
+        },
+    },
+}
+
+
 def _page(item: str) -> dict:
     return {
         "type": "object",
@@ -440,4 +489,13 @@ def paths() -> dict:
                 params=[*job, *PAGE_PARAMS],
             )
         },
+        "/v1/organization/usage/completions": {
+            "get": _op(
+                "Completions usage",
+                {"200": _json(BUCKET_PAGE)},
+                tag="usage",
+                params=USAGE_PARAMS,
+            )
+        },
+        "/v1/organization/costs": {"get": _op("Costs", {"200": _json(BUCKET_PAGE)}, tag="usage", params=COST_PARAMS)},
     }

@@ -102,6 +102,7 @@ VAR_DIR.mkdir(parents=True, exist_ok=True)
 # whichever executor thread is free and a per-thread connection would outlive its request. On
 # PostgreSQL a psycopg pool per process (DB_POOL, on by default) takes their place: a request
 # borrows a connection and gives it back when it ends (bench/README.md has the before and after).
+DB_POOL_RECONNECT_SECONDS = env.integer("DB_POOL_RECONNECT_SECONDS", 5)
 if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env.integer("DB_CONN_MAX_AGE", 0))}
 else:
@@ -117,6 +118,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
             "min_size": env.integer("DB_POOL_MIN_SIZE", 1),
             "max_size": env.integer("DB_POOL_MAX_SIZE", 8),
             "timeout": env.integer("DB_POOL_TIMEOUT", 10),
+            # psycopg's pool retries a lost connection with a delay that doubles without bound until
+            # this many seconds have passed: after a 30 s outage the next try could be half a minute
+            # away. Giving up early lets the next borrower try at once, so the process is back
+            # within a drain tick of the database.
+            "reconnect_timeout": DB_POOL_RECONNECT_SECONDS,
         }
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["CONN_MAX_AGE"] = 0
@@ -181,6 +187,10 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = env.flag("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE: dict = {
+    "reconcile-endpoints": {
+        "task": "serving.tasks.reconcile_endpoints",
+        "schedule": env.integer("ENDPOINT_RECONCILE_SECONDS", 15),
+    },
     "probe-backends": {"task": "serving.tasks.probe_backends", "schedule": env.integer("BACKEND_PROBE_SECONDS", 15)},
     "requeue-expired-jobs": {"task": "fine_tuning.tasks.reap_jobs", "schedule": env.integer("JOB_REAPER_SECONDS", 15)},
     "sweep-fine-tuning-disk": {
@@ -189,6 +199,9 @@ CELERY_BEAT_SCHEDULE: dict = {
     },
     # Spool files of web processes that died on this host (live ones drain their own).
     "release-expired-reservations": {"task": "billing.tasks.release_expired_reservations", "schedule": 60},
+    "roll-up-usage": {"task": "billing.tasks.roll_up_usage", "schedule": env.integer("USAGE_ROLLUP_SECONDS", 60)},
+    "close-invoices": {"task": "billing.tasks.close_invoices", "schedule": 3600},
+    "enforce-payment-grace": {"task": "billing.tasks.enforce_payment_grace", "schedule": 3600},
     "drain-metering-outbox": {
         "task": "billing.tasks.drain_outbox",
         "schedule": env.integer("METERING_SWEEP_SECONDS", 30),
@@ -287,6 +300,25 @@ BILLING_DEFAULT_MODE = env.get("BILLING_DEFAULT_MODE", "prepaid")
 BILLING_SIGNUP_CREDIT = env.get("BILLING_SIGNUP_CREDIT", "5")
 # A reservation whose request wrote no usage record by then is released by the reaper.
 BILLING_RESERVATION_TTL_SECONDS = env.integer("BILLING_RESERVATION_TTL_SECONDS", 900)
+# On PostgreSQL a web process reserves from its event loop over its own small pool of connections.
+BILLING_ASYNC_RESERVE = env.flag("BILLING_ASYNC_RESERVE", default=True)
+BILLING_RESERVE_POOL_SIZE = env.integer("BILLING_RESERVE_POOL_SIZE", 8)
+BILLING_RESERVE_POOL_TIMEOUT = env.integer("BILLING_RESERVE_POOL_TIMEOUT", 5)
+# The monthly close runs this long after a month ends, so usage spooled in its last moments is in.
+BILLING_CLOSE_GRACE_HOURS = env.integer("BILLING_CLOSE_GRACE_HOURS", 2)
+# After a failed invoice payment, the organization is suspended if it is still unpaid this long after.
+BILLING_PAYMENT_GRACE_DAYS = env.integer("BILLING_PAYMENT_GRACE_DAYS", 7)
+BILLING_TOP_UP_MIN = env.get("BILLING_TOP_UP_MIN", "1")
+BILLING_TOP_UP_MAX = env.get("BILLING_TOP_UP_MAX", "10000")
+# "fake" charges nobody (the embedded default); "stripe" needs the two keys below.
+PAYMENT_PROVIDER = env.get("PAYMENT_PROVIDER", "fake")
+STRIPE_SECRET_KEY = env.get("STRIPE_SECRET_KEY", "")
+STRIPE_WEBHOOK_SECRET = env.get("STRIPE_WEBHOOK_SECRET", "")
+STRIPE_API_BASE = env.get("STRIPE_API_BASE", "")  # empty: Stripe itself
+if PAYMENT_PROVIDER not in {"fake", "stripe"}:
+    raise ImproperlyConfigured(f"PAYMENT_PROVIDER must be fake or stripe, got {PAYMENT_PROVIDER!r}")
+if PAYMENT_PROVIDER == "stripe" and not (STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET):
+    raise ImproperlyConfigured("PAYMENT_PROVIDER=stripe needs STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET")
 # Usage records are appended here before a response ends, then drained into the ledger (billing/outbox.py).
 # Local disk of the web host; each process drains its own file and those of processes that died.
 METERING_SPOOL_DIR = Path(env.get("METERING_SPOOL_DIR", str(VAR_DIR / "metering")))

@@ -4,6 +4,8 @@ from django.http import JsonResponse
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from billing import webhooks as billing_webhooks
+
 
 def health(request):
     return JsonResponse({"status": "ok"})
@@ -16,10 +18,13 @@ urlpatterns = [
     path("api/", include(("tenancy.api.urls", "api"))),
     path("api/", include(("fine_tuning.api.urls_api", "api-fine-tuning"))),
     path("api/", include(("billing.api.urls_api", "api-billing"))),
-    # Fine-tuning sits above serving in the layering, so it brings its own /v1/ routes, ahead of
+    path("api/", include(("serving.api.urls_api", "api-serving"))),
+    # Fine-tuning and billing sit above serving in the layering, so they bring their own /v1/ routes, ahead of
     # the gateway's (which end in a catch-all for unknown URLs).
     path("v1/", include(("fine_tuning.api.urls_v1", "v1-fine-tuning"))),
+    path("v1/", include(("billing.api.urls_v1", "v1-billing"))),
     path("v1/", include(("serving.gateway.urls", "v1"))),
+    path("billing/webhooks/<slug:provider>/", billing_webhooks.receive, name="billing-webhook"),
     path("healthz", health, name="health"),
     path("", include("frontend.urls")),
 ]

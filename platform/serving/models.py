@@ -1,5 +1,8 @@
+from django.conf import settings
 from django.db import models
 from django.utils import timezone
+
+from tenancy.managers import TenantModel
 
 
 class Backend(models.Model):
@@ -34,3 +37,74 @@ class Backend(models.Model):
     @property
     def upstream_model(self) -> str:
         return self.served_model_name or self.base_model_id
+
+
+class Endpoint(TenantModel):
+    """A model (base or ft:) an organization publishes under its own id `ep-…`, with its own
+    defaults, limits, access list, billing mode and replicas. Its status changes only in
+    serving.endpoints, under a row lock, with an audit row. Deleting keeps the row (deleted_at), so
+    its usage history keeps a name."""
+
+    class Status(models.TextChoices):
+        CREATING = "creating", "Creating"
+        DEPLOYING = "deploying", "Deploying"
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+        STOPPED = "stopped", "Stopped"
+
+    class Billing(models.TextChoices):
+        PER_TOKEN = "per_token", "Per token, at the model's price"
+        DEDICATED = "dedicated", "Dedicated: per replica-minute"
+
+    id = models.CharField(primary_key=True, max_length=40)
+    name = models.CharField(max_length=100)
+    model = models.CharField(max_length=200, help_text="The catalog model served: a base model or an ft: model.")
+    base_model = models.ForeignKey("catalog.BaseModel", on_delete=models.PROTECT, related_name="+")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.CREATING)
+    status_reason = models.CharField(max_length=500, blank=True)
+    defaults = models.JSONField(
+        default=dict, blank=True, help_text="Generation parameters used when the caller sets none."
+    )
+    system_prompt = models.TextField(blank=True)
+    rpm_limit = models.PositiveIntegerField(null=True, blank=True)
+    tpm_limit = models.PositiveIntegerField(null=True, blank=True)
+    max_tokens_cap = models.PositiveIntegerField(null=True, blank=True)
+    allowed_key_ids = models.JSONField(default=list, blank=True, help_text="Empty: every key of the organization.")
+    billing_mode = models.CharField(max_length=16, choices=Billing.choices, default=Billing.PER_TOKEN)
+    replicas = models.PositiveSmallIntegerField(default=1)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "name"], condition=models.Q(deleted_at=None), name="one_live_endpoint_name"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.id})"
+
+
+class EndpointReplica(TenantModel):
+    """A replica chosen to serve an endpoint, and what its last probe said: a replica that failed
+    its probe is out of the endpoint's route until it passes again."""
+
+    class State(models.TextChoices):
+        LOADING = "loading", "Loading"
+        SERVING = "serving", "Serving"
+        FAILED = "failed", "Failed"
+
+    endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="placements")
+    backend = models.ForeignKey(Backend, on_delete=models.CASCADE, related_name="+")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.LOADING)
+    last_error = models.CharField(max_length=500, blank=True)
+    probed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["endpoint", "backend"], name="one_placement_per_replica")]

@@ -1,7 +1,8 @@
 """Which replicas can serve a model id for an organization.
 
-Base model ids resolve here; `ft:` fine-tuned models and `ep-` endpoints will resolve through the
-same `resolve` (they map to a base model's replicas plus an adapter or an endpoint's settings).
+Base model ids, `ft:` fine-tuned models (a base model's replicas plus an adapter) and `ep-`
+endpoints (their model's route, narrowed to the replicas that passed their probe, with the
+endpoint's defaults, limits and access list) all resolve through `resolve`.
 Routes are cached per process for a few seconds (GATEWAY_ROUTE_CACHE_SECONDS), per organization,
 so the hot path does not query the database on every call.
 """
@@ -11,13 +12,13 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from django.conf import settings
 from django.db import DatabaseError
 
 from catalog import selectors as catalog
-from serving.models import Backend
+from serving.models import Backend, Endpoint, EndpointReplica
 from tenancy.detached import run_detached
 
 log = logging.getLogger("serving.routing")
@@ -42,6 +43,23 @@ class Route:
     adapter_path: str | None = None  # for ft: models, the adapter to load on a replica that lacks it
     context_length: int = 0
     default_max_tokens: int = 1024  # the cap sent upstream when a request sets no max_tokens
+    endpoint: EndpointSettings | None = None  # set when the id named a published endpoint
+
+
+@dataclass(frozen=True)
+class EndpointSettings:
+    """What an endpoint adds to its model's route, cached with it."""
+
+    id: str
+    model: str  # the catalog model it serves (what is priced and metered)
+    status: str
+    status_reason: str
+    defaults: tuple[tuple[str, object], ...]
+    system_prompt: str
+    max_tokens_cap: int | None
+    rpm_limit: int | None
+    tpm_limit: int | None
+    allowed_key_ids: frozenset[str]
 
 
 class ModelNotFound(Exception):
@@ -52,9 +70,43 @@ _cache: dict[tuple[int, str], tuple[float, Route]] = {}
 _marked_down: dict[str, float] = {}  # replica name -> until when (this process saw it refuse connections)
 
 
+def _load_endpoint(organization_id: int, endpoint_id: str) -> Route:
+    """An endpoint's route: its model's, narrowed to the replicas that passed their probe, with the
+    endpoint's settings. Stopped or deleted: not found. Not ready: no replica (the gateway answers
+    503 and says why)."""
+    endpoint = (
+        Endpoint.all_orgs.filter(pk=endpoint_id, organization_id=organization_id, deleted_at=None)
+        .exclude(status=Endpoint.Status.STOPPED)
+        .first()
+    )
+    if endpoint is None:
+        raise ModelNotFound(endpoint_id)
+    inner = _load(organization_id, endpoint.model)
+    serving = set(
+        EndpointReplica.all_orgs.filter(endpoint=endpoint, state=EndpointReplica.State.SERVING).values_list(
+            "backend__name", flat=True
+        )
+    )
+    ready = endpoint.status == Endpoint.Status.READY
+    settings_ = EndpointSettings(
+        id=endpoint.pk,
+        model=endpoint.model,
+        status=endpoint.status,
+        status_reason=endpoint.status_reason,
+        defaults=tuple(sorted(endpoint.defaults.items())),
+        system_prompt=endpoint.system_prompt,
+        max_tokens_cap=endpoint.max_tokens_cap,
+        rpm_limit=endpoint.rpm_limit,
+        tpm_limit=endpoint.tpm_limit,
+        allowed_key_ids=frozenset(endpoint.allowed_key_ids),
+    )
+    replicas = tuple(r for r in inner.replicas if r.name in serving) if ready else ()
+    return replace(inner, requested_model=endpoint_id, replicas=replicas, endpoint=settings_)
+
+
 def _load(organization_id: int, model_id: str) -> Route:
     if model_id.startswith("ep-"):
-        raise ModelNotFound(model_id)  # endpoints resolve here once they exist
+        return _load_endpoint(organization_id, model_id)
     adapter = None
     if model_id.startswith("ft:"):
         tuned = catalog.fine_tuned_models(organization_id).filter(pk=model_id).select_related("base_model").first()

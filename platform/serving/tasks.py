@@ -9,3 +9,24 @@ def probe_backends() -> None:
     """Periodic: mark each enabled replica healthy or not (the gateway tries healthy ones first)."""
     for backend in Backend.objects.filter(enabled=True):
         services.probe(backend)
+
+
+@shared_task(ignore_result=True, acks_late=True)
+def publish_endpoint(endpoint_id: str) -> None:
+    from serving import endpoints
+
+    endpoints.publish(endpoint_id)
+
+
+@shared_task(ignore_result=True, acks_late=True)
+def unpublish_endpoint(endpoint_id: str) -> None:
+    from serving import endpoints
+
+    endpoints.unpublish(endpoint_id)
+
+
+@shared_task(ignore_result=True)
+def reconcile_endpoints() -> None:
+    from serving import reconcile
+
+    reconcile.reconcile()

@@ -129,13 +129,8 @@ class APIKeyAdmin(admin.ModelAdmin):
         self.message_user(request, f"Revoked {queryset.count()} key(s).", messages.SUCCESS)
 
 
-@admin.register(AuditLog)
-class AuditLogAdmin(admin.ModelAdmin):
-    list_display = ["at", "action", "organization", "actor", "target_type", "target_id", "ip"]
-    list_filter = ["action"]
-    search_fields = ["action", "actor__email", "organization__slug", "target_id"]
-    list_select_related = ["organization", "actor"]
-    date_hierarchy = "at"
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows only their services write: the back office looks, and never adds, edits or deletes."""
 
     def has_add_permission(self, request):
         return False
@@ -145,6 +140,15 @@ class AuditLogAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(AuditLog)
+class AuditLogAdmin(ReadOnlyAdmin):
+    list_display = ["at", "action", "organization", "actor", "target_type", "target_id", "ip"]
+    list_filter = ["action"]
+    search_fields = ["action", "actor__email", "organization__slug", "target_id"]
+    list_select_related = ["organization", "actor"]
+    date_hierarchy = "at"
 
 
 admin.site.unregister(get_user_model())

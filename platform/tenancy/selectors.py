@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 from tenancy import secrets
-from tenancy.models import Invitation, Membership, Organization
+from tenancy.models import APIKey, Invitation, Membership, Organization
 from tenancy.roles import Permission, permissions_of, permissions_of_scopes
 
 
@@ -67,3 +68,18 @@ def administrator_emails(organization_id: int) -> list[str]:
             organization_id=organization_id, role__in=[Role.OWNER, Role.ADMIN], user__is_active=True
         ).values_list("user__email", flat=True)
     )
+
+
+def key_id(value) -> str | None:
+    """An API key id in its canonical form (a UUID's text), or None if the value is not one."""
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        return None
+
+
+def organization_key_ids(organization_id: int, values) -> set[str]:
+    """Those of the values that are ids of the organization's API keys (canonical form)."""
+    wanted = {k for k in map(key_id, values) if k}
+    found = APIKey.all_orgs.filter(organization_id=organization_id, pk__in=wanted).values_list("pk", flat=True)
+    return {str(pk) for pk in found}

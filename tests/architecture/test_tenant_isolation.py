@@ -100,6 +100,25 @@ def seeded(tenant_a, tenant_b):
 
     budgets.ensure_account(tenant_a.org.pk)
     Notification.all_orgs.create(organization=tenant_a.org, kind="spend_limit", title="50 %", body="a's notice")
+    from billing import invoicing, paying
+    from billing.models import Price, UsageEvent
+    from tests.billing.test_invoices import LAST_MONTH, _at
+
+    price = Price.objects.create(model="a-secret-model", input_per_token=7, output_per_token=9, training_per_token=0)
+    UsageEvent.all_orgs.create(
+        organization=tenant_a.org, request_id="a-usage", route="chat.completions", model="a-secret-model",
+        base_model="a-secret-model", prompt_tokens=5, completion_tokens=5, cost=80, price=price, status_code=200,
+        outcome="ok", latency_ms=1, created_at=_at(LAST_MONTH, 3),
+    )  # fmt: skip
+    paying.save_card(tenant_a.org.pk, "pm_card_visa", actor=Actor(user=tenant_a.owner))
+    paying.top_up(tenant_a.org.pk, "5", actor=Actor(user=tenant_a.owner))
+    invoicing.close_due()
+    from serving.models import Endpoint
+
+    Endpoint.all_orgs.create(
+        id="ep-a0a0a0a0a0a0a0a0", organization=tenant_a.org, name="a-endpoint", model="smollm2-135m-instruct",
+        base_model_id="smollm2-135m-instruct", status="ready",
+    )  # fmt: skip
     from fine_tuning import jobs
 
     with scope.organization(tenant_a.org.pk):
@@ -119,7 +138,7 @@ def a_object_id(model, org) -> str:
 
 
 def a_fingerprints(tenant) -> list[str]:
-    marks = [tenant.org.slug, tenant.owner.email]
+    marks = [tenant.org.slug, tenant.owner.email, "a-secret-model"]
     for model in apps.get_models():
         if issubclass(model, TenantModel):
             marks += [

@@ -49,6 +49,13 @@ def complete(web, key: str, stream: bool) -> str:
     return response.headers["x-request-id"]
 
 
+def landed(web, request_id: str) -> None:
+    try:
+        usage_row(request_id, timeout=30)
+    except AssertionError as error:
+        raise AssertionError(f"{error}; the web process said:\n{web.log()[-6000:]}") from None
+
+
 def test_usage_survives_a_database_outage_and_a_restart(make_tenant, tmp_path, gate):
     upstream = Upstream("durable", words=3, delay=0)
     backend = services.register_backend(name="durable", url=upstream.url, base_model=DEMO_MODEL, engine="openai")
@@ -81,7 +88,7 @@ def test_usage_survives_a_database_outage_and_a_restart(make_tenant, tmp_path, g
         assert not UsageEvent.all_orgs.filter(request_id__in=served[1:]).exists()  # the ledger was away
         gate.open()
         for request_id in served:
-            usage_row(request_id, timeout=30)
+            landed(web, request_id)
 
         gate.shut()  # away again, and the process is restarted
         served_before_restart = [complete(web, key, stream=n % 2 == 0) for n in range(5)]
@@ -94,7 +101,7 @@ def test_usage_survives_a_database_outage_and_a_restart(make_tenant, tmp_path, g
     successor = start_web(env)
     try:
         for request_id in served_before_restart:
-            usage_row(request_id, timeout=30)
+            landed(successor, request_id)
     finally:
         successor.process.terminate()
         successor.process.wait(30)

@@ -28,7 +28,9 @@ def test_money_is_exact_nano_units():
     assert money.from_decimal(Decimal("12.5")) == 12_500_000_000
     assert money.to_decimal(1) == Decimal("1E-9")
     assert money.per_token_from_per_million("0.10") == 100
-    assert money.per_million(100) == Decimal("0.1")
+    assert money.per_million(100) == "0.1"
+    assert money.per_million(10_000) == "10"  # never "1E+1"
+    assert [money.exact(n) for n in (0, 10**10, 50_000_000, 1_000_000_001)] == ["0", "10", "0.05", "1.000000001"]
     with pytest.raises(money.MoneyError):
         money.from_decimal("0.0000000001")  # below a nano-unit: refused, never rounded
     with pytest.raises(money.MoneyError):
@@ -154,3 +156,24 @@ def test_the_back_office_adds_price_versions_and_refuses_bad_ones(client, django
     assert AuditLog.all_orgs.filter(action="billing.price_set", target_id=str(added.pk)).exists()
     change = client.get(reverse("admin:billing_price_change", args=[added.pk]))
     assert change.status_code == 200 and b'name="_save"' not in change.content  # versions are never edited
+
+
+def test_the_price_list_shows_each_organization_its_own_prices(tenant_a, tenant_b):
+    from tests.conftest import session_client
+
+    tuned = FineTunedModel.all_orgs.create(
+        id=f"ft:{DEMO_MODEL}:alpha:x:def456", organization=tenant_a.org, base_model_id=DEMO_MODEL, adapter_path="/x"
+    )
+    set_price(organization=tenant_a.org, prices=("0.05", "0.07", "0.5"))
+    pricing.forget()
+    lists = {}
+    for tenant in (tenant_a, tenant_b):
+        response = session_client(tenant.owner).get(f"/api/orgs/{tenant.org.slug}/billing/prices/")
+        assert response.status_code == 200
+        lists[tenant.org.slug] = {row["model"]: row for row in response.json()["data"]}
+    assert lists["alpha"][DEMO_MODEL]["input_per_million"] == "0.05"
+    assert lists["alpha"][tuned.pk]["input_per_million"] == "0.05"  # inherits a's own base price
+    assert lists["alpha"][tuned.pk]["base_model"] == DEMO_MODEL
+    assert lists["beta"][DEMO_MODEL]["input_per_million"] == "0.1" and tuned.pk not in lists["beta"]
+    outsider = session_client(tenant_b.owner)
+    assert outsider.get(f"/api/orgs/{tenant_a.org.slug}/billing/prices/").status_code == 404

@@ -107,3 +107,10 @@ def test_openapi_schema_is_valid_and_complete(tmp_path):
     schema = (tmp_path / "schema.yaml").read_text()
     for path in ("/api/orgs/{org}/keys/", "/api/orgs/{org}/members/{id}/", "/api/orgs/{org}/invitations/"):
         assert f"  {path}:" in schema
+
+
+def test_stripe_needs_its_keys(tmp_path):
+    result = manage("check", env={"PAYMENT_PROVIDER": "stripe"}, tmp_path=tmp_path)
+    assert result.returncode != 0 and "needs STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET" in result.stderr
+    result = manage("check", env={"PAYMENT_PROVIDER": "paypal"}, tmp_path=tmp_path)
+    assert result.returncode != 0 and "PAYMENT_PROVIDER must be fake or stripe" in result.stderr

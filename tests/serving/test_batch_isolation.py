@@ -181,3 +181,16 @@ def test_a_row_that_fails_ends_alone_and_the_batch_goes_on(engine):
     assert kind == "error" and "could not generate" in message
     assert {BASE: first_sink.result(), "beta": other_sink.result()} == expected
     assert alone(engine, "alpha")[1] == "length"  # still serving, the failed row's adapter included
+
+
+def test_the_base_model_serves_after_the_last_adapter_is_unloaded(engine):
+    """Unloading every adapter (an endpoint stopped) leaves the base model serving, and an adapter
+    loaded again behaves as before."""
+    base_before = alone(engine, BASE)[0]
+    alpha_before = alone(engine, "alpha")[0]
+    for name in list(engine.adapters.loaded):
+        engine.call(lambda e, n=name: e.adapters.unload(n, e.in_use())).result(30)
+    assert engine.adapters.peft_model is None and not engine.adapters.loaded
+    assert alone(engine, BASE)[0] == base_before
+    engine.call(lambda e: e.adapters.load("alpha", "alpha", e.in_use())).result(60)
+    assert alone(engine, "alpha")[0] == alpha_before

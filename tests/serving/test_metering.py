@@ -6,8 +6,10 @@ import time
 
 import httpx
 import pytest
+from django.conf import settings
 
-from billing.models import UsageEvent
+from billing import money
+from billing.models import Account, Reservation, UsageEvent
 from tests.conftest import DEMO_MODEL, usage_row
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
@@ -48,6 +50,13 @@ def test_disconnect_is_charged_for_what_was_generated(live_web, runtime_server, 
     assert row.prompt_tokens > 0
     assert 0 < row.completion_tokens <= generated < 400
     assert row.completion_tokens >= received
+    # Charged exactly that, at its price, and nothing more is held: the ledger row's transaction
+    # settled the reservation of the worst case (400 tokens).
+    price = row.price
+    assert row.cost == row.prompt_tokens * price.input_per_token + row.completion_tokens * price.output_per_token > 0
+    account = Account.all_orgs.get(organization=tenant.org)
+    assert account.credit == money.from_decimal(settings.BILLING_SIGNUP_CREDIT) - row.cost
+    assert account.reserved == 0 and not Reservation.all_orgs.filter(request_id=request_id).exists()
 
 
 def wait_for_latest_request(tenant, timeout: float = 15) -> str:

@@ -122,6 +122,8 @@ def _completion_cap(checked: validation.Checked, route: routing.Route, prompt_es
     if checked.max_tokens is not None:
         return checked.max_tokens
     cap = route.default_max_tokens
+    if route.endpoint is not None and route.endpoint.max_tokens_cap is not None:
+        cap = min(cap, route.endpoint.max_tokens_cap)
     if route.context_length:
         cap = min(cap, max(1, route.context_length - prompt_estimate))
     return cap
@@ -310,29 +312,72 @@ async def _assemble(response, meter: Meter, model: str, endpoint: str) -> HttpRe
     return json_response(body)
 
 
+def _endpoint_body(body: dict, route: routing.Route, principal, api_route: str) -> dict:
+    """A published endpoint's rules applied to a call: its access list, then its defaults (the
+    caller's own value of a parameter wins), its system prompt (chat: the first message, before the
+    caller's own system messages), and its max_tokens cap (a caller asking for more is refused)."""
+    settings_ = route.endpoint
+    if settings_.allowed_key_ids and str(principal.key_id or "") not in settings_.allowed_key_ids:
+        raise GatewayError(
+            403,
+            f"This API key may not call the endpoint '{settings_.id}'.",
+            code="endpoint_access_denied",
+            error_type="permission_error",
+        )
+    merged = dict(body)
+    asked = merged.get("max_tokens")
+    for key, value in settings_.defaults:
+        if merged.get(key) is None:
+            merged[key] = value
+    cap = settings_.max_tokens_cap
+    if cap is not None:
+        if isinstance(asked, int) and not isinstance(asked, bool) and asked > cap:
+            raise GatewayError(
+                400,
+                f"max_tokens is at most {cap} on the endpoint '{settings_.id}' (got {asked}).",
+                param="max_tokens",
+                code="invalid_value",
+            )
+        if asked is None and isinstance(merged.get("max_tokens"), int):
+            merged["max_tokens"] = min(merged["max_tokens"], cap)
+    if settings_.system_prompt and api_route == CHAT and isinstance(merged.get("messages"), list):
+        merged["messages"] = [{"role": "system", "content": settings_.system_prompt}, *merged["messages"]]
+    return merged
+
+
 async def _proxy(request, endpoint: str, path: str):
     principal = await authenticate(request, Scope.INFERENCE)
-    checked = validation.check(_body(request), endpoint)
+    body = _body(request)
     try:
-        route = await routing.resolve(principal.organization_id, checked.model)
+        route = await routing.resolve(principal.organization_id, body["model"])
     except routing.ModelNotFound:
         raise GatewayError(
             404,
-            f"The model '{checked.model}' does not exist or you do not have access to it.",
+            f"The model '{body['model']}' does not exist or you do not have access to it.",
             param="model",
             code="model_not_found",
         ) from None
+    if route.endpoint is not None:
+        body = _endpoint_body(body, route, principal, endpoint)
+    checked = validation.check(body, endpoint)
     if not route.replicas:
+        why = ""
+        if route.endpoint is not None and route.endpoint.status != "ready":
+            why = f" The endpoint is {route.endpoint.status}" + (
+                f": {route.endpoint.status_reason}." if route.endpoint.status_reason else "."
+            )
         raise GatewayError(
             503,
-            f"No server is serving the model '{checked.model}' right now.",
+            f"No server is serving the model '{checked.model}' right now.{why}",
             code="model_unavailable",
             error_type="server_error",
+            headers={"retry-after": str(MODEL_UNAVAILABLE_RETRY_SECONDS)},
         )
     prompt_estimate = _prompt_estimate(checked)
     cap = _completion_cap(checked, route, prompt_estimate)
-    price = await pricing.acurrent(principal.organization_id, checked.model, route.base_model)
-    grant = await ratelimit.acquire(principal, prompt_estimate + cap)
+    served = route.endpoint.model if route.endpoint is not None else checked.model  # what is priced and metered
+    price = await pricing.acurrent(principal.organization_id, served, route.base_model)
+    grant = await ratelimit.acquire(principal, prompt_estimate + cap, route.endpoint)
     hold = await _reserve(
         request.request_id, principal, price.cost(prompt_tokens=_prompt_bound(checked), completion_tokens=cap), grant
     )
@@ -340,7 +385,7 @@ async def _proxy(request, endpoint: str, path: str):
         request.request_id,
         principal,
         endpoint,
-        checked.model,
+        served,
         route.base_model,
         checked.stream,
         grant,
@@ -348,6 +393,7 @@ async def _proxy(request, endpoint: str, path: str):
         price,
     )
     meter.prompt_estimate = prompt_estimate
+    meter.endpoint_id = route.endpoint.id if route.endpoint is not None else ""
     try:
         response = await _open(route, {**checked.forward, "stream": True, "max_tokens": cap}, path, meter)
         if response.status != 200:

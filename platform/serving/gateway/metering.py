@@ -55,6 +55,7 @@ class Meter:
     completion_tokens: int = 0
     first_token_at: float | None = None
     closed: bool = False
+    endpoint_id: str = ""  # the published endpoint called, if any
 
     def saw(self, usage: dict | None) -> None:
         if isinstance(usage, dict):
@@ -116,6 +117,7 @@ class Meter:
             "organization_id": self.principal.organization_id,
             "api_key_id": self.principal.key_id,
             "route": self.route,
+            "endpoint_id": self.endpoint_id,
             "model": self.model,
             "base_model": self.base_model,
             "backend": self.backend,

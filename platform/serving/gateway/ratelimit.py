@@ -1,4 +1,5 @@
-"""Requests-per-minute and tokens-per-minute limits per API key and per organization.
+"""Requests-per-minute and tokens-per-minute limits per API key, per organization and per
+published endpoint.
 
 Counters live in one shared store so that every web process enforces the same limit: Redis when
 REDIS_URL is set (one Lua script checks and increments all four counters atomically, so a
@@ -45,7 +46,7 @@ return values
 
 @dataclass(frozen=True)
 class Counter:
-    scope: str  # "API key" | "organization"
+    scope: str  # "API key" | "organization" | "endpoint"
     unit: str  # "requests" | "tokens"
     name: str  # the counter's key without its window
     limit: int
@@ -184,13 +185,25 @@ def store():
     return _store
 
 
-async def acquire(principal, estimated_tokens: int) -> Grant:
+def _route_limits(endpoint) -> dict[tuple[str, str], tuple[str, int]]:
+    """An endpoint's own limits, counted across every key that calls it."""
+    limits = {}
+    if endpoint is not None:
+        for unit, limit in (("requests", endpoint.rpm_limit), ("tokens", endpoint.tpm_limit)):
+            if limit is not None:
+                limits[("endpoint", unit)] = (f"e:{endpoint.id}:{unit[0]}", limit)
+    return limits
+
+
+async def acquire(principal, estimated_tokens: int, endpoint=None) -> Grant:
+    """Check and count the key's, the organization's and (for a published endpoint) the endpoint's
+    counters in one atomic step."""
     now = time.time()
     window = int(now // WINDOW)
     reset = WINDOW - (now % WINDOW)
     counters = [
         Counter(scope, unit, key, limit, 1 if unit == "requests" else estimated_tokens)
-        for (scope, unit), (key, limit) in _limits(principal).items()
+        for (scope, unit), (key, limit) in {**_limits(principal), **_route_limits(endpoint)}.items()
     ]
     violated, used = await store().check_and_add(
         [_key(window, c.name) for c in counters], [c.amount for c in counters], [c.limit for c in counters]

@@ -3,7 +3,7 @@ from __future__ import annotations
 from asgiref.sync import sync_to_async
 from django.http import JsonResponse
 
-from billing import money, pricing
+from billing import pricing
 from billing.pricing import UnitPrice
 from catalog import selectors as catalog
 from catalog import services as catalog_services
@@ -22,18 +22,7 @@ def model_object(model, owned_by: str, price: UnitPrice) -> dict:
         "object": "model",
         "created": int(model.created_at.timestamp()),
         "owned_by": owned_by,
-        "pricing": pricing_object(price),
-    }
-
-
-def pricing_object(price: UnitPrice) -> dict:
-    """An extension of the model object: what this organization pays, per million tokens, as
-    exact decimal strings in the platform's currency."""
-    return {
-        "currency": money.currency(),
-        "input_per_million": str(money.per_million(price.input)),
-        "output_per_million": str(money.per_million(price.output)),
-        "training_per_million": str(money.per_million(price.training)),
+        "pricing": price.public(),  # an extension: what this organization pays
     }
 
 

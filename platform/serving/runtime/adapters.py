@@ -97,6 +97,12 @@ class AdapterManager:
             self._delete(victim)
 
     def _delete(self, name: str) -> None:
-        self.peft_model.delete_adapter(name)
         del self.loaded[name]
+        if not self.loaded:
+            # PEFT keeps naming a deleted adapter as active when it was the last one, and the next
+            # forward fails on it: with none left, take the LoRA layers out and serve the base.
+            self.base_model = self.peft_model.unload()
+            self.peft_model = None
+        else:
+            self.peft_model.delete_adapter(name)
         self.stacks.bump()

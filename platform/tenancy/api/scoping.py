@@ -26,7 +26,7 @@ class OrganizationSuspended(exceptions.PermissionDenied):
     default_code = "organization_suspended"
 
 
-def resolve_access(request, slug: str) -> selectors.OrgAccess:
+def resolve_access(request, slug: str, *, allow_suspended: bool = False) -> selectors.OrgAccess:
     principal = request.auth if isinstance(request.auth, KeyPrincipal) else None
     if principal is not None:
         access = selectors.access_by_key(principal, slug)
@@ -34,7 +34,7 @@ def resolve_access(request, slug: str) -> selectors.OrgAccess:
         access = selectors.access_by_membership(request.user, slug)
     if access is None:
         raise exceptions.NotFound("No such organization.")
-    if not access.organization.is_active:
+    if not access.organization.is_active and not allow_suspended:
         reason = f" Reason: {access.organization.suspended_reason}." if access.organization.suspended_reason else ""
         raise OrganizationSuspended(f"Organization '{slug}' is suspended.{reason} Contact the platform administrator.")
     return access
@@ -74,10 +74,13 @@ class OrgScopedMixin(_ScopedRequest):
 
     permissions: dict[str, Permission] = {}
     lookup_value_regex = "[^/]+"
+    # A suspended organization is refused everything, except views that set this: those that let
+    # it see why and pay what it owes.
+    allow_suspended = False
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)  # authenticates: 401 before anything org-related
-        self.access = resolve_access(request, kwargs["org"])
+        self.access = resolve_access(request, kwargs["org"], allow_suspended=self.allow_suspended)
         self.organization = self.access.organization
         self.enter_scope(self.organization.pk)
         if getattr(self, "action", "") is None:  # a viewset route that does not map this method

@@ -1,0 +1,183 @@
+"""The usage and cost APIs in OpenAI's shapes, served twice: under /v1/organization/ for an API key
+(scope billing:read) and under /api/orgs/{org}/billing/ for the console.
+
+GET …/usage/completions: tokens and requests of chat and text completions per bucket.
+GET …/costs: money per bucket, over every route (fine-tuning included). `amount.value` is a JSON
+number as OpenAI sends it; `amount.exact` (our extension) is the same amount as an exact decimal
+string, which is what to add up.
+
+Parameters as OpenAI's: start_time (required, unix seconds, inclusive), end_time (exclusive,
+default now), bucket_width 1m | 1h | 1d (default 1d), group_by (model, api_key_id, and our
+endpoint_id; costs also line_item; project_id is accepted and always null: an organization is one
+project here), models and api_key_ids filters, limit (buckets per page) and page (next_page).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import time
+
+from rest_framework import exceptions
+
+from billing import money, reports
+from billing.rollups import SUMS
+from tenancy import selectors
+
+LIMITS = {"1m": (60, 1440), "1h": (24, 168), "1d": (7, 31)}
+COSTS_DAY_LIMITS = (7, 180)
+KNOWN = {"start_time", "end_time", "bucket_width", "group_by", "limit", "page", "models", "api_key_ids"}
+METERS = (("input", 4), ("output", 5), ("training", 6))  # meter, index of its cost in SUMS
+
+
+def _invalid(param: str, message: str) -> exceptions.ValidationError:
+    return exceptions.ValidationError({param: [message]})
+
+
+def _list(params, name: str) -> list[str]:
+    values = params.getlist(name) + params.getlist(f"{name}[]")
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def _integer(params, name: str, default: int | None = None) -> int | None:
+    raw = params.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise _invalid(name, f"'{raw}' is not an integer.") from None
+
+
+def _page_token(raw: str | None) -> int | None:
+    if not raw:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(raw.encode() + b"=" * (-len(raw) % 4)).decode()
+        if text.startswith("bucket:"):
+            return int(text.removeprefix("bucket:"))
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        pass
+    raise _invalid("page", "This is not a page cursor from next_page.")
+
+
+def _next_token(bucket: int | None) -> str | None:
+    return None if bucket is None else base64.urlsafe_b64encode(f"bucket:{bucket}".encode()).decode().rstrip("=")
+
+
+def parse(params, organization_id: int, *, costs: bool) -> tuple[reports.Query, int, int | None, bool]:
+    """The query, the page's bucket limit, the page cursor and whether line items were asked for."""
+    unknown = sorted({name.removesuffix("[]") for name in params} - KNOWN)
+    if unknown:
+        raise _invalid(unknown[0], f"Unrecognized parameter: {unknown[0]}.")
+    start = _integer(params, "start_time")
+    if start is None:
+        raise _invalid("start_time", "start_time is required (unix seconds, inclusive).")
+    end = _integer(params, "end_time", int(time.time()))
+    if start < 0 or end < 0:
+        raise _invalid("start_time" if start < 0 else "end_time", "Times are unix seconds, not negative.")
+    if end <= start:
+        raise _invalid("end_time", "end_time must be after start_time.")
+    width_name = params.get("bucket_width") or "1d"
+    if width_name not in reports.WIDTHS:
+        raise _invalid("bucket_width", f"bucket_width is one of 1m, 1h, 1d (got '{width_name}').")
+    default, most = COSTS_DAY_LIMITS if costs and width_name == "1d" else LIMITS[width_name]
+    limit = _integer(params, "limit", default)
+    if not 1 <= limit <= most:
+        raise _invalid("limit", f"limit for bucket_width {width_name} is 1 to {most} (got {limit}).")
+    allowed = set(reports.DIMENSIONS) | {"project_id"} | ({"line_item"} if costs else set())
+    group_by = _list(params, "group_by")
+    for name in group_by:
+        if name not in allowed:
+            raise _invalid("group_by", f"group_by takes {', '.join(sorted(allowed))} (got '{name}').")
+    line_items = "line_item" in group_by
+    dimensions = [d for d in reports.DIMENSIONS if d in group_by or (d == "model" and line_items)]
+    keys = []
+    for raw in _list(params, "api_key_ids"):
+        if selectors.key_id(raw) is None:
+            raise _invalid("api_key_ids", f"'{raw}' is not an API key id.")
+        keys.append(selectors.key_id(raw))
+    query = reports.Query(
+        organization_id=organization_id,
+        start=start,
+        end=end,
+        width=reports.WIDTHS[width_name],
+        group_by=tuple(dimensions),
+        routes=None if costs else reports.COMPLETION_ROUTES,
+        models=tuple(_list(params, "models")),
+        api_key_ids=tuple(keys),
+    )
+    return query, limit, _page_token(params.get("page")), line_items
+
+
+def _page(query: reports.Query, limit: int, page: int | None, results) -> dict:
+    start, end, next_bucket = reports.window_pages(query.start, query.end, query.width, limit, page)
+    window = dataclasses.replace(query, start=start, end=end)
+    found = reports.sums(window)
+    data = []
+    for bucket in reports.bucket_starts(start, end, query.width):
+        groups = found.get(bucket, {})
+        data.append(
+            {
+                "object": "bucket",
+                "start_time": max(bucket, start),
+                "end_time": min(bucket + query.width, end),
+                "results": [item for group in sorted(groups) for item in results(window, group, groups[group])],
+            }
+        )
+    return {"object": "page", "data": data, "has_more": next_bucket is not None, "next_page": _next_token(next_bucket)}
+
+
+def _dimensions(query: reports.Query, group: tuple) -> dict:
+    values = dict(zip(query.group_by, group, strict=True))
+    fields = {"project_id": None, "api_key_id": values.get("api_key_id") or None, "model": values.get("model")}
+    if "endpoint_id" in query.group_by:
+        fields["endpoint_id"] = values["endpoint_id"] or None
+    return fields
+
+
+def usage_page(query: reports.Query, limit: int, page: int | None) -> dict:
+    def results(window, group, sums):
+        values = dict(zip(SUMS, sums, strict=True))
+        return [
+            {
+                "object": "organization.usage.completions.result",
+                "input_tokens": values["prompt_tokens"],
+                "output_tokens": values["completion_tokens"],
+                "input_cached_tokens": 0,
+                "input_audio_tokens": 0,
+                "output_audio_tokens": 0,
+                "num_model_requests": values["requests"],
+                "user_id": None,
+                "batch": None,
+                **_dimensions(window, group),
+            }
+        ]
+
+    return _page(query, limit, page, results)
+
+
+def _amount(nanos: int) -> dict:
+    return {"value": float(money.to_decimal(nanos)), "currency": money.currency(), "exact": money.exact(nanos)}
+
+
+def costs_page(query: reports.Query, limit: int, page: int | None, line_items: bool) -> dict:
+    def results(window, group, sums):
+        base = {"object": "organization.costs.result", **_dimensions(window, group)}
+        if not line_items:
+            return [{**base, "amount": _amount(sum(sums[i] for _, i in METERS)), "line_item": None}]
+        quantities = {"input": sums[1], "output": sums[2], "training": sums[3]}
+        return [
+            {**base, "amount": _amount(sums[i]), "line_item": f"{base['model']}, {meter}"}
+            for meter, i in METERS
+            if quantities[meter]
+        ]
+
+    return _page(query, limit, page, results)
+
+
+def page(params, organization_id: int, *, costs: bool) -> dict:
+    """One page of either API, from the request's query parameters."""
+    query, limit, cursor, line_items = parse(params, organization_id, costs=costs)
+    return costs_page(query, limit, cursor, line_items) if costs else usage_page(query, limit, cursor)

@@ -1,0 +1,25 @@
+"""/v1/organization/usage/completions and /v1/organization/costs for an API key with the
+billing:read scope (OpenAI serves these to admin keys): the key's own organization only."""
+
+from __future__ import annotations
+
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from billing.api import usage
+from billing.models import UsageEvent
+from tenancy.api.scoping import KeyScopedMixin
+from tenancy.roles import Scope
+
+
+class CompletionsUsageView(KeyScopedMixin, APIView):
+    model = UsageEvent
+    required_scope = Scope.BILLING_READ
+    costs = False
+
+    def get(self, request):
+        return Response(usage.page(request.query_params, self.principal.organization_id, costs=self.costs))
+
+
+class CostsView(CompletionsUsageView):
+    costs = True

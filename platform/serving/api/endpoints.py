@@ -1,0 +1,139 @@
+"""Management API for endpoints: /api/orgs/{org}/endpoints/ — publish a model (base or ft:) as
+`ep-…`, change its settings, stop, start, delete. Owners, admins and keys with the `endpoints`
+scope manage; viewers and members see."""
+
+from __future__ import annotations
+
+from django.db.models import Prefetch
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, serializers
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from serving import endpoint_metrics, endpoints
+from serving.models import Endpoint, EndpointReplica
+from tenancy.api.scoping import ORG_PARAMETER, OrgScopedViewSet
+from tenancy.roles import Permission as P
+
+SETTINGS = [
+    "name",
+    "defaults",
+    "system_prompt",
+    "rpm_limit",
+    "tpm_limit",
+    "max_tokens_cap",
+    "allowed_key_ids",
+    "billing_mode",
+    "replicas",
+]
+
+
+# One query for every listed endpoint's replicas, not one per endpoint.
+PLACEMENTS = Prefetch(
+    "placements", queryset=EndpointReplica.all_orgs.select_related("backend").order_by("backend__name")
+)
+
+
+class PlacementSerializer(serializers.ModelSerializer):
+    replica = serializers.CharField(source="backend.name")
+
+    class Meta:
+        model = EndpointReplica
+        fields = ["replica", "state", "last_error", "probed_at"]
+
+
+class EndpointSerializer(serializers.ModelSerializer):
+    placements = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Endpoint
+        fields = ["id", "model", "status", "status_reason", *SETTINGS, "placements", "created_at", "updated_at"]
+        read_only_fields = ["id", "status", "status_reason", "placements", "created_at", "updated_at"]
+        extra_kwargs = {"defaults": {"required": False}, "allowed_key_ids": {"required": False}}
+
+    def get_placements(self, endpoint) -> list[dict]:
+        return PlacementSerializer(endpoint.placements.all(), many=True).data
+
+
+@extend_schema(parameters=[ORG_PARAMETER])
+class EndpointViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.UpdateModelMixin,
+    mixins.DestroyModelMixin,
+    OrgScopedViewSet,
+):
+    model = Endpoint
+    serializer_class = EndpointSerializer
+    permissions = {
+        "list": P.ENDPOINTS_VIEW,
+        "retrieve": P.ENDPOINTS_VIEW,
+        "create": P.ENDPOINTS_MANAGE,
+        "update": P.ENDPOINTS_MANAGE,
+        "partial_update": P.ENDPOINTS_MANAGE,
+        "destroy": P.ENDPOINTS_MANAGE,
+        "stop": P.ENDPOINTS_MANAGE,
+        "start": P.ENDPOINTS_MANAGE,
+        "metrics": P.ENDPOINTS_VIEW,
+    }
+
+    def get_queryset(self):
+        return super().get_queryset().filter(deleted_at=None).prefetch_related(PLACEMENTS)
+
+    def _raw(self) -> dict:
+        return self.request.data if isinstance(self.request.data, dict) else {}
+
+    def create(self, request, *args, **kwargs):
+        body = self._raw()
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise endpoints.EndpointError("'model' is required: a base model id or an ft: model id.", param="model")
+        if "name" not in body:
+            body = {**body, "name": model}
+        endpoint = endpoints.create(
+            organization_id=self.organization.pk,
+            model=model,
+            settings={k: body[k] for k in SETTINGS if k in body},
+            actor=self.actor,
+            created_by_id=getattr(request.user, "pk", None),
+        )
+        return Response(EndpointSerializer(self._fresh(endpoint.pk)).data, status=201)
+
+    def update(self, request, *args, **kwargs):
+        endpoint = self.get_object()
+        body = self._raw()
+        changes = {k: body[k] for k in [*SETTINGS, "model"] if k in body}
+        endpoints.update(endpoint.pk, organization_id=self.organization.pk, changes=changes, actor=self.actor)
+        return Response(EndpointSerializer(self._fresh(endpoint.pk)).data)
+
+    def destroy(self, request, *args, **kwargs):
+        endpoint = self.get_object()
+        endpoints.delete(endpoint.pk, organization_id=self.organization.pk, actor=self.actor)
+        return Response(status=204)
+
+    @extend_schema(request=None, responses=EndpointSerializer, summary="Stop an endpoint (calls get 404)")
+    @action(detail=True, methods=["post"])
+    def stop(self, request, org, pk=None):
+        endpoint = self.get_object()
+        endpoints.stop(endpoint.pk, organization_id=self.organization.pk, actor=self.actor)
+        return Response(EndpointSerializer(self._fresh(endpoint.pk)).data)
+
+    @extend_schema(request=None, responses=EndpointSerializer, summary="Start a stopped or failed endpoint")
+    @action(detail=True, methods=["post"])
+    def start(self, request, org, pk=None):
+        endpoint = self.get_object()
+        endpoints.start(endpoint.pk, organization_id=self.organization.pk, actor=self.actor)
+        return Response(EndpointSerializer(self._fresh(endpoint.pk)).data)
+
+    @extend_schema(
+        request=None, responses=OpenApiTypes.OBJECT, summary="Requests, tokens, latency and errors, last hour and day"
+    )
+    @action(detail=True, methods=["get"])
+    def metrics(self, request, org, pk=None):
+        endpoint = self.get_object()
+        return Response({"endpoint": endpoint.pk, **endpoint_metrics.metrics(self.organization.pk, endpoint.pk)})
+
+    def _fresh(self, endpoint_id: str) -> Endpoint:
+        return Endpoint.all_orgs.prefetch_related(PLACEMENTS).get(pk=endpoint_id)

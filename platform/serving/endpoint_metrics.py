@@ -1,0 +1,55 @@
+"""An endpoint's metrics over the last hour and day, from the usage ledger: requests and tokens
+per minute, latency and time to first token (p50, p95), and the error rate."""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+
+from django.db.models import Count, Q, Sum
+from django.utils import timezone
+
+from billing.models import UsageEvent
+
+WINDOWS = {"last_hour": timedelta(hours=1), "last_day": timedelta(days=1)}
+
+
+def _percentile(rows, field: str, fraction: float) -> int | None:
+    """The nearest-rank percentile, computed in the database (an ordered offset)."""
+    present = rows.exclude(**{f"{field}__isnull": True})
+    count = present.count()
+    if not count:
+        return None
+    rank = max(0, min(count - 1, math.ceil(fraction * count) - 1))
+    return present.order_by(field).values_list(field, flat=True)[rank]
+
+
+def metrics(organization_id: int, endpoint_id: str, now=None) -> dict:
+    now = now or timezone.now()
+    found = {}
+    for name, span in WINDOWS.items():
+        rows = UsageEvent.all_orgs.filter(
+            organization_id=organization_id, endpoint_id=endpoint_id, created_at__gte=now - span, created_at__lt=now
+        )
+        totals = rows.aggregate(
+            requests=Count("id"),
+            errors=Count("id", filter=Q(status_code__gte=500) | ~Q(outcome__in=["ok", "client_disconnected"])),
+            prompt=Sum("prompt_tokens"),
+            completion=Sum("completion_tokens"),
+        )
+        minutes = span.total_seconds() / 60
+        requests = totals["requests"]
+        tokens = (totals["prompt"] or 0) + (totals["completion"] or 0)
+        found[name] = {
+            "requests": requests,
+            "requests_per_minute": round(requests / minutes, 3),
+            "tokens": tokens,
+            "tokens_per_minute": round(tokens / minutes, 3),
+            "latency_ms": {"p50": _percentile(rows, "latency_ms", 0.5), "p95": _percentile(rows, "latency_ms", 0.95)},
+            "time_to_first_token_ms": {
+                "p50": _percentile(rows, "time_to_first_token_ms", 0.5),
+                "p95": _percentile(rows, "time_to_first_token_ms", 0.95),
+            },
+            "error_rate": round(totals["errors"] / requests, 4) if requests else 0.0,
+        }
+    return found

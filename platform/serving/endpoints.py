@@ -1,0 +1,309 @@
+"""Endpoints: a model published under its own id, and the one place its status changes.
+
+Lifecycle: creating -> deploying -> ready | failed -> stopped (and back to deploying when started
+again). Every change takes the endpoint's row lock, checks the status it moves from, and writes an
+audit row. Publishing (a Celery task) places the endpoint on `replicas` of its base model's
+replicas, loads a fine-tuned model's adapter there, probes each with a real generation, and marks
+the endpoint ready if at least one serves it (failed, with each replica's reason, if none does).
+Stopping and deleting unload the adapter where no other live endpoint of the same model needs it.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from django.db import transaction
+from django.utils import timezone
+
+from catalog import selectors as catalog
+from serving import replica_client
+from serving.models import Backend, Endpoint, EndpointReplica
+from tenancy import audit, selectors
+from tenancy.audit import Actor
+from tenancy.services import ServiceError
+
+S = Endpoint.Status
+# Generation parameters an endpoint may default; the caller's own value wins.
+DEFAULTABLE = {
+    "temperature": (int, float),
+    "top_p": (int, float),
+    "max_tokens": (int,),
+    "presence_penalty": (int, float),
+    "frequency_penalty": (int, float),
+    "seed": (int,),
+    "stop": (str, list),
+}
+MAX_REPLICAS = 16
+
+
+class EndpointError(ServiceError):
+    def __init__(self, message: str, code: str = "invalid_request", param: str | None = None, status: int = 400):
+        super().__init__(message, code, param)
+        self.status = status
+
+
+def _resolve_model(organization_id: int, model: str):
+    """The base model behind a base or ft: id the organization may use."""
+    if model.startswith("ft:"):
+        tuned = catalog.fine_tuned_models(organization_id).filter(pk=model).select_related("base_model").first()
+        if tuned is not None:
+            return tuned.base_model, tuned.adapter_path
+    else:
+        base = catalog.visible_base_models(organization_id).filter(pk=model).first()
+        if base is not None:
+            return base, None
+    raise EndpointError(
+        f"The model '{model}' does not exist or you do not have access to it.", "model_not_found", "model"
+    )
+
+
+def _check_settings(organization_id: int, values: dict) -> dict:
+    """Validated endpoint settings (only those given), or EndpointError naming the bad one."""
+    clean = {}
+    if "name" in values:
+        name = str(values["name"] or "").strip()
+        if not name or len(name) > 100:
+            raise EndpointError("An endpoint needs a name of 1 to 100 characters.", param="name")
+        clean["name"] = name
+    if "defaults" in values:
+        defaults = values["defaults"] or {}
+        if not isinstance(defaults, dict):
+            raise EndpointError("defaults is an object of generation parameters.", param="defaults")
+        for key, value in defaults.items():
+            kinds = DEFAULTABLE.get(key)
+            if kinds is None:
+                allowed = ", ".join(sorted(DEFAULTABLE))
+                raise EndpointError(f"defaults cannot set '{key}' (allowed: {allowed}).", param="defaults")
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise EndpointError(f"defaults.{key} has the wrong type.", param="defaults")
+        clean["defaults"] = defaults
+    if "system_prompt" in values:
+        prompt = values["system_prompt"] or ""
+        if not isinstance(prompt, str) or len(prompt) > 20_000:
+            raise EndpointError("system_prompt is a string of at most 20,000 characters.", param="system_prompt")
+        clean["system_prompt"] = prompt
+    for field in ("rpm_limit", "tpm_limit", "max_tokens_cap"):
+        if field in values:
+            value = values[field]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise EndpointError(f"{field} is a positive integer or null.", param=field)
+            clean[field] = value
+    if "allowed_key_ids" in values:
+        ids = values["allowed_key_ids"] or []
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise EndpointError("allowed_key_ids is a list of API key ids.", param="allowed_key_ids")
+        known = selectors.organization_key_ids(organization_id, ids)
+        unknown = [i for i in ids if selectors.key_id(i) not in known]
+        if unknown:
+            raise EndpointError(f"No API key '{unknown[0]}' in this organization.", param="allowed_key_ids")
+        clean["allowed_key_ids"] = sorted(known)
+    if "billing_mode" in values:
+        if values["billing_mode"] not in Endpoint.Billing.values:
+            raise EndpointError("billing_mode is per_token or dedicated.", param="billing_mode")
+        clean["billing_mode"] = values["billing_mode"]
+    if "replicas" in values:
+        count = values["replicas"]
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_REPLICAS:
+            raise EndpointError(f"replicas is 1 to {MAX_REPLICAS}.", param="replicas")
+        clean["replicas"] = count
+    return clean
+
+
+def create(*, organization_id: int, model: str, settings: dict, actor: Actor, created_by_id=None) -> Endpoint:
+    base, _ = _resolve_model(organization_id, model)
+    clean = _check_settings(organization_id, {"name": None, **settings})  # a name is required
+    with transaction.atomic():
+        if Endpoint.all_orgs.filter(organization_id=organization_id, name=clean["name"], deleted_at=None).exists():
+            raise EndpointError(f"An endpoint named '{clean['name']}' exists already.", "conflict", "name", 409)
+        endpoint = Endpoint.all_orgs.create(
+            id=f"ep-{secrets.token_hex(8)}",
+            organization_id=organization_id,
+            model=model,
+            base_model=base,
+            created_by_id=created_by_id,
+            **clean,
+        )
+        audit.record(
+            "endpoint.created",
+            actor=actor,
+            organization_id=organization_id,
+            target=endpoint,
+            data={"model": model, **{k: v for k, v in clean.items() if k != "system_prompt"}},
+        )
+        _deploy_on_commit(endpoint.pk)
+    return endpoint
+
+
+def _deploy_on_commit(endpoint_id: str) -> None:
+    from serving import tasks
+
+    transaction.on_commit(lambda: tasks.publish_endpoint.delay(endpoint_id))
+
+
+def _locked(endpoint_id: str, organization_id: int | None = None) -> Endpoint:
+    rows = Endpoint.all_orgs.select_for_update().filter(pk=endpoint_id, deleted_at=None)
+    if organization_id is not None:
+        rows = rows.filter(organization_id=organization_id)
+    endpoint = rows.first()
+    if endpoint is None:
+        raise EndpointError(f"No endpoint '{endpoint_id}'.", "not_found", status=404)
+    return endpoint
+
+
+def move(endpoint: Endpoint, to: str, reason: str, actor: Actor) -> None:
+    """The one status change; the caller holds the endpoint's row lock."""
+    before = endpoint.status
+    endpoint.status, endpoint.status_reason = to, reason[:500]
+    endpoint.save(update_fields=["status", "status_reason", "updated_at"])
+    audit.record(
+        f"endpoint.{to}",
+        actor=actor,
+        organization_id=endpoint.organization_id,
+        target=endpoint,
+        data={"from": before, "reason": reason[:500]},
+    )
+
+
+@transaction.atomic
+def update(endpoint_id: str, *, organization_id: int, changes: dict, actor: Actor) -> Endpoint:
+    """Change an endpoint's settings (not its model). A new replica count re-deploys it."""
+    endpoint = _locked(endpoint_id, organization_id)
+    if "model" in changes and changes["model"] != endpoint.model:
+        raise EndpointError("An endpoint's model cannot change: publish another endpoint.", param="model")
+    clean = _check_settings(organization_id, {k: v for k, v in changes.items() if k != "model"})
+    if "name" in clean and clean["name"] != endpoint.name:
+        taken = Endpoint.all_orgs.filter(organization_id=organization_id, name=clean["name"], deleted_at=None)
+        if taken.exclude(pk=endpoint.pk).exists():
+            raise EndpointError(f"An endpoint named '{clean['name']}' exists already.", "conflict", "name", 409)
+    for field, value in clean.items():
+        setattr(endpoint, field, value)
+    endpoint.save()
+    audit.record(
+        "endpoint.updated",
+        actor=actor,
+        organization_id=organization_id,
+        target=endpoint,
+        data={k: v for k, v in clean.items() if k != "system_prompt"},
+    )
+    if "replicas" in clean and endpoint.status in (S.READY, S.FAILED):
+        move(endpoint, S.DEPLOYING, "the number of replicas changed", actor)
+        _deploy_on_commit(endpoint.pk)
+    return endpoint
+
+
+@transaction.atomic
+def stop(endpoint_id: str, *, organization_id: int, actor: Actor) -> Endpoint:
+    endpoint = _locked(endpoint_id, organization_id)
+    if endpoint.status == S.STOPPED:
+        return endpoint
+    move(endpoint, S.STOPPED, "stopped", actor)
+    _undeploy_on_commit(endpoint.pk)
+    return endpoint
+
+
+@transaction.atomic
+def start(endpoint_id: str, *, organization_id: int, actor: Actor) -> Endpoint:
+    endpoint = _locked(endpoint_id, organization_id)
+    if endpoint.status not in (S.STOPPED, S.FAILED):
+        raise EndpointError(
+            f"Endpoint '{endpoint_id}' is {endpoint.status}; only a stopped or failed one starts.",
+            "conflict",
+            status=409,
+        )
+    move(endpoint, S.DEPLOYING, "started", actor)
+    _deploy_on_commit(endpoint.pk)
+    return endpoint
+
+
+@transaction.atomic
+def delete(endpoint_id: str, *, organization_id: int, actor: Actor) -> None:
+    """Gone for every call and list; the row stays so usage history keeps its name."""
+    endpoint = _locked(endpoint_id, organization_id)
+    if endpoint.status != S.STOPPED:
+        move(endpoint, S.STOPPED, "deleted", actor)
+    endpoint.deleted_at = timezone.now()
+    endpoint.save(update_fields=["deleted_at", "updated_at"])
+    audit.record("endpoint.deleted", actor=actor, organization_id=organization_id, target=endpoint)
+    _undeploy_on_commit(endpoint.pk)
+
+
+def _undeploy_on_commit(endpoint_id: str) -> None:
+    from serving import tasks
+
+    transaction.on_commit(lambda: tasks.unpublish_endpoint.delay(endpoint_id))
+
+
+def publish(endpoint_id: str) -> Endpoint:
+    """The publishing task: place, load, probe, and mark ready or failed."""
+    with transaction.atomic():
+        endpoint = _locked(endpoint_id)
+        if endpoint.status not in (S.CREATING, S.DEPLOYING):
+            return endpoint  # stopped meanwhile, or already published by another run
+        if endpoint.status == S.CREATING:
+            move(endpoint, S.DEPLOYING, "placing on replicas", Actor.system())
+    chosen = list(
+        Backend.objects.filter(base_model_id=endpoint.base_model_id, enabled=True).order_by("-healthy", "name")[
+            : endpoint.replicas
+        ]
+    )
+    results = {backend.pk: place(endpoint, backend) for backend in chosen}
+    with transaction.atomic():
+        endpoint = _locked(endpoint_id)
+        if endpoint.status != S.DEPLOYING:
+            return endpoint
+        EndpointReplica.all_orgs.filter(endpoint=endpoint).exclude(backend_id__in=list(results)).delete()
+        if any(outcome.ok for outcome in results.values()):
+            move(endpoint, S.READY, "", Actor.system())
+        else:
+            reasons = "; ".join(f"{b.name}: {results[b.pk].error}" for b in chosen)
+            reason = reasons or f"no replica serves the base model {endpoint.base_model_id}"
+            move(endpoint, S.FAILED, reason, Actor.system())
+    return endpoint
+
+
+def upstream_name(endpoint: Endpoint, backend: Backend) -> str:
+    """What the endpoint's model is called on a replica: the ft: id as its adapter's name, or the
+    replica's own name for the base model."""
+    return endpoint.model if endpoint.model.startswith("ft:") else backend.upstream_model
+
+
+def place(endpoint: Endpoint, backend: Backend) -> replica_client.Outcome:
+    """Load what the endpoint needs on a replica and probe it; record the replica's state."""
+    outcome = replica_client.Outcome(True)
+    if endpoint.model.startswith("ft:"):
+        _, adapter = _resolve_model(endpoint.organization_id, endpoint.model)
+        outcome = replica_client.load_adapter(backend, name=endpoint.model, path=adapter)
+    if outcome.ok:
+        outcome = replica_client.probe_generation(backend, model=upstream_name(endpoint, backend))
+    EndpointReplica.all_orgs.update_or_create(
+        endpoint=endpoint,
+        backend=backend,
+        defaults={
+            "organization_id": endpoint.organization_id,
+            "state": EndpointReplica.State.SERVING if outcome.ok else EndpointReplica.State.FAILED,
+            "last_error": outcome.error,
+            "probed_at": timezone.now(),
+        },
+    )
+    return outcome
+
+
+def unpublish(endpoint_id: str) -> None:
+    """The stopping task: unload the adapter where no other live endpoint of the model needs it."""
+    endpoint = Endpoint.all_orgs.filter(pk=endpoint_id).first()
+    if endpoint is None or endpoint.status != S.STOPPED:
+        return
+    placements = list(EndpointReplica.all_orgs.filter(endpoint=endpoint).select_related("backend"))
+    if endpoint.model.startswith("ft:"):
+        others = (
+            EndpointReplica.all_orgs.filter(
+                endpoint__model=endpoint.model, endpoint__deleted_at=None, state=EndpointReplica.State.SERVING
+            )
+            .exclude(endpoint=endpoint)
+            .exclude(endpoint__status=S.STOPPED)
+        )
+        needed = set(others.values_list("backend_id", flat=True))
+        for placement in placements:
+            if placement.backend_id not in needed:
+                replica_client.unload_adapter(placement.backend, name=endpoint.model)
+    EndpointReplica.all_orgs.filter(endpoint=endpoint).delete()

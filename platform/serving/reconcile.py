@@ -1,0 +1,77 @@
+"""Reconciliation: what each replica should serve for the endpoints, against what it reports.
+
+A periodic task (ENDPOINT_RECONCILE_SECONDS). For every live endpoint's placements: a replica
+that cannot be reached is marked failed; one that lost an ft: model's adapter (it restarted) gets
+it back, and is probed; a failed placement is probed again, and serves again once it passes. Then
+the endpoint follows its placements: ready with none serving becomes failed (with the reasons),
+failed with one serving becomes ready again — no one has to act. A failed endpoint without
+placements (no replica was there when it was published) is placed again.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import transaction
+from django.utils import timezone
+
+from serving import endpoints, replica_client
+from serving.models import Backend, Endpoint, EndpointReplica
+from tenancy.audit import Actor
+
+log = logging.getLogger("serving.reconcile")
+S = Endpoint.Status
+State = EndpointReplica.State
+
+
+def reconcile() -> dict[str, str]:
+    """Returns each examined endpoint's status afterwards."""
+    outcome = {}
+    live = Endpoint.all_orgs.filter(deleted_at=None, status__in=[S.READY, S.FAILED]).select_related("base_model")
+    served_by: dict[int, set[str] | None] = {}  # one /v1/models per replica per pass
+    for endpoint in live:
+        placements = list(EndpointReplica.all_orgs.filter(endpoint=endpoint).select_related("backend"))
+        if not placements and endpoint.status == S.FAILED:
+            candidates = Backend.objects.filter(base_model_id=endpoint.base_model_id, enabled=True)
+            for backend in candidates.order_by("-healthy", "name")[: endpoint.replicas]:
+                endpoints.place(endpoint, backend)
+        for placement in placements:
+            _check(endpoint, placement, served_by)
+        outcome[endpoint.pk] = _follow(endpoint.pk)
+    return outcome
+
+
+def _check(endpoint: Endpoint, placement: EndpointReplica, served_by: dict) -> None:
+    backend = placement.backend
+    if backend.pk not in served_by:
+        served_by[backend.pk] = replica_client.served_models(backend) if backend.enabled else None
+    served = served_by[backend.pk]
+    if served is None:
+        _record(placement, State.FAILED, f"replica {backend.name} cannot be reached")
+        return
+    name = endpoints.upstream_name(endpoint, backend)
+    if placement.state == State.SERVING and name in served:
+        return
+    result = endpoints.place(endpoint, backend)  # loads what is missing, probes, records the state
+    if result.ok and name not in served:
+        served.add(name)
+        log.info("endpoint %s: %s reloaded on %s", endpoint.pk, name, backend.name)
+
+
+def _record(placement: EndpointReplica, state: str, error: str) -> None:
+    EndpointReplica.all_orgs.filter(pk=placement.pk).update(
+        state=state, last_error=error[:500], probed_at=timezone.now()
+    )
+
+
+@transaction.atomic
+def _follow(endpoint_id: str) -> str:
+    endpoint = Endpoint.all_orgs.select_for_update().get(pk=endpoint_id)
+    placements = list(EndpointReplica.all_orgs.filter(endpoint=endpoint).select_related("backend"))
+    serving = [p for p in placements if p.state == State.SERVING]
+    if endpoint.status == S.READY and not serving:
+        reasons = "; ".join(f"{p.backend.name}: {p.last_error}" for p in placements) or "no replica"
+        endpoints.move(endpoint, S.FAILED, f"no replica serves it ({reasons})", Actor.system())
+    elif endpoint.status == S.FAILED and serving:
+        endpoints.move(endpoint, S.READY, "", Actor.system())
+    return endpoint.status

@@ -1,0 +1,91 @@
+"""What the control plane asks of a model server, in the protocol our runtime and vLLM (started
+with --enable-lora) both speak: load and unload a LoRA adapter, list what it serves, and probe it
+with a real one-token generation. Synchronous (Celery tasks and the reconciler call it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+from serving.models import Backend
+
+TIMEOUT = httpx.Timeout(30.0, connect=3.0)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    error: str = ""
+
+
+def _headers(backend: Backend) -> dict:
+    return {"Authorization": f"Bearer {backend.api_key}"} if backend.api_key else {}
+
+
+def _failure(error: Exception | str) -> Outcome:
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    return Outcome(False, text[:500])
+
+
+def load_adapter(backend: Backend, *, name: str, path: str) -> Outcome:
+    """Load an adapter under `name`; one already loaded under that name is fine."""
+    try:
+        response = httpx.post(
+            f"{backend.url}/v1/load_lora_adapter",
+            json={"lora_name": name, "lora_path": path},
+            headers=_headers(backend),
+            timeout=TIMEOUT,
+        )
+    except httpx.HTTPError as error:
+        return _failure(error)
+    if response.status_code == 200 or "already" in response.text.lower():
+        return Outcome(True)
+    return _failure(f"loading the adapter answered {response.status_code}: {response.text[:300]}")
+
+
+def unload_adapter(backend: Backend, *, name: str) -> Outcome:
+    try:
+        response = httpx.post(
+            f"{backend.url}/v1/unload_lora_adapter",
+            json={"lora_name": name},
+            headers=_headers(backend),
+            timeout=TIMEOUT,
+        )
+    except httpx.HTTPError as error:
+        return _failure(error)
+    if response.status_code in (200, 404):
+        return Outcome(True)  # unloaded, or not there
+    return _failure(f"unloading the adapter answered {response.status_code}: {response.text[:300]}")
+
+
+def served_models(backend: Backend) -> set[str] | None:
+    """The model names the server serves now (base and adapters); None if it cannot be reached."""
+    try:
+        response = httpx.get(f"{backend.url}/v1/models", headers=_headers(backend), timeout=TIMEOUT)
+        response.raise_for_status()
+        return {item["id"] for item in response.json().get("data", []) if isinstance(item, dict) and "id" in item}
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+
+
+def probe_generation(backend: Backend, *, model: str) -> Outcome:
+    """A real one-token completion of `model` (the base model's served name or an adapter's)."""
+    try:
+        response = httpx.post(
+            f"{backend.url}/v1/chat/completions",
+            json={"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1},
+            headers=_headers(backend),
+            timeout=TIMEOUT,
+        )
+    except httpx.HTTPError as error:
+        return _failure(error)
+    if response.status_code != 200:
+        return _failure(f"a test generation answered {response.status_code}: {response.text[:300]}")
+    try:
+        usage = response.json()["usage"]
+        if usage["completion_tokens"] < 1:
+            return _failure("a test generation produced no token")
+    except (ValueError, KeyError, TypeError):
+        return _failure("a test generation answered something that is not a completion")
+    return Outcome(True)

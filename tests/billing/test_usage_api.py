@@ -1,0 +1,294 @@
+"""The usage and cost APIs against the ledger: whatever the window, bucket width and grouping, and
+whether rows are rolled up, not yet rolled up, or arrived late into an hour already rolled up, the
+APIs' totals equal the sums of the ledger rows."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from billing import money, rollups, services
+from billing.models import Price, UsageEvent, UsageRollup
+from tenancy.models import APIKey
+from tenancy.roles import Scope
+from tests.billing.usage import usage_record
+from tests.conftest import key_client, session_client
+
+NOW = int(datetime.now(UTC).timestamp())
+DAY, HOUR = 86400, 3600
+
+
+def _price(model: str, amounts: tuple[int, int, int], days_ago: int) -> list:
+    row = Price.objects.create(
+        model=model,
+        input_per_token=amounts[0],
+        output_per_token=amounts[1],
+        training_per_token=amounts[2],
+        effective_from=datetime.now(UTC) - timedelta(days=days_ago),
+    )
+    return [row.pk, *amounts]
+
+
+def _write(tenant, rng: random.Random, count: int, keys: list[str], prices: dict, *, tag: str, oldest: int) -> None:
+    for n in range(count):
+        model = rng.choice(["m-small", "m-large"])
+        training = rng.random() < 0.1
+        services.record_usage(
+            **usage_record(
+                tenant.org.pk,
+                f"{tag}-{n}",
+                api_key_id=None if training else rng.choice([*keys, None]),
+                route="fine_tuning.jobs" if training else rng.choice(["chat.completions", "completions"]),
+                model=model,
+                prompt_tokens=0 if training else rng.randint(1, 500),
+                completion_tokens=0 if training else rng.randint(0, 300),
+                training_tokens=rng.randint(100, 5000) if training else 0,
+                price=rng.choice(prices[model]),
+                created_at=datetime.fromtimestamp(NOW - rng.randint(0, oldest), UTC),
+            )
+        )
+
+
+@pytest.fixture
+def ledger(tenant_a):
+    """About 400 rows over three days: two models with two price versions each, two keys, some
+    fine-tuning; most rolled up, then late rows into rolled-up hours and fresh rows not rolled up."""
+    tenant_a.key()
+    tenant_a.key()
+    keys = [str(pk) for pk in APIKey.all_orgs.filter(organization=tenant_a.org).values_list("pk", flat=True)]
+    prices = {
+        "m-small": [_price("m-small", (100, 200, 50), 9), _price("m-small", (150, 250, 60), 1)],
+        "m-large": [_price("m-large", (1000, 3000, 400), 9), _price("m-large", (900, 2700, 350), 2)],
+    }
+    rng = random.Random(7)
+    _write(tenant_a, rng, 300, keys, prices, tag="early", oldest=3 * DAY)
+    assert rollups.roll_up() == 300
+    _write(tenant_a, rng, 60, keys, prices, tag="late", oldest=3 * DAY)  # late arrivals into rolled-up hours
+    _write(tenant_a, rng, 40, keys, prices, tag="fresh", oldest=HOUR)
+    return tenant_a, keys
+
+
+def expected(organization, start: int, end: int, width: int, group_by: tuple, routes) -> dict:
+    """Straight from the ledger rows: bucket -> group -> [requests, in, out, training, cost]."""
+    prices = {p.pk: p for p in Price.objects.all()}
+    found: dict = defaultdict(lambda: defaultdict(lambda: [0, 0, 0, 0, 0]))
+    for row in UsageEvent.all_orgs.filter(organization=organization):
+        ts = int(row.created_at.timestamp())
+        if not start <= ts < end or (routes and row.route not in routes):
+            continue
+        group = tuple(
+            {"model": row.model, "api_key_id": str(row.api_key_id) if row.api_key_id else None}[d] for d in group_by
+        )
+        sums = found[ts - ts % width][group]
+        price = prices[row.price_id]
+        assert row.cost == (
+            row.prompt_tokens * price.input_per_token
+            + row.completion_tokens * price.output_per_token
+            + row.training_tokens * price.training_per_token
+        )
+        for i, value in enumerate([1, row.prompt_tokens, row.completion_tokens, row.training_tokens, row.cost]):
+            sums[i] += value
+    return found
+
+
+def all_pages(client, url: str, params: dict) -> list[dict]:
+    buckets, page = [], None
+    while True:
+        response = client.get(url, {**params, **({"page": page} if page else {})})
+        assert response.status_code == 200, response.content
+        body = response.json()
+        assert body["object"] == "page"
+        buckets += body["data"]
+        if not body["has_more"]:
+            assert body["next_page"] is None
+            return buckets
+        page = body["next_page"]
+
+
+WINDOWS = [
+    ("1d", NOW - 3 * DAY - 1234, NOW + 1, ()),
+    ("1d", NOW - 3 * DAY - 1234, NOW + 1, ("model",)),
+    ("1h", NOW - 30 * HOUR - 17, NOW - 2 * HOUR + 5, ("model", "api_key_id")),
+    ("1h", NOW - (NOW % HOUR) - 20 * HOUR, NOW - (NOW % HOUR), ("api_key_id",)),  # aligned to hours
+    ("1m", NOW - 5 * HOUR, NOW + 1, ("model",)),
+]
+
+
+@pytest.mark.parametrize(("width", "start", "end", "group_by"), WINDOWS)
+def test_completions_usage_equals_the_ledger(ledger, width, start, end, group_by):
+    tenant, _ = ledger
+    client = key_client(tenant.key(scopes=[Scope.BILLING_READ]))
+    params = {"start_time": start, "end_time": end, "bucket_width": width, "group_by": list(group_by), "limit": 5}
+    buckets = all_pages(client, "/v1/organization/usage/completions", params)
+    seconds = {"1m": 60, "1h": HOUR, "1d": DAY}[width]
+    want = expected(tenant.org, start, end, seconds, group_by, {"chat.completions", "completions"})
+    got: dict = defaultdict(dict)
+    for bucket in buckets:
+        assert bucket["start_time"] >= start and bucket["end_time"] <= end
+        for result in bucket["results"]:
+            assert result["object"] == "organization.usage.completions.result"
+            group = tuple(result[d] for d in group_by)
+            got[bucket["start_time"] - bucket["start_time"] % seconds][group] = [
+                result["num_model_requests"],
+                result["input_tokens"],
+                result["output_tokens"],
+            ]
+    assert {b: {g: v[:3] for g, v in groups.items()} for b, groups in want.items()} == got
+    assert buckets[0]["start_time"] == start and buckets[-1]["end_time"] == end
+    assert len({b["start_time"] for b in buckets}) == len(buckets)  # each bucket once across the pages
+    assert sum(v[0] for groups in got.values() for v in groups.values()) > 0
+
+
+@pytest.mark.parametrize(("width", "start", "end", "group_by"), WINDOWS)
+def test_costs_equal_the_ledger(ledger, width, start, end, group_by):
+    tenant, _ = ledger
+    client = session_client(tenant.owner)
+    url = f"/api/orgs/{tenant.org.slug}/billing/costs/"
+    params = {"start_time": start, "end_time": end, "bucket_width": width, "group_by": list(group_by), "limit": 4}
+    buckets = all_pages(client, url, params)
+    seconds = {"1m": 60, "1h": HOUR, "1d": DAY}[width]
+    want = expected(tenant.org, start, end, seconds, group_by, None)
+    got: dict = defaultdict(dict)
+    for bucket in buckets:
+        for result in bucket["results"]:
+            assert result["amount"]["currency"] == money.currency()
+            assert result["amount"]["value"] == float(Decimal(result["amount"]["exact"]))  # the same amount
+            group = tuple(result[d] for d in group_by)
+            got[bucket["start_time"] - bucket["start_time"] % seconds][group] = money.from_decimal(
+                result["amount"]["exact"]
+            )
+    assert {b: {g: v[4] for g, v in groups.items()} for b, groups in want.items()} == got
+
+
+def test_cost_line_items_split_each_model_by_meter(ledger):
+    tenant, _ = ledger
+    client = key_client(tenant.key(scopes=[Scope.BILLING_READ]))
+    start = NOW - 4 * DAY
+    buckets = all_pages(client, "/v1/organization/costs", {"start_time": start, "group_by": "line_item"})
+    lines: dict = defaultdict(int)
+    for bucket in buckets:
+        for result in bucket["results"]:
+            lines[result["line_item"]] += money.from_decimal(result["amount"]["exact"])
+    prices = {p.pk: p for p in Price.objects.all()}
+    want: dict = defaultdict(int)
+    for row in UsageEvent.all_orgs.filter(organization=tenant.org):
+        price = prices[row.price_id]
+        for meter, tokens, unit in [
+            ("input", row.prompt_tokens, price.input_per_token),
+            ("output", row.completion_tokens, price.output_per_token),
+            ("training", row.training_tokens, price.training_per_token),
+        ]:
+            if tokens:
+                want[f"{row.model}, {meter}"] += tokens * unit
+    assert dict(lines) == dict(want)
+    assert sum(lines.values()) == sum(UsageEvent.all_orgs.values_list("cost", flat=True))
+
+
+def test_rolling_up_again_changes_nothing_and_readers_agree_before_and_after(ledger):
+    tenant, _ = ledger
+    client = session_client(tenant.owner)
+    url = f"/api/orgs/{tenant.org.slug}/billing/usage/completions/"
+    params = {"start_time": NOW - 4 * DAY, "end_time": NOW + 1, "bucket_width": "1h", "limit": 168}
+    before = client.get(url, params).json()
+    assert UsageEvent.all_orgs.filter(rolled_up=False).count() == 100
+    assert rollups.roll_up() == 100
+    assert rollups.roll_up() == 0
+    assert client.get(url, params).json() == before
+    totals = UsageRollup.all_orgs.filter(organization=tenant.org).values_list("requests", flat=True)
+    assert sum(totals) == UsageEvent.all_orgs.count() == 400
+
+
+def test_filters_by_model_and_key(ledger):
+    tenant, keys = ledger
+    client = key_client(tenant.key(scopes=[Scope.BILLING_READ]))
+    params = {"start_time": NOW - 4 * DAY, "end_time": NOW + 1, "models": "m-large", "api_key_ids": [keys[0]]}
+    buckets = all_pages(client, "/v1/organization/usage/completions", {**params, "group_by": ["model", "api_key_id"]})
+    results = [r for b in buckets for r in b["results"]]
+    assert results and {(r["model"], r["api_key_id"]) for r in results} == {("m-large", keys[0])}
+    want = UsageEvent.all_orgs.filter(
+        model="m-large", api_key_id=keys[0], route__in=["chat.completions", "completions"]
+    ).count()
+    assert sum(r["num_model_requests"] for r in results) == want
+
+
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [
+        ({}, "start_time"),
+        ({"start_time": "yesterday"}, "start_time"),
+        ({"start_time": 100, "end_time": 50}, "end_time"),
+        ({"start_time": 100, "bucket_width": "1w"}, "bucket_width"),
+        ({"start_time": 100, "bucket_width": "1h", "limit": 169}, "limit"),
+        ({"start_time": 100, "group_by": "user_id"}, "group_by"),
+        ({"start_time": 100, "api_key_ids": "nope"}, "api_key_ids"),
+        ({"start_time": 100, "page": "not-a-cursor"}, "page"),
+        ({"start_time": 100, "project_ids": "p"}, "project_ids"),
+    ],
+)
+def test_bad_parameters_are_named(tenant_a, params, param):
+    client = key_client(tenant_a.key(scopes=[Scope.BILLING_READ]))
+    response = client.get("/v1/organization/usage/completions", params)
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["param"] == param
+
+
+def test_another_organization_sees_nothing(ledger, tenant_b):
+    tenant, keys = ledger
+    params = {"start_time": NOW - 4 * DAY, "end_time": NOW + 1, "group_by": ["model", "api_key_id"]}
+    outsider = key_client(tenant_b.key(scopes=[Scope.BILLING_READ]))
+    for url in ("/v1/organization/usage/completions", "/v1/organization/costs"):
+        buckets = all_pages(outsider, url, {**params, "api_key_ids": keys[0]})
+        assert buckets and all(b["results"] == [] for b in buckets)
+    b_owner = session_client(tenant_b.owner)
+    for path in ("usage/completions/", "costs/"):
+        assert b_owner.get(f"/api/orgs/{tenant.org.slug}/billing/{path}", params).status_code == 404
+
+
+def test_keys_without_billing_read_are_refused(tenant_a):
+    client = key_client(tenant_a.key(scopes=[Scope.INFERENCE]))
+    response = client.get("/v1/organization/costs", {"start_time": NOW - DAY})
+    assert response.status_code == 403
+    assert "billing:read" in response.json()["error"]["message"]
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_readers_stay_exact_while_a_rollup_pass_runs(make_tenant, monkeypatch):
+    """PostgreSQL, real concurrency: while another connection rolls rows up in small batches, every
+    read still counts each row exactly once (rollups and raw rows read in one snapshot)."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("concurrent transactions need PostgreSQL")
+    import threading
+
+    from billing import reports
+
+    tenant = make_tenant("rolling")
+    created = datetime.fromtimestamp(NOW - 2 * HOUR, UTC)
+    services.ingest_usage(
+        [usage_record(tenant.org.pk, f"r{n}", created_at=created + timedelta(seconds=n)) for n in range(2000)]
+    )
+    monkeypatch.setattr(rollups, "BATCH", 40)
+    done = threading.Event()
+
+    def pass_in_background():
+        try:
+            rollups.roll_up()
+        finally:
+            from django.db import connection as own
+
+            own.close()
+            done.set()
+
+    threading.Thread(target=pass_in_background).start()
+    query = reports.Query(tenant.org.pk, NOW - DAY, NOW + 1, HOUR)
+    reads = []
+    while not done.is_set():
+        found = reports.sums(query)
+        reads.append(sum(v[0] for groups in found.values() for v in groups.values()))
+    assert set(reads) == {2000} and len(reads) > 3
+    assert UsageEvent.all_orgs.filter(rolled_up=False).count() == 0
