@@ -60,6 +60,14 @@ class PriceForm(forms.ModelForm):
     input_per_million = forms.DecimalField(min_value=0, max_digits=18, decimal_places=3)
     output_per_million = forms.DecimalField(min_value=0, max_digits=18, decimal_places=3)
     training_per_million = forms.DecimalField(min_value=0, max_digits=18, decimal_places=3)
+    replica_minute = forms.DecimalField(
+        required=False,
+        min_value=0,
+        max_digits=18,
+        decimal_places=9,
+        initial=0,
+        help_text="Per replica-minute of a dedicated endpoint (empty: 0).",
+    )
 
     class Meta:
         model = Price
@@ -73,6 +81,11 @@ class PriceForm(forms.ModelForm):
                     money.per_token_from_per_million(data[name])
                 except money.MoneyError as error:
                     self.add_error(name, str(error))
+        if data.get("replica_minute") is not None:
+            try:
+                money.from_decimal(data["replica_minute"])
+            except money.MoneyError as error:
+                self.add_error("replica_minute", str(error))
         if data.get("model"):
             try:
                 services.check_priceable(data["model"], data["organization"].pk if data.get("organization") else None)
@@ -89,7 +102,7 @@ class PriceAdmin(admin.ModelAdmin):
     """A price is never edited: a change is a new version that takes effect from a moment on."""
 
     form = PriceForm
-    list_display = ["model", "organization", "effective_from", "input", "output", "training", "created_by"]
+    list_display = ["model", "organization", "effective_from", "input", "output", "training", "replica", "created_by"]
     list_filter = ["model"]
     search_fields = ["model", "organization__slug"]
     list_select_related = ["organization", "created_by"]
@@ -106,6 +119,10 @@ class PriceAdmin(admin.ModelAdmin):
     def training(self, obj: Price) -> str:
         return money.per_million(obj.training_per_token)
 
+    @admin.display(description="replica-minute")
+    def replica(self, obj: Price) -> str:
+        return money.exact(obj.replica_minute)
+
     def has_change_permission(self, request, obj=None):
         return obj is None and super().has_change_permission(request, obj)
 
@@ -120,6 +137,7 @@ class PriceAdmin(admin.ModelAdmin):
             input_per_million=data["input_per_million"],
             output_per_million=data["output_per_million"],
             training_per_million=data["training_per_million"],
+            replica_minute=data["replica_minute"] or 0,
             effective_from=data["effective_from"],
             note=data["note"],
             actor=Actor.from_request(request),

@@ -245,6 +245,17 @@ def _hold(request_id: str, organization_id: int, api_key_id: str | None, amount:
     return Hold(request_id, organization_id, api_key_id, amount, key_limited)
 
 
+def shortfall(organization_id: int, amount: int) -> InsufficientQuota | None:
+    """The budget that could not cover `amount` more now, or None."""
+    account = ensure_account(organization_id)
+    if account.mode == Account.Mode.PREPAID and account.credit - account.reserved < amount:
+        return _why_not(organization_id, amount)
+    spent = account.period_spent if account.period == period_of(timezone.now()) else 0
+    if account.monthly_limit is not None and spent + account.reserved + amount > account.monthly_limit:
+        return _why_not(organization_id, amount)
+    return None
+
+
 def _why_not(organization_id: int, amount: int) -> Exception:
     account = Account.all_orgs.filter(organization_id=organization_id).first()
     if account is None:

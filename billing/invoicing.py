@@ -30,6 +30,7 @@ from tenancy.audit import Actor
 log = logging.getLogger("billing.invoicing")
 METERS = (("input", "prompt_tokens", "input_cost"), ("output", "completion_tokens", "output_cost"))
 TRAINING = ("training", "training_tokens", "training_cost")
+REPLICAS = ("replica_minutes", "replica_minutes", "replica_cost")  # dedicated endpoints
 
 
 class CloseError(Exception):
@@ -95,13 +96,13 @@ def _lines(organization_id: int, month: date) -> list[dict]:
     rows = (
         UsageRollup.all_orgs.filter(organization_id=organization_id, billing_month=month)
         .values("model", "price_version")
-        .annotate(*[Sum(name) for name in ("prompt_tokens", "completion_tokens", "training_tokens")])
-        .annotate(*[Sum(name) for name in ("input_cost", "output_cost", "training_cost")])
+        .annotate(*[Sum(name) for _, name, _ in (*METERS, TRAINING, REPLICAS)])
+        .annotate(*[Sum(name) for _, _, name in (*METERS, TRAINING, REPLICAS)])
         .order_by("model", "price_version")
     )
     lines = []
     for row in rows:
-        for meter, tokens, cost in (*METERS, TRAINING):
+        for meter, tokens, cost in (*METERS, TRAINING, REPLICAS):
             quantity, amount = row[f"{tokens}__sum"], row[f"{cost}__sum"]
             if not quantity:
                 continue

@@ -28,6 +28,7 @@ COLUMNS = [
     "prompt_tokens",
     "completion_tokens",
     "training_tokens",
+    "replica_minutes",
     "cost",
     "price_id",
     "streamed",
@@ -44,6 +45,7 @@ DEFAULTS = {
     "prompt_tokens": 0,
     "completion_tokens": 0,
     "training_tokens": 0,
+    "replica_minutes": 0,
     "streamed": False,
     "time_to_first_token_ms": None,
     "price": None,
@@ -51,13 +53,16 @@ DEFAULTS = {
 
 
 def price_fields(price: UnitPrice) -> list | None:
-    """How a record carries its price version: [version, input, output, training] or None (free)."""
-    return None if price.version is None else [price.version, price.input, price.output, price.training]
+    """How a record carries its price version: [version, input, output, training, replica minute]
+    or None (free)."""
+    if price.version is None:
+        return None
+    return [price.version, price.input, price.output, price.training, price.replica_minute]
 
 
 def _row(record: dict) -> dict:
     record = {**DEFAULTS, **record}
-    price = UnitPrice(*record["price"]) if record["price"] else UnitPrice(None, 0, 0, 0)
+    price = UnitPrice(*record["price"]) if record["price"] else UnitPrice(None, 0, 0, 0, 0)
     created = record["created_at"]
     return {
         **{name: record[name] for name in COLUMNS if name in record},
@@ -65,6 +70,7 @@ def _row(record: dict) -> dict:
             prompt_tokens=record["prompt_tokens"],
             completion_tokens=record["completion_tokens"],
             training_tokens=record["training_tokens"],
+            replica_minutes=record["replica_minutes"],
         ),
         "price_id": price.version,
         "created_at": datetime.fromtimestamp(created, UTC) if isinstance(created, int | float) else created,

@@ -23,6 +23,9 @@ class Price(models.Model):
     input_per_token = models.PositiveBigIntegerField(help_text="Nano-units per prompt token.")
     output_per_token = models.PositiveBigIntegerField(help_text="Nano-units per completion token.")
     training_per_token = models.PositiveBigIntegerField(help_text="Nano-units per trained token.")
+    replica_minute = models.PositiveBigIntegerField(
+        default=0, help_text="Nano-units per replica-minute of a dedicated endpoint serving the model."
+    )
     effective_from = models.DateTimeField(default=timezone.now)
     note = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -65,6 +68,7 @@ class UsageEvent(TenantModel):
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
     training_tokens = models.PositiveBigIntegerField(default=0)
+    replica_minutes = models.PositiveBigIntegerField(default=0, help_text="A dedicated endpoint's metered time.")
     cost = models.PositiveBigIntegerField(default=0, help_text="Nano-units of BILLING_CURRENCY.")
     price = models.ForeignKey(
         Price, null=True, blank=True, on_delete=models.PROTECT, related_name="+", help_text="The version charged."
@@ -182,9 +186,11 @@ class UsageRollup(TenantModel):
     prompt_tokens = models.PositiveBigIntegerField(default=0)
     completion_tokens = models.PositiveBigIntegerField(default=0)
     training_tokens = models.PositiveBigIntegerField(default=0)
+    replica_minutes = models.PositiveBigIntegerField(default=0)
     input_cost = models.PositiveBigIntegerField(default=0)
     output_cost = models.PositiveBigIntegerField(default=0)
     training_cost = models.PositiveBigIntegerField(default=0)
+    replica_cost = models.PositiveBigIntegerField(default=0)
 
     class Meta:
         constraints = [
@@ -253,7 +259,7 @@ class InvoiceLine(TenantModel):
 
     invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
     model = models.CharField(max_length=200)
-    meter = models.CharField(max_length=16)  # input | output | training
+    meter = models.CharField(max_length=16)  # input | output | training | replica_minutes
     unit_price = models.PositiveBigIntegerField(help_text="Nano-units per token.")
     quantity = models.PositiveBigIntegerField()
     amount = models.PositiveBigIntegerField()

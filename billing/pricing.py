@@ -22,27 +22,36 @@ from django.db.models import Q
 from django.utils import timezone
 
 from billing.models import Price
-from billing.money import per_million
+from billing.money import exact, per_million
 from tenancy.detached import run_detached
 
 log = logging.getLogger("billing.pricing")
 
 
-def _amounts(price: Price) -> tuple[int, int, int]:
-    return price.input_per_token, price.output_per_token, price.training_per_token
+def _amounts(price: Price) -> tuple[int, int, int, int]:
+    return price.input_per_token, price.output_per_token, price.training_per_token, price.replica_minute
 
 
 @dataclass(frozen=True)
 class UnitPrice:
-    """Nano-units per token of each meter, and the version they come from (None: free)."""
+    """Nano-units per unit of each meter (a token; a replica-minute for dedicated endpoints), and
+    the version they come from (None: free)."""
 
     version: int | None
     input: int
     output: int
     training: int
+    replica_minute: int = 0  # records spooled before this meter existed carry four amounts
 
-    def cost(self, *, prompt_tokens: int = 0, completion_tokens: int = 0, training_tokens: int = 0) -> int:
-        return prompt_tokens * self.input + completion_tokens * self.output + training_tokens * self.training
+    def cost(
+        self, *, prompt_tokens: int = 0, completion_tokens: int = 0, training_tokens: int = 0, replica_minutes: int = 0
+    ) -> int:
+        return (
+            prompt_tokens * self.input
+            + completion_tokens * self.output
+            + training_tokens * self.training
+            + replica_minutes * self.replica_minute
+        )
 
     def public(self) -> dict:
         """As /v1/models and the price list show it: per million tokens, exact decimal strings in
@@ -52,10 +61,11 @@ class UnitPrice:
             "input_per_million": per_million(self.input),
             "output_per_million": per_million(self.output),
             "training_per_million": per_million(self.training),
+            "dedicated_replica_minute": exact(self.replica_minute),
         }
 
 
-FREE = UnitPrice(None, 0, 0, 0)
+FREE = UnitPrice(None, 0, 0, 0, 0)
 
 # (organization id, model) -> (cached until, [(effective_from, is_own, UnitPrice)], newest first)
 _cache: dict[tuple[int | None, str], tuple[float, list]] = {}

@@ -26,6 +26,7 @@ from billing.rollups import SUMS, meter_sums, unit_prices
 WIDTHS = {"1m": 60, "1h": 3600, "1d": 86400}
 DIMENSIONS = ("model", "api_key_id", "endpoint_id")
 COMPLETION_ROUTES = ("chat.completions", "completions")
+DEDICATED_ROUTE = "endpoints.dedicated"  # a dedicated endpoint's replica-minutes
 HOUR = 3600
 
 
@@ -126,6 +127,7 @@ def _from_ledger(query: Query, full_from: int, full_to: int):
             prompt=Sum("prompt_tokens"),
             completion=Sum("completion_tokens"),
             training=Sum("training_tokens"),
+            replicas=Sum("replica_minutes"),
         )
         .order_by()
     )
@@ -134,7 +136,12 @@ def _from_ledger(query: Query, full_from: int, full_to: int):
     for row in found:
         group = tuple(_plain(d, row[d]) for d in query.group_by)
         values = meter_sums(
-            row["requests"], row["prompt"], row["completion"], row["training"], prices[row["price_id"] or 0]
+            row["requests"],
+            row["prompt"],
+            row["completion"],
+            row["training"],
+            row["replicas"],
+            prices[row["price_id"] or 0],
         )
         yield int(row["slot"].timestamp()), group, values
 

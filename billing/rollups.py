@@ -31,6 +31,8 @@ SUMS = [
     "input_cost",
     "output_cost",
     "training_cost",
+    "replica_minutes",
+    "replica_cost",
 ]
 
 
@@ -50,20 +52,24 @@ def take_turn() -> None:
         RollupLock.objects.filter(pk=1).update(taken_at=timezone.now())
 
 
-def unit_prices(versions) -> dict[int, tuple[int, int, int]]:
-    """Price id -> nano-units per input, output and training token (0 for free)."""
-    found = {0: (0, 0, 0)}
+def unit_prices(versions) -> dict[int, tuple[int, int, int, int]]:
+    """Price id -> nano-units per input, output and training token and per replica-minute (0 for free)."""
+    found = {0: (0, 0, 0, 0)}
     wanted = {v for v in versions if v}
     if wanted:
         for row in Price.objects.filter(pk__in=wanted).values_list(
-            "id", "input_per_token", "output_per_token", "training_per_token"
+            "id", "input_per_token", "output_per_token", "training_per_token", "replica_minute"
         ):
             found[row[0]] = row[1:]
     return found
 
 
-def meter_sums(requests: int, prompt: int, completion: int, training: int, price: tuple[int, int, int]) -> list[int]:
-    return [requests, prompt, completion, training, prompt * price[0], completion * price[1], training * price[2]]
+def meter_sums(
+    requests: int, prompt: int, completion: int, training: int, replica_minutes: int, price: tuple[int, int, int, int]
+) -> list[int]:
+    """Values in the order of SUMS."""
+    costs = [prompt * price[0], completion * price[1], training * price[2]]
+    return [requests, prompt, completion, training, *costs, replica_minutes, replica_minutes * price[3]]
 
 
 def closed_months(organization_ids) -> dict[int, date]:
@@ -104,6 +110,7 @@ def _roll_up_batch() -> int:
             "prompt_tokens",
             "completion_tokens",
             "training_tokens",
+            "replica_minutes",
         )[:BATCH]
     )
     if not events:
@@ -111,7 +118,7 @@ def _roll_up_batch() -> int:
     prices = unit_prices(e[7] for e in events)
     closed = closed_months({e[1] for e in events})
     groups: dict[tuple, list[int]] = defaultdict(lambda: [0] * len(SUMS))
-    for _, org, created, route, model, key, endpoint, price, prompt, completion, training in events:
+    for _, org, created, route, model, key, endpoint, price, prompt, completion, training, replicas in events:
         month = month_of(created)
         last_closed = closed.get(org)
         if last_closed is not None and month <= last_closed:
@@ -119,7 +126,7 @@ def _roll_up_batch() -> int:
         hour = created.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
         key = (org, hour, month, route, model, str(key) if key else "", endpoint or "", price or 0)
         sums = groups[key]
-        for i, value in enumerate(meter_sums(1, prompt, completion, training, prices[price or 0])):
+        for i, value in enumerate(meter_sums(1, prompt, completion, training, replicas, prices[price or 0])):
             sums[i] += value
     _add(groups)
     UsageEvent.all_orgs.filter(id__in=[e[0] for e in events]).update(rolled_up=True)

@@ -11,7 +11,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from billing import budgets, ledger, money, outbox, pricing, reserving
+from billing import alerts, budgets, ledger, money, outbox, pricing, reports, reserving
 from billing.models import Account, KeySpendLimit, Price
 from catalog.models import BaseModel, FineTunedModel
 from tenancy import audit
@@ -44,6 +44,7 @@ def set_price(
     input_per_million: Decimal | str,
     output_per_million: Decimal | str,
     training_per_million: Decimal | str,
+    replica_minute: Decimal | str = "0",
     effective_from: datetime | None = None,
     note: str = "",
     actor: Actor,
@@ -64,6 +65,7 @@ def set_price(
                 ("training_per_token", training_per_million),
             )
         }
+        per_token["replica_minute"] = money.from_decimal(replica_minute)
     except money.MoneyError as error:
         raise BillingError(str(error), "invalid_request", "price") from None
     if any(v < 0 for v in per_token.values()):
@@ -87,6 +89,7 @@ def set_price(
             "input_per_million": money.per_million(price.input_per_token),
             "output_per_million": money.per_million(price.output_per_token),
             "training_per_million": money.per_million(price.training_per_token),
+            "replica_minute": money.exact(price.replica_minute),
             "effective_from": effective_from.isoformat(),
         },
     )
@@ -289,3 +292,48 @@ def record_training(
         outcome=outcome,
         latency_ms=int(train_seconds * 1000),
     )
+
+
+def record_replica_minutes(
+    *,
+    endpoint_id: str,
+    organization_id: int,
+    model: str,
+    base_model: str,
+    replica_minutes: int,
+    start: datetime,
+) -> bool:
+    """The ledger row of a dedicated endpoint's time: replica-minutes from `start` on, at the
+    replica-minute price in effect at `start`. Idempotent on the endpoint and start minute, so a
+    metering pass that is retried or runs twice bills once."""
+    price = pricing.current(organization_id, model, base_model, at=start)
+    return record_usage(
+        request_id=f"replicas:{endpoint_id}:{int(start.timestamp())}",
+        organization_id=organization_id,
+        route=reports.DEDICATED_ROUTE,
+        endpoint_id=endpoint_id,
+        model=model,
+        base_model=base_model,
+        replica_minutes=replica_minutes,
+        price=ledger.price_fields(price),
+        status_code=200,
+        outcome="ok",
+        latency_ms=0,
+        created_at=start,
+    )
+
+
+def replica_minute_price(organization_id: int, model: str, base_model: str) -> int:
+    return pricing.current(organization_id, model, base_model).replica_minute
+
+
+def shortfall(organization_id: int, amount: int) -> budgets.InsufficientQuota | None:
+    """Which budget could not cover `amount` more now (None: all can). A read, not a hold: for
+    spending that is metered after the fact, such as a dedicated endpoint's next minute."""
+    return budgets.shortfall(organization_id, amount)
+
+
+def notify(organization_id: int, *, kind: str, level: str, title: str, body: str, data: dict, action: str) -> None:
+    """A billing notice to an organization (console notification, audit row, email to owners and
+    admins), inside the caller's transaction."""
+    alerts.notify(organization_id, kind=kind, level=level, title=title, body=body, data=data, action=action)

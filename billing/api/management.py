@@ -152,16 +152,24 @@ class CostsView(CompletionsUsageView):
 
 
 class InvoiceLineSerializer(serializers.ModelSerializer):
+    """`quantity` counts `unit`s (tokens, or replica-minutes of a dedicated endpoint); `unit_price`
+    is per unit, exact; token lines also give it per million, as prices are shown."""
+
+    unit = serializers.SerializerMethodField()
+    unit_price = AmountField()
     unit_price_per_million = serializers.SerializerMethodField()
     amount = AmountField()
 
     class Meta:
         model = InvoiceLine
-        fields = ["model", "meter", "quantity", "unit_price_per_million", "amount"]
+        fields = ["model", "meter", "quantity", "unit", "unit_price", "unit_price_per_million", "amount"]
         read_only_fields = fields
 
-    def get_unit_price_per_million(self, line) -> str:
-        return money.per_million(line.unit_price)
+    def get_unit(self, line) -> str:
+        return "replica_minute" if line.meter == "replica_minutes" else "token"
+
+    def get_unit_price_per_million(self, line) -> str | None:
+        return None if line.meter == "replica_minutes" else money.per_million(line.unit_price)
 
 
 class InvoiceSerializer(serializers.ModelSerializer):

@@ -28,7 +28,8 @@ from tenancy import selectors
 LIMITS = {"1m": (60, 1440), "1h": (24, 168), "1d": (7, 31)}
 COSTS_DAY_LIMITS = (7, 180)
 KNOWN = {"start_time", "end_time", "bucket_width", "group_by", "limit", "page", "models", "api_key_ids"}
-METERS = (("input", 4), ("output", 5), ("training", 6))  # meter, index of its cost in SUMS
+# meter, index of its quantity in SUMS, index of its cost in SUMS
+METERS = (("input", 1, 4), ("output", 2, 5), ("training", 3, 6), ("replica_minutes", 7, 8))
 
 
 def _invalid(param: str, message: str) -> exceptions.ValidationError:
@@ -166,12 +167,11 @@ def costs_page(query: reports.Query, limit: int, page: int | None, line_items: b
     def results(window, group, sums):
         base = {"object": "organization.costs.result", **_dimensions(window, group)}
         if not line_items:
-            return [{**base, "amount": _amount(sum(sums[i] for _, i in METERS)), "line_item": None}]
-        quantities = {"input": sums[1], "output": sums[2], "training": sums[3]}
+            return [{**base, "amount": _amount(sum(sums[cost] for _, _, cost in METERS)), "line_item": None}]
         return [
-            {**base, "amount": _amount(sums[i]), "line_item": f"{base['model']}, {meter}"}
-            for meter, i in METERS
-            if quantities[meter]
+            {**base, "amount": _amount(sums[cost]), "line_item": f"{base['model']}, {meter}"}
+            for meter, quantity, cost in METERS
+            if sums[quantity]
         ]
 
     return _page(query, limit, page, results)

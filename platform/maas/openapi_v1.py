@@ -115,13 +115,21 @@ SCHEMAS = {
             "owned_by": {"type": "string"},
             "pricing": {
                 "type": "object",
-                "description": "Extension: what the calling organization pays, per million tokens, as exact decimals.",
-                "required": ["currency", "input_per_million", "output_per_million", "training_per_million"],
+                "description": "Extension: what the calling organization pays, per million tokens and per "
+                "replica-minute of a dedicated endpoint, as exact decimals.",
+                "required": [
+                    "currency",
+                    "input_per_million",
+                    "output_per_million",
+                    "training_per_million",
+                    "dedicated_replica_minute",
+                ],
                 "properties": {
                     "currency": {"type": "string", "example": "usd"},
                     "input_per_million": {"type": "string", "example": "0.1"},
                     "output_per_million": {"type": "string", "example": "0.2"},
                     "training_per_million": {"type": "string", "example": "1"},
+                    "dedicated_replica_minute": {"type": "string", "example": "0.002"},
                 },
             },
         },

@@ -191,6 +191,10 @@ CELERY_BEAT_SCHEDULE: dict = {
         "task": "serving.tasks.reconcile_endpoints",
         "schedule": env.integer("ENDPOINT_RECONCILE_SECONDS", 15),
     },
+    "meter-dedicated-endpoints": {
+        "task": "serving.tasks.meter_dedicated_endpoints",
+        "schedule": env.integer("ENDPOINT_METER_SECONDS", 60),
+    },
     "probe-backends": {"task": "serving.tasks.probe_backends", "schedule": env.integer("BACKEND_PROBE_SECONDS", 15)},
     "requeue-expired-jobs": {"task": "fine_tuning.tasks.reap_jobs", "schedule": env.integer("JOB_REAPER_SECONDS", 15)},
     "sweep-fine-tuning-disk": {

@@ -1,5 +1,6 @@
 """An endpoint's metrics over the last hour and day, from the usage ledger: requests and tokens
-per minute, latency and time to first token (p50, p95), and the error rate."""
+per minute, latency and time to first token (p50, p95), the error rate, and (dedicated endpoints)
+the replica-minutes billed."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
 from billing.models import UsageEvent
+from billing.reports import COMPLETION_ROUTES, DEDICATED_ROUTE
 
 WINDOWS = {"last_hour": timedelta(hours=1), "last_day": timedelta(days=1)}
 
@@ -28,9 +30,11 @@ def metrics(organization_id: int, endpoint_id: str, now=None) -> dict:
     now = now or timezone.now()
     found = {}
     for name, span in WINDOWS.items():
-        rows = UsageEvent.all_orgs.filter(
+        ledger = UsageEvent.all_orgs.filter(
             organization_id=organization_id, endpoint_id=endpoint_id, created_at__gte=now - span, created_at__lt=now
         )
+        rows = ledger.filter(route__in=COMPLETION_ROUTES)
+        replica_minutes = ledger.filter(route=DEDICATED_ROUTE).aggregate(n=Sum("replica_minutes"))["n"] or 0
         totals = rows.aggregate(
             requests=Count("id"),
             errors=Count("id", filter=Q(status_code__gte=500) | ~Q(outcome__in=["ok", "client_disconnected"])),
@@ -51,5 +55,6 @@ def metrics(organization_id: int, endpoint_id: str, now=None) -> dict:
                 "p95": _percentile(rows, "time_to_first_token_ms", 0.95),
             },
             "error_rate": round(totals["errors"] / requests, 4) if requests else 0.0,
+            "replica_minutes": replica_minutes,
         }
     return found

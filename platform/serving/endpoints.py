@@ -15,8 +15,9 @@ import secrets
 from django.db import transaction
 from django.utils import timezone
 
+from billing import services as billing
 from catalog import selectors as catalog
-from serving import replica_client
+from serving import dedicated, replica_client
 from serving.models import Backend, Endpoint, EndpointReplica
 from tenancy import audit, selectors
 from tenancy.audit import Actor
@@ -109,9 +110,26 @@ def _check_settings(organization_id: int, values: dict) -> dict:
     return clean
 
 
+def _check_affordable(organization_id: int, model: str, base_model: str, billing_mode: str, replicas: int) -> None:
+    """A dedicated endpoint starts only if its first minute can be paid for."""
+    if billing_mode != Endpoint.Billing.DEDICATED:
+        return
+    reason = dedicated.unpaid_reason(organization_id, model, base_model, replicas)
+    if reason is not None:
+        raise EndpointError(
+            f"A dedicated endpoint is billed per replica-minute, and its first minute cannot be paid for: {reason}",
+            "insufficient_quota",
+            "billing_mode",
+            429,
+        )
+
+
 def create(*, organization_id: int, model: str, settings: dict, actor: Actor, created_by_id=None) -> Endpoint:
     base, _ = _resolve_model(organization_id, model)
     clean = _check_settings(organization_id, {"name": None, **settings})  # a name is required
+    _check_affordable(
+        organization_id, model, base.pk, clean.get("billing_mode", Endpoint.Billing.PER_TOKEN), clean.get("replicas", 1)
+    )
     with transaction.atomic():
         if Endpoint.all_orgs.filter(organization_id=organization_id, name=clean["name"], deleted_at=None).exists():
             raise EndpointError(f"An endpoint named '{clean['name']}' exists already.", "conflict", "name", 409)
@@ -155,6 +173,7 @@ def move(endpoint: Endpoint, to: str, reason: str, actor: Actor) -> None:
     before = endpoint.status
     endpoint.status, endpoint.status_reason = to, reason[:500]
     endpoint.save(update_fields=["status", "status_reason", "updated_at"])
+    dedicated.on_status_change(endpoint, before, to)
     audit.record(
         f"endpoint.{to}",
         actor=actor,
@@ -175,6 +194,7 @@ def update(endpoint_id: str, *, organization_id: int, changes: dict, actor: Acto
         taken = Endpoint.all_orgs.filter(organization_id=organization_id, name=clean["name"], deleted_at=None)
         if taken.exclude(pk=endpoint.pk).exists():
             raise EndpointError(f"An endpoint named '{clean['name']}' exists already.", "conflict", "name", 409)
+    _change_billing_mode(endpoint, clean)
     for field, value in clean.items():
         setattr(endpoint, field, value)
     endpoint.save()
@@ -189,6 +209,26 @@ def update(endpoint_id: str, *, organization_id: int, changes: dict, actor: Acto
         move(endpoint, S.DEPLOYING, "the number of replicas changed", actor)
         _deploy_on_commit(endpoint.pk)
     return endpoint
+
+
+def _change_billing_mode(endpoint: Endpoint, clean: dict) -> None:
+    """A ready endpoint's time is billed up to the change; from the next minute it is billed the
+    new way (the minute of the change at its old rates)."""
+    mode = clean.get("billing_mode", endpoint.billing_mode)
+    if endpoint.status == S.READY and (mode != endpoint.billing_mode or "replicas" in clean):
+        next_minute = dedicated.ceil_minute(timezone.now())
+        if dedicated.is_dedicated(endpoint):
+            dedicated.bill(endpoint, next_minute)
+        if mode == Endpoint.Billing.DEDICATED:
+            _check_affordable(
+                endpoint.organization_id,
+                endpoint.model,
+                endpoint.base_model_id,
+                mode,
+                clean.get("replicas", endpoint.replicas),
+            )
+            endpoint.billing_mode = mode
+            dedicated.begin(endpoint, next_minute)
 
 
 @transaction.atomic
@@ -210,9 +250,28 @@ def start(endpoint_id: str, *, organization_id: int, actor: Actor) -> Endpoint:
             "conflict",
             status=409,
         )
+    _check_affordable(
+        endpoint.organization_id, endpoint.model, endpoint.base_model_id, endpoint.billing_mode, endpoint.replicas
+    )
     move(endpoint, S.DEPLOYING, "started", actor)
     _deploy_on_commit(endpoint.pk)
     return endpoint
+
+
+def stop_unpaid(endpoint: Endpoint, reason: str) -> None:
+    """A dedicated endpoint whose next minute cannot be paid for (caller holds its row lock)."""
+    move(endpoint, S.STOPPED, f"insufficient_quota: {reason}", Actor.system())
+    billing.notify(
+        endpoint.organization_id,
+        kind="endpoint_stopped",
+        level="critical",
+        title=f"Dedicated endpoint '{endpoint.name}' was stopped",
+        body=f"The dedicated endpoint {endpoint.name} ({endpoint.pk}) was stopped: {reason} "
+        "Start it again once the budget allows.",
+        data={"endpoint_id": endpoint.pk, "reason": reason},
+        action="endpoint.stopped_unpaid",
+    )
+    _undeploy_on_commit(endpoint.pk)
 
 
 @transaction.atomic

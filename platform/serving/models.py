@@ -72,6 +72,9 @@ class Endpoint(TenantModel):
     allowed_key_ids = models.JSONField(default=list, blank=True, help_text="Empty: every key of the organization.")
     billing_mode = models.CharField(max_length=16, choices=Billing.choices, default=Billing.PER_TOKEN)
     replicas = models.PositiveSmallIntegerField(default=1)
+    metered_until = models.DateTimeField(
+        null=True, blank=True, help_text="Dedicated billing: replica-minutes before this moment are in the ledger."
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -60,6 +60,7 @@ class EndpointSettings:
     rpm_limit: int | None
     tpm_limit: int | None
     allowed_key_ids: frozenset[str]
+    dedicated: bool = False  # billed per replica-minute: calls are not charged per token
 
 
 class ModelNotFound(Exception):
@@ -99,6 +100,7 @@ def _load_endpoint(organization_id: int, endpoint_id: str) -> Route:
         rpm_limit=endpoint.rpm_limit,
         tpm_limit=endpoint.tpm_limit,
         allowed_key_ids=frozenset(endpoint.allowed_key_ids),
+        dedicated=endpoint.billing_mode == Endpoint.Billing.DEDICATED,
     )
     replicas = tuple(r for r in inner.replicas if r.name in serving) if ready else ()
     return replace(inner, requested_model=endpoint_id, replicas=replicas, endpoint=settings_)

@@ -30,3 +30,11 @@ def reconcile_endpoints() -> None:
     from serving import reconcile
 
     reconcile.reconcile()
+
+
+@shared_task(ignore_result=True)
+def meter_dedicated_endpoints() -> None:
+    """Periodic: dedicated endpoints' replica-minutes into the ledger; unpaid ones stopped."""
+    from serving import dedicated
+
+    dedicated.meter_all()

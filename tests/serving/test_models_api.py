@@ -25,6 +25,7 @@ def test_list_and_retrieve_models_in_the_openai_shape(tenant_a):
         "input_per_million": "0.1",
         "output_per_million": "0.2",
         "training_per_million": "1",
+        "dedicated_replica_minute": "0.002",
     }
     assert client.get(f"/v1/models/{DEMO}").json() == model
     assert listed["x-request-id"].startswith("req_")

@@ -376,7 +376,10 @@ async def _proxy(request, endpoint: str, path: str):
     prompt_estimate = _prompt_estimate(checked)
     cap = _completion_cap(checked, route, prompt_estimate)
     served = route.endpoint.model if route.endpoint is not None else checked.model  # what is priced and metered
-    price = await pricing.acurrent(principal.organization_id, served, route.base_model)
+    if route.endpoint is not None and route.endpoint.dedicated:
+        price = pricing.FREE  # its replicas' time is billed instead (serving.dedicated)
+    else:
+        price = await pricing.acurrent(principal.organization_id, served, route.base_model)
     grant = await ratelimit.acquire(principal, prompt_estimate + cap, route.endpoint)
     hold = await _reserve(
         request.request_id, principal, price.cost(prompt_tokens=_prompt_bound(checked), completion_tokens=cap), grant
