@@ -8,10 +8,26 @@ PY := $(VENV)/bin/python
 # pipefail keeps pip's exit status; the braces only forgive grep for having nothing left to print.
 QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: setup run test test-fast lint bench clean
+.PHONY: setup browser run test test-fast lint bench clean
 .DEFAULT_GOAL := run
 
-setup: $(VENV)/.installed
+# The console's browser libraries, from the npm registry at the versions frontend/package-lock.json
+# pins, served from our own origin (no CDN), each with its licence.
+VENDOR := frontend/static/vendor
+
+setup: $(VENV)/.installed $(VENDOR)/.installed browser
+$(VENDOR)/.installed: frontend/package.json frontend/package-lock.json
+	cd frontend && npm ci --no-audit --no-fund --ignore-scripts --silent
+	mkdir -p $(VENDOR)/htmx $(VENDOR)/chart.js
+	cp frontend/node_modules/htmx.org/dist/htmx.min.js frontend/node_modules/htmx.org/LICENSE $(VENDOR)/htmx/
+	cp frontend/node_modules/chart.js/dist/chart.umd.min.js frontend/node_modules/chart.js/LICENSE.md $(VENDOR)/chart.js/
+	@touch $@
+
+# The browser tests drive Debian's Chromium: installed here when missing and we may (root, apt).
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } || \
+		echo "Chromium is missing: the browser tests will be skipped (apt-get install chromium)."
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,4 +63,4 @@ bench: setup
 	$(PY) bench/gateway_budgets.py
 
 clean:
-	rm -rf $(VENV) var
+	rm -rf $(VENV) var frontend/node_modules $(VENDOR)

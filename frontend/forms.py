@@ -34,3 +34,39 @@ class InviteForm(forms.Form):
 
 class RoleForm(forms.Form):
     role = forms.ChoiceField(choices=Role.choices)
+
+
+class EndpointForm(forms.Form):
+    """Publishing an endpoint: the model and the settings people set most; the rest (access list,
+    stop sequences, penalties) through the API. Blank means "not set"."""
+
+    name = forms.CharField(max_length=100)
+    model = forms.ChoiceField(help_text="A base model, or one of your fine-tuned models.")
+    system_prompt = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}))
+    temperature = forms.FloatField(required=False, min_value=0, max_value=2, label="Default temperature")
+    max_tokens = forms.IntegerField(required=False, min_value=1, label="Default max_tokens")
+    max_tokens_cap = forms.IntegerField(required=False, min_value=1, label="Max tokens cap")
+    rpm_limit = forms.IntegerField(required=False, min_value=1, label="Requests per minute")
+    tpm_limit = forms.IntegerField(required=False, min_value=1, label="Tokens per minute")
+    billing_mode = forms.ChoiceField(
+        choices=[("per_token", "Per token, at the model's price"), ("dedicated", "Dedicated: per replica-minute")]
+    )
+    replicas = forms.IntegerField(min_value=1, max_value=16, initial=1)
+
+    def __init__(self, *args, models: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["model"].choices = [(m, m) for m in models]
+
+    def settings(self) -> dict:
+        """The endpoint service's settings from the cleaned form."""
+        data = self.cleaned_data
+        defaults = {k: data[k] for k in ("temperature", "max_tokens") if data.get(k) is not None}
+        found = {
+            "name": data["name"],
+            "defaults": defaults,
+            "system_prompt": data["system_prompt"],
+            "billing_mode": data["billing_mode"],
+            "replicas": data["replicas"],
+        }
+        found.update({k: data[k] for k in ("max_tokens_cap", "rpm_limit", "tpm_limit")})
+        return found

@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import functools
+from datetime import UTC, datetime
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import LoginView
-from django.http import Http404
+from django.http import Http404, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from billing import budgets
+from billing import selectors as billing_selectors
 from billing.models import Invoice, Notification
 from catalog import selectors as catalog
-from frontend.forms import InviteForm, NewKeyForm, RoleForm, SignInForm, SignUpForm
-from tenancy import scope, selectors, services, throttle
+from fine_tuning import selectors as fine_tuning_selectors
+from frontend.forms import EndpointForm, InviteForm, NewKeyForm, RoleForm, SignInForm, SignUpForm
+from serving import endpoint_metrics, endpoints
+from serving import selectors as serving
+from serving.models import Endpoint
+from tenancy import console_auth, scope, selectors, services, throttle
 from tenancy.audit import Actor, client_ip
 from tenancy.models import APIKey, Invitation, Membership
 from tenancy.roles import Permission as P
@@ -116,33 +122,58 @@ def _nav(access, active: str, **extra):
         "organization": access.organization,
         "active": active,
         "P": {p.name: p.value for p in P},
+        "switcher": selectors.memberships_of_user(access.user_id) if access.user_id else [],
         **extra,
     }
 
 
 @org_page(P.ORG_VIEW)
 def org_overview(request, access):
-    models = list(catalog.visible_base_models(access.organization.pk))
-    base_url = request.build_absolute_uri("/v1")
-    return render(request, "frontend/org_overview.html", _nav(access, "overview", models=models, base_url=base_url))
+    """The dashboard: today's requests, tokens and spend, the credit balance, jobs in progress, and
+    the endpoints with their health."""
+    organization_id = access.organization.pk
+    context = _nav(
+        access,
+        "overview",
+        models=list(catalog.visible_base_models(organization_id)),
+        base_url=request.build_absolute_uri("/v1"),
+        today=billing_selectors.today(organization_id) if access.can(P.BILLING_VIEW) else None,
+        account=budgets.ensure_account(organization_id) if access.can(P.BILLING_VIEW) else None,
+        jobs=fine_tuning_selectors.active_jobs(organization_id),
+        endpoints=list(serving.live_endpoints(organization_id)),
+    )
+    return render(request, "frontend/org_overview.html", context)
+
+
+ISSUED_KEY = "frontend.issued_key"  # session slot: a new key's secret, shown on the next page load only
 
 
 @org_page(P.KEYS_OWN)
 def keys(request, access):
+    """POST, then redirect, then GET: reloading the page never creates a second key. The secret
+    waits in the server-side session for the one GET that shows it, and is gone from it then."""
     form = NewKeyForm(request.POST or None)
-    issued = None
     if request.method == "POST" and form.is_valid():
         try:
-            issued = services.create_api_key(
+            created = services.create_api_key(
                 organization_id=access.organization.pk,
                 created_by_id=request.user.pk,
                 member_only=not access.can(P.KEYS_MANAGE),
                 actor=Actor.from_request(request),
                 **form.cleaned_data,
             )
-            form = NewKeyForm()
         except services.ServiceError as exc:
             form.add_error(exc.param if exc.param in form.fields else None, exc.message)
+        else:
+            request.session[ISSUED_KEY] = {
+                "organization": access.organization.pk,
+                "name": created.key.name,
+                "plaintext": created.plaintext,
+            }
+            return redirect("frontend:keys", org=access.organization.slug)
+    issued = request.session.pop(ISSUED_KEY, None)
+    if issued is not None and issued.get("organization") != access.organization.pk:
+        issued = None
     rows = APIKey.objects.select_related("created_by")
     if not access.can(P.KEYS_MANAGE):
         rows = rows.filter(created_by=request.user)
@@ -262,3 +293,155 @@ def invoice(request, access, invoice_id: int):
     if found is None:
         raise Http404("No such invoice")
     return render(request, "frontend/invoice.html", _nav(access, "billing", invoice=found))
+
+
+@org_page(P.ORG_VIEW)
+def models(request, access):
+    """The catalog: base models with context length and fine-tunability, the organization's own
+    fine-tuned models, and what each costs this organization."""
+    organization_id = access.organization.pk
+    prices = {row["model"]: row for row in billing_selectors.price_list(organization_id)}
+    context = _nav(
+        access,
+        "models",
+        base_models=list(catalog.visible_base_models(organization_id)),
+        tuned_models=list(catalog.fine_tuned_models(organization_id).select_related("base_model")),
+        prices=prices,
+        currency=settings.BILLING_CURRENCY,
+    )
+    return render(request, "frontend/models.html", context)
+
+
+def _endpoint_form(access, data=None) -> EndpointForm:
+    organization_id = access.organization.pk
+    choices = [m.pk for m in catalog.visible_base_models(organization_id)]
+    choices += [m.pk for m in catalog.fine_tuned_models(organization_id)]
+    return EndpointForm(data, models=choices)
+
+
+@org_page(P.ENDPOINTS_VIEW)
+def endpoints_page(request, access):
+    can_manage = access.can(P.ENDPOINTS_MANAGE)
+    form = _endpoint_form(access, request.POST or None) if can_manage else None
+    if request.method == "POST":
+        if not can_manage:
+            return render(request, "frontend/forbidden.html", {"organization": access.organization}, status=403)
+        if form.is_valid():
+            try:
+                created = endpoints.create(
+                    organization_id=access.organization.pk,
+                    model=form.cleaned_data["model"],
+                    settings=form.settings(),
+                    actor=Actor.from_request(request),
+                    created_by_id=request.user.pk,
+                )
+            except endpoints.EndpointError as exc:
+                field = {"defaults": "max_tokens"}.get(exc.param, exc.param)
+                form.add_error(field if field in form.fields else None, exc.message)
+            else:
+                messages.success(request, f"Publishing {created.name} as {created.pk}.")
+                return redirect("frontend:endpoint", org=access.organization.slug, endpoint_id=created.pk)
+    context = _nav(access, "endpoints", endpoints=list(serving.live_endpoints(access.organization.pk)), form=form)
+    return render(request, "frontend/endpoints.html", context)
+
+
+@org_page(P.ENDPOINTS_VIEW, model=Endpoint)
+def endpoint(request, access, endpoint_id: str):
+    found = serving.endpoint(access.organization.pk, endpoint_id)
+    if found is None:
+        raise Http404("No such endpoint")
+    organization_id = access.organization.pk
+    per_minute = endpoint_metrics.series(organization_id, found.pk)["points"]
+    chart = {
+        "type": "line",
+        "labels": [datetime.fromtimestamp(p["minute"], UTC).strftime("%H:%M") for p in per_minute],
+        "datasets": [
+            {"label": "requests", "data": [p["requests"] for p in per_minute]},
+            {"label": "errors", "data": [p["errors"] for p in per_minute]},
+        ],
+        "y": "per minute",
+    }
+    context = _nav(
+        access,
+        "endpoints",
+        endpoint=found,
+        metrics=endpoint_metrics.metrics(organization_id, found.pk),
+        chart=chart,
+        base_url=request.build_absolute_uri("/v1"),
+    )
+    if request.htmx:
+        return render(request, "frontend/endpoint_status.html", context)
+    return render(request, "frontend/endpoint.html", context)
+
+
+@org_page(P.ENDPOINTS_MANAGE, model=Endpoint)
+@require_POST
+def endpoint_action(request, access, endpoint_id: str, verb: str):
+    found = serving.endpoint(access.organization.pk, endpoint_id)
+    if found is None:
+        raise Http404("No such endpoint")
+    change = {"stop": endpoints.stop, "start": endpoints.start, "delete": endpoints.delete}.get(verb)
+    if change is None:
+        raise Http404("No such action")
+    try:
+        change(found.pk, organization_id=access.organization.pk, actor=Actor.from_request(request))
+    except endpoints.EndpointError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, {"stop": "Stopped.", "start": "Starting.", "delete": "Deleted."}[verb])
+    if verb == "delete":
+        return redirect("frontend:endpoints", org=access.organization.slug)
+    return redirect("frontend:endpoint", org=access.organization.slug, endpoint_id=found.pk)
+
+
+@org_page(P.MODELS_USE)
+def playground(request, access):
+    """Chat with any model or ready endpoint of the organization. The page calls the gateway itself
+    (/v1/chat/completions, streamed), as the member's console key: the session stands for it."""
+    organization_id = access.organization.pk
+    choices = [m.pk for m in catalog.visible_base_models(organization_id)]
+    choices += [m.pk for m in catalog.fine_tuned_models(organization_id)]
+    ready = [e for e in serving.live_endpoints(organization_id) if e.status == Endpoint.Status.READY]
+    context = _nav(
+        access,
+        "playground",
+        models=choices,
+        endpoints=ready,
+        chosen=request.GET.get("model", ""),
+        console_header=console_auth.HEADER,
+    )
+    return render(request, "frontend/playground.html", context)
+
+
+@org_page(P.MODELS_USE)
+def playground_usage(request, access, request_id: str):
+    """A playground reply's usage and cost, from the ledger (202 until it has landed)."""
+    key = services.console_key(organization_id=access.organization.pk, user_id=request.user.pk)
+    found = billing_selectors.request_usage(access.organization.pk, request_id, api_key_id=key.pk)
+    if found is None:  # not in the ledger yet (it lands within moments): the page asks again
+        return JsonResponse({"pending": True}, status=202)
+    return JsonResponse(found)
+
+
+AUDIT_PAGE = 50
+
+
+@org_page(P.AUDIT_VIEW)
+def audit_log(request, access):
+    """Who did what, newest first, 50 a page; filter by action prefix (e.g. `key.` or `endpoint.`)."""
+    action = request.GET.get("action", "").strip()[:64]
+    rows = selectors.audit_entries(access.organization.pk, action_prefix=action)
+    try:
+        page = max(1, int(request.GET.get("page", "1")))
+    except ValueError:
+        page = 1
+    entries = list(rows[(page - 1) * AUDIT_PAGE : page * AUDIT_PAGE + 1])
+    context = _nav(
+        access,
+        "audit",
+        entries=entries[:AUDIT_PAGE],
+        action=action,
+        page=page,
+        has_next=len(entries) > AUDIT_PAGE,
+    )
+    return render(request, "frontend/audit.html", context)

@@ -10,7 +10,8 @@ from rest_framework import exceptions, mixins, serializers
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from billing import budgets, money, paying, pricing, services
+from billing import budgets, money, paying, services
+from billing import selectors as billing_selectors
 from billing.api import usage
 from billing.models import (
     Account,
@@ -23,7 +24,6 @@ from billing.models import (
     UsageEvent,
 )
 from billing.payments import get_provider
-from catalog import selectors as catalog
 from tenancy import selectors
 from tenancy.api.scoping import ORG_PARAMETER, OrgScopedViewSet
 from tenancy.models import APIKey
@@ -304,20 +304,7 @@ class PriceListViewSet(OrgScopedViewSet):
 
     @extend_schema(responses=OpenApiTypes.OBJECT, summary="The organization's price list")
     def retrieve(self, request, org):
-        organization_id = self.organization.pk
-        rows = [
-            {"model": m.pk, "base_model": None, **pricing.current(organization_id, m.pk).public()}
-            for m in catalog.visible_base_models(organization_id)
-        ]
-        rows += [
-            {
-                "model": m.pk,
-                "base_model": m.base_model_id,
-                **pricing.current(organization_id, m.pk, m.base_model_id).public(),
-            }
-            for m in catalog.fine_tuned_models(organization_id)
-        ]
-        return Response({"object": "list", "data": rows})
+        return Response({"object": "list", "data": billing_selectors.price_list(self.organization.pk)})
 
 
 class KeyLimitSerializer(serializers.ModelSerializer):

@@ -7,7 +7,8 @@ from __future__ import annotations
 import math
 from datetime import timedelta
 
-from django.db.models import Count, Q, Sum
+from django.db.models import Avg, Count, Q, Sum
+from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
 from billing.models import UsageEvent
@@ -58,3 +59,44 @@ def metrics(organization_id: int, endpoint_id: str, now=None) -> dict:
             "replica_minutes": replica_minutes,
         }
     return found
+
+
+def series(organization_id: int, endpoint_id: str, now=None, minutes: int = 60) -> dict:
+    """Per minute over the last `minutes`: requests, tokens, errors and the mean latency, oldest
+    first, every minute present (0 where nothing was called): what the console charts."""
+    now = (now or timezone.now()).replace(second=0, microsecond=0) + timedelta(minutes=1)
+    start = now - timedelta(minutes=minutes)
+    rows = (
+        UsageEvent.all_orgs.filter(
+            organization_id=organization_id,
+            endpoint_id=endpoint_id,
+            route__in=COMPLETION_ROUTES,
+            created_at__gte=start,
+            created_at__lt=now,
+        )
+        .annotate(minute=TruncMinute("created_at"))
+        .values("minute")
+        .annotate(
+            requests=Count("id"),
+            errors=Count("id", filter=Q(status_code__gte=500) | ~Q(outcome__in=["ok", "client_disconnected"])),
+            prompt=Sum("prompt_tokens"),
+            completion=Sum("completion_tokens"),
+            latency=Avg("latency_ms"),
+        )
+        .order_by()
+    )
+    found = {int(row["minute"].timestamp()): row for row in rows}
+    points = []
+    for n in range(minutes):
+        at = int((start + timedelta(minutes=n)).timestamp())
+        row = found.get(at)
+        points.append(
+            {
+                "minute": at,
+                "requests": row["requests"] if row else 0,
+                "tokens": (row["prompt"] or 0) + (row["completion"] or 0) if row else 0,
+                "errors": row["errors"] if row else 0,
+                "mean_latency_ms": round(row["latency"]) if row and row["latency"] is not None else None,
+            }
+        )
+    return {"bucket_width": "1m", "points": points}

@@ -115,7 +115,7 @@ def authenticate(raw_key: str | None) -> KeyPrincipal:
     key_hash = _hash_of(raw_key)
     cached = shared_store.get(_cache_key(key_hash))
     principal = KeyPrincipal.from_cache(cached) if cached is not None else _load(key_hash)
-    _check(principal)
+    check(principal)
     if shared_store.add(_touch_key(key_hash), 1, settings.API_KEY_LAST_USED_RESOLUTION_SECONDS):
         _record_use(key_hash)
     return principal
@@ -131,7 +131,7 @@ async def aauthenticate(raw_key: str | None) -> KeyPrincipal:
         principal = KeyPrincipal.from_cache(cached)
     else:
         principal = await sync_to_async(returning_connection(_load))(key_hash)  # a miss: rare
-    _check(principal)
+    check(principal)
     if first_use_in_window:
         await sync_to_async(returning_connection(_record_use))(key_hash)
     return principal
@@ -153,7 +153,8 @@ def _ttl(principal: KeyPrincipal) -> int:
     return ttl
 
 
-def _check(principal: KeyPrincipal) -> None:
+def check(principal: KeyPrincipal) -> None:
+    """Refuse a revoked or expired key, or one of a suspended organization."""
     if principal.revoked:
         raise KeyRejected(401, "api_key_revoked", "This API key has been revoked.")
     if principal.expires_at is not None and principal.expires_at <= timezone.now().timestamp():

@@ -108,10 +108,26 @@ class APIKey(TenantModel):
     last_used_at = models.DateTimeField(null=True, blank=True)
     rpm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Requests per minute (empty: default).")
     tpm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Tokens per minute (empty: default).")
+    console_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="+",
+        help_text="Set: this member's console key. Its secret is never issued; their signed-in session "
+        "stands for it in the playground, so calls are limited, budgeted and metered as a key's.",
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]
         verbose_name = "API key"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "console_user"],
+                condition=models.Q(console_user__isnull=False, revoked_at=None),
+                name="one_live_console_key_per_member",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"

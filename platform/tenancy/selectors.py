@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 
 from tenancy import secrets
-from tenancy.models import APIKey, Invitation, Membership, Organization
+from tenancy.models import APIKey, AuditLog, Invitation, Membership, Organization
 from tenancy.roles import Permission, permissions_of, permissions_of_scopes
 
 
@@ -83,3 +83,11 @@ def organization_key_ids(organization_id: int, values) -> set[str]:
     wanted = {k for k in map(key_id, values) if k}
     found = APIKey.all_orgs.filter(organization_id=organization_id, pk__in=wanted).values_list("pk", flat=True)
     return {str(pk) for pk in found}
+
+
+def audit_entries(organization_id: int, action_prefix: str = ""):
+    """The organization's audit log, newest first, with who acted."""
+    rows = AuditLog.all_orgs.filter(organization_id=organization_id).select_related("actor", "actor_api_key")
+    if action_prefix:
+        rows = rows.filter(action__startswith=action_prefix)
+    return rows.order_by("-at", "-id")

@@ -23,7 +23,6 @@ def test_files_jobs_events_checkpoints_models_and_chat(live_web, celery_worker, 
     processed = client.files.wait_for_processing(uploaded.id, poll_interval=0.5, max_wait_seconds=120)
     assert processed.status == "processed"
 
-    started = time.monotonic()
     job = client.fine_tuning.jobs.create(model=DEMO_MODEL, training_file=uploaded.id, suffix="vault", seed=7)
     deadline = time.monotonic() + 300
     while job.status not in ("succeeded", "failed", "cancelled"):
@@ -31,9 +30,11 @@ def test_files_jobs_events_checkpoints_models_and_chat(live_web, celery_worker, 
         time.sleep(1)
         job = client.fine_tuning.jobs.retrieve(job.id)
     assert job.status == "succeeded", job.error
-    assert time.monotonic() - started < 120  # all-auto on 30 rows, model load included
     assert job.fine_tuned_model.startswith(f"ft:{DEMO_MODEL}:tuners:vault:") and job.trained_tokens > 0
     resolved = job.hyperparameters
+    # "auto" on 30 rows is a short run (about 100 example passes), not minutes of training: a plan,
+    # checked here instead of a wall-clock bound that a busy machine would break.
+    assert (resolved.n_epochs, resolved.batch_size) == (4, 1)
     steps = resolved.n_epochs * -(-30 // resolved.batch_size)  # batch_size counts examples
 
     events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))  # every page

@@ -32,12 +32,14 @@ def test_sign_in_page_and_redirect_for_anonymous(client, db):
 def test_keys_page_shows_a_new_key_once_and_revokes(client, tenant_a, django_capture_on_commit_callbacks):
     client.force_login(tenant_a.owner)
     created = client.post("/orgs/alpha/keys/", {"name": "laptop", "scopes": ["inference", "models:read"]})
-    html = created.content.decode()
-    key = re.search(r'id="new-key-value">(sk-[^<]+)<', html).group(1)
-    assert created["Cache-Control"] == "no-store"
+    assert created.status_code == 302 and created["Location"] == "/orgs/alpha/keys/"  # POST, redirect, GET
+    shown = client.get("/orgs/alpha/keys/")
+    key = re.search(r'id="new-key-value">(sk-[^<]+)<', shown.content.decode()).group(1)
+    assert shown["Cache-Control"] == "no-store"
     assert key_client(key).get("/v1/models").status_code == 200
-    again = client.get("/orgs/alpha/keys/").content.decode()
+    again = client.get("/orgs/alpha/keys/").content.decode()  # a reload: the secret is gone, no second key
     assert key not in again and key[:10] in again
+    assert APIKey.all_orgs.filter(name="laptop").count() == 1
     row = APIKey.all_orgs.get(name="laptop")
     with django_capture_on_commit_callbacks(execute=True):
         revoked = client.post(f"/orgs/alpha/keys/{row.pk}/revoke/")

@@ -4,14 +4,13 @@ scope manage; viewers and members see."""
 
 from __future__ import annotations
 
-from django.db.models import Prefetch
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from serving import endpoint_metrics, endpoints
+from serving import endpoint_metrics, endpoints, selectors
 from serving.models import Endpoint, EndpointReplica
 from tenancy.api.scoping import ORG_PARAMETER, OrgScopedViewSet
 from tenancy.roles import Permission as P
@@ -27,12 +26,6 @@ SETTINGS = [
     "billing_mode",
     "replicas",
 ]
-
-
-# One query for every listed endpoint's replicas, not one per endpoint.
-PLACEMENTS = Prefetch(
-    "placements", queryset=EndpointReplica.all_orgs.select_related("backend").order_by("backend__name")
-)
 
 
 class PlacementSerializer(serializers.ModelSerializer):
@@ -80,7 +73,7 @@ class EndpointViewSet(
     }
 
     def get_queryset(self):
-        return super().get_queryset().filter(deleted_at=None).prefetch_related(PLACEMENTS)
+        return selectors.live_endpoints(self.organization.pk)
 
     def _raw(self) -> dict:
         return self.request.data if isinstance(self.request.data, dict) else {}
@@ -133,7 +126,14 @@ class EndpointViewSet(
     @action(detail=True, methods=["get"])
     def metrics(self, request, org, pk=None):
         endpoint = self.get_object()
-        return Response({"endpoint": endpoint.pk, **endpoint_metrics.metrics(self.organization.pk, endpoint.pk)})
+        organization_id = self.organization.pk
+        return Response(
+            {
+                "endpoint": endpoint.pk,
+                **endpoint_metrics.metrics(organization_id, endpoint.pk),
+                "last_hour_per_minute": endpoint_metrics.series(organization_id, endpoint.pk),
+            }
+        )
 
     def _fresh(self, endpoint_id: str) -> Endpoint:
-        return Endpoint.all_orgs.prefetch_related(PLACEMENTS).get(pk=endpoint_id)
+        return Endpoint.all_orgs.prefetch_related(selectors.PLACEMENTS).get(pk=endpoint_id)

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import functools
+from importlib import import_module
 
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.auth import aget_user
 from django.http import JsonResponse
+from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 
-from tenancy import keyauth
+from tenancy import console_auth, keyauth
 from tenancy.api.errors import error_body
+from tenancy.detached import returning_connection
 from tenancy.keyauth import KeyPrincipal
 
 
@@ -41,11 +47,32 @@ class GatewayError(Exception):
         return response
 
 
+async def _console_principal(request, organization_slug: str) -> KeyPrincipal:
+    """A signed-in member's console call (tenancy.console_auth): session and CSRF token checked.
+    The gateway's middleware chain has no session or auth middleware (maas.gateway_handler): the
+    session is opened here, for these calls only."""
+    request.session = import_module(settings.SESSION_ENGINE).SessionStore(
+        request.COOKIES.get(settings.SESSION_COOKIE_NAME)
+    )
+    user = await aget_user(request)
+    if not user.is_authenticated:
+        raise keyauth.KeyRejected(401, "not_signed_in", "Your console session has ended: sign in again.")
+    if CsrfViewMiddleware(lambda _: None).process_view(request, None, (), {}) is not None:
+        raise keyauth.KeyRejected(
+            403, "csrf_failed", "The console's request lacked a valid CSRF token: reload the page.", "permission_error"
+        )
+    return await sync_to_async(returning_connection(console_auth.session_principal))(user, organization_slug)
+
+
 async def authenticate(request, *any_of_scopes: str) -> KeyPrincipal:
     """The request's key principal, if it holds one of the scopes; else a GatewayError."""
     token = keyauth.bearer_token(request.headers.get("Authorization"))
+    console_organization = request.headers.get(console_auth.HEADER)
     try:
-        principal = await keyauth.aauthenticate(token)
+        if token is None and console_organization:
+            principal = await _console_principal(request, console_organization)
+        else:
+            principal = await keyauth.aauthenticate(token)
     except keyauth.KeyRejected as rejected:
         headers = {"WWW-Authenticate": 'Bearer realm="api"'} if rejected.status == 401 else None
         raise GatewayError(

@@ -1,0 +1,133 @@
+// The playground: streams a chat completion from the gateway as the member's console key (the
+// session cookie and the CSRF token stand for it; no key is in the page), then shows the reply's
+// usage and cost from the ledger.
+(function () {
+  "use strict";
+  var form = document.getElementById("playground");
+  if (!form) return;
+  var conversation = document.getElementById("pg-conversation");
+  var send = document.getElementById("pg-send");
+  var history = [];
+
+  function csrfToken() {
+    var match = document.cookie.match(/(?:^|; )csrftoken=([^;]+)/);
+    return match ? decodeURIComponent(match[1]) : "";
+  }
+
+  function bubble(role, text) {
+    var item = document.createElement("div");
+    item.className = "turn " + role;
+    var who = document.createElement("strong");
+    who.textContent = role === "user" ? "You" : "Model";
+    var body = document.createElement("div");
+    body.className = "text";
+    body.textContent = text;
+    item.appendChild(who);
+    item.appendChild(body);
+    conversation.appendChild(item);
+    return item;
+  }
+
+  function note(item, text, isError) {
+    var line = document.createElement("div");
+    line.className = isError ? "error" : "muted usage";
+    if (isError) line.setAttribute("role", "alert");
+    line.textContent = text;
+    item.appendChild(line);
+    return line;
+  }
+
+  function showUsage(item, requestId, attempt) {
+    var url = form.dataset.usageUrl.replace("REQUEST_ID", encodeURIComponent(requestId));
+    fetch(url, { credentials: "same-origin" }).then(function (response) {
+      if (response.status === 202) {
+        if (attempt < 40) setTimeout(function () { showUsage(item, requestId, attempt + 1); }, 250);
+        return null;
+      }
+      return response.ok ? response.json() : null;
+    }).then(function (usage) {
+      if (!usage) return;
+      var line = note(item, usage.prompt_tokens + " prompt + " + usage.completion_tokens + " completion tokens · cost " +
+        usage.cost + " " + usage.currency.toUpperCase() + " · " + usage.latency_ms + " ms");
+      line.setAttribute("data-testid", "reply-usage");
+    });
+  }
+
+  function number(name) {
+    var value = form.elements[name].value;
+    return value === "" ? null : Number(value);
+  }
+
+  form.addEventListener("submit", function (event) {
+    event.preventDefault();
+    var message = form.elements.message.value.trim();
+    if (!message) return;
+    var system = form.elements.system.value.trim();
+    history.push({ role: "user", content: message });
+    bubble("user", message);
+    form.elements.message.value = "";
+    var reply = bubble("assistant", "");
+    var text = reply.querySelector(".text");
+    text.setAttribute("data-testid", "reply");
+    var body = {
+      model: form.elements.model.value,
+      messages: (system ? [{ role: "system", content: system }] : []).concat(history),
+      stream: true,
+      stream_options: { include_usage: true }
+    };
+    var temperature = number("temperature"), maxTokens = number("max_tokens");
+    if (temperature !== null) body.temperature = temperature;
+    if (maxTokens !== null) body.max_tokens = maxTokens;
+    var headers = { "Content-Type": "application/json", "X-CSRFToken": csrfToken() };
+    headers[form.dataset.header] = form.dataset.organization;
+    send.disabled = true;
+    fetch("/v1/chat/completions", { method: "POST", credentials: "same-origin", headers: headers, body: JSON.stringify(body) })
+      .then(function (response) {
+        var requestId = response.headers.get("x-request-id");
+        if (!response.ok) {
+          return response.json().then(function (error) {
+            note(reply, (error.error && error.error.message) || ("HTTP " + response.status), true);
+            history.pop();
+          });
+        }
+        var reader = response.body.getReader();
+        var decoder = new TextDecoder();
+        var pending = "";
+        var answer = "";
+        function pump() {
+          return reader.read().then(function (chunk) {
+            if (chunk.done) {
+              history.push({ role: "assistant", content: answer });
+              if (requestId) showUsage(reply, requestId, 0);
+              return;
+            }
+            pending += decoder.decode(chunk.value, { stream: true });
+            var events = pending.split("\n\n");
+            pending = events.pop();
+            events.forEach(function (event) {
+              event.split("\n").forEach(function (line) {
+                if (line.indexOf("data: ") !== 0) return;
+                var data = line.slice(6);
+                if (data === "[DONE]") return;
+                var parsed = JSON.parse(data);
+                if (parsed.error) { note(reply, parsed.error.message, true); return; }
+                (parsed.choices || []).forEach(function (choice) {
+                  var piece = choice.delta && choice.delta.content;
+                  if (piece) { answer += piece; text.textContent = answer; }
+                });
+              });
+            });
+            return pump();
+          });
+        }
+        return pump();
+      })
+      .catch(function (error) { note(reply, "The request failed: " + error, true); history.pop(); })
+      .finally(function () { send.disabled = false; form.elements.message.focus(); });
+  });
+
+  document.getElementById("pg-reset").addEventListener("click", function () {
+    history = [];
+    conversation.textContent = "";
+  });
+})();
