@@ -93,6 +93,9 @@ class UsageEvent(TenantModel):
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    def __str__(self) -> str:
+        return f"{self.request_id} ({self.model})"
+
 
 class Account(TenantModel):
     """An organization's money: its prepaid credit, what in-flight requests have reserved, and its
@@ -122,6 +125,9 @@ class Account(TenantModel):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["organization"], name="one_account_per_org")]
 
+    def __str__(self) -> str:
+        return f"account of organization {self.organization_id} ({self.mode})"
+
 
 class KeySpendLimit(TenantModel):
     """A monthly spend limit on one API key, with its own reservations and spend."""
@@ -133,6 +139,9 @@ class KeySpendLimit(TenantModel):
     period_spent = models.PositiveBigIntegerField(default=0)
     alerted_percent = models.PositiveSmallIntegerField(default=0)
     updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"monthly limit of key {self.api_key_id}"
 
 
 class Reservation(TenantModel):
@@ -146,6 +155,9 @@ class Reservation(TenantModel):
     key_limited = models.BooleanField(default=False, help_text="Also held against the key's spend limit.")
     created_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"hold for {self.request_id}"
 
 
 class Notification(TenantModel):
@@ -163,6 +175,9 @@ class Notification(TenantModel):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.title
 
 
 class UsageRollup(TenantModel):
@@ -210,6 +225,9 @@ class UsageRollup(TenantModel):
         ]
         indexes = [models.Index(fields=["organization", "hour"], name="rollup_org_hour")]
 
+    def __str__(self) -> str:
+        return f"{self.model} {self.hour:%Y-%m-%d %H}:00"
+
 
 class RollupLock(models.Model):
     """One row, updated first by every rollup pass and every monthly close: they take turns, so an
@@ -253,6 +271,9 @@ class Invoice(TenantModel):
         ordering = ["-period", "-id"]
         constraints = [models.UniqueConstraint(fields=["organization", "period"], name="one_invoice_per_month")]
 
+    def __str__(self) -> str:
+        return f"{self.number} ({self.status})"
+
 
 class InvoiceLine(TenantModel):
     """A model's meter at one unit price: quantity in tokens, amount = quantity x unit price."""
@@ -268,6 +289,9 @@ class InvoiceLine(TenantModel):
     class Meta:
         ordering = ["model", "meter", "unit_price", "id"]
 
+    def __str__(self) -> str:
+        return f"{self.model} {self.meter} x {self.quantity}"
+
 
 class PaymentCustomer(TenantModel):
     """The organization as the payment provider's customer, with its saved card."""
@@ -281,6 +305,9 @@ class PaymentCustomer(TenantModel):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["organization", "provider"], name="one_customer_per_provider")]
+
+    def __str__(self) -> str:
+        return f"{self.provider} customer of organization {self.organization_id}"
 
 
 class Payment(TenantModel):
@@ -312,6 +339,9 @@ class Payment(TenantModel):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.pk} ({self.status})"
 
 
 class WebhookEvent(models.Model):

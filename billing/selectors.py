@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import uuid
+from datetime import UTC, datetime
 
+from django.conf import settings
 from django.utils import timezone
 
 from billing import money, pricing, reports
-from billing.models import UsageEvent
+from billing.models import Payment, PaymentCustomer, UsageEvent
 from billing.rollups import SUMS
 from catalog import selectors as catalog
+from tenancy.models import APIKey
 
 
 def price_list(organization_id: int) -> list[dict]:
@@ -69,3 +72,77 @@ def today(organization_id: int, now: datetime | None = None) -> dict:
     tokens = sum(values[1] + values[2] for bucket in completions.values() for values in bucket.values())
     spend = totals["input_cost"] + totals["output_cost"] + totals["training_cost"] + totals["replica_cost"]
     return {"requests": requests, "tokens": tokens, "spend": spend}
+
+
+def usage_overview(organization_id: int, days: int = 30, now: datetime | None = None) -> dict:
+    """The console's usage page: cost per day per model over the last `days` days (UTC), and the
+    totals by model and by API key over the same window (requests, tokens, exact cost)."""
+    now = now or timezone.now()
+    end = int(now.timestamp()) + 1
+    day = reports.WIDTHS["1d"]
+    start = (end // day - days + 1) * day
+    found = reports.sums(reports.Query(organization_id, start, end, day, group_by=("model", "api_key_id")))
+    costs = ("input_cost", "output_cost", "training_cost", "replica_cost")
+    index = {name: i for i, name in enumerate(SUMS)}
+
+    def cost(values) -> int:
+        return sum(values[index[name]] for name in costs)
+
+    by_day: dict[str, dict[int, int]] = {}
+    by_model: dict[str, list[int]] = {}
+    by_key: dict[str, list[int]] = {}
+    for bucket, groups in found.items():
+        for (model, key_id), values in groups.items():
+            by_day.setdefault(model, {}).setdefault(bucket, 0)
+            by_day[model][bucket] += cost(values)
+            for table, name in ((by_model, model), (by_key, key_id or "")):
+                row = table.setdefault(name, [0, 0, 0])
+                row[0] += values[index["requests"]]
+                row[1] += values[index["prompt_tokens"]] + values[index["completion_tokens"]]
+                row[2] += cost(values)
+    buckets = list(range(start, end, day))
+    names = dict(APIKey.all_orgs.filter(organization_id=organization_id).values_list("pk", "name"))
+    return {
+        "chart": {
+            "type": "bar",
+            "labels": [datetime.fromtimestamp(b, UTC).strftime("%m-%d") for b in buckets],
+            "datasets": [
+                {"label": model, "data": [float(money.to_decimal(per_day.get(b, 0))) for b in buckets]}
+                for model, per_day in sorted(by_day.items())
+            ],
+            "y": money.currency().upper(),
+            "stacked": True,
+        },
+        "by_model": [{"model": m, "requests": r, "tokens": t, "cost": c} for m, (r, t, c) in sorted(by_model.items())],
+        "by_key": [
+            {"key": names.get(_uuid(k), "a deleted key") if k else "no key", "requests": r, "tokens": t, "cost": c}
+            for k, (r, t, c) in sorted(by_key.items())
+        ],
+    }
+
+
+def _uuid(value: str):
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
+
+
+def recent_requests(organization_id: int, limit: int = 50) -> list[UsageEvent]:
+    """The latest ledger rows of the organization, with their key."""
+    return list(
+        UsageEvent.all_orgs.filter(organization_id=organization_id).select_related("api_key").order_by("-id")[:limit]
+    )
+
+
+def saved_card(organization_id: int) -> PaymentCustomer | None:
+    """The organization's card with the configured payment provider, if one is saved."""
+    return (
+        PaymentCustomer.all_orgs.filter(organization_id=organization_id, provider=settings.PAYMENT_PROVIDER)
+        .exclude(payment_method_id="")
+        .first()
+    )
+
+
+def recent_payments(organization_id: int, limit: int = 10) -> list[Payment]:
+    return list(Payment.all_orgs.filter(organization_id=organization_id).order_by("-created_at", "-id")[:limit])

@@ -1,4 +1,5 @@
 from django.contrib import admin, messages
+from django.utils.html import format_html, format_html_join
 
 from fine_tuning import jobs
 from fine_tuning.models import Dataset, DatasetVersion, File, FineTuningJob, JobEvent
@@ -11,8 +12,29 @@ class FileAdmin(admin.ModelAdmin):
     list_display = ["id", "organization", "filename", "purpose", "bytes", "status", "created_at", "deleted_at"]
     list_filter = ["status", "purpose"]
     search_fields = ["id", "filename", "organization__slug", "sha256"]
-    readonly_fields = [f.name for f in File._meta.fields]
+    readonly_fields = [f.name for f in File._meta.fields if f.name != "report"] + ["validation_report"]
     list_select_related = ["organization"]
+
+    @admin.display(description="validation report")
+    def validation_report(self, row: File) -> str:
+        """The report as people read it: the counts, then each problem with its line."""
+        report = row.report or {}
+        counts = format_html(
+            "<p>{} examples ({}), {} lines, {} tokens, {} problems</p>",
+            report.get("examples", 0),
+            report.get("format") or "format unknown",
+            report.get("lines", 0),
+            report.get("total_tokens", 0),
+            report.get("error_count", 0),
+        )
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+            ((e.get("line") or "—", e.get("message", ""), e.get("code", "")) for e in report.get("errors", [])),
+        )
+        if not rows:
+            return counts
+        return format_html("{}<table><tr><th>Line</th><th>Problem</th><th>Code</th></tr>{}</table>", counts, rows)
 
     def has_add_permission(self, request):
         return False
@@ -35,6 +57,19 @@ class DatasetVersionAdmin(admin.ModelAdmin):
         return False
 
 
+class JobEventInline(admin.TabularInline):
+    """A job's events as people read them, newest first, on the job's page."""
+
+    model = JobEvent
+    fields = ["created_at", "level", "message"]
+    readonly_fields = fields
+    ordering = ["-created_at"]
+    extra = 0
+    max_num = 0
+    can_delete = False
+    show_change_link = False
+
+
 @admin.register(FineTuningJob)
 class FineTuningJobAdmin(admin.ModelAdmin):
     list_display = [
@@ -55,6 +90,7 @@ class FineTuningJobAdmin(admin.ModelAdmin):
     readonly_fields = [f.name for f in FineTuningJob._meta.fields]
     list_select_related = ["organization"]
     actions = ["cancel", "requeue"]
+    inlines = [JobEventInline]
 
     def has_add_permission(self, request):
         return False

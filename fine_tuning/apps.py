@@ -2,6 +2,7 @@ from django.apps import AppConfig
 
 
 class FineTuningConfig(AppConfig):
+    verbose_name = "Fine-tuning"
     name = "fine_tuning"
     default_auto_field = "django.db.models.BigAutoField"
 

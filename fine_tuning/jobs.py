@@ -91,6 +91,55 @@ def _method_hyperparameters(method, legacy) -> tuple[dict, dict]:
     return method, dict(supervised.get("hyperparameters") or legacy or {})
 
 
+def _fine_tunable(organization_id: int, model) -> BaseModel:
+    base = catalog.visible_base_models(organization_id).filter(pk=model).first() if isinstance(model, str) else None
+    if base is None:
+        raise ServiceError(
+            f"The model '{model}' does not exist or you do not have access to it.", "model_not_found", "model"
+        )
+    if not base.fine_tunable or base.status != BaseModel.Status.ACTIVE:
+        raise ServiceError(f"The model '{model}' cannot be fine-tuned.", "model_not_fine_tunable", "model")
+    return base
+
+
+def _resolve(base: BaseModel, train: File, raw: dict) -> dict:
+    try:
+        return hp.resolve(
+            raw,
+            examples=train.report.get("examples", 0),
+            context_length=base.context_length,
+            default_targets=base.default_lora_targets,
+        )
+    except hp.HyperparameterError as exc:
+        raise ServiceError(exc.message, "invalid_hyperparameters", f"hyperparameters.{exc.param}") from None
+
+
+def estimate(*, organization_id: int, model: str, training_file: str, hyperparameters: dict | None = None) -> dict:
+    """What a job would be, before it is created: its resolved hyperparameters ("auto" made
+    concrete), trained tokens, cost at the current training price, and how long it would train at
+    the throughput this base model's recent jobs on the platform achieved (None before any)."""
+    base = _fine_tunable(organization_id, model)
+    train = _training_file(organization_id, training_file, "training_file")
+    resolved = _resolve(base, train, dict(hyperparameters or {}))
+    tokens = hp.estimated_tokens(train.report, resolved)
+    cost = pricing.current(organization_id, base.pk).cost(training_tokens=tokens)
+    recent = (
+        FineTuningJob.all_orgs.filter(base_model=base, status=Status.SUCCEEDED, train_seconds__gt=0)
+        .exclude(trained_tokens=None)
+        .order_by("-finished_at")
+        .values_list("trained_tokens", "train_seconds")[:5]
+    )
+    done_tokens = sum(t for t, _ in recent)
+    done_seconds = sum(s for _, s in recent)
+    seconds = round(tokens * done_seconds / done_tokens) if done_tokens else None
+    return {
+        "hyperparameters": resolved,
+        "estimated_tokens": tokens,
+        "estimated_cost": cost,
+        "estimated_seconds": seconds,
+    }
+
+
 @transaction.atomic
 def create(
     *,
@@ -107,13 +156,7 @@ def create(
 ) -> FineTuningJob:
     # Lock the organization: the active-job limit must hold when two creates race.
     org = Organization.objects.select_for_update().get(pk=organization_id)
-    base = catalog.visible_base_models(organization_id).filter(pk=model).first() if isinstance(model, str) else None
-    if base is None:
-        raise ServiceError(
-            f"The model '{model}' does not exist or you do not have access to it.", "model_not_found", "model"
-        )
-    if not base.fine_tunable or base.status != BaseModel.Status.ACTIVE:
-        raise ServiceError(f"The model '{model}' cannot be fine-tuned.", "model_not_fine_tunable", "model")
+    base = _fine_tunable(organization_id, model)
     train = _training_file(organization_id, training_file, "training_file")
     valid = _training_file(organization_id, validation_file, "validation_file") if validation_file else None
     if suffix is not None and (not isinstance(suffix, str) or len(suffix) > 64):
@@ -134,15 +177,7 @@ def create(
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31):
         raise ServiceError("seed must be an integer between 0 and 2147483647.", "invalid_seed", "seed")
     method, raw = _method_hyperparameters(method, hyperparameters)
-    try:
-        resolved = hp.resolve(
-            raw,
-            examples=train.report.get("examples", 0),
-            context_length=base.context_length,
-            default_targets=base.default_lora_targets,
-        )
-    except hp.HyperparameterError as exc:
-        raise ServiceError(exc.message, "invalid_hyperparameters", f"hyperparameters.{exc.param}") from None
+    resolved = _resolve(base, train, raw)
     active = FineTuningJob.all_orgs.filter(organization=org, status__in=FineTuningJob.ACTIVE).count()
     if active >= settings.FINE_TUNING_MAX_ACTIVE_JOBS:
         raise TooManyJobs(

@@ -74,6 +74,9 @@ class Dataset(TenantModel):
         ordering = ["-created_at", "-id"]
         constraints = [models.UniqueConstraint(fields=["organization", "name"], name="dataset_name_per_org")]
 
+    def __str__(self) -> str:
+        return self.name
+
 
 class DatasetVersion(TenantModel):
     id = models.CharField(primary_key=True, max_length=40, default=new_dataset_version_id, editable=False)
@@ -98,6 +101,9 @@ def new_event_id() -> str:
 
 def new_checkpoint_id() -> str:
     return f"ftckpt-{secrets.token_hex(12)}"
+
+    def __str__(self) -> str:
+        return f"{self.dataset_id} v{self.number}"
 
 
 class FineTuningJob(TenantModel):
@@ -170,6 +176,9 @@ class FineTuningJob(TenantModel):
         wall = (self.finished_at - self.started_at).total_seconds()
         return round(min(1.0, self.train_seconds / wall), 4) if wall > 0 else None
 
+    def __str__(self) -> str:
+        return f"{self.id} ({self.status})"
+
 
 class JobEvent(TenantModel):
     class Level(models.TextChoices):
@@ -189,6 +198,9 @@ class JobEvent(TenantModel):
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["job", "-created_at"], name="ftevent_job_time")]
 
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.message[:80]}"
+
 
 class Checkpoint(TenantModel):
     id = models.CharField(primary_key=True, max_length=40, default=new_checkpoint_id, editable=False)
@@ -201,3 +213,6 @@ class Checkpoint(TenantModel):
     class Meta:
         ordering = ["-created_at", "-id"]
         constraints = [models.UniqueConstraint(fields=["job", "step_number"], name="one_checkpoint_per_step")]
+
+    def __str__(self) -> str:
+        return f"{self.id} (step {self.step_number})"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fine_tuning import jobs
-from fine_tuning.models import FineTuningJob
+from fine_tuning.models import File, FineTuningJob
 
 
 def active_jobs(organization_id: int) -> list[FineTuningJob]:
@@ -18,3 +18,52 @@ def active_jobs(organization_id: int) -> list[FineTuningJob]:
     for row in rows:
         row.queue_position = positions.get(row.pk)
     return rows
+
+
+def files(organization_id: int):
+    """The organization's training files that are not deleted, newest first."""
+    return File.all_orgs.filter(organization_id=organization_id, deleted_at=None).order_by("-created_at", "-id")
+
+
+def file(organization_id: int, file_id: str) -> File | None:
+    return files(organization_id).filter(pk=file_id).first()
+
+
+def jobs_of(organization_id: int, limit: int = 100) -> list[FineTuningJob]:
+    """The organization's jobs, newest first, each with `queue_position` (None unless queued)."""
+    rows = list(FineTuningJob.all_orgs.filter(organization_id=organization_id).select_related("base_model")[:limit])
+    positions = jobs.queue_positions(rows)
+    for row in rows:
+        row.queue_position = positions.get(row.pk)
+    return rows
+
+
+def job(organization_id: int, job_id: str) -> FineTuningJob | None:
+    found = FineTuningJob.all_orgs.filter(organization_id=organization_id, pk=job_id).first()
+    if found is not None:
+        found.queue_position = jobs.queue_position(found)
+    return found
+
+
+def loss_curve(found: FineTuningJob) -> dict:
+    """Training and validation loss by step, from the job's metric events (a resumed run's steps
+    replace the interrupted run's)."""
+    training: dict[int, float] = {}
+    validation: dict[int, float] = {}
+    for data in found.events.filter(type="metrics").order_by("created_at").values_list("data", flat=True):
+        if not data or data.get("step") is None:
+            continue
+        if data.get("train_loss") is not None:
+            training[data["step"]] = data["train_loss"]
+        if data.get("valid_loss") is not None and "fine_tuned" not in data:
+            validation[data["step"]] = data["valid_loss"]
+    steps = sorted(set(training) | set(validation))
+    return {
+        "type": "line",
+        "labels": steps,
+        "datasets": [
+            {"label": "training loss", "data": [training.get(s) for s in steps], "spanGaps": True},
+            {"label": "validation loss", "data": [validation.get(s) for s in steps], "spanGaps": True},
+        ],
+        "y": "loss",
+    }

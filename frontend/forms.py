@@ -70,3 +70,39 @@ class EndpointForm(forms.Form):
         }
         found.update({k: data[k] for k in ("max_tokens_cap", "rpm_limit", "tpm_limit")})
         return found
+
+
+class UploadForm(forms.Form):
+    file = forms.FileField(
+        label="Training data (.jsonl)", help_text="One example per line: chat `messages`, or `prompt` and `completion`."
+    )
+
+
+class FineTuneForm(forms.Form):
+    """A fine-tune as a customer starts one: blank hyperparameters are "auto"."""
+
+    model = forms.ChoiceField(label="Base model")
+    training_file = forms.ChoiceField(help_text="A validated file (status: processed).")
+    validation_file = forms.ChoiceField(
+        required=False, help_text="Optional. Without one, a few training examples are held out to measure the model."
+    )
+    n_epochs = forms.IntegerField(
+        required=False, min_value=1, max_value=50, label="Epochs", help_text="Blank: auto (3, more for small files)."
+    )
+    batch_size = forms.IntegerField(
+        required=False, min_value=1, max_value=256, help_text="Blank: auto (about 0.2 % of the examples, 1 to 32)."
+    )
+    learning_rate_multiplier = forms.FloatField(
+        required=False, min_value=0.01, max_value=10, help_text="Blank: auto (1.0)."
+    )
+    suffix = forms.CharField(required=False, max_length=64, help_text="Part of the fine-tuned model's name.")
+
+    def __init__(self, *args, models: list[str], files: list[tuple[str, str]], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["model"].choices = [(m, m) for m in models]
+        self.fields["training_file"].choices = files
+        self.fields["validation_file"].choices = [("", "none"), *files]
+
+    def hyperparameters(self) -> dict:
+        data = self.cleaned_data
+        return {k: data[k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier") if data.get(k) is not None}

@@ -1,6 +1,7 @@
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.views import LogoutView
 from django.templatetags.static import static
-from django.urls import path
+from django.urls import path, reverse_lazy
 from django.views.generic import RedirectView
 
 from frontend import views
@@ -12,18 +13,53 @@ urlpatterns = [
     path("sign-in/", views.SignInView.as_view(), name="sign_in"),
     path("sign-out/", LogoutView.as_view(), name="sign_out"),
     path("sign-up/", views.sign_up, name="sign_up"),
+    # Password reset: Django's views (signed, expiring one-time links; the same answer whether or not
+    # the address has an account), in the console's templates, mail through Django's backend.
+    path(
+        "password-reset/",
+        auth_views.PasswordResetView.as_view(
+            template_name="frontend/password_reset.html",
+            email_template_name="frontend/password_reset_email.txt",
+            subject_template_name="frontend/password_reset_subject.txt",
+            success_url=reverse_lazy("frontend:password_reset_sent"),
+        ),
+        name="password_reset",
+    ),
+    path(
+        "password-reset/sent/",
+        auth_views.PasswordResetDoneView.as_view(template_name="frontend/password_reset_sent.html"),
+        name="password_reset_sent",
+    ),
+    path(
+        "password-reset/<uidb64>/<token>/",
+        auth_views.PasswordResetConfirmView.as_view(
+            template_name="frontend/password_reset_confirm.html",
+            success_url=reverse_lazy("frontend:password_reset_done"),
+        ),
+        name="password_reset_confirm",
+    ),
+    path(
+        "password-reset/done/",
+        auth_views.PasswordResetCompleteView.as_view(template_name="frontend/password_reset_done.html"),
+        name="password_reset_done",
+    ),
     path("invitations/<str:token>/", views.accept_invitation, name="accept_invitation"),
     path("orgs/<slug:org>/", views.org_overview, name="org"),
     path("orgs/<slug:org>/keys/", views.keys, name="keys"),
     path("orgs/<slug:org>/keys/<uuid:key_id>/revoke/", views.revoke_key, name="revoke_key"),
     path("orgs/<slug:org>/members/", views.members, name="members"),
     path("orgs/<slug:org>/billing/", views.billing, name="billing"),
+    path("orgs/<slug:org>/usage/", views.usage, name="usage"),
     path("orgs/<slug:org>/models/", views.models, name="models"),
     path("orgs/<slug:org>/audit/", views.audit_log, name="audit"),
+    path("orgs/<slug:org>/data/", views.data_page, name="data"),
+    path("orgs/<slug:org>/data/<str:file_id>/", views.data_file, name="data_file"),
+    path("orgs/<slug:org>/fine-tuning/", views.fine_tuning_page, name="fine_tuning"),
+    path("orgs/<slug:org>/fine-tuning/estimate/", views.fine_tuning_estimate, name="fine_tuning_estimate"),
+    path("orgs/<slug:org>/fine-tuning/<str:job_id>/", views.job_page, name="job"),
+    path("orgs/<slug:org>/fine-tuning/<str:job_id>/<str:verb>/", views.job_action, name="job_action"),
     path("orgs/<slug:org>/playground/", views.playground, name="playground"),
-    path(
-        "orgs/<slug:org>/playground/usage/<str:request_id>/", views.playground_usage, name="playground_usage"
-    ),
+    path("orgs/<slug:org>/playground/usage/<str:request_id>/", views.playground_usage, name="playground_usage"),
     path("orgs/<slug:org>/endpoints/", views.endpoints_page, name="endpoints"),
     path("orgs/<slug:org>/endpoints/<str:endpoint_id>/", views.endpoint, name="endpoint"),
     path("orgs/<slug:org>/endpoints/<str:endpoint_id>/<str:verb>/", views.endpoint_action, name="endpoint_action"),

@@ -11,16 +11,32 @@ from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import LoginView
 from django.http import Http404, JsonResponse
+from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from billing import budgets
+from billing import budgets, paying
 from billing import selectors as billing_selectors
+from billing import services as billing_services
 from billing.models import Invoice, Notification
 from catalog import selectors as catalog
+from fine_tuning import jobs as fine_tuning_jobs
 from fine_tuning import selectors as fine_tuning_selectors
-from frontend.forms import EndpointForm, InviteForm, NewKeyForm, RoleForm, SignInForm, SignUpForm
+from fine_tuning import services as fine_tuning_services
+from fine_tuning.models import File, FineTuningJob
+from fine_tuning.uploads import HashingUploadHandler
+from frontend.forms import (
+    EndpointForm,
+    FineTuneForm,
+    InviteForm,
+    NewKeyForm,
+    RoleForm,
+    SignInForm,
+    SignUpForm,
+    UploadForm,
+)
 from serving import endpoint_metrics, endpoints
 from serving import selectors as serving
 from serving.models import Endpoint
@@ -276,15 +292,49 @@ def accept_invitation(request, token):
 
 @org_page(P.BILLING_VIEW, allow_suspended=True)
 def billing(request, access):
-    account = budgets.ensure_account(access.organization.pk)
+    """Balance, limit, card and top-ups (owners change them), invoices and notices."""
+    organization_id = access.organization.pk
+    if request.method == "POST":
+        if not access.can(P.BILLING_MANAGE):
+            return render(request, "frontend/forbidden.html", {"organization": access.organization}, status=403)
+        _billing_change(request, organization_id)
+        return redirect("frontend:billing", org=access.organization.slug)
     context = _nav(
         access,
         "billing",
-        account=account,
+        account=budgets.ensure_account(organization_id),
+        card=billing_selectors.saved_card(organization_id),
         invoices=Invoice.objects.all()[:24],
         notifications=Notification.objects.all()[:10],
+        payments=billing_selectors.recent_payments(organization_id),
+        currency=settings.BILLING_CURRENCY.upper(),
+        can_manage=access.can(P.BILLING_MANAGE),
     )
     return render(request, "frontend/billing.html", context)
+
+
+def _billing_change(request, organization_id: int) -> None:
+    """One of the billing page's owner forms; the outcome is a message on the page it returns to."""
+    actor = Actor.from_request(request)
+    action = request.POST.get("action")
+    try:
+        if action == "limit":
+            raw = request.POST.get("monthly_limit", "").strip()
+            billing_services.configure_account(organization_id, monthly_limit=raw or None, actor=actor)
+            messages.success(request, f"Monthly limit {'set to ' + raw if raw else 'removed'}.")
+        elif action == "card":
+            saved = paying.save_card(organization_id, request.POST.get("payment_method", "").strip(), actor=actor)
+            messages.success(request, f"Card {saved.card_brand} ending {saved.card_last4} saved.")
+        elif action == "top_up":
+            payment = paying.top_up(organization_id, request.POST.get("amount", "").strip(), actor=actor)
+            if payment.status == "succeeded":
+                messages.success(request, "Credit added.")
+            else:
+                messages.error(request, f"The top-up is {payment.status}: {payment.failure_message or 'see payments'}.")
+        else:
+            messages.error(request, "Unknown change.")
+    except services.ServiceError as exc:
+        messages.error(request, exc.message)
 
 
 @org_page(P.BILLING_VIEW, model=Invoice, allow_suspended=True)
@@ -445,3 +495,178 @@ def audit_log(request, access):
         has_next=len(entries) > AUDIT_PAGE,
     )
     return render(request, "frontend/audit.html", context)
+
+
+def _hashed_upload(request):
+    """The uploaded file, received as the files API receives it (straight to disk, hashed,
+    cut off past FILE_UPLOAD_MAX_BYTES), or an error message."""
+    handler = HashingUploadHandler(request, settings.FILE_UPLOAD_MAX_BYTES)
+    request.upload_handlers = [handler]
+    uploaded = request.FILES.get("file")
+    if handler.too_large:
+        return None, f"The file is too large: the limit is {settings.FILE_UPLOAD_MAX_BYTES // (1 << 20)} MB."
+    if uploaded is None or not hasattr(uploaded, "sha256"):
+        return None, "Choose a .jsonl file to upload."
+    return uploaded, None
+
+
+@csrf_exempt  # the upload handlers must be set before the body is read; CSRF is checked right after
+@org_page(P.JOBS_VIEW)
+def data_page(request, access):
+    """Training files: upload (with progress), and each file's validation status."""
+    error = None
+    if request.method == "POST":
+        if not access.can(P.JOBS_MANAGE):
+            return render(request, "frontend/forbidden.html", {"organization": access.organization}, status=403)
+        uploaded, error = _hashed_upload(request)
+        refused = CsrfViewMiddleware(lambda _: None).process_view(request, None, (), {})
+        if refused is not None:
+            return refused
+        if uploaded is not None:
+            try:
+                row = fine_tuning_services.upload_file(
+                    organization_id=access.organization.pk,
+                    uploaded=uploaded,
+                    purpose="fine-tune",
+                    actor=Actor.from_request(request),
+                )
+            except services.ServiceError as exc:
+                error = exc.message
+            else:
+                target = reverse("frontend:data_file", args=[access.organization.slug, row.pk])
+                if request.headers.get("X-Requested-With") == "upload":
+                    return JsonResponse({"redirect": target})
+                return redirect(target)
+        if request.headers.get("X-Requested-With") == "upload":
+            return JsonResponse({"error": error}, status=400)
+    context = _nav(
+        access,
+        "data",
+        files=list(fine_tuning_selectors.files(access.organization.pk)[:200]),
+        form=UploadForm(),
+        error=error,
+        can_manage=access.can(P.JOBS_MANAGE),
+    )
+    return render(request, "frontend/data.html", context, status=400 if error else 200)
+
+
+@org_page(P.JOBS_VIEW, model=File)
+def data_file(request, access, file_id: str):
+    found = fine_tuning_selectors.file(access.organization.pk, file_id)
+    if found is None:
+        raise Http404("No such file")
+    context = _nav(access, "data", file=found, report=found.report or {})
+    template = "frontend/data_file_status.html" if request.htmx else "frontend/data_file.html"
+    return render(request, template, context)
+
+
+def _fine_tune_form(access, data=None, initial_file: str | None = None) -> FineTuneForm:
+    organization_id = access.organization.pk
+    tunable = [m.pk for m in catalog.visible_base_models(organization_id) if m.fine_tunable]
+    ready = [
+        (f.pk, f"{f.filename} ({f.pk}, {f.report.get('examples', 0)} examples)")
+        for f in fine_tuning_selectors.files(organization_id).filter(status=File.Status.PROCESSED)[:200]
+    ]
+    return FineTuneForm(data, models=tunable, files=ready, initial={"training_file": initial_file})
+
+
+def _form_error(form, exc) -> None:
+    param = (exc.param or "").removeprefix("hyperparameters.")
+    form.add_error(param if param in form.fields else None, exc.message)
+
+
+@org_page(P.JOBS_VIEW)
+def fine_tuning_page(request, access):
+    can_manage = access.can(P.JOBS_MANAGE)
+    chosen = request.GET.get("training_file")
+    form = _fine_tune_form(access, request.POST or None, chosen) if can_manage else None
+    if request.method == "POST":
+        if not can_manage:
+            return render(request, "frontend/forbidden.html", {"organization": access.organization}, status=403)
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                job = fine_tuning_jobs.create(
+                    organization_id=access.organization.pk,
+                    model=data["model"],
+                    training_file=data["training_file"],
+                    validation_file=data["validation_file"] or None,
+                    hyperparameters=form.hyperparameters(),
+                    suffix=data["suffix"] or None,
+                    actor=Actor.from_request(request),
+                )
+            except services.ServiceError as exc:
+                _form_error(form, exc)
+            else:
+                return redirect("frontend:job", org=access.organization.slug, job_id=job.pk)
+    context = _nav(access, "fine_tuning", jobs=fine_tuning_selectors.jobs_of(access.organization.pk), form=form)
+    return render(request, "frontend/fine_tuning.html", context)
+
+
+@org_page(P.JOBS_MANAGE)
+@require_POST
+def fine_tuning_estimate(request, access):
+    """The form's estimate before launch (an htmx fragment): "auto" made concrete, tokens, cost, time."""
+    form = _fine_tune_form(access, request.POST)
+    estimate, error = None, None
+    if form.is_valid():
+        try:
+            estimate = fine_tuning_jobs.estimate(
+                organization_id=access.organization.pk,
+                model=form.cleaned_data["model"],
+                training_file=form.cleaned_data["training_file"],
+                hyperparameters=form.hyperparameters(),
+            )
+        except services.ServiceError as exc:
+            error = exc.message
+    else:
+        error = " ".join(f"{form[name].label}: {' '.join(errs)}" for name, errs in form.errors.items())
+    return render(request, "frontend/fine_tuning_estimate.html", {"estimate": estimate, "error": error})
+
+
+@org_page(P.JOBS_VIEW, model=FineTuningJob)
+def job_page(request, access, job_id: str):
+    found = fine_tuning_selectors.job(access.organization.pk, job_id)
+    if found is None:
+        raise Http404("No such job")
+    context = _nav(
+        access,
+        "fine_tuning",
+        job=found,
+        chart=fine_tuning_selectors.loss_curve(found),
+        events=list(found.events.order_by("-created_at")[:50]),
+        checkpoints=list(found.checkpoints.order_by("step_number")),
+        running=found.status not in FineTuningJob.FINISHED,
+    )
+    template = "frontend/job_live.html" if request.htmx else "frontend/job.html"
+    return render(request, template, context)
+
+
+@org_page(P.JOBS_MANAGE, model=FineTuningJob)
+@require_POST
+def job_action(request, access, job_id: str, verb: str):
+    change = {"cancel": fine_tuning_jobs.cancel, "pause": fine_tuning_jobs.pause, "resume": fine_tuning_jobs.resume}
+    if verb not in change or fine_tuning_selectors.job(access.organization.pk, job_id) is None:
+        raise Http404("No such job or action")
+    try:
+        change[verb](job_id, organization_id=access.organization.pk, actor=Actor.from_request(request))
+    except services.ServiceError as exc:
+        messages.error(request, exc.message)
+    return redirect("frontend:job", org=access.organization.slug, job_id=job_id)
+
+
+@org_page(P.BILLING_VIEW, allow_suspended=True)
+def usage(request, access):
+    """Spend per day and model over 30 days, totals by model and by key, and the latest calls."""
+    organization_id = access.organization.pk
+    overview = billing_selectors.usage_overview(organization_id)
+    context = _nav(
+        access,
+        "usage",
+        overview=overview,
+        chart=overview["chart"],
+        recent=billing_selectors.recent_requests(organization_id),
+        account=budgets.ensure_account(organization_id),
+        currency=settings.BILLING_CURRENCY.upper(),
+    )
+    return render(request, "frontend/usage.html", context)

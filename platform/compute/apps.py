@@ -2,6 +2,7 @@ from django.apps import AppConfig
 
 
 class ComputeConfig(AppConfig):
+    verbose_name = "Compute"
     name = "compute"
     default_auto_field = "django.db.models.BigAutoField"
 

@@ -111,3 +111,6 @@ class EndpointReplica(TenantModel):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["endpoint", "backend"], name="one_placement_per_replica")]
+
+    def __str__(self) -> str:
+        return f"{self.endpoint_id} on {self.backend_id} ({self.state})"

@@ -2,6 +2,7 @@ from django.apps import AppConfig
 
 
 class TenancyConfig(AppConfig):
+    verbose_name = "Organizations and access"
     name = "tenancy"
     default_auto_field = "django.db.models.BigAutoField"
 

@@ -1,6 +1,8 @@
 """The console as a new customer meets it, in Chromium: sign up, create a key (a reload makes no
-second one), see the models with prices, publish an endpoint and watch it become ready without
-reloading, stop it; unknown pages are styled. Every page is screenshotted; console errors and
+second one), a streamed playground reply with its cost, training data with errors reported by line,
+a good file, a fine-tune on auto that succeeds with its loss chart and before/after evaluation,
+the fine-tuned model published as an endpoint that becomes ready without a reload, the playground
+on it, stop; unknown pages are styled. Every page is screenshotted; console errors and
 requests off the machine fail the test."""
 
 from __future__ import annotations
@@ -10,14 +12,25 @@ import time
 
 import pytest
 
+from fine_tuning.models import File
 from serving.models import Endpoint, EndpointReplica
 from tenancy.models import APIKey
 from tests.conftest import DEMO_MODEL, PASSWORD
+from tests.frontend.test_fine_tuning_pages import BAD, GOOD
+
+VALID = "\n".join(GOOD.split("\n")[::3])  # a few of the same kind, to measure before and after
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 
 
-def test_sign_up_key_models_and_an_endpoint(watched, runtime_server, celery_worker):
+def upload(page, name: str, text: str) -> None:
+    page.get_by_label("Training data (.jsonl)").set_input_files(
+        files=[{"name": name, "mimeType": "application/jsonl", "buffer": text.encode()}]
+    )
+    page.get_by_role("button", name="Upload and validate").click()
+
+
+def test_the_customer_journey(watched, runtime_server, celery_worker):
     runtime_server.register()
     page = watched.page
     page.goto("/sign-up/")
@@ -52,15 +65,47 @@ def test_sign_up_key_models_and_an_endpoint(watched, runtime_server, celery_work
     assert page.evaluate("document.documentElement.outerHTML").count("sk-") == 0  # no key in the page
     watched.shot("playground")
 
+    # Training data: a file with errors is reported line by line; a good one is ready to train on.
+    page.get_by_role("link", name="Data", exact=True).click()
+    page.get_by_text("No training data yet").wait_for()
+    upload(page, "broken.jsonl", "\n".join(BAD))
+    page.wait_for_url(re.compile(r".*/data/file-[0-9a-z]+/$"))
+    page.get_by_test_id("file-errors").wait_for()  # validated by the worker; the page updates itself
+    errors = page.get_by_test_id("file-errors").inner_text()
+    assert re.search(r"^4\s.*assistant", errors, re.M) and re.search(r"^5\s", errors, re.M)
+    watched.shot("data with errors")
+    for name, text in (("capitals.jsonl", GOOD), ("held-out.jsonl", VALID)):
+        page.get_by_role("link", name="All training data").click()
+        upload(page, name, text)
+        page.get_by_role("link", name="Start a fine-tune with it").wait_for()
+        watched.shot(f"{name} ready")
+    page.get_by_role("link", name="Fine-tuning").click()
+    page.get_by_label("Training file").select_option(File.all_orgs.get(filename="capitals.jsonl").pk)
+    page.get_by_label("Validation file").select_option(File.all_orgs.get(filename="held-out.jsonl").pk)
+
+    # A fine-tune with every hyperparameter on auto: the estimate first, then the job page live.
+    page.get_by_label("Suffix").fill("capitals")
+    page.get_by_role("button", name="Estimate cost and time").click()
+    assert "epochs" in page.get_by_test_id("estimate").inner_text()
+    watched.shot("fine-tune estimate")
+    page.get_by_role("button", name="Launch").click()
+    page.wait_for_url(re.compile(r".*/fine-tuning/ftjob-[0-9a-zA-Z]+/$"))
+    page.get_by_test_id("job-status").filter(has_text="succeeded").wait_for(timeout=300_000)
+    page.get_by_test_id("evaluation").wait_for()
+    assert page.evaluate("Chart.getChart(document.querySelector('canvas[data-chart]')).data.labels.length") > 1
+    tuned = page.get_by_test_id("fine-tuned-model").inner_text()
+    assert tuned.startswith(f"ft:{DEMO_MODEL}:journey-labs:capitals:")
+    watched.shot("job succeeded")
+
     page.get_by_role("link", name="Models").click()
-    page.get_by_text(DEMO_MODEL).first.wait_for()
+    page.get_by_text(tuned).wait_for()
     watched.shot("models")
 
     page.get_by_role("link", name="Endpoints").click()
     page.get_by_text("No endpoints yet").wait_for()
     watched.shot("endpoints empty")
     page.get_by_label("Name", exact=True).fill("helpdesk")
-    page.get_by_label("Model", exact=True).select_option(DEMO_MODEL)
+    page.get_by_label("Model", exact=True).select_option(tuned)
     page.get_by_label("Default max_tokens").fill("8")
     page.get_by_role("button", name="Publish").click()
     page.wait_for_url(re.compile(r".*/endpoints/ep-[0-9a-f]+/$"))
@@ -79,7 +124,15 @@ def test_sign_up_key_models_and_an_endpoint(watched, runtime_server, celery_work
     page.get_by_test_id("reply-usage").wait_for()
     assert re.search(r"completion tokens", page.get_by_test_id("reply-usage").inner_text())
     watched.shot("playground on the endpoint")
-    page.go_back()
+
+    # The usage page shows those calls, the endpoint's among them, and what each cost.
+    page.get_by_role("link", name="Usage").click()
+    calls = page.get_by_test_id("recent-calls")
+    calls.get_by_text(endpoint.pk).wait_for()
+    assert calls.get_by_text("chat.completions").count() >= 2
+    assert re.search(r"0\.0000\d+ USD", calls.inner_text())
+    watched.shot("usage")
+    page.goto(f"/orgs/journey-labs/endpoints/{endpoint.pk}/")
 
     page.get_by_role("button", name="Stop").click()
     page.get_by_test_id("endpoint-status").filter(has_text="stopped").wait_for()

@@ -87,3 +87,43 @@ def test_suspended_organization_page(client, tenant_a):
     client.force_login(tenant_a.owner)
     page = client.get("/orgs/alpha/")
     assert page.status_code == 403 and "abuse report" in page.content.decode()
+
+
+def test_an_invitee_signed_out_creates_an_account_that_joins_without_a_new_organization(client, tenant_a):
+    from tenancy import services
+    from tenancy.audit import Actor
+
+    issued = services.invite(
+        organization_id=tenant_a.org.pk,
+        email="joiner@alpha.test",
+        role="member",
+        actor_role="owner",
+        actor=Actor(user=tenant_a.owner),
+    )
+    landing = client.get(f"/invitations/{issued.token}/").content.decode()
+    create = re.search(r'href="(/sign-up/\?invitation=[^"]+)"', landing).group(1)
+    form = client.get(create.replace("&amp;", "&")).content.decode()
+    assert "Join" in form and 'name="organization_name"' not in form and "joiner@alpha.test" in form
+    assert f"next=/invitations/{issued.token}/" in form  # "Have an account? Sign in" keeps the invitation too
+    organizations = Organization.objects.count()
+    joined = client.post("/sign-up/", {"email": "joiner@alpha.test", "password": PASSWORD, "invitation": issued.token})
+    assert joined.status_code == 302 and joined["Location"] == "/orgs/alpha/"
+    assert Organization.objects.count() == organizations
+    assert Membership.all_orgs.get(user__email="joiner@alpha.test").organization == tenant_a.org
+
+
+def test_password_reset_by_email(client, tenant_a, mailoutbox):
+    page = client.get("/sign-in/").content.decode()
+    assert 'href="/password-reset/"' in page
+    sent = client.post("/password-reset/", {"email": tenant_a.owner.email})
+    assert sent.status_code == 302 and sent["Location"] == "/password-reset/sent/"
+    assert client.post("/password-reset/", {"email": "nobody@alpha.test"})["Location"] == "/password-reset/sent/"
+    (mail,) = mailoutbox  # one message: none for an address without an account
+    link = re.search(r"http://testserver(/password-reset/[^/]+/[^/]+/)", mail.body).group(1)
+    form = client.get(link, follow=True)
+    assert "Set a new password" in form.content.decode()
+    new = "a-brand-new-long-password"
+    done = client.post(form.redirect_chain[-1][0], {"new_password1": new, "new_password2": new})
+    assert done["Location"] == "/password-reset/done/"
+    signed_in = client.post("/sign-in/", {"username": tenant_a.owner.email, "password": new})
+    assert signed_in.status_code == 302

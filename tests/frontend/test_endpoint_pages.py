@@ -101,3 +101,51 @@ def test_the_audit_log_is_for_owners_and_admins_and_filters(client, tenant_a, te
     assert client.get("/orgs/alpha/audit/").status_code == 403
     client.force_login(tenant_b.owner)
     assert client.get("/orgs/alpha/audit/").status_code == 404
+
+
+def test_the_usage_page_shows_calls_and_their_cost_by_model_and_key(client, tenant_a, tenant_b):
+    from billing import pricing
+    from billing import services as billing
+    from billing.ledger import price_fields
+    from tenancy import services
+    from tenancy.audit import Actor
+    from tests.billing.usage import usage_record
+
+    key = services.create_api_key(organization_id=tenant_a.org.pk, name="backend", actor=Actor()).key
+    price = price_fields(pricing.current(tenant_a.org.pk, DEMO_MODEL))
+    for n in range(2):  # 2 x (10 x 0.1 + 5 x 0.2) per million = 0.000004
+        billing.record_usage(
+            **usage_record(tenant_a.org.pk, f"u-{n}", model=DEMO_MODEL, price=price, api_key_id=str(key.pk))
+        )
+    billing.record_usage(**usage_record(tenant_b.org.pk, "other", model=DEMO_MODEL, price=price))
+    client.force_login(tenant_a.owner)
+    page = client.get("/orgs/alpha/usage/").content.decode()
+    by_model = page[page.index('data-testid="usage-by-model"') :]
+    assert f"<code>{DEMO_MODEL}</code></td><td>2</td><td>30</td><td>0.000004 USD" in by_model
+    assert "<td>backend</td><td>2</td>" in page
+    assert page.count("u-0") == 0 and "recent-calls" in page  # request ids are not shown; the calls are
+    assert page[page.index('data-testid="recent-calls"') :].count("<tr>") == 3  # header + 2: not beta's
+    member = tenant_a.add_member("m@alpha.test", role="member")
+    client.force_login(member)
+    assert client.get("/orgs/alpha/usage/").status_code == 403
+
+
+def test_owners_set_a_limit_save_a_card_and_top_up_from_the_billing_page(client, tenant_a):
+    from billing.budgets import ensure_account
+
+    before = ensure_account(tenant_a.org.pk).credit
+    client.force_login(tenant_a.owner)
+    page = client.get("/orgs/alpha/billing/").content.decode()
+    assert "Charge the card" in page and "none saved" in page
+    client.post("/orgs/alpha/billing/", {"action": "limit", "monthly_limit": "12.50"})
+    assert ensure_account(tenant_a.org.pk).monthly_limit == 12_500_000_000
+    declined = client.post("/orgs/alpha/billing/", {"action": "card", "payment_method": "pm_nonsense"}, follow=True)
+    assert "Unknown test card" in declined.content.decode()
+    client.post("/orgs/alpha/billing/", {"action": "card", "payment_method": "pm_card_visa"})
+    topped = client.post("/orgs/alpha/billing/", {"action": "top_up", "amount": "20.00"}, follow=True)
+    assert "Credit added." in topped.content.decode() and "visa ending 4242" in topped.content.decode()
+    assert ensure_account(tenant_a.org.pk).credit == before + 20_000_000_000
+    admin = tenant_a.add_member("a@alpha.test", role="admin")
+    client.force_login(admin)
+    assert "Charge the card" not in client.get("/orgs/alpha/billing/").content.decode()
+    assert client.post("/orgs/alpha/billing/", {"action": "top_up", "amount": "5"}).status_code == 403

@@ -44,7 +44,10 @@
         options: {
           responsive: true, maintainAspectRatio: false, animation: false,
           plugins: { legend: { display: spec.datasets.length > 1 } },
-          scales: { y: { beginAtZero: true, title: { display: !!spec.y, text: spec.y || "" } } }
+          scales: {
+            x: { stacked: !!spec.stacked },
+            y: { stacked: !!spec.stacked, beginAtZero: true, title: { display: !!spec.y, text: spec.y || "" } }
+          }
         }
       });
     });
