@@ -9,7 +9,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from billing import money, pricing, reports
-from billing.models import Payment, PaymentCustomer, UsageEvent
+from billing.models import KeySpendLimit, Payment, PaymentCustomer, UsageEvent
 from billing.rollups import SUMS
 from catalog import selectors as catalog
 from tenancy.models import APIKey
@@ -146,3 +146,11 @@ def saved_card(organization_id: int) -> PaymentCustomer | None:
 
 def recent_payments(organization_id: int, limit: int = 10) -> list[Payment]:
     return list(Payment.all_orgs.filter(organization_id=organization_id).order_by("-created_at", "-id")[:limit])
+
+
+def key_limits(organization_id: int) -> dict:
+    """API key id -> its monthly spend limit as an exact decimal string."""
+    return {
+        row.api_key_id: money.exact(row.monthly_limit)
+        for row in KeySpendLimit.all_orgs.filter(organization_id=organization_id)
+    }

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from django.db.models import Prefetch
+
 from fine_tuning import jobs
-from fine_tuning.models import File, FineTuningJob
+from fine_tuning.models import Dataset, DatasetVersion, File, FineTuningJob
 
 
 def active_jobs(organization_id: int) -> list[FineTuningJob]:
@@ -67,3 +69,9 @@ def loss_curve(found: FineTuningJob) -> dict:
         ],
         "y": "loss",
     }
+
+
+def datasets(organization_id: int) -> list[Dataset]:
+    """The organization's datasets with their versions (newest first) and each version's file."""
+    versions = Prefetch("versions", queryset=DatasetVersion.all_orgs.select_related("file").order_by("-number"))
+    return list(Dataset.all_orgs.filter(organization_id=organization_id).prefetch_related(versions).order_by("name"))

@@ -15,16 +15,7 @@ urlpatterns = [
     path("sign-up/", views.sign_up, name="sign_up"),
     # Password reset: Django's views (signed, expiring one-time links; the same answer whether or not
     # the address has an account), in the console's templates, mail through Django's backend.
-    path(
-        "password-reset/",
-        auth_views.PasswordResetView.as_view(
-            template_name="frontend/password_reset.html",
-            email_template_name="frontend/password_reset_email.txt",
-            subject_template_name="frontend/password_reset_subject.txt",
-            success_url=reverse_lazy("frontend:password_reset_sent"),
-        ),
-        name="password_reset",
-    ),
+    path("password-reset/", views.PasswordResetView.as_view(), name="password_reset"),
     path(
         "password-reset/sent/",
         auth_views.PasswordResetDoneView.as_view(template_name="frontend/password_reset_sent.html"),
@@ -47,6 +38,7 @@ urlpatterns = [
     path("orgs/<slug:org>/", views.org_overview, name="org"),
     path("orgs/<slug:org>/keys/", views.keys, name="keys"),
     path("orgs/<slug:org>/keys/<uuid:key_id>/revoke/", views.revoke_key, name="revoke_key"),
+    path("orgs/<slug:org>/keys/<uuid:key_id>/limit/", views.key_limit, name="key_limit"),
     path("orgs/<slug:org>/members/", views.members, name="members"),
     path("orgs/<slug:org>/billing/", views.billing, name="billing"),
     path("orgs/<slug:org>/usage/", views.usage, name="usage"),

@@ -8,12 +8,14 @@ from datetime import UTC, datetime
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import LoginView
+from django.db import transaction
 from django.http import Http404, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import redirect, render
-from django.urls import reverse
+from django.urls import reverse, reverse_lazy
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
@@ -22,6 +24,7 @@ from billing import selectors as billing_selectors
 from billing import services as billing_services
 from billing.models import Invoice, Notification
 from catalog import selectors as catalog
+from compute import selectors as compute_selectors
 from fine_tuning import jobs as fine_tuning_jobs
 from fine_tuning import selectors as fine_tuning_selectors
 from fine_tuning import services as fine_tuning_services
@@ -71,6 +74,25 @@ class SignInView(LoginView):
         else:
             throttle.sign_in_failed(ip, email)
         return response
+
+
+class PasswordResetView(auth_views.PasswordResetView):
+    """Django's reset (signed one-time links; the same answer whether or not the address has an
+    account), throttled: too many requests from one client get 429; past a few mails to one
+    account in the window, the page answers as usual and sends nothing more."""
+
+    template_name = "frontend/password_reset.html"
+    email_template_name = "frontend/password_reset_email.txt"
+    subject_template_name = "frontend/password_reset_subject.txt"
+    success_url = reverse_lazy("frontend:password_reset_sent")
+
+    def form_valid(self, form):
+        wait, may_send = throttle.password_reset_allowed(client_ip(self.request), form.cleaned_data["email"])
+        if wait:
+            return _too_many(self.request, self.template_name, self.get_context_data(form=form), wait)
+        if not may_send:
+            return redirect(self.success_url)
+        return super().form_valid(form)
 
 
 def sign_up(request):
@@ -190,10 +212,13 @@ def keys(request, access):
     issued = request.session.pop(ISSUED_KEY, None)
     if issued is not None and issued.get("organization") != access.organization.pk:
         issued = None
-    rows = APIKey.objects.select_related("created_by")
-    if not access.can(P.KEYS_MANAGE):
-        rows = rows.filter(created_by=request.user)
-    response = render(request, "frontend/keys.html", _nav(access, "keys", form=form, keys=rows, issued=issued))
+    rows = selectors.visible_keys(access)
+    limits = billing_selectors.key_limits(access.organization.pk) if access.can(P.BILLING_MANAGE) else {}
+    response = render(
+        request,
+        "frontend/keys.html",
+        _nav(access, "keys", form=form, keys=rows, issued=issued, limits=limits, currency=settings.BILLING_CURRENCY),
+    )
     if issued:
         response["Cache-Control"] = "no-store"
     return response
@@ -202,8 +227,7 @@ def keys(request, access):
 @org_page(P.KEYS_OWN, model=APIKey)
 @require_POST
 def revoke_key(request, access, key_id):
-    rows = APIKey.objects.all() if access.can(P.KEYS_MANAGE) else APIKey.objects.filter(created_by=request.user)
-    key = rows.filter(pk=key_id).first()
+    key = selectors.visible_keys(access).filter(pk=key_id).first()
     if key is None:
         raise Http404("No such key")
     services.revoke_api_key(key.pk, organization_id=access.organization.pk, actor=Actor.from_request(request))
@@ -543,6 +567,7 @@ def data_page(request, access):
         access,
         "data",
         files=list(fine_tuning_selectors.files(access.organization.pk)[:200]),
+        datasets=fine_tuning_selectors.datasets(access.organization.pk),
         form=UploadForm(),
         error=error,
         can_manage=access.can(P.JOBS_MANAGE),
@@ -555,9 +580,43 @@ def data_file(request, access, file_id: str):
     found = fine_tuning_selectors.file(access.organization.pk, file_id)
     if found is None:
         raise Http404("No such file")
-    context = _nav(access, "data", file=found, report=found.report or {})
+    if request.method == "POST":
+        if not access.can(P.JOBS_MANAGE):
+            return render(request, "frontend/forbidden.html", {"organization": access.organization}, status=403)
+        _add_version(request, access.organization.pk, found)
+        return redirect("frontend:data_file", org=access.organization.slug, file_id=found.pk)
+    context = _nav(
+        access,
+        "data",
+        file=found,
+        report=found.report or {},
+        datasets=fine_tuning_selectors.datasets(access.organization.pk),
+        versions=list(found.dataset_versions.select_related("dataset").order_by("dataset__name", "number")),
+    )
     template = "frontend/data_file_status.html" if request.htmx else "frontend/data_file.html"
     return render(request, template, context)
+
+
+def _add_version(request, organization_id: int, found: File) -> None:
+    """The file becomes the next version of a dataset, which is made if it does not exist yet."""
+    name = request.POST.get("dataset", "").strip()
+    actor = Actor.from_request(request)
+    try:
+        with transaction.atomic():
+            dataset = next((d for d in fine_tuning_selectors.datasets(organization_id) if d.name == name), None)
+            if dataset is None:
+                dataset = fine_tuning_services.create_dataset(organization_id=organization_id, name=name, actor=actor)
+            version = fine_tuning_services.add_dataset_version(
+                dataset.pk,
+                organization_id=organization_id,
+                file_id=found.pk,
+                note=request.POST.get("note", "").strip()[:500],
+                actor=actor,
+            )
+    except services.ServiceError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"Added as version {version.number} of {dataset.name}.")
 
 
 def _fine_tune_form(access, data=None, initial_file: str | None = None) -> FineTuneForm:
@@ -599,7 +658,13 @@ def fine_tuning_page(request, access):
                 _form_error(form, exc)
             else:
                 return redirect("frontend:job", org=access.organization.slug, job_id=job.pk)
-    context = _nav(access, "fine_tuning", jobs=fine_tuning_selectors.jobs_of(access.organization.pk), form=form)
+    context = _nav(
+        access,
+        "fine_tuning",
+        jobs=fine_tuning_selectors.jobs_of(access.organization.pk),
+        form=form,
+        capacity=compute_selectors.training_capacity(),
+    )
     return render(request, "frontend/fine_tuning.html", context)
 
 
@@ -670,3 +735,22 @@ def usage(request, access):
         currency=settings.BILLING_CURRENCY.upper(),
     )
     return render(request, "frontend/usage.html", context)
+
+
+@org_page(P.BILLING_MANAGE, model=APIKey)
+@require_POST
+def key_limit(request, access, key_id):
+    """An owner's monthly spend limit on one key (blank removes it)."""
+    key = selectors.visible_keys(access).filter(pk=key_id).first()
+    if key is None:
+        raise Http404("No such key")
+    raw = request.POST.get("monthly_limit", "").strip()
+    try:
+        billing_services.set_key_spend_limit(
+            access.organization.pk, str(key.pk), raw or None, actor=Actor.from_request(request)
+        )
+    except services.ServiceError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"{key.name}: monthly limit {raw if raw else 'removed'}.")
+    return redirect("frontend:keys", org=access.organization.slug)

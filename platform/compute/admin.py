@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from compute import services
+from compute import selectors
 from compute.models import Worker
 
 
@@ -12,7 +12,7 @@ class WorkerAdmin(admin.ModelAdmin):
 
     @admin.display(description="state")
     def state(self, worker: Worker) -> str:
-        return services.state(worker)
+        return selectors.state(worker)
 
     @admin.display(description="memory (GiB)")
     def memory_gib(self, worker: Worker) -> str:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
-from django.conf import settings
 from django.utils import timezone
 
 from compute.models import Worker
@@ -40,14 +37,6 @@ def set_current_job(name: str, job_id: str) -> None:
 
 def stopped(name: str) -> None:
     Worker.objects.filter(name=name).update(stopped_at=timezone.now(), current_job_id="")
-
-
-def state(worker: Worker) -> str:
-    if worker.stopped_at:
-        return "stopped"
-    if worker.last_heartbeat_at < timezone.now() - timedelta(seconds=3 * settings.WORKER_HEARTBEAT_SECONDS):
-        return "offline"
-    return "busy" if worker.current_job_id else "idle"
 
 
 def accelerator() -> tuple[str, int]:

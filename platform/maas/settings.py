@@ -239,6 +239,10 @@ SIGN_IN_MAX_FAILURES_PER_ACCOUNT = env.integer("SIGN_IN_MAX_FAILURES_PER_ACCOUNT
 SIGN_IN_THROTTLE_SECONDS = env.integer("SIGN_IN_THROTTLE_SECONDS", 900)
 SIGN_UP_MAX_PER_IP = env.integer("SIGN_UP_MAX_PER_IP", 5)  # sign-up attempts per client IP
 SIGN_UP_THROTTLE_SECONDS = env.integer("SIGN_UP_THROTTLE_SECONDS", 3600)
+# Password reset mails: per client IP and per account, in a window (a mailbox is not flooded).
+PASSWORD_RESET_MAX_PER_IP = env.integer("PASSWORD_RESET_MAX_PER_IP", 10)
+PASSWORD_RESET_MAX_PER_ACCOUNT = env.integer("PASSWORD_RESET_MAX_PER_ACCOUNT", 3)
+PASSWORD_RESET_THROTTLE_SECONDS = env.integer("PASSWORD_RESET_THROTTLE_SECONDS", 3600)
 
 # --- I18N, static, media --------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

@@ -91,3 +91,12 @@ def audit_entries(organization_id: int, action_prefix: str = ""):
     if action_prefix:
         rows = rows.filter(action__startswith=action_prefix)
     return rows.order_by("-at", "-id")
+
+
+def visible_keys(access: OrgAccess):
+    """The one rule for which API keys a member sees and may revoke: owners and admins every key
+    of the organization; others the keys they created (their console key among them)."""
+    rows = APIKey.all_orgs.filter(organization_id=access.organization.pk).select_related("created_by")
+    if not access.can(Permission.KEYS_MANAGE):
+        rows = rows.filter(created_by_id=access.user_id) if access.user_id else rows.none()
+    return rows

@@ -53,3 +53,12 @@ def sign_up_allowed(ip: str | None) -> int:
     if shared_store.hit(_key("sign-up-ip", ip), settings.SIGN_UP_THROTTLE_SECONDS) > settings.SIGN_UP_MAX_PER_IP:
         return settings.SIGN_UP_THROTTLE_SECONDS
     return 0
+
+
+def password_reset_allowed(ip: str | None, email: str) -> tuple[int, bool]:
+    """Count this reset request. Returns (seconds to wait if the address of the request sent too
+    many, or 0; whether a mail may go to this account now, which the page must not reveal)."""
+    window = settings.PASSWORD_RESET_THROTTLE_SECONDS
+    if ip and shared_store.hit(_key("reset-ip", ip), window) > settings.PASSWORD_RESET_MAX_PER_IP:
+        return window, False
+    return 0, shared_store.hit(_key("reset-account", email), window) <= settings.PASSWORD_RESET_MAX_PER_ACCOUNT

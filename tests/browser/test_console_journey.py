@@ -143,6 +143,16 @@ def test_the_customer_journey(watched, runtime_server, celery_worker):
         assert time.monotonic() < deadline, "the stopped endpoint was not unpublished"
         time.sleep(0.2)
 
+    page.get_by_role("link", name="Members").click()
+    page.get_by_text("ada@journey.test").first.wait_for()
+    watched.shot("members")
+    page.get_by_role("link", name="Audit log").click()
+    page.get_by_text("endpoint.stopped").first.wait_for()
+    watched.shot("audit log")
+    page.get_by_role("link", name="Billing").click()
+    page.get_by_role("button", name="Save limit").wait_for()
+    watched.shot("billing")
+
     watched.goto_error_page("/orgs/journey-labs/no-such-page/", 404)
     page.get_by_test_id("error-page").wait_for()
     watched.shot("not found")

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from compute import services
+from compute import selectors, services
 from compute.models import Worker
 
 
@@ -21,7 +21,7 @@ def test_a_running_worker_registers_and_heartbeats(celery_worker):
     first = worker.last_heartbeat_at
     time.sleep(2.5)
     worker.refresh_from_db()
-    assert worker.last_heartbeat_at > first and services.state(worker) == "idle"
+    assert worker.last_heartbeat_at > first and selectors.state(worker) == "idle"
 
 
 def test_states(db, settings):
@@ -30,13 +30,15 @@ def test_states(db, settings):
     from django.utils import timezone
 
     worker = services.register(name="w1", hostname="h", pid=1, queues=["gpu"], accelerator="cpu", memory=1)
-    assert services.state(worker) == "idle"
+    services.register(name="w2", hostname="h", pid=2, queues=["default"], accelerator="cpu", memory=1)
+    assert selectors.state(worker) == "idle"
+    assert selectors.training_capacity() == {"idle": 1, "busy": 0}  # w2 does not train
     services.set_current_job("w1", "ftjob-1")
     worker.refresh_from_db()
-    assert services.state(worker) == "busy"
+    assert selectors.state(worker) == "busy" and selectors.training_capacity() == {"idle": 0, "busy": 1}
     Worker.objects.filter(pk=worker.pk).update(last_heartbeat_at=timezone.now() - timedelta(minutes=5))
     worker.refresh_from_db()
-    assert services.state(worker) == "offline"
+    assert selectors.state(worker) == "offline" and selectors.training_capacity() == {"idle": 0, "busy": 0}
     services.stopped("w1")
     worker.refresh_from_db()
-    assert services.state(worker) == "stopped" and worker.current_job_id == ""
+    assert selectors.state(worker) == "stopped" and worker.current_job_id == ""

@@ -149,3 +149,21 @@ def test_owners_set_a_limit_save_a_card_and_top_up_from_the_billing_page(client,
     client.force_login(admin)
     assert "Charge the card" not in client.get("/orgs/alpha/billing/").content.decode()
     assert client.post("/orgs/alpha/billing/", {"action": "top_up", "amount": "5"}).status_code == 403
+
+
+def test_owners_limit_a_keys_monthly_spend_from_the_keys_page(client, tenant_a):
+    from billing.models import KeySpendLimit
+    from tenancy import services
+    from tenancy.audit import Actor
+
+    key = services.create_api_key(organization_id=tenant_a.org.pk, name="batch", actor=Actor()).key
+    client.force_login(tenant_a.owner)
+    client.post(f"/orgs/alpha/keys/{key.pk}/limit/", {"monthly_limit": "3.25"})
+    assert KeySpendLimit.all_orgs.get(api_key=key).monthly_limit == 3_250_000_000
+    assert 'value="3.25"' in client.get("/orgs/alpha/keys/").content.decode()
+    client.post(f"/orgs/alpha/keys/{key.pk}/limit/", {"monthly_limit": ""})
+    assert not KeySpendLimit.all_orgs.filter(api_key=key).exists()
+    admin = tenant_a.add_member("a@alpha.test", role="admin")
+    client.force_login(admin)
+    assert "Set limit" not in client.get("/orgs/alpha/keys/").content.decode()
+    assert client.post(f"/orgs/alpha/keys/{key.pk}/limit/", {"monthly_limit": "1"}).status_code == 403

@@ -13,12 +13,8 @@ GOOD = "\n".join(
     json.dumps({"messages": [{"role": "user", "content": f"Q{n}?"}, {"role": "assistant", "content": f"A{n}."}]})
     for n in range(30)
 )
-BAD = [
-    *GOOD.split("\n")[:3],
-    '{"messages": [{"role": "user", "content": "no answer"}]}',
-    "not json",
-    GOOD.split("\n")[5],
-]
+ROWS = GOOD.split("\n")
+BAD = [*ROWS[:3], '{"messages": [{"role": "user", "content": "no answer"}]}', "not json", ROWS[5]]
 
 
 def upload(client, name: str, text: str):
@@ -76,3 +72,20 @@ def test_viewers_see_but_cannot_upload_or_launch_and_other_orgs_get_404(client, 
     client.force_login(tenant_b.owner)
     assert client.get(f"/orgs/alpha/data/{file.pk}/").status_code == 404
     assert client.get(f"/orgs/beta/data/{file.pk}/").status_code == 404
+
+
+def test_validated_files_become_numbered_versions_of_a_dataset(client, tenant_a, django_capture_on_commit_callbacks):
+    client.force_login(tenant_a.owner)
+    with django_capture_on_commit_callbacks(execute=True):
+        upload(client, "first.jsonl", GOOD)
+        upload(client, "second.jsonl", "\n".join(ROWS[:12]))
+    first, second = (File.all_orgs.get(filename=n) for n in ("first.jsonl", "second.jsonl"))
+    assert "Not in a dataset yet" in client.get(f"/orgs/alpha/data/{first.pk}/").content.decode()
+    client.post(f"/orgs/alpha/data/{first.pk}/", {"dataset": "capitals", "note": "initial"})
+    added = client.post(f"/orgs/alpha/data/{second.pk}/", {"dataset": "capitals"}, follow=True).content.decode()
+    assert "Added as version 2 of capitals." in added
+    listing = client.get("/orgs/alpha/data/").content.decode()
+    assert listing.index(">v2</a>") < listing.index(">v1</a>") and "initial" in listing
+    member = tenant_a.add_member("v@alpha.test", role="viewer")
+    client.force_login(member)
+    assert client.post(f"/orgs/alpha/data/{first.pk}/", {"dataset": "x"}).status_code == 403

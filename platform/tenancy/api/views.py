@@ -148,10 +148,7 @@ class APIKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgScopedV
     permissions = {"*": P.KEYS_OWN}
 
     def get_queryset(self):
-        queryset = super().get_queryset().select_related("created_by")
-        if not self.access.can(P.KEYS_MANAGE):
-            queryset = queryset.filter(created_by_id=self.access.user_id)
-        return queryset
+        return selectors.visible_keys(self.access)
 
     @extend_schema(request=s.APIKeyCreateSerializer, responses={201: s.IssuedAPIKeySerializer})
     def create(self, request, org):
