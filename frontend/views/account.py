@@ -1,0 +1,108 @@
+"""Signing in, up and out, password reset, and following an invitation."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import login
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import LoginView
+from django.shortcuts import redirect, render
+from django.urls import reverse, reverse_lazy
+
+from frontend.forms import (
+    SignInForm,
+    SignUpForm,
+)
+from frontend.views.access import too_many_attempts
+from tenancy import selectors, services, throttle
+from tenancy.audit import Actor, client_ip
+
+
+class SignInView(LoginView):
+    """Django's sign-in, throttled per client IP and per account (tenancy.throttle)."""
+
+    template_name = "frontend/sign_in.html"
+    authentication_form = SignInForm
+    redirect_authenticated_user = True
+
+    def post(self, request, *args, **kwargs):
+        ip, email = client_ip(request), request.POST.get("username", "")[:254]
+        wait = throttle.sign_in_blocked(ip, email)
+        if wait:
+            return too_many_attempts(request, self.template_name, self.get_context_data(form=self.get_form()), wait)
+        response = super().post(request, *args, **kwargs)
+        if request.user.is_authenticated:
+            throttle.sign_in_succeeded(email)
+        else:
+            throttle.sign_in_failed(ip, email)
+        return response
+
+
+class PasswordResetView(auth_views.PasswordResetView):
+    """Django's reset (signed one-time links; the same answer whether or not the address has an
+    account), throttled: too many requests from one client get 429; past a few mails to one
+    account in the window, the page answers as usual and sends nothing more."""
+
+    template_name = "frontend/password_reset.html"
+    email_template_name = "frontend/password_reset_email.txt"
+    subject_template_name = "frontend/password_reset_subject.txt"
+    success_url = reverse_lazy("frontend:password_reset_sent")
+
+    def form_valid(self, form):
+        wait, may_send = throttle.password_reset_allowed(client_ip(self.request), form.cleaned_data["email"])
+        if wait:
+            return too_many_attempts(self.request, self.template_name, self.get_context_data(form=form), wait)
+        if not may_send:
+            return redirect(self.success_url)
+        return super().form_valid(form)
+
+
+def sign_up(request):
+    if request.user.is_authenticated:
+        return redirect("frontend:home")
+    invitation_token = request.POST.get("invitation") or request.GET.get("invitation") or ""
+    invitation = selectors.invitation_by_token(invitation_token) if invitation_token else None
+    initial = {"email": invitation.email} if invitation is not None else None
+    form = SignUpForm(request.POST or None, initial=initial)
+    context = {"form": form, "invitation": invitation, "invitation_token": invitation_token}
+    context["mode"] = settings.SIGN_UP_MODE
+    if request.method == "POST":
+        wait = throttle.sign_up_allowed(client_ip(request))
+        if wait:
+            return too_many_attempts(request, "frontend/sign_up.html", context, wait)
+    if request.method == "POST" and form.is_valid():
+        try:
+            user, org = services.sign_up(
+                actor=Actor.from_request(request), invitation_token=invitation_token, **form.cleaned_data
+            )
+        except services.ServiceError as exc:
+            form.add_error(exc.param if exc.param in form.fields else None, exc.message)
+        else:
+            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+            return redirect("frontend:org", org=org.slug)
+    return render(request, "frontend/sign_up.html", context)
+
+
+@login_required
+def home(request):
+    memberships = selectors.memberships_of_user(request.user)
+    if len(memberships) == 1:
+        return redirect("frontend:org", org=memberships[0].organization.slug)
+    return render(request, "frontend/home.html", {"memberships": memberships})
+
+
+def accept_invitation(request, token):
+    """Open to the signed-out too: the page offers to sign in, or to create an account that joins."""
+    invitation = selectors.invitation_by_token(token)
+    if request.method == "POST" and not request.user.is_authenticated:
+        return redirect(f"{reverse('frontend:sign_in')}?next={request.path}")
+    if request.method == "POST":
+        try:
+            membership = services.accept_invitation(token=token, user=request.user, actor=Actor.from_request(request))
+        except services.ServiceError as exc:
+            messages.error(request, exc.message)
+        else:
+            return redirect("frontend:org", org=membership.organization.slug)
+    return render(request, "frontend/accept_invitation.html", {"invitation": invitation})
