@@ -167,3 +167,18 @@ def test_owners_limit_a_keys_monthly_spend_from_the_keys_page(client, tenant_a):
     client.force_login(admin)
     assert "Set limit" not in client.get("/orgs/alpha/keys/").content.decode()
     assert client.post(f"/orgs/alpha/keys/{key.pk}/limit/", {"monthly_limit": "1"}).status_code == 403
+
+
+def test_a_server_error_gets_the_styled_500_page(client, tenant_a, settings, monkeypatch):
+    from tenancy import selectors
+
+    def broken(user):
+        raise RuntimeError("the database fell over")
+
+    settings.DEBUG = False
+    monkeypatch.setattr(selectors, "memberships_of_user", broken)
+    client.raise_request_exception = False
+    client.force_login(tenant_a.owner)
+    page = client.get("/")
+    assert page.status_code == 500 and 'data-testid="error-page"' in page.content.decode()
+    assert "fell over" not in page.content.decode()  # nothing of the error reaches the page
