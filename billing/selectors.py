@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 
 from django.conf import settings
@@ -13,6 +12,7 @@ from billing.models import KeySpendLimit, Payment, PaymentCustomer, UsageEvent
 from billing.rollups import SUMS
 from catalog import selectors as catalog
 from tenancy.models import APIKey
+from tenancy.selectors import key_id
 
 
 def price_list(organization_id: int) -> list[dict]:
@@ -92,16 +92,18 @@ def usage_overview(organization_id: int, days: int = 30, now: datetime | None = 
     by_model: dict[str, list[int]] = {}
     by_key: dict[str, list[int]] = {}
     for bucket, groups in found.items():
-        for (model, key_id), values in groups.items():
+        for (model, api_key), values in groups.items():
             by_day.setdefault(model, {}).setdefault(bucket, 0)
             by_day[model][bucket] += cost(values)
-            for table, name in ((by_model, model), (by_key, key_id or "")):
+            for table, name in ((by_model, model), (by_key, api_key or "")):
                 row = table.setdefault(name, [0, 0, 0])
                 row[0] += values[index["requests"]]
                 row[1] += values[index["prompt_tokens"]] + values[index["completion_tokens"]]
                 row[2] += cost(values)
     buckets = list(range(start, end, day))
-    names = dict(APIKey.all_orgs.filter(organization_id=organization_id).values_list("pk", "name"))
+    names = {
+        str(pk): name for pk, name in APIKey.all_orgs.filter(organization_id=organization_id).values_list("pk", "name")
+    }
     return {
         "chart": {
             "type": "bar",
@@ -115,17 +117,15 @@ def usage_overview(organization_id: int, days: int = 30, now: datetime | None = 
         },
         "by_model": [{"model": m, "requests": r, "tokens": t, "cost": c} for m, (r, t, c) in sorted(by_model.items())],
         "by_key": [
-            {"key": names.get(_uuid(k), "a deleted key") if k else "no key", "requests": r, "tokens": t, "cost": c}
+            {
+                "key": names.get(key_id(k) or "", "a deleted key") if k else "no key",
+                "requests": r,
+                "tokens": t,
+                "cost": c,
+            }
             for k, (r, t, c) in sorted(by_key.items())
         ],
     }
-
-
-def _uuid(value: str):
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        return None
 
 
 def recent_requests(organization_id: int, limit: int = 50) -> list[UsageEvent]:

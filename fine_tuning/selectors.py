@@ -8,20 +8,6 @@ from fine_tuning import jobs
 from fine_tuning.models import Dataset, DatasetVersion, File, FineTuningJob
 
 
-def active_jobs(organization_id: int) -> list[FineTuningJob]:
-    """Jobs not finished yet (validating, queued, running, paused), newest first, each with its
-    queue position (`queue_position`, None unless queued)."""
-    rows = list(
-        FineTuningJob.all_orgs.filter(organization_id=organization_id)
-        .exclude(status__in=FineTuningJob.FINISHED)
-        .order_by("-created_at")
-    )
-    positions = jobs.queue_positions(rows)
-    for row in rows:
-        row.queue_position = positions.get(row.pk)
-    return rows
-
-
 def files(organization_id: int):
     """The organization's training files that are not deleted, newest first."""
     return File.all_orgs.filter(organization_id=organization_id, deleted_at=None).order_by("-created_at", "-id")
@@ -31,9 +17,13 @@ def file(organization_id: int, file_id: str) -> File | None:
     return files(organization_id).filter(pk=file_id).first()
 
 
-def jobs_of(organization_id: int, limit: int = 100) -> list[FineTuningJob]:
-    """The organization's jobs, newest first, each with `queue_position` (None unless queued)."""
-    rows = list(FineTuningJob.all_orgs.filter(organization_id=organization_id).select_related("base_model")[:limit])
+def jobs_of(organization_id: int, *, active_only: bool = False, limit: int = 100) -> list[FineTuningJob]:
+    """The organization's jobs (only those not finished, if asked), newest first, each with
+    `queue_position` (None unless queued)."""
+    rows = FineTuningJob.all_orgs.filter(organization_id=organization_id).select_related("base_model")
+    if active_only:
+        rows = rows.exclude(status__in=FineTuningJob.FINISHED)
+    rows = list(rows.order_by("-created_at")[:limit])
     positions = jobs.queue_positions(rows)
     for row in rows:
         row.queue_position = positions.get(row.pk)
@@ -69,6 +59,10 @@ def loss_curve(found: FineTuningJob) -> dict:
         ],
         "y": "loss",
     }
+
+
+def dataset_named(organization_id: int, name: str) -> Dataset | None:
+    return Dataset.all_orgs.filter(organization_id=organization_id, name=name).first()
 
 
 def datasets(organization_id: int) -> list[Dataset]:

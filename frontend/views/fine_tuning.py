@@ -111,7 +111,7 @@ def _add_version(request, organization_id: int, found: File) -> None:
     actor = Actor.from_request(request)
     try:
         with transaction.atomic():
-            dataset = next((d for d in fine_tuning_selectors.datasets(organization_id) if d.name == name), None)
+            dataset = fine_tuning_selectors.dataset_named(organization_id, name)
             if dataset is None:
                 dataset = fine_tuning_services.create_dataset(organization_id=organization_id, name=name, actor=actor)
             version = fine_tuning_services.add_dataset_version(

@@ -62,12 +62,17 @@ def keys(request, access):
     return response
 
 
-@org_page(P.KEYS_OWN, model=APIKey)
-@require_POST
-def revoke_key(request, access, key_id):
+def _visible_key(access, key_id) -> APIKey:
     key = selectors.visible_keys(access).filter(pk=key_id).first()
     if key is None:
         raise Http404("No such key")
+    return key
+
+
+@org_page(P.KEYS_OWN, model=APIKey)
+@require_POST
+def revoke_key(request, access, key_id):
+    key = _visible_key(access, key_id)
     services.revoke_api_key(key.pk, organization_id=access.organization.pk, actor=Actor.from_request(request))
     messages.success(request, f"Revoked {key.name} ({key.prefix}…).")
     return redirect("frontend:keys", org=access.organization.slug)
@@ -77,9 +82,7 @@ def revoke_key(request, access, key_id):
 @require_POST
 def key_limit(request, access, key_id):
     """An owner's monthly spend limit on one key (blank removes it)."""
-    key = selectors.visible_keys(access).filter(pk=key_id).first()
-    if key is None:
-        raise Http404("No such key")
+    key = _visible_key(access, key_id)
     raw = request.POST.get("monthly_limit", "").strip()
     try:
         billing_services.set_key_spend_limit(

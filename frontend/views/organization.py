@@ -37,7 +37,7 @@ def org_overview(request, access):
         base_url=request.build_absolute_uri("/v1"),
         today=billing_selectors.today(organization_id) if access.can(P.BILLING_VIEW) else None,
         account=budgets.ensure_account(organization_id) if access.can(P.BILLING_VIEW) else None,
-        jobs=fine_tuning_selectors.active_jobs(organization_id),
+        jobs=fine_tuning_selectors.jobs_of(organization_id, active_only=True),
         endpoints=list(serving.live_endpoints(organization_id)),
     )
     return render(request, "frontend/org_overview.html", context)

@@ -387,6 +387,7 @@ def create_api_key(
     expires_at: datetime | None = None,
     created_by_id: int | None = None,
     member_only: bool = False,
+    console_user_id: int | None = None,
     actor: Actor,
 ) -> IssuedKey:
     """`member_only` is set when the creator may hold keys of their own only (the member role)."""
@@ -413,6 +414,7 @@ def create_api_key(
         scopes=scopes,
         expires_at=expires_at,
         created_by_id=created_by_id,
+        console_user_id=console_user_id,
     )
     audit.record(
         "key.created",
@@ -492,30 +494,21 @@ CONSOLE_KEY_SCOPES = [Scope.INFERENCE.value, Scope.MODELS_READ.value]
 def console_key(*, organization_id: int, user_id: int) -> APIKey:
     """The member's console key in the organization, made on first use: a real key row (limits,
     budgets, usage by key and the audit log treat it as any key) whose secret is thrown away at
-    once; the member's signed-in session stands for it (tenancy.keyauth.session_principal)."""
+    once; the member's signed-in session stands for it (tenancy.console_auth.session_principal)."""
     found = APIKey.all_orgs.filter(organization_id=organization_id, console_user_id=user_id, revoked_at=None).first()
     if found is not None:
         return found
     user = get_user_model().objects.get(pk=user_id)
-    discarded = secrets.new_api_key()
     try:
         with transaction.atomic():
-            key = APIKey.all_orgs.create(
+            issued = create_api_key(
                 organization_id=organization_id,
                 name=f"Console ({user.email})"[:100],
-                prefix="console",
-                key_hash=secrets.digest(discarded),
                 scopes=CONSOLE_KEY_SCOPES,
                 created_by_id=user_id,
                 console_user_id=user_id,
-            )
-            audit.record(
-                "key.created",
                 actor=Actor(user=user),
-                organization_id=organization_id,
-                target=key,
-                data={"name": key.name, "console": True, "scopes": CONSOLE_KEY_SCOPES},
             )
     except IntegrityError:  # made concurrently by another request of the same member
         return APIKey.all_orgs.get(organization_id=organization_id, console_user_id=user_id, revoked_at=None)
-    return key
+    return issued.key  # the secret goes no further
