@@ -86,3 +86,19 @@ def test_demo_model_answers_and_loads_faster_from_its_cache(tmp_path):
         output = model.generate(**prompt, max_new_tokens=12, do_sample=False)
     answer = tokenizer.decode(output[0][prompt["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer, answer
+
+
+@pytest.mark.django_db
+def test_a_marked_cache_without_config_or_weights_is_not_used(tmp_path):
+    from catalog.loader.load import cached_weights
+
+    source = resolve_source(demo_spec())
+    cache = cache_dir_for(source, tmp_path)
+    cache.mkdir()
+    (cache / COMPLETE_MARKER).write_text("{}")
+    (cache / "tokenizer.json").write_text("{}")  # what a process that may not save the model leaves
+    assert cached_weights(source, tmp_path) is None
+    (cache / "config.json").write_text('{"model_type": "llama"}')
+    assert cached_weights(source, tmp_path) is None  # still no weights
+    (cache / "model.safetensors").write_bytes(b"")
+    assert cached_weights(source, tmp_path) == cache

@@ -5,7 +5,9 @@ written as a plain transformers directory (safetensors + config + tokenizer) und
 directory, keyed by the source file's identity and the transformers version, so every later
 load — by the runtime, the trainer or a test — is a fast safetensors load. The directory is
 written beside its final name and renamed into place, so concurrent loaders never see half a
-cache.
+cache. A directory counts as a cache only with its marker, its config and its weights: one that
+lacks any of them (a process of a distributed job other than the first, which transformers lets
+save nothing, or a disk that filled) is never marked complete, and is rebuilt if found.
 """
 
 from __future__ import annotations
@@ -48,12 +50,16 @@ def cache_dir_for(source: ModelSource, cache_root: Path) -> Path:
     return Path(cache_root) / f"{source.path.stem[:60]}-{digest}"
 
 
+def _complete(directory: Path) -> bool:
+    return (directory / "config.json").is_file() and any(directory.glob("*.safetensors"))
+
+
 def cached_weights(source: ModelSource, cache_root: Path) -> Path | None:
     """The safetensors directory to load from without conversion, if there is one."""
     if source.format == "safetensors":
         return source.path
     target = cache_dir_for(source, cache_root)
-    return target if (target / COMPLETE_MARKER).is_file() else None
+    return target if (target / COMPLETE_MARKER).is_file() and _complete(target) else None
 
 
 def _apply_chat_template(tokenizer, chat_template: str | None):
@@ -101,7 +107,7 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(source.directory, **gguf)
         model = AutoModelForCausalLM.from_pretrained(source.directory, dtype=torch.float32, **gguf)
         _drop_gguf_quantizer(model)
-        weights = _write_cache(source, cache_root, model, tokenizer)
+        weights = _write_cache(source, cache_root, model, tokenizer) or source.path
         model = model.to(torch_dtype)
         from_cache = False
     model.to(device)
@@ -133,13 +139,16 @@ def _drop_gguf_quantizer(model) -> None:
         del model.config.quantization_config
 
 
-def _write_cache(source: ModelSource, cache_root: Path, model, tokenizer) -> Path:
+def _write_cache(source: ModelSource, cache_root: Path, model, tokenizer) -> Path | None:
+    """The cache directory, or None when this process could not write a whole one."""
     target = cache_dir_for(source, cache_root)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
     try:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
+        if not _complete(staging):
+            return None
         (staging / COMPLETE_MARKER).write_text(
             json.dumps(
                 {
@@ -153,7 +162,7 @@ def _write_cache(source: ModelSource, cache_root: Path, model, tokenizer) -> Pat
             os.rename(staging, target)
         except OSError:
             # Another process finished first (or a stale, incomplete directory is in the way).
-            if not (target / COMPLETE_MARKER).is_file():
+            if cached_weights(source, cache_root) is None:
                 shutil.rmtree(target, ignore_errors=True)
                 os.rename(staging, target)
     finally:
