@@ -61,6 +61,7 @@ bench: setup
 	$(PY) bench/fine_tuning_vs_trl.py
 	$(PY) bench/ledger_ingest.py
 	$(PY) bench/gateway_budgets.py
+	$(PY) bench/pool_simulator.py
 
 clean:
 	rm -rf $(VENV) var frontend/node_modules $(VENDOR)

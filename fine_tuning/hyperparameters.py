@@ -109,3 +109,29 @@ def estimated_tokens(report: dict, hyperparameters: dict) -> int:
     if longest > hyperparameters["max_seq_len"] and report.get("examples"):
         per_epoch = min(per_epoch, hyperparameters["max_seq_len"] * report["examples"])
     return per_epoch * hyperparameters["n_epochs"]
+
+
+MAX_ACCELERATORS = 8  # data-parallel on one node
+
+
+def accelerators(value) -> int:
+    """How many accelerators of one node a job trains on (data-parallel); "auto" or absent: 1."""
+    if value is None or value == "auto":
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ACCELERATORS:
+        raise HyperparameterError(f"accelerators must be 'auto' or 1 to {MAX_ACCELERATORS}.", "accelerators")
+    return value
+
+
+def memory_per_accelerator(parameters: int | None, hyperparameters: dict, accelerators: int) -> int:
+    """A coarse upper bound of the memory a job needs on each accelerator, so the scheduler does not
+    place it where it cannot run: the weights in 32-bit floats, a quarter more for the adapter, its
+    gradients, the optimizer and workspace, and activations of the step's tokens on this
+    accelerator (about 100 x sqrt(weights) bytes a token without recomputation: 34 x hidden x
+    layers 16-bit values, with hidden x layers ~ sqrt(weights) for models of usual shape). 0 when
+    the model's size is not known."""
+    if not parameters:
+        return 0
+    rows = math.ceil(hyperparameters["batch_size"] / accelerators)
+    tokens = rows * hyperparameters["max_seq_len"]
+    return int(parameters * 4 * 1.25 + tokens * 100 * math.sqrt(parameters))

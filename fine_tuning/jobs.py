@@ -1,11 +1,13 @@
 """Fine-tuning jobs: creation (validated up front), the state machine, and the lease that makes
 the job row — not the broker — the truth about who runs a job.
 
-States: validating_files -> queued -> running -> succeeded | failed | cancelled, and
-running <-> paused. A worker claims a job with one conditional UPDATE (queued, or running with an
-expired lease), renews the lease while the trainer runs, and loses it if it stops renewing; the
-reaper then requeues the job and the next claim resumes from the last checkpoint. So a job never
-runs twice at once and is never lost with a worker.
+States: validating_files -> queued -> running -> succeeded | failed | cancelled, running <-> paused,
+and running -> queued when an endpoint replica preempts it. A GPU worker pulls: it asks the pool's
+policy (fine_tuning.queue, compute.policy) which queued job its node should take, locks that row
+(skip_locked), takes accelerators for it (compute.allocations) and the lease in one transaction,
+renews the lease while the trainer runs, and loses it if it stops renewing; the reaper then
+requeues the job and the next claim resumes from the last checkpoint. So a job never runs twice at
+once and is never lost with a worker; the broker's message only wakes a worker.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from billing import money, pricing
@@ -26,8 +28,10 @@ from billing.budgets import InsufficientQuota
 from catalog import selectors as catalog
 from catalog import services as catalog_services
 from catalog.models import BaseModel
+from compute import allocations
+from compute import services as compute_services
 from fine_tuning import hyperparameters as hp
-from fine_tuning import retention
+from fine_tuning import queue, retention
 from fine_tuning.models import DatasetVersion, File, FineTuningJob, JobEvent
 from tenancy import audit
 from tenancy.audit import Actor
@@ -123,15 +127,8 @@ def estimate(*, organization_id: int, model: str, training_file: str, hyperparam
     resolved = _resolve(base, train, dict(hyperparameters or {}))
     tokens = hp.estimated_tokens(train.report, resolved)
     cost = pricing.current(organization_id, base.pk).cost(training_tokens=tokens)
-    recent = (
-        FineTuningJob.all_orgs.filter(base_model=base, status=Status.SUCCEEDED, train_seconds__gt=0)
-        .exclude(trained_tokens=None)
-        .order_by("-finished_at")
-        .values_list("trained_tokens", "train_seconds")[:5]
-    )
-    done_tokens = sum(t for t, _ in recent)
-    done_seconds = sum(s for _, s in recent)
-    seconds = round(tokens * done_seconds / done_tokens) if done_tokens else None
+    rate = queue.rate(base.pk)
+    seconds = round(tokens / rate) if rate else None
     return {
         "hyperparameters": resolved,
         "estimated_tokens": tokens,
@@ -152,6 +149,7 @@ def create(
     suffix: str | None = None,
     seed: int | None = None,
     metadata: dict | None = None,
+    accelerators=None,
     actor: Actor,
 ) -> FineTuningJob:
     # Lock the organization: the active-job limit must hold when two creates race.
@@ -178,6 +176,10 @@ def create(
         raise ServiceError("seed must be an integer between 0 and 2147483647.", "invalid_seed", "seed")
     method, raw = _method_hyperparameters(method, hyperparameters)
     resolved = _resolve(base, train, raw)
+    try:
+        devices = hp.accelerators(accelerators)
+    except hp.HyperparameterError as exc:
+        raise ServiceError(exc.message, "invalid_accelerators", "accelerators") from None
     active = FineTuningJob.all_orgs.filter(organization=org, status__in=FineTuningJob.ACTIVE).count()
     if active >= settings.FINE_TUNING_MAX_ACTIVE_JOBS:
         raise TooManyJobs(
@@ -198,6 +200,8 @@ def create(
         seed=seed if seed is not None else secrets.randbelow(2**31),
         metadata=metadata,
         estimated_tokens=hp.estimated_tokens(train.report, resolved),
+        accelerators=devices,
+        memory_bytes=hp.memory_per_accelerator(base.parameters, resolved, devices),
         created_by=actor.user,
         created_by_key_id=actor.api_key_id,
     )
@@ -268,9 +272,8 @@ def prepare(job_id: str) -> FineTuningJob:
 
 
 def dispatch(job: FineTuningJob) -> None:
-    from fine_tuning.tasks import run_job_task
-
-    run_job_task.apply_async(args=[job.organization_id, job.pk], queue=settings.FINE_TUNING_QUEUE)
+    """Wake the GPU workers: one of them claims by the pool's policy, not necessarily this job."""
+    allocations.wake_training()
 
 
 def _fail_locked(job: FineTuningJob, code: str, message: str) -> FineTuningJob:
@@ -278,6 +281,7 @@ def _fail_locked(job: FineTuningJob, code: str, message: str) -> FineTuningJob:
     job.error = {"code": code, "message": message, "param": None}
     job.lease_owner, job.lease_expires_at = "", None
     job.save(update_fields=["status", "finished_at", "error", "lease_owner", "lease_expires_at"])
+    allocations.release(job.pk, f"failed: {code}")
     event(job.pk, job.organization_id, f"Job failed: {message}", level="error", data={"error_code": code})
     _meter(job)
     return job
@@ -309,7 +313,7 @@ class Outcome:
     """How a run of the trainer ended, as the runner saw it."""
 
     code: int  # the trainer's exit code
-    stop: str = ""  # "cancel" | "pause" when the job was asked to stop
+    stop: str = ""  # "cancel" | "pause" | "preempt" when the job was asked to stop
     error: str = ""  # the trainer's last error line, for a failure
     trained_tokens: int | None = None
     train_seconds: float | None = None
@@ -326,6 +330,8 @@ def finish(job_id: str, *, worker: str, outcome: Outcome) -> str:
     now = timezone.now()
     job.lease_owner, job.lease_expires_at, job.stop_requested = "", None, ""
     org = job.organization_id
+    preempted = allocations.preempt_reason(job.pk) if outcome.stop == "preempt" else None
+    allocations.release(job.pk, "preempted" if preempted else "the run ended")
     if outcome.code == 0 and outcome.fine_tuned_model:
         catalog_services.register_fine_tuned_model(
             outcome.fine_tuned_model,
@@ -346,6 +352,18 @@ def finish(job_id: str, *, worker: str, outcome: Outcome) -> str:
     elif outcome.stop == "pause":
         job.status = Status.PAUSED
         event(job.pk, org, "Job paused at its last checkpoint")
+    elif preempted is not None:  # it resumes from the newest checkpoint on disk, whatever the exit
+        # Its place in the queue (queued_at) is kept: it resumes as soon as the pool has room.
+        job.status, job.preemptions = Status.QUEUED, job.preemptions + 1
+        event(
+            job.pk,
+            org,
+            f"Preempted: {preempted}. The job checkpointed and is queued again; it resumes from that "
+            "checkpoint when accelerators free up, and no step is trained or billed twice",
+            level="warn",
+            data={"preempted": True, "reason": preempted},
+        )
+        transaction.on_commit(lambda: dispatch(job))
     else:
         job.status, job.finished_at = Status.FAILED, now
         message = f"Training failed (exit code {outcome.code}): {outcome.error or 'no message'}"
@@ -406,17 +424,72 @@ def resume(job_id: str, *, organization_id: int, actor: Actor) -> FineTuningJob:
 # --- The lease --------------------------------------------------------------------------------
 
 
-def claim(job_id: str, worker: str) -> bool:
-    """Take the job if it is queued, or running under an expired lease. One conditional UPDATE:
-    two workers can never both win."""
+def claim_next(worker: str, node) -> FineTuningJob | None:
+    """Pull: the queued job the pool's policy gives this worker's node (fine_tuning.queue), claimed
+    with its accelerators and lease; None when nothing fits here now. Jobs ahead of it that wait
+    keep their reason on the job and in its events."""
+    passed: set[str] = set()
+    while True:
+        with transaction.atomic():
+            node = allocations.lock_node(node.pk)  # one claim at a time per node: no accelerator taken twice
+            compute_services.heartbeat_node(node.pk)  # the node claiming is alive, whatever its last beat
+            decision = queue.decide(node.name, exclude=passed)
+            queue.record_waits(decision.waiting)
+            if decision.chosen is None:
+                return None
+            job = (
+                FineTuningJob.all_orgs.select_for_update(skip_locked=True)
+                .filter(pk=decision.chosen.id, status=Status.QUEUED)
+                .first()
+            )
+            if job is not None and _take(job, worker, node):
+                return job
+        passed.add(decision.chosen.id)  # taken meanwhile by another node's worker
+
+
+def claim(job_id: str, worker: str, node) -> bool:
+    """Take this job, if it is queued (or running under an expired lease) and this node has room
+    for it, bypassing the claim order (an operator's or a test's direct run)."""
+    with transaction.atomic():
+        # The job's lock, then the node's: the order finish and the reaper take them in.
+        job = FineTuningJob.all_orgs.select_for_update().filter(pk=job_id).first()
+        if job is None:
+            return False
+        node = allocations.lock_node(node.pk)
+        expired = job.status == Status.RUNNING and job.lease_expires_at and job.lease_expires_at < timezone.now()
+        if not (job.status == Status.QUEUED or expired):
+            return False
+        if expired:
+            allocations.release(job.pk, "its lease expired")
+        return _take(job, worker, node)
+
+
+def _take(job: FineTuningJob, worker: str, node) -> bool:
+    """Accelerators of the node, then the lease (the caller holds the node's and the job's locks)."""
     now = timezone.now()
-    taken = FineTuningJob.all_orgs.filter(
-        Q(status=Status.QUEUED) | Q(status=Status.RUNNING, lease_expires_at__lt=now),
-        pk=job_id,
-    ).update(status=Status.RUNNING, lease_owner=worker, lease_expires_at=now + _lease(), attempts=F("attempts") + 1)
-    if taken:
-        FineTuningJob.all_orgs.filter(pk=job_id, started_at__isnull=True).update(started_at=now)
-    return bool(taken)
+    held = allocations.hold_for_training(
+        node,
+        holder=job.pk,
+        organization_id=job.organization_id,
+        accelerators=job.accelerators,
+        memory_bytes=job.memory_bytes,
+        now=now,
+    )
+    if held is None:
+        return False
+    job.status, job.lease_owner, job.lease_expires_at = Status.RUNNING, worker, now + _lease()
+    job.attempts += 1
+    job.started_at = job.started_at or now
+    job.wait_reason = ""
+    job.save(update_fields=["status", "lease_owner", "lease_expires_at", "attempts", "started_at", "wait_reason"])
+    if held.lent:
+        event(
+            job.pk,
+            job.organization_id,
+            f"Running on accelerators an idle endpoint lends ({node.name}); "
+            "if the endpoint is called again, the job checkpoints and waits for its turn again",
+        )
+    return True
 
 
 def renew(job_id: str, worker: str) -> bool:
@@ -443,22 +516,24 @@ def requeue_expired() -> list[FineTuningJob]:
     A job is re-sent at most once per FINE_TUNING_REDISPATCH_SECONDS: its dispatched_at moves, not
     its queued_at (its place in the queue), so a busy GPU does not pile up copies of its message."""
     now = timezone.now()
+    allocations.reap_nodes()
     requeued = []
     expired = FineTuningJob.all_orgs.select_for_update(skip_locked=True).filter(
         status=Status.RUNNING, lease_expires_at__lt=now
     )
     for job in expired:
-        if job.attempts >= settings.FINE_TUNING_MAX_ATTEMPTS:
+        if job.attempts - job.preemptions >= settings.FINE_TUNING_MAX_ATTEMPTS:  # preemptions are not failures
             _fail_locked(
                 job,
                 "too_many_interruptions",
-                f"The job's worker stopped answering {job.attempts} times; it is not retried again. "
+                f"The job's worker stopped answering {job.attempts - job.preemptions} times; it is not retried again. "
                 "Its last checkpoint is kept: create a new job to train on.",
             )
             continue
         if FineTuningJob.all_orgs.filter(pk=job.pk, status=Status.RUNNING, lease_expires_at__lt=now).update(
             status=Status.QUEUED, lease_owner="", queued_at=now, dispatched_at=now
         ):
+            allocations.release(job.pk, "its worker stopped answering")
             event(
                 job.pk,
                 job.organization_id,
@@ -489,18 +564,9 @@ def queue_position(job: FineTuningJob) -> int | None:
 
 
 def queue_positions(rows: list[FineTuningJob]) -> dict[str, int]:
-    """Places in the (all-organization, first-come) queue of the queued jobs among `rows`, in one
-    query. A job's place says nothing about other organizations' jobs beyond their number."""
-    queued = [job for job in rows if job.status == Status.QUEUED]
-    if not queued:
-        return {}
-    latest = max(job.queued_at for job in queued)
-    ahead = list(
-        FineTuningJob.all_orgs.filter(status=Status.QUEUED, queued_at__lte=latest)
-        .order_by("queued_at", "pk")
-        .values_list("pk", flat=True)
-    )
-    return {job.pk: ahead.index(job.pk) + 1 for job in queued if job.pk in ahead}
+    """Places in the pool's claim order (priority class, fair share, age) of the queued jobs among
+    `rows`: 1 starts next. fine_tuning.queue.places adds when each should start."""
+    return {pk: place.position for pk, place in queue.places(rows).items()}
 
 
 @transaction.atomic
@@ -523,6 +589,7 @@ def requeue(job_id: str, *, actor: Actor) -> FineTuningJob:
             "stop_requested",
         ]
     )
+    allocations.release(job.pk, "requeued by the platform operator")
     event(job.pk, job.organization_id, "Requeued by the platform operator", level="warn")
     audit.record("fine_tuning.job_requeued", actor=actor, organization_id=job.organization_id, target=job)
     transaction.on_commit(lambda: dispatch(job))

@@ -163,6 +163,11 @@ class FineTuningJob(TenantModel):
     attempts = models.PositiveIntegerField(default=0)
     train_seconds = models.FloatField(default=0.0)
     stop_requested = models.CharField(max_length=16, blank=True, help_text="cancel | pause, when asked while running")
+    # Placement in the pool (compute): what it needs, why it waits, how often endpoints took its place.
+    accelerators = models.PositiveSmallIntegerField(default=1, help_text="Data-parallel over this many, on one node.")
+    memory_bytes = models.BigIntegerField(default=0, help_text="Estimated memory needed on each accelerator.")
+    wait_reason = models.CharField(max_length=500, blank=True)
+    preemptions = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
@@ -23,12 +22,14 @@ from django.conf import settings
 from django.core.files.storage import default_storage
 from django.utils import timezone
 
+from compute import allocations, worker_signals
 from compute import services as compute
-from compute import worker_signals
 from compute.processes import die_with_parent
+from compute.processes import trainer as trainer_argv
 from fine_tuning import jobs, retention
 from fine_tuning.hyperparameters import BASE_LEARNING_RATE
 from fine_tuning.models import Checkpoint, FineTuningJob
+from tenancy import scope
 from tenancy.models import Organization
 
 log = logging.getLogger("fine_tuning.runner")
@@ -73,13 +74,16 @@ def write_config(job: FineTuningJob) -> Path:
     return path
 
 
-def _spawn(*args: str) -> subprocess.Popen:
+def _spawn(*args: str, processes: int = 1, devices: list[int] | None = None) -> subprocess.Popen:
     root = Path(settings.REPO_DIR)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "platform"), str(root)])}
+    if devices is not None and compute.this_node().accelerator != "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in devices)  # the accelerators allocated to it
+    launcher = trainer_argv(processes)  # data-parallel: one trainer per accelerator (trainer/distributed.py)
     # The trainer dies with the worker: a killed worker must not leave a trainer writing the
     # job's checkpoints while another worker resumes it.
     return subprocess.Popen(
-        [sys.executable, "-m", "fine_tuning.trainer", *args],
+        [*launcher, *args],
         cwd=root,
         env=env,
         stdin=subprocess.PIPE,
@@ -102,8 +106,10 @@ def warm_up() -> None:
         _warm = _spawn("--wait")
 
 
-def start_trainer(config: Path) -> subprocess.Popen:
+def start_trainer(config: Path, processes: int = 1, devices: list[int] | None = None) -> subprocess.Popen:
     global _warm
+    if processes > 1 or (devices and devices != [0]):
+        return _spawn("--config", str(config), processes=processes, devices=devices)
     warm, _warm = _warm, None
     if warm is not None and warm.poll() is None:
         try:
@@ -121,12 +127,30 @@ def _pump(stream, lines: queue.Queue) -> None:
     lines.put(None)
 
 
-def run(job_id: str, worker: str | None = None) -> str:
-    """Run the job if this worker can claim it. Returns the job's status afterwards."""
+def run_next(worker: str | None = None) -> list[str]:
+    """What a woken GPU worker does: claim the job the pool's policy gives its node, run it, and
+    again, until nothing fits here. Returns the ids of the jobs it ran."""
     worker = worker or worker_name()
-    if not jobs.claim(job_id, worker):
+    node = compute.this_node()
+    ran = []
+    while (job := jobs.claim_next(worker, node)) is not None:
+        with scope.organization(job.organization_id):
+            _run_taken(job.pk, worker)
+        ran.append(job.pk)
+    return ran
+
+
+def run(job_id: str, worker: str | None = None) -> str:
+    """Run this job if this worker can claim it (outside the claim order). Returns the job's status
+    afterwards."""
+    worker = worker or worker_name()
+    if not jobs.claim(job_id, worker, compute.this_node()):
         return "not claimed"
-    job = FineTuningJob.objects.select_related("base_model", "training_file", "validation_file").get(pk=job_id)
+    return _run_taken(job_id, worker)
+
+
+def _run_taken(job_id: str, worker: str) -> str:
+    job = FineTuningJob.all_orgs.select_related("base_model", "training_file", "validation_file").get(pk=job_id)
     registered = worker_signals.worker_name()
     if registered:
         compute.set_current_job(registered, job.pk)
@@ -139,13 +163,13 @@ def run(job_id: str, worker: str | None = None) -> str:
 
 
 def _run_claimed(job: FineTuningJob, worker: str) -> str:
-    resumed = job.attempts > 1
+    resumed = job.attempts > 1 or job.preemptions > 0
     jobs.event(
         job.pk,
         job.organization_id,
         "Fine-tuning job resumed from its last checkpoint" if resumed else "Fine-tuning job started",
     )
-    process = start_trainer(write_config(job))
+    process = start_trainer(write_config(job), job.accelerators, allocations.devices_of(job.pk))
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=_pump, args=(process.stdout, lines), daemon=True).start()
     stderr_tail: deque[str] = deque(maxlen=50)  # the last lines, for a failure message
@@ -191,7 +215,9 @@ def _supervise(job: FineTuningJob, worker: str, process, lines: queue.Queue, ren
         if not stop_sent and time.monotonic() >= next_stop_check:
             next_stop_check = time.monotonic() + STOP_CHECK_SECONDS
             wanted = FineTuningJob.all_orgs.filter(pk=job.pk).values_list("stop_requested", flat=True).first()
-            if wanted:  # cancel or pause: the trainer checkpoints and exits after its current step
+            if not wanted and allocations.preempt_reason(job.pk) is not None:
+                wanted = "preempt"
+            if wanted:  # cancel, pause or preempt: the trainer checkpoints and exits after its current step
                 process.send_signal(signal.SIGTERM)
                 stop_sent = wanted
     log.warning("lost the lease of %s; stopping its trainer", job.pk)

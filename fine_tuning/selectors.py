@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db.models import Prefetch
 
-from fine_tuning import jobs
+from fine_tuning import queue
 from fine_tuning.models import Dataset, DatasetVersion, File, FineTuningJob
 
 
@@ -19,21 +19,27 @@ def file(organization_id: int, file_id: str) -> File | None:
 
 def jobs_of(organization_id: int, *, active_only: bool = False, limit: int = 100) -> list[FineTuningJob]:
     """The organization's jobs (only those not finished, if asked), newest first, each with
-    `queue_position` (None unless queued)."""
+    `queue_position` and `estimated_start` (None unless queued)."""
     rows = FineTuningJob.all_orgs.filter(organization_id=organization_id).select_related("base_model")
     if active_only:
         rows = rows.exclude(status__in=FineTuningJob.FINISHED)
     rows = list(rows.order_by("-created_at")[:limit])
-    positions = jobs.queue_positions(rows)
-    for row in rows:
-        row.queue_position = positions.get(row.pk)
+    _place(rows)
     return rows
+
+
+def _place(rows: list[FineTuningJob]) -> None:
+    places = queue.places(rows)
+    for row in rows:
+        found = places.get(row.pk)
+        row.queue_position = found.position if found else None
+        row.estimated_start = found.estimated_start if found else None
 
 
 def job(organization_id: int, job_id: str) -> FineTuningJob | None:
     found = FineTuningJob.all_orgs.filter(organization_id=organization_id, pk=job_id).first()
     if found is not None:
-        found.queue_position = jobs.queue_position(found)
+        _place([found])
     return found
 
 
@@ -69,3 +75,21 @@ def datasets(organization_id: int) -> list[Dataset]:
     """The organization's datasets with their versions (newest first) and each version's file."""
     versions = Prefetch("versions", queryset=DatasetVersion.all_orgs.select_related("file").order_by("-number"))
     return list(Dataset.all_orgs.filter(organization_id=organization_id).prefetch_related(versions).order_by("name"))
+
+
+def queue_summary(now) -> dict:
+    """How many jobs wait, and how long the longest has waited (seconds), across organizations."""
+    waiting = FineTuningJob.all_orgs.filter(status=FineTuningJob.Status.QUEUED)
+    oldest = waiting.order_by("queued_at").values_list("queued_at", flat=True).first()
+    return {"queued": waiting.count(), "oldest": (now - oldest).total_seconds() if oldest else 0.0}
+
+
+def effective_training_time(organization_id: int, *, since) -> float | None:
+    """Productive training seconds over wall seconds from first start to the end, across the
+    organization's jobs that ended since then (None before any)."""
+    rows = FineTuningJob.all_orgs.filter(
+        organization_id=organization_id, finished_at__gte=since, started_at__isnull=False
+    ).values_list("train_seconds", "started_at", "finished_at")
+    productive = sum(seconds for seconds, _, _ in rows)
+    wall = sum((finished - started).total_seconds() for _, started, finished in rows)
+    return productive / wall if wall > 0 else None

@@ -10,13 +10,22 @@ def validate_file_task(organization_id: int, file_id: str) -> None:
     services.validate_file(file_id)
 
 
-# Routed to the gpu queue (concurrency 1, prefetch 1). Late acks and redelivery help, but the
-# job's lease is what guarantees it runs once at a time and is picked up again after a crash.
-@organization_task(ignore_result=True, acks_late=True, reject_on_worker_lost=True)
-def run_job_task(organization_id: int, job_id: str) -> None:
+# On the gpu queue (concurrency 1, prefetch 1), a message only wakes a worker: it claims by the
+# pool's policy (fine_tuning.jobs.claim_next), and the job's lease, not the broker, guarantees it
+# runs once at a time and is picked up again after a crash.
+@shared_task(ignore_result=True, acks_late=True, reject_on_worker_lost=True)
+def claim_jobs() -> None:
     from fine_tuning import runner
 
-    runner.run(job_id)
+    runner.run_next()
+
+
+@organization_task(ignore_result=True, acks_late=True, reject_on_worker_lost=True)
+def run_job_task(organization_id: int, job_id: str) -> None:
+    """Messages sent before workers pulled: a wake-up like claim_jobs."""
+    from fine_tuning import runner
+
+    runner.run_next()
 
 
 @shared_task(ignore_result=True)

@@ -4,7 +4,7 @@ from django.templatetags.static import static
 from django.urls import path, reverse_lazy
 from django.views.generic import RedirectView
 
-from frontend.views import account, billing, endpoints, fine_tuning, keys, organization, playground
+from frontend.views import account, billing, compute, endpoints, fine_tuning, keys, organization, playground
 
 app_name = "frontend"
 urlpatterns = [
@@ -53,6 +53,7 @@ urlpatterns = [
     path("orgs/<slug:org>/playground/", playground.playground, name="playground"),
     path("orgs/<slug:org>/playground/usage/<str:request_id>/", playground.playground_usage, name="playground_usage"),
     path("orgs/<slug:org>/endpoints/", endpoints.endpoints_page, name="endpoints"),
+    path("orgs/<slug:org>/compute/", compute.compute_page, name="compute"),
     path("orgs/<slug:org>/endpoints/<str:endpoint_id>/", endpoints.endpoint, name="endpoint"),
     path("orgs/<slug:org>/endpoints/<str:endpoint_id>/<str:verb>/", endpoints.endpoint_action, name="endpoint_action"),
     path("orgs/<slug:org>/billing/invoices/<int:invoice_id>/", billing.invoice, name="invoice"),

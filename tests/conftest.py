@@ -191,11 +191,18 @@ class Runtime:
     adapter_root: Path
     process: subprocess.Popen
 
-    def register(self, name: str = "test-runtime", base_model: str = DEMO_MODEL, served_model_name: str = ""):
+    def register(
+        self, name: str = "test-runtime", base_model: str = DEMO_MODEL, served_model_name: str = "", node_id=None
+    ):
         from serving import services
 
         return services.register_backend(
-            name=name, url=self.url, base_model=base_model, api_key=self.api_key, served_model_name=served_model_name
+            name=name,
+            url=self.url,
+            base_model=base_model,
+            api_key=self.api_key,
+            served_model_name=served_model_name,
+            node_id=node_id,
         )
 
     def generated_tokens(self) -> float:

@@ -1,5 +1,6 @@
 """/v1/fine_tuning/jobs — OpenAI-compatible, with our extensions on the job object
-(estimated_tokens, queue_position, progress, attempts, effective_training_time)."""
+(estimated_tokens, queue_position, estimated_start, wait_reason, accelerators, preemptions, progress,
+attempts, effective_training_time)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from fine_tuning import jobs
+from fine_tuning import jobs, queue
 from fine_tuning.models import Checkpoint, FineTuningJob, JobEvent
 from tenancy.api.pagination import CursorPagination
 from tenancy.api.scoping import KeyScopedMixin
@@ -18,7 +19,7 @@ def _ts(value) -> int | None:
     return int(value.timestamp()) if value else None
 
 
-def job_object(job: FineTuningJob, position: int | None = None) -> dict:
+def job_object(job: FineTuningJob, place: queue.Place | None = None) -> dict:
     return {
         "id": job.pk,
         "object": "fine_tuning.job",
@@ -41,7 +42,11 @@ def job_object(job: FineTuningJob, position: int | None = None) -> dict:
         "metadata": job.metadata,
         "suffix": job.suffix or None,
         "estimated_tokens": job.estimated_tokens,
-        "queue_position": position,
+        "queue_position": place.position if place else None,
+        "estimated_start": _ts(place.estimated_start) if place else None,
+        "wait_reason": (job.wait_reason or None) if job.status == FineTuningJob.Status.QUEUED else None,
+        "accelerators": job.accelerators,
+        "preemptions": job.preemptions,
         "progress": round(job.progress, 4),
         "attempts": job.attempts,
         "effective_training_time": job.effective_training_time,
@@ -81,8 +86,8 @@ class JobsView(KeyScopedMixin, APIView):
     def get(self, request):
         paginator = CursorPagination()
         page = paginator.paginate_queryset(self.get_queryset().select_related("organization"), request, self)
-        positions = jobs.queue_positions(page)
-        return paginator.get_paginated_response([job_object(job, positions.get(job.pk)) for job in page])
+        places = queue.places(page)
+        return paginator.get_paginated_response([job_object(job, places.get(job.pk)) for job in page])
 
     def post(self, request):
         body = request.data if isinstance(request.data, dict) else {}
@@ -96,6 +101,7 @@ class JobsView(KeyScopedMixin, APIView):
             "seed",
             "metadata",
             "integrations",
+            "accelerators",
         }
         unknown = sorted(set(body) - allowed)
         if unknown:
@@ -115,9 +121,10 @@ class JobsView(KeyScopedMixin, APIView):
             suffix=body.get("suffix"),
             seed=body.get("seed"),
             metadata=body.get("metadata"),
+            accelerators=body.get("accelerators"),
             actor=self.actor,
         )
-        return Response(job_object(job, jobs.queue_position(job)))
+        return Response(job_object(job, queue.places([job]).get(job.pk)))
 
 
 class JobView(KeyScopedMixin, APIView):
@@ -132,7 +139,7 @@ class JobView(KeyScopedMixin, APIView):
 
     def get(self, request, job_id: str):
         job = self.job(job_id)
-        return Response(job_object(job, jobs.queue_position(job)))
+        return Response(job_object(job, queue.places([job]).get(job.pk)))
 
 
 class JobActionView(JobView):
@@ -146,7 +153,7 @@ class JobActionView(JobView):
         act = {"cancel": jobs.cancel, "pause": jobs.pause, "resume": jobs.resume}[self.action_name]
         act(job.pk, organization_id=self.principal.organization_id, actor=self.actor)
         job = self.job(job_id)
-        return Response(job_object(job, jobs.queue_position(job)))
+        return Response(job_object(job, queue.places([job]).get(job.pk)))
 
 
 class JobEventsView(JobView):

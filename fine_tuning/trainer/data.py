@@ -90,16 +90,22 @@ def pack(examples: list[Encoded], order: list[int], max_len: int) -> list[list[i
     return bins
 
 
+def epoch_steps(count: int, epoch: int, seed: int, batch_size: int) -> list[list[int]]:
+    """One epoch's optimizer steps, each the indices of its examples. `batch_size` counts examples,
+    as OpenAI's does: the examples are shuffled (reproducibly per epoch) and cut into batches of
+    batch_size, so steps per epoch = ceil(examples / batch_size), however many processes share a
+    step (data-parallel training splits each step's examples, trainer/distributed.py)."""
+    generator = torch.Generator().manual_seed(seed * 1000 + epoch)
+    order = torch.randperm(count, generator=generator).tolist()
+    return [order[i : i + batch_size] for i in range(0, count, batch_size)]
+
+
 def epoch_batches(
     examples: list[Encoded], epoch: int, seed: int, batch_size: int, max_len: int
 ) -> list[list[list[int]]]:
-    """One epoch's optimizer steps. `batch_size` counts examples, as OpenAI's does: the examples are
-    shuffled (reproducibly per epoch), cut into batches of batch_size examples, and each batch is
-    packed into rows of up to max_len tokens. Packing only saves padding; it never changes how many
-    examples a step learns from, so steps per epoch = ceil(examples / batch_size)."""
-    generator = torch.Generator().manual_seed(seed * 1000 + epoch)
-    order = torch.randperm(len(examples), generator=generator).tolist()
-    return [pack(examples, order[i : i + batch_size], max_len) for i in range(0, len(order), batch_size)]
+    """One epoch's steps, each packed into rows of up to max_len tokens. Packing only saves
+    padding; it never changes how many examples a step learns from."""
+    return [pack(examples, step, max_len) for step in epoch_steps(len(examples), epoch, seed, batch_size)]
 
 
 AUTO_VALIDATION_MIN_EXAMPLES = 100

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -11,22 +12,25 @@ from pathlib import Path
 import torch
 
 from catalog.loader import load_model
-from fine_tuning.trainer import checkpoint
+from fine_tuning.trainer import checkpoint, distributed
 from fine_tuning.trainer.config import TrainerConfig
 from fine_tuning.trainer.data import (
     IGNORE,
     ExampleError,
     collate,
-    epoch_batches,
+    epoch_steps,
     pack,
     read_examples,
     split_validation,
     steps_per_epoch,
 )
 
+_reporting = True  # only the first process of a data-parallel run reports
+
 
 def emit(kind: str, **data) -> None:
-    print(json.dumps({"type": kind, **data}), flush=True)
+    if _reporting:
+        print(json.dumps({"type": kind, **data}), flush=True)
 
 
 class Stop:
@@ -41,7 +45,7 @@ class Stop:
         signal.signal(signal.SIGINT, handler)
 
 
-def _loss(model, batch):
+def _sums(model, batch):
     # Logits only where a token is learned (the assistant's replies): the output layer over the whole
     # vocabulary is a fifth of the model's work, and prompts need none of it. The model applies its
     # own final scaling or soft-capping to the positions it keeps. No KV cache: nothing decodes.
@@ -56,8 +60,9 @@ def _loss(model, batch):
     logits = out.logits.float()
     targets = batch.targets[:, keep]
     mask = targets != IGNORE
-    loss = torch.nn.functional.cross_entropy(logits[mask], targets[mask])
-    correct = (logits.argmax(-1)[mask] == targets[mask]).float().mean()
+    # Sums, not means: a data-parallel step divides by the token count of the whole step.
+    loss = torch.nn.functional.cross_entropy(logits[mask], targets[mask], reduction="sum")
+    correct = (logits.argmax(-1)[mask] == targets[mask]).sum()
     return loss, float(correct), int(mask.sum())
 
 
@@ -82,9 +87,9 @@ def _evaluate(model, examples, config, pad_id) -> dict:
     with torch.no_grad():
         for start in range(0, len(rows), EVAL_ROWS):
             batch = collate(examples, rows[start : start + EVAL_ROWS], pad_id)
-            loss, accuracy, count = _loss(model, batch)
-            total_loss += float(loss) * count
-            total_correct += accuracy * count
+            loss, correct, count = _sums(model, _device_batch(model, batch))
+            total_loss += float(loss)
+            total_correct += correct
             total += count
     model.train()
     return {"valid_loss": total_loss / max(total, 1), "valid_mean_token_accuracy": total_correct / max(total, 1)}
@@ -115,10 +120,27 @@ def _before_and_after(model, validation, config, pad_id, valid_losses: list[floa
             )
 
 
+def _device_batch(model, batch):
+    device = next(model.parameters()).device
+    return batch if device.type == "cpu" else distributed.World(device=device).to_device(batch)
+
+
 def run(config: TrainerConfig) -> int:
+    global _reporting
     Stop.install()
+    world = distributed.join()
+    _reporting = world.main
+    try:
+        return _train(config, world)
+    finally:
+        world.close()
+
+
+def _train(config: TrainerConfig, world: distributed.World) -> int:
     if config.threads:
         torch.set_num_threads(config.threads)
+    elif world.size > 1 and world.device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world.size))  # the node's cores, shared
     from peft import LoraConfig, get_peft_model
     from transformers.utils import logging as hf_logging
 
@@ -126,7 +148,13 @@ def run(config: TrainerConfig) -> int:
     output = Path(config.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
+    # The first process loads (and, on a new node, dequantizes into the cache) before the others,
+    # which then load the cached weights instead of each converting the model at once.
+    if not world.main:
+        world.barrier()
     loaded = load_model(config.model_source, Path(config.cache_dir), chat_template=config.chat_template)
+    if world.main:
+        world.barrier()
     tokenizer = loaded.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     lora = LoraConfig(
@@ -136,8 +164,9 @@ def run(config: TrainerConfig) -> int:
         target_modules=config.lora.target_modules,
         task_type="CAUSAL_LM",
     )
-    model = get_peft_model(loaded.model, lora)
+    model = get_peft_model(loaded.model, lora).to(world.device)
     model.train()
+    parallel = world.wrap(model)  # the same module with gradients averaged across processes
     examples = read_examples(config.training_file, tokenizer, config.max_seq_len)
     validation = (
         read_examples(config.validation_file, tokenizer, config.max_seq_len, label="validation")
@@ -175,7 +204,7 @@ def run(config: TrainerConfig) -> int:
         trainable_parameters=trainable,
         model_load_seconds=round(loaded.seconds, 2),
     )
-    batches: dict[int, list] = {}  # epoch -> its steps' packed rows
+    steps: dict[int, list] = {}  # epoch -> its steps' examples
     metrics: dict = {}
     valid_losses: list[float] = []  # at each validation during this run, with the training loss then
     train_losses: list[float] = []
@@ -183,38 +212,47 @@ def run(config: TrainerConfig) -> int:
 
     def save_checkpoint() -> None:
         nonlocal saved_step
-        path = checkpoint.save(
-            output,
-            step=step,
-            peft_model=model,
-            optimizer=optimizer,
-            state={"trained_tokens": trained_tokens, "train_seconds": train_seconds},
-        )
-        checkpoint.prune(output)
+        if world.main:  # one copy: every process holds the same adapter and optimizer state
+            path = checkpoint.save(
+                output,
+                step=step,
+                peft_model=model,
+                optimizer=optimizer,
+                state={"trained_tokens": trained_tokens, "train_seconds": train_seconds},
+            )
+            checkpoint.prune(output)
+            emit("checkpoint", step=step, path=str(path), metrics=metrics)
         saved_step = step
-        emit("checkpoint", step=step, path=str(path), metrics=metrics)
+        world.barrier()  # no process exits (and has torchrun stop the others) before it is written
 
     while step < total_steps:
-        if Stop.requested:
+        if world.any(Stop.requested):
             # Asked to stop (cancel, pause, preemption): keep the work done since the last checkpoint.
             if step != saved_step:
                 save_checkpoint()
             emit("stopped", step=step)
             return 143
         epoch, index = divmod(step, per_epoch)
-        if epoch not in batches:
-            batches = {epoch: epoch_batches(examples, epoch, config.seed, config.batch_size, config.max_seq_len)}
-        batch = collate(examples, batches[epoch][index], pad_id)
+        if epoch not in steps:
+            steps = {epoch: epoch_steps(len(examples), epoch, config.seed, config.batch_size)}
+        mine, weighted = distributed.shard(steps[epoch][index], world)
+        batch = world.to_device(collate(examples, pack(examples, mine, config.max_seq_len), pad_id))
         started = time.perf_counter()
-        loss, accuracy, _ = _loss(model, batch)
-        loss.backward()
+        count = int((batch.targets != IGNORE).sum()) if weighted else 0
+        step_count, step_tokens = world.sum(count, batch.tokens if weighted else 0)
+        loss_sum, correct, _ = _sums(parallel, batch)
+        # Averaged over the processes, these gradients are those of the whole step's mean token loss.
+        (loss_sum * (world.size / max(step_count, 1) if weighted else 0.0)).backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        total_loss, total_correct = world.sum(float(loss_sum) if weighted else 0.0, correct if weighted else 0.0)
+        loss_value, accuracy = total_loss / max(step_count, 1), total_correct / max(step_count, 1)
         elapsed = time.perf_counter() - started
         step += 1
-        trained_tokens += batch.tokens
+        batch_tokens = int(step_tokens)  # the step's tokens, counted once however many processes
+        trained_tokens += batch_tokens
         train_seconds += elapsed
         rate = trained_tokens / train_seconds if train_seconds else 0.0
         emit(
@@ -222,18 +260,18 @@ def run(config: TrainerConfig) -> int:
             step=step,
             total_steps=total_steps,
             epoch=round(step / per_epoch, 3),
-            train_loss=round(loss.item(), 5),
+            train_loss=round(loss_value, 5),
             train_mean_token_accuracy=round(accuracy, 4),
             learning_rate=scheduler.get_last_lr()[0],
-            tokens_per_second=round(batch.tokens / elapsed, 1),
+            tokens_per_second=round(batch_tokens / elapsed, 1),
             trained_tokens=trained_tokens,
             train_seconds=round(train_seconds, 3),
             eta_seconds=round((total_steps - step) * train_seconds / max(step - (resumed_from or 0), 1), 1)
             if rate
             else None,
         )
-        metrics = {"step": step, "train_loss": round(loss.item(), 5), "train_mean_token_accuracy": round(accuracy, 4)}
-        if validation and (step % config.eval_every == 0 or step == total_steps):
+        metrics = {"step": step, "train_loss": round(loss_value, 5), "train_mean_token_accuracy": round(accuracy, 4)}
+        if world.main and validation and (step % config.eval_every == 0 or step == total_steps):
             scores = _evaluate(model, validation, config, pad_id)
             metrics.update({k: round(v, 5) for k, v in scores.items()})
             emit("validation", **metrics)  # metrics carries the step
@@ -241,6 +279,8 @@ def run(config: TrainerConfig) -> int:
             train_losses.append(metrics["train_loss"])
         if step % config.checkpoint_every == 0 and step < total_steps:
             save_checkpoint()
+    if not world.main:
+        return 0
     if validation:
         _before_and_after(model, validation, config, pad_id, valid_losses, train_losses)
     adapter_dir = output / "adapter"

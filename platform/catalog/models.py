@@ -31,6 +31,11 @@ class BaseModel(models.Model):
     family = models.CharField(max_length=100, help_text="Architecture family, e.g. llama, qwen2.")
     description = models.TextField(blank=True)
     context_length = models.PositiveIntegerField(validators=[MinValueValidator(1)])
+    parameters = models.BigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Number of weights; sizes the memory a fine-tune needs (empty: not known, fits any node).",
+    )
     default_max_tokens = models.PositiveIntegerField(
         default=1024,
         validators=[MinValueValidator(1)],

@@ -1,6 +1,6 @@
 """How the platform starts its own processes, defined once: the Celery worker command line (used
-by `manage.py run`, the tests and the benchmarks; platform/deploy/Procfile spells the same) and
-tying a child's life to its parent's."""
+by `manage.py run`, the tests and the benchmarks; platform/deploy/Procfile spells the same), the
+trainer's, and tying a child's life to its parent's."""
 
 from __future__ import annotations
 
@@ -26,6 +26,15 @@ def celery_worker(
     if pool:
         argv += ["--pool", pool]
     return argv
+
+
+def trainer(processes: int = 1) -> list[str]:
+    """The argv prefix of a trainer (`python -m fine_tuning.trainer`); for a data-parallel job,
+    torchrun starting one trainer per accelerator on this node (the arguments follow)."""
+    if processes == 1:
+        return [sys.executable, "-m", "fine_tuning.trainer"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+    return [*launcher, "-m", "fine_tuning.trainer"]
 
 
 def die_with_parent(sig: int = signal.SIGKILL):

@@ -25,8 +25,10 @@ def _ready(sender, **kwargs) -> None:
     global _name
     _name = sender.hostname or f"{socket.gethostname()}:{os.getpid()}"
     queues = sorted(q.name for q in sender.app.amqp.queues.consume_from.values()) if sender.app.amqp.queues else []
-    device, memory = services.accelerator() if settings.FINE_TUNING_QUEUE in queues else ("cpu", 0)
+    trains = settings.FINE_TUNING_QUEUE in queues
+    device, memory = services.accelerator() if trains else ("cpu", 0)
     registration = {
+        "node": services.this_node() if trains else None,
         "hostname": socket.gethostname(),
         "pid": os.getpid(),
         "queues": queues,

@@ -11,6 +11,17 @@ class MaasAdminSite(admin.AdminSite):
     site_header = "MaaS platform back office"
     site_title = "MaaS back office"
     index_title = "Operations"
+    index_template = "admin/maas_index.html"
+
+    def get_urls(self):
+        from django.urls import path
+
+        from maas.pool_view import pool_page
+
+        return [
+            path("pool/", self.admin_view(lambda request: pool_page(request, self)), name="pool"),
+            *super().get_urls(),
+        ]
 
     def admin_view(self, view, cacheable=False):
         wrapped = super().admin_view(view, cacheable)

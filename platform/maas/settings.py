@@ -188,10 +188,11 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = env.flag("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+ENDPOINT_RECONCILE_SECONDS = env.integer("ENDPOINT_RECONCILE_SECONDS", 15)
 CELERY_BEAT_SCHEDULE: dict = {
     "reconcile-endpoints": {
         "task": "serving.tasks.reconcile_endpoints",
-        "schedule": env.integer("ENDPOINT_RECONCILE_SECONDS", 15),
+        "schedule": ENDPOINT_RECONCILE_SECONDS,
     },
     "meter-dedicated-endpoints": {
         "task": "serving.tasks.meter_dedicated_endpoints",
@@ -270,9 +271,19 @@ FINE_TUNING_MAX_LINE_BYTES = env.integer("FINE_TUNING_MAX_LINE_BYTES", 4 * 1024 
 # Uploads are validated (template rendering, token counts) with this model's tokenizer; a job
 # re-checks token lengths against its own base model.
 FINE_TUNING_REFERENCE_MODEL = env.get("FINE_TUNING_REFERENCE_MODEL", "smollm2-135m-instruct")
-FINE_TUNING_MAX_ACTIVE_JOBS = env.integer("FINE_TUNING_MAX_ACTIVE_JOBS", 3)
+# Fair share keeps one organization's queue from delaying the others; this only bounds a runaway script.
+FINE_TUNING_MAX_ACTIVE_JOBS = env.integer("FINE_TUNING_MAX_ACTIVE_JOBS", 64)
 FINE_TUNING_QUEUE = env.get("FINE_TUNING_QUEUE", "gpu")  # the Celery queue GPU workers consume
 WORKER_HEARTBEAT_SECONDS = env.integer("WORKER_HEARTBEAT_SECONDS", 15)
+# The pool (platform/compute/README.md). A host without CUDA offers its CPU as this many accelerators.
+COMPUTE_NODE_NAME = env.get("COMPUTE_NODE_NAME", "")
+COMPUTE_CPU_ACCELERATORS = env.integer("COMPUTE_CPU_ACCELERATORS", 1)
+COMPUTE_FAIR_SHARE_WINDOW_SECONDS = env.integer("COMPUTE_FAIR_SHARE_WINDOW_SECONDS", 24 * 3600)
+COMPUTE_RESERVE_AFTER_SECONDS = env.integer("COMPUTE_RESERVE_AFTER_SECONDS", 3600)
+COMPUTE_LEND_IDLE_SECONDS = env.integer("COMPUTE_LEND_IDLE_SECONDS", 300)
+COMPUTE_WAKE_TASK = "fine_tuning.tasks.claim_jobs"
+# Bearer token for /metrics/pool; empty: loopback scrapers only.
+METRICS_TOKEN = env.get("METRICS_TOKEN", "")
 # A running job's worker renews its lease every third of this; a job whose lease expired is
 # requeued by the reaper and resumes from its last checkpoint.
 FINE_TUNING_LEASE_SECONDS = env.integer("FINE_TUNING_LEASE_SECONDS", 60)

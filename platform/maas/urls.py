@@ -5,6 +5,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from billing import webhooks as billing_webhooks
+from maas.pool_metrics import pool_metrics
 
 
 def health(request):
@@ -26,5 +27,6 @@ urlpatterns = [
     path("v1/", include(("serving.gateway.urls", "v1"))),
     path("billing/webhooks/<slug:provider>/", billing_webhooks.receive, name="billing-webhook"),
     path("healthz", health, name="health"),
+    path("metrics/pool", pool_metrics, name="pool-metrics"),
     path("", include("frontend.urls")),
 ]

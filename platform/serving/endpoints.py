@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from billing import services as billing
 from catalog import selectors as catalog
-from serving import dedicated, replica_client
+from serving import capacity, dedicated, replica_client
 from serving.models import Backend, Endpoint, EndpointReplica
 from tenancy import audit, selectors
 from tenancy.audit import Actor
@@ -153,9 +153,23 @@ def create(*, organization_id: int, model: str, settings: dict, actor: Actor, cr
 
 
 def _deploy_on_commit(endpoint_id: str) -> None:
+    """Ask the pool for the replicas' accelerators at once (training that holds them starts to
+    checkpoint now, not when a worker gets to the publishing task), then publish."""
     from serving import tasks
 
-    transaction.on_commit(lambda: tasks.publish_endpoint.delay(endpoint_id))
+    def deploy() -> None:
+        endpoint = Endpoint.all_orgs.get(pk=endpoint_id)
+        for backend in _chosen(endpoint):
+            capacity.hold(endpoint, backend)
+        tasks.publish_endpoint.delay(endpoint_id)
+
+    transaction.on_commit(deploy)
+
+
+def _chosen(endpoint: Endpoint) -> list[Backend]:
+    """The replicas an endpoint is placed on: healthy ones of its base model first."""
+    rows = Backend.objects.filter(base_model_id=endpoint.base_model_id, enabled=True).order_by("-healthy", "name")
+    return list(rows[: endpoint.replicas])
 
 
 def _locked(endpoint_id: str, organization_id: int | None = None) -> Endpoint:
@@ -300,12 +314,18 @@ def publish(endpoint_id: str) -> Endpoint:
             return endpoint  # stopped meanwhile, or already published by another run
         if endpoint.status == S.CREATING:
             move(endpoint, S.DEPLOYING, "placing on replicas", Actor.system())
-    chosen = list(
-        Backend.objects.filter(base_model_id=endpoint.base_model_id, enabled=True).order_by("-healthy", "name")[
-            : endpoint.replicas
-        ]
-    )
-    results = {backend.pk: place(endpoint, backend) for backend in chosen}
+    chosen = _chosen(endpoint)
+    results, waiting = {}, []
+    for backend in chosen:
+        room = capacity.hold(endpoint, backend)
+        if room is not None and room.allocation is None:
+            results[backend.pk] = replica_client.Outcome(False, f"no free accelerator on node {backend.node_id}")
+        elif room is not None and room.allocation.state != "active":
+            waiting.append(
+                f"{backend.name} waits for training to checkpoint and step aside ({', '.join(room.preempting)})"
+            )
+        else:
+            results[backend.pk] = place(endpoint, backend)
     with transaction.atomic():
         endpoint = _locked(endpoint_id)
         if endpoint.status != S.DEPLOYING:
@@ -313,6 +333,9 @@ def publish(endpoint_id: str) -> Endpoint:
         EndpointReplica.all_orgs.filter(endpoint=endpoint).exclude(backend_id__in=list(results)).delete()
         if any(outcome.ok for outcome in results.values()):
             move(endpoint, S.READY, "", Actor.system())
+        elif waiting:  # the pool tells replica_has_room when the accelerators are free
+            endpoint.status_reason = ("; ".join(waiting))[:500]
+            endpoint.save(update_fields=["status_reason", "updated_at"])
         else:
             reasons = "; ".join(f"{b.name}: {results[b.pk].error}" for b in chosen)
             reason = reasons or f"no replica serves the base model {endpoint.base_model_id}"
@@ -353,6 +376,7 @@ def unpublish(endpoint_id: str) -> None:
     if endpoint is None or endpoint.status != S.STOPPED:
         return
     placements = list(EndpointReplica.all_orgs.filter(endpoint=endpoint).select_related("backend"))
+    capacity.release(endpoint, f"endpoint {endpoint.status_reason or 'stopped'}")
     if endpoint.model.startswith("ft:"):
         others = (
             EndpointReplica.all_orgs.filter(
@@ -366,3 +390,17 @@ def unpublish(endpoint_id: str) -> None:
             if placement.backend_id not in needed:
                 replica_client.unload_adapter(placement.backend, name=endpoint.model)
     EndpointReplica.all_orgs.filter(endpoint=endpoint).delete()
+
+
+def replica_has_room(held_by: str) -> None:
+    """A waiting replica got its accelerators: a deploying endpoint is published (now it fits); a
+    ready one gains the replica; a stopped one gives the accelerators back."""
+    endpoint_id, backend_name = capacity.parse(held_by)
+    endpoint = Endpoint.all_orgs.filter(pk=endpoint_id).first()
+    backend = Backend.objects.filter(name=backend_name).first()
+    if endpoint is None or backend is None or endpoint.deleted_at or endpoint.status == S.STOPPED:
+        capacity.release_holder(held_by, "the endpoint no longer needs it")
+    elif endpoint.status == S.DEPLOYING:
+        publish(endpoint_id)
+    elif endpoint.status == S.READY:
+        place(endpoint, backend)

@@ -22,6 +22,15 @@ class Backend(models.Model):
         max_length=200, blank=True, help_text="The name the server knows the base model by (default: its id)."
     )
     api_key = models.CharField(max_length=200, blank=True, help_text="Shared secret the server requires.")
+    node = models.ForeignKey(
+        "compute.Node",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The pool node it runs on: dedicated endpoints' replicas here hold its accelerators. Empty: "
+        "outside the pool (an external server).",
+    )
     enabled = models.BooleanField(default=True)
     healthy = models.BooleanField(default=False)
     last_checked_at = models.DateTimeField(null=True, blank=True)

@@ -11,11 +11,13 @@ placements (no replica was there when it was published) is placed again.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from serving import endpoints, replica_client
+from serving import capacity, endpoints, replica_client
 from serving.models import Backend, Endpoint, EndpointReplica
 from tenancy.audit import Actor
 
@@ -38,6 +40,15 @@ def reconcile() -> dict[str, str]:
         for placement in placements:
             _check(endpoint, placement, served_by)
         outcome[endpoint.pk] = _follow(endpoint.pk)
+        if endpoint.billing_mode == Endpoint.Billing.DEDICATED and outcome[endpoint.pk] == S.READY:
+            capacity.lend_idle(endpoint)
+    # A publish whose message was lost, or that waited for accelerators it now has, is run again
+    # (it is idempotent and checks the status under the row lock).
+    stale = timezone.now() - timedelta(seconds=2 * settings.ENDPOINT_RECONCILE_SECONDS)
+    for endpoint_id in Endpoint.all_orgs.filter(deleted_at=None, status=S.DEPLOYING, updated_at__lt=stale).values_list(
+        "pk", flat=True
+    ):
+        outcome[endpoint_id] = endpoints.publish(endpoint_id).status
     return outcome
 
 

@@ -7,6 +7,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from catalog.models import BaseModel
+from compute import services as compute
 from serving.models import Backend
 
 
@@ -23,6 +24,7 @@ def register_backend(
     engine: str = Backend.Engine.BUILTIN,
     served_model_name: str = "",
     api_key: str = "",
+    node_id: int | None = None,
 ) -> Backend:
     """Create or update a replica by name (idempotent, so start-up scripts can call it every time)."""
     if engine not in Backend.Engine.values:
@@ -37,6 +39,7 @@ def register_backend(
             "engine": engine,
             "served_model_name": served_model_name,
             "api_key": api_key,
+            "node_id": node_id,
             "enabled": True,
         },
     )
@@ -44,7 +47,7 @@ def register_backend(
 
 
 def probe(backend: Backend, timeout: float = 3.0) -> bool:
-    """Ask a replica for /health and record the answer."""
+    """Ask a replica for /health and record the answer (beat does, every BACKEND_PROBE_SECONDS)."""
     headers = {"Authorization": f"Bearer {backend.api_key}"} if backend.api_key else {}
     error = ""
     try:
@@ -54,4 +57,6 @@ def probe(backend: Backend, timeout: float = 3.0) -> bool:
     except httpx.HTTPError as exc:
         error = f"{type(exc).__name__}: {exc}"[:500]
     Backend.objects.filter(pk=backend.pk).update(healthy=not error, last_error=error, last_checked_at=timezone.now())
+    if not error and backend.node_id is not None:
+        compute.heartbeat_node(backend.node_id)  # a runtime that answers keeps its node alive in the pool
     return not error

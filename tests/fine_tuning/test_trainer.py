@@ -199,7 +199,7 @@ def test_the_loss_over_learned_positions_only_equals_the_loss_over_full_logits()
     """The trainer asks the model for logits only where a token is learned; the loss and accuracy
     must be those of the full computation, for rows whose learned positions differ."""
     from fine_tuning.trainer.data import IGNORE
-    from fine_tuning.trainer.train import _loss
+    from fine_tuning.trainer.train import _sums
 
     loaded = load_model(DEMO_SOURCE, settings.MODEL_CACHE_DIR)
     chat = [
@@ -217,7 +217,8 @@ def test_the_loss_over_learned_positions_only_equals_the_loss_over_full_logits()
     examples = [encode(loaded.tokenizer, c, 512) for c in chat]
     batch = collate(examples, [[0, 1], [2]], 0)  # two rows, learned positions in different places
     with torch.no_grad():
-        loss, accuracy, count = _loss(loaded.model, batch)
+        loss_sum, correct, count = _sums(loaded.model, batch)
+        loss, accuracy = loss_sum / count, correct / count
         logits = loaded.model(
             input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
         ).logits

@@ -121,6 +121,7 @@ class Command(BaseCommand):
     def runtime_program(self, runtime_port: int) -> Program:
         """The demo model's runtime, registered as the gateway's backend with a local shared secret."""
         from catalog.models import BaseModel
+        from compute import services as compute
         from serving import services
 
         secret_file = settings.VAR_DIR / "runtime_api_key"
@@ -133,6 +134,7 @@ class Command(BaseCommand):
             url=f"http://127.0.0.1:{runtime_port}",
             base_model=model.pk,
             api_key=secret_file.read_text().strip(),
+            node_id=compute.this_node().pk,  # one pool: its dedicated replicas and the training share this host
         )
         adapters = settings.MEDIA_ROOT / "adapters"
         adapters.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,149 @@
+"""The fine-tuning queue seen through the pool's policy (compute.policy): which queued job a node
+should take next, why the others wait, each job's place and when it should start."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.conf import settings
+from django.utils import timezone
+
+from compute import allocations, policy
+from fine_tuning.models import FineTuningJob, JobEvent
+
+Status = FineTuningJob.Status
+
+
+def _requests(rows) -> list[policy.Request]:
+    return [
+        policy.Request(
+            id=pk,
+            organization=org,
+            accelerators=count,
+            memory_bytes=memory,
+            queued_at=(queued or created).timestamp(),
+        )
+        for pk, org, count, memory, queued, created in rows
+    ]
+
+
+def _queued():
+    return FineTuningJob.all_orgs.filter(status=Status.QUEUED).values_list(
+        "pk", "organization_id", "accelerators", "memory_bytes", "queued_at", "created_at"
+    )
+
+
+def decide(node_name: str, *, exclude: set[str] = frozenset(), now: datetime | None = None) -> policy.Decision:
+    """The queued job `node_name` should take next, and why each job ahead of it waits."""
+    now = now or timezone.now()
+    requests = [r for r in _requests(_queued()) if r.id not in exclude]
+    tenants = allocations.tenants({r.organization for r in requests}, now)
+    return policy.choose(
+        requests,
+        tenants,
+        allocations.pool(now),
+        now=now.timestamp(),
+        on=node_name,
+        reserve_after=settings.COMPUTE_RESERVE_AFTER_SECONDS,
+    )
+
+
+def record_waits(waiting: dict[str, policy.Wait]) -> None:
+    """Keep each waiting job's reason on the job; when the kind of reason changes, say so in its
+    events (a count of free accelerators changing is not news)."""
+    if not waiting:
+        return
+    # Rows another transaction holds are left for a later claim to explain: a claim never waits on a job.
+    rows = FineTuningJob.all_orgs.select_for_update(skip_locked=True).filter(pk__in=list(waiting), status=Status.QUEUED)
+    for pk, org, before in rows.values_list("pk", "organization_id", "wait_reason"):
+        wait = waiting[pk]
+        if before == wait.message:
+            continue
+        FineTuningJob.all_orgs.filter(pk=pk).update(wait_reason=wait.message[:500])
+        if not before.startswith(_PREFIX[wait.code]):
+            JobEvent.all_orgs.create(
+                job_id=pk, organization_id=org, message=wait.message, level="info", data={"waiting": wait.code}
+            )
+
+
+# The opening words of each kind of reason (as compute.policy words them), to tell kinds apart.
+_PREFIX = {"quota": "Your organization's quota", "too_big": "It needs", "busy": "Waiting for", "held": "Waiting for"}
+
+
+@dataclass(frozen=True)
+class Place:
+    position: int  # 1 = the next to start anywhere in the pool
+    estimated_start: datetime | None  # None: not known (no throughput measured yet, or capacity not known)
+
+
+def rate(base_model_id: str) -> float | None:
+    """Trained tokens per second of this base model's recent successful jobs (None before any)."""
+    recent = (
+        FineTuningJob.all_orgs.filter(base_model_id=base_model_id, status=Status.SUCCEEDED, train_seconds__gt=0)
+        .exclude(trained_tokens=None)
+        .order_by("-finished_at")
+        .values_list("trained_tokens", "train_seconds")[:5]
+    )
+    tokens = sum(t for t, _ in recent)
+    seconds = sum(s for _, s in recent)
+    return tokens / seconds if tokens and seconds else None
+
+
+def places(rows) -> dict[str, Place]:
+    """Places of the queued jobs among `rows` in the pool's claim order, and when each should start:
+    the running jobs' estimated finishes and the queued jobs' estimated durations (their tokens at
+    their model's measured throughput) laid onto the pool's accelerators. A constant number of
+    queries however many rows; other organizations' jobs are counted, never shown."""
+    if not any(job.status == Status.QUEUED for job in rows):
+        return {}
+    now = timezone.now()
+    queued = list(
+        FineTuningJob.all_orgs.filter(status=Status.QUEUED).values_list(
+            "pk",
+            "organization_id",
+            "accelerators",
+            "memory_bytes",
+            "queued_at",
+            "created_at",
+            "estimated_tokens",
+            "base_model_id",
+        )
+    )
+    requests = _requests(row[:6] for row in queued)
+    ordered = policy.order(requests, allocations.tenants({r.organization for r in requests}, now))
+    rates = {base: rate(base) for base in {row[7] for row in queued}}
+    durations = {row[0]: (row[6] / rates[row[7]] if rates[row[7]] else None) for row in queued}
+    starts = policy.estimate_starts([(r, durations[r.id]) for r in ordered], _free_times(now), now=now.timestamp())
+    wanted = {job.pk for job in rows if job.status == Status.QUEUED}
+    result = {}
+    for position, request in enumerate(ordered, start=1):
+        if request.id in wanted:
+            start = starts.get(request.id)
+            result[request.id] = Place(position, datetime.fromtimestamp(start, tz=now.tzinfo) if start else None)
+    return result
+
+
+def _free_times(now: datetime) -> list[tuple[str, int, list[float]]]:
+    """Each live node's accelerators and when each frees: now if free, a training job's estimated
+    finish, and never known for an endpoint's replica."""
+    nodes = [n for n in allocations.live_nodes(now) if n.schedulable]
+    held = list(allocations.live().filter(node__in=nodes).values_list("node_id", "kind", "holder", "devices"))
+    finishes = dict(
+        FineTuningJob.all_orgs.filter(pk__in=[h for _, kind, h, _ in held if kind == "training"]).values_list(
+            "pk", "estimated_finish"
+        )
+    )
+    result = []
+    for node in nodes:
+        times = [now.timestamp()] * node.accelerator_count
+        for node_id, kind, holder, devices in held:
+            if node_id != node.pk:
+                continue
+            finish = finishes.get(holder) if kind == "training" else None
+            for device in devices:
+                if device < len(times):
+                    times[device] = max(finish.timestamp(), now.timestamp()) if finish else math.inf
+        result.append((node.name, node.accelerator_memory_bytes, times))
+    return result
