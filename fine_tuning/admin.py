@@ -88,16 +88,25 @@ class FineTuningJobAdmin(admin.ModelAdmin):
     list_filter = ["status", "base_model"]
     search_fields = ["id", "organization__slug", "fine_tuned_model"]
     readonly_fields = [f.name for f in FineTuningJob._meta.fields]
-    list_select_related = ["organization"]
+    list_select_related = ["organization", "base_model"]
     actions = ["cancel", "requeue"]
     inlines = [JobEventInline]
 
     def has_add_permission(self, request):
         return False
 
+    def get_changelist_instance(self, request):
+        # The claim order is worked out once for the page, not once per row.
+        changelist = super().get_changelist_instance(request)
+        rows = list(changelist.result_list)  # evaluated here; the page renders these same objects
+        positions = jobs.queue_positions(rows)
+        for job in rows:
+            job.queue_place = positions.get(job.pk)
+        return changelist
+
     @admin.display(description="queue position")
     def queue_position(self, job):
-        return jobs.queue_position(job)
+        return job.queue_place if hasattr(job, "queue_place") else jobs.queue_position(job)
 
     @admin.display(description="progress")
     def progress_percent(self, job):

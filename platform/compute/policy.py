@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -75,9 +76,9 @@ def order(requests: Iterable[Request], tenants: Mapping) -> list[Request]:
     """The claim order: priority class, then fair share, then age. Fair share is projected as the
     order is built: each request taken counts as held by its organization, so two organizations
     with equal shares alternate instead of one's whole backlog going first."""
-    by_org: dict = {}
+    by_org: dict[str, deque[Request]] = {}
     for request in sorted(requests, key=lambda r: (r.queued_at, r.id)):
-        by_org.setdefault(request.organization, []).append(request)
+        by_org.setdefault(request.organization, deque()).append(request)
     held = {org: (tenants.get(org) or Tenant()).in_use for org in by_org}
 
     def key(org):
@@ -91,7 +92,7 @@ def order(requests: Iterable[Request], tenants: Mapping) -> list[Request]:
     ordered = []
     while heap:
         _, index, org = heapq.heappop(heap)
-        request = by_org[org].pop(0)
+        request = by_org[org].popleft()  # an organization's backlog may be thousands long
         ordered.append(request)
         held[org] += request.accelerators
         if by_org[org]:

@@ -141,3 +141,28 @@ def test_the_back_office_pool_page_and_the_console_compute_page(
     assert theirs not in console and tenant_b.org.slug not in console
     other = session_client(tenant_b.owner).get(f"/orgs/{tenant_a.org.slug}/compute/")
     assert other.status_code == 404
+
+
+def test_the_back_office_job_list_orders_the_queue_in_a_constant_number_of_queries(
+    tenant_a, tenant_b, client, django_user_model, django_capture_on_commit_callbacks, django_assert_max_num_queries
+):
+    import re
+
+    one_cpu_node()
+    mine = queue_jobs(tenant_a, 3, django_capture_on_commit_callbacks)
+    theirs = queue_jobs(tenant_b, 1, django_capture_on_commit_callbacks)[0]
+    client.force_login(django_user_model.objects.create_superuser("root@example.com", "a-long-admin-password"))
+    url = f"/{django_settings.ADMIN_URL}fine_tuning/finetuningjob/"
+    with django_assert_max_num_queries(40) as first:
+        client.get(url)
+    four_rows = len(first.captured_queries)
+    more = queue_jobs(tenant_a, 6, django_capture_on_commit_callbacks)
+    with django_assert_max_num_queries(four_rows):  # ten rows cost what four did
+        page = client.get(url).content.decode()
+
+    def position(job_id: str) -> str:
+        row = page[page.index(job_id) :]
+        return re.search(r'<td class="field-queue_position">(\d+)</td>', row[: row.index("</tr>")]).group(1)
+
+    # The claim order: alpha's first, beta's only job second (fair share), then alpha's backlog.
+    assert [position(j) for j in [mine[0], theirs, mine[1], mine[2], *more]] == [str(n) for n in range(1, 11)]
