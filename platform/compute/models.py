@@ -63,6 +63,7 @@ class Allocation(models.Model):
     state = models.CharField(max_length=16, choices=State.choices, default=State.ACTIVE)
     holder = models.CharField(max_length=200, help_text="The job id, or the endpoint id and its replica.")
     devices = models.JSONField(default=list, help_text="Indices of the node's accelerators held.")
+    accelerators = models.PositiveSmallIntegerField(default=0, editable=False, help_text="How many devices.")
     memory_bytes = models.BigIntegerField(default=0, help_text="Estimated memory needed on each accelerator.")
     lent = models.BooleanField(default=False, help_text="Training on accelerators an idle endpoint lends.")
     idle_since = models.DateTimeField(
@@ -91,9 +92,9 @@ class Allocation(models.Model):
     def __str__(self) -> str:
         return f"{self.holder} on {self.node_id} {self.devices}"
 
-    @property
-    def accelerators(self) -> int:
-        return len(self.devices)
+    def save(self, *args, **kwargs):
+        self.accelerators = len(self.devices)  # kept beside the indices so history sums in SQL
+        super().save(*args, **kwargs)
 
 
 class OrganizationCompute(models.Model):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db.models import DurationField, ExpressionWrapper, F, Sum
 from django.utils import timezone
 
 from compute.models import Allocation, Node, OrganizationCompute, Worker
@@ -141,12 +142,23 @@ def organization_settings(organization_id: int) -> OrganizationCompute:
 
 def accelerator_seconds_total(now: datetime | None = None) -> dict[tuple[str, str], float]:
     """Accelerator-seconds ever held, by node and kind (a Prometheus counter: its rate over a
-    node's accelerator count is the node's utilisation)."""
+    node's accelerator count is the node's utilisation). The ended history is summed by the
+    database, so a scrape reads one row per node and kind plus the live allocations."""
     now = now or timezone.now()
-    totals: dict[tuple[str, str], float] = {}
-    rows = Allocation.objects.exclude(started_at=None).values_list(
-        "node__name", "kind", "devices", "started_at", "ended_at"
+    # Grouped by how many accelerators too: SQLite cannot multiply a duration in SQL.
+    duration = ExpressionWrapper(F("ended_at") - F("started_at"), output_field=DurationField())
+    ended = (
+        Allocation.objects.filter(state=Allocation.State.ENDED)
+        .exclude(started_at=None)
+        .exclude(ended_at=None)
+        .values_list("node__name", "kind", "accelerators")
+        .annotate(held=Sum(duration))
+        .order_by()
     )
-    for node, kind, devices, started, ended in rows:
-        totals[(node, kind)] = totals.get((node, kind), 0.0) + len(devices) * ((ended or now) - started).total_seconds()
+    totals: dict[tuple[str, str], float] = {}
+    for node, kind, count, held in ended:
+        totals[(node, kind)] = totals.get((node, kind), 0.0) + count * held.total_seconds()
+    live = Allocation.objects.exclude(state=Allocation.State.ENDED).exclude(started_at=None)
+    for node, kind, count, started in live.values_list("node__name", "kind", "accelerators", "started_at"):
+        totals[(node, kind)] = totals.get((node, kind), 0.0) + count * (now - started).total_seconds()
     return totals

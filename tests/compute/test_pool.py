@@ -8,10 +8,11 @@ from django.conf import settings as django_settings
 from django.utils import timezone
 
 from compute import allocations, selectors
+from compute import services as compute
 from compute.models import Allocation, Node
 from fine_tuning import jobs
 from fine_tuning.models import FineTuningJob, JobEvent
-from tests.compute.test_scheduling import end_run, one_cpu_node, queue_jobs
+from tests.compute.test_scheduling import GIB, end_run, one_cpu_node, queue_jobs
 from tests.conftest import session_client
 
 
@@ -105,6 +106,23 @@ def test_utilisation_by_node_accelerator_and_organization(tenant_a, tenant_b):
     }
     mine = selectors.utilisation(start, now, organization_id=tenant_a.org.pk)
     assert mine["organizations"] == {tenant_a.org.pk: {"training": 3600.0, "serving": 0.0}} and "nodes" not in mine
+
+    # The Prometheus counter: all history, two accelerators held for 10 s counting twice.
+    other = compute.register_node(name="other", hostname="h2", accelerator="cpu", count=2, memory=GIB)
+    Allocation.objects.create(
+        node=other,
+        kind="training",
+        holder="ftjob-wide",
+        devices=[0, 1],
+        state="ended",
+        started_at=start - timedelta(days=30),
+        ended_at=start - timedelta(days=30) + timedelta(seconds=10),
+    )
+    assert selectors.accelerator_seconds_total(now) == {
+        (node.name, "training"): 3600.0,
+        (node.name, "serving"): 5400.0,
+        ("other", "training"): 20.0,
+    }
 
 
 def test_prometheus_sees_the_pool_and_a_token_guards_it(tenant_a, client, settings, django_capture_on_commit_callbacks):

@@ -58,6 +58,7 @@ class Migration(migrations.Migration):
                 ('state', models.CharField(choices=[('pending', 'Pending'), ('active', 'Active'), ('ended', 'Ended')], default='active', max_length=16)),
                 ('holder', models.CharField(help_text='The job id, or the endpoint id and its replica.', max_length=200)),
                 ('devices', models.JSONField(default=list, help_text="Indices of the node's accelerators held.")),
+                ('accelerators', models.PositiveSmallIntegerField(default=0, editable=False, help_text='How many devices.')),
                 ('memory_bytes', models.BigIntegerField(default=0, help_text='Estimated memory needed on each accelerator.')),
                 ('lent', models.BooleanField(default=False, help_text='Training on accelerators an idle endpoint lends.')),
                 ('idle_since', models.DateTimeField(blank=True, help_text='Serving: no calls since then; lendable after COMPUTE_LEND_IDLE_SECONDS.', null=True)),
