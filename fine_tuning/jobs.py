@@ -530,8 +530,10 @@ def requeue_expired() -> list[FineTuningJob]:
                 "Its last checkpoint is kept: create a new job to train on.",
             )
             continue
+        # Its place in the queue (queued_at) is kept, as a preempted job's is: it was running, and
+        # must not wait behind jobs sent after it because its worker died.
         if FineTuningJob.all_orgs.filter(pk=job.pk, status=Status.RUNNING, lease_expires_at__lt=now).update(
-            status=Status.QUEUED, lease_owner="", queued_at=now, dispatched_at=now
+            status=Status.QUEUED, lease_owner="", dispatched_at=now
         ):
             allocations.release(job.pk, "its worker stopped answering")
             event(

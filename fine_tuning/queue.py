@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from compute import allocations, policy
@@ -35,8 +36,9 @@ def _queued():
     )
 
 
-def decide(node_name: str, *, exclude: set[str] = frozenset(), now: datetime | None = None) -> policy.Decision:
-    """The queued job `node_name` should take next, and why each job ahead of it waits."""
+def decide(node_name: str | None, *, exclude: set[str] = frozenset(), now: datetime | None = None) -> policy.Decision:
+    """The queued job `node_name` should take next (any node's, with None), and why each job ahead
+    of it waits."""
     now = now or timezone.now()
     requests = [r for r in _requests(_queued()) if r.id not in exclude]
     tenants = allocations.tenants({r.organization for r in requests}, now)
@@ -48,6 +50,16 @@ def decide(node_name: str, *, exclude: set[str] = frozenset(), now: datetime | N
         on=node_name,
         reserve_after=settings.COMPUTE_RESERVE_AFTER_SECONDS,
     )
+
+
+@transaction.atomic
+def explain() -> int:
+    """Why each queued job waits, seen from the whole pool. Claims record reasons too, but only
+    when a worker is free to claim: run by the reaper, this tells the jobs in a busy pool why they
+    wait (a job too big for every node, say) before any worker looks. Returns how many wait."""
+    waiting = decide(None).waiting
+    record_waits(waiting)
+    return len(waiting)
 
 
 def record_waits(waiting: dict[str, policy.Wait]) -> None:

@@ -30,9 +30,10 @@ def run_job_task(organization_id: int, job_id: str) -> None:
 
 @shared_task(ignore_result=True)
 def reap_jobs() -> None:
-    from fine_tuning import jobs
+    from fine_tuning import jobs, queue
 
     jobs.requeue_expired()
+    queue.explain()
 
 
 @shared_task(ignore_result=True)

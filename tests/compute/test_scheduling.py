@@ -92,6 +92,46 @@ def test_a_job_too_big_for_the_pool_waits_without_blocking_a_smaller_one(
     assert jobs.claim_next("w", node) is None and said.count() == 1  # told once, not on every claim
 
 
+def test_in_a_busy_pool_the_reaper_says_why_jobs_wait_before_any_worker_is_free(
+    tenant_a, tenant_b, django_capture_on_commit_callbacks
+):
+    from fine_tuning import tasks
+
+    node = one_cpu_node()
+    running = queue_jobs(tenant_a, 1, django_capture_on_commit_callbacks)[0]
+    assert jobs.claim_next("w", node).pk == running  # the only worker is busy from here on
+    wide, next_up = queue_jobs(tenant_b, 1, django_capture_on_commit_callbacks, accelerators=2) + queue_jobs(
+        tenant_b, 1, django_capture_on_commit_callbacks
+    )
+    assert FineTuningJob.all_orgs.get(pk=wide).wait_reason == ""  # no claim has looked at the queue
+    tasks.reap_jobs()
+    wide_job, next_job = FineTuningJob.all_orgs.get(pk=wide), FineTuningJob.all_orgs.get(pk=next_up)
+    assert wide_job.wait_reason.startswith("It needs 2 accelerators") and "the largest node has 1 of" in (
+        wide_job.wait_reason
+    )
+    assert next_job.wait_reason.startswith("Waiting for 1 accelerator") and "0/1 free" in next_job.wait_reason
+    tasks.reap_jobs()
+    assert JobEvent.all_orgs.filter(job_id=wide, data__waiting="too_big").count() == 1  # said once
+    end_run(running)
+
+
+def test_a_job_whose_worker_died_resumes_before_the_jobs_sent_after_it(
+    tenant_a, django_capture_on_commit_callbacks, monkeypatch
+):
+    from datetime import timedelta
+
+    monkeypatch.setattr("compute.allocations.wake_training", lambda: None)  # this test is the worker
+    node = one_cpu_node()
+    first, second = queue_jobs(tenant_a, 2, django_capture_on_commit_callbacks)
+    assert jobs.claim_next("dead-worker", node).pk == first
+    FineTuningJob.all_orgs.filter(pk=first).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert [j.pk for j in jobs.requeue_expired()] == [first]
+    assert jobs.claim_next("w", node).pk == first  # not behind `second`, sent after it
+    end_run(first)
+    assert jobs.claim_next("w", node).pk == second
+    end_run(second)
+
+
 def test_a_job_needing_more_accelerators_than_are_free_lets_a_smaller_one_pass(
     tenant_a, tenant_b, django_capture_on_commit_callbacks
 ):
