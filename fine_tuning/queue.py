@@ -91,16 +91,18 @@ class Place:
 
 
 def rate(base_model_id: str) -> float | None:
-    """Trained tokens per second of this base model's recent successful jobs (None before any)."""
-    recent = (
-        FineTuningJob.all_orgs.filter(base_model_id=base_model_id, status=Status.SUCCEEDED, train_seconds__gt=0)
-        .exclude(trained_tokens=None)
-        .order_by("-finished_at")
-        .values_list("trained_tokens", "train_seconds")[:5]
+    """Trained tokens per second of this base model: its recent successful jobs', or before any has
+    succeeded, what its running jobs have reported so far (None before either)."""
+    measured = FineTuningJob.all_orgs.filter(base_model_id=base_model_id, train_seconds__gt=0).exclude(
+        trained_tokens=None
     )
-    tokens = sum(t for t, _ in recent)
-    seconds = sum(s for _, s in recent)
-    return tokens / seconds if tokens and seconds else None
+    for status, latest in ((Status.SUCCEEDED, "-finished_at"), (Status.RUNNING, "-started_at")):
+        recent = measured.filter(status=status).order_by(latest).values_list("trained_tokens", "train_seconds")[:5]
+        tokens = sum(t for t, _ in recent)
+        seconds = sum(s for _, s in recent)
+        if tokens and seconds:
+            return tokens / seconds
+    return None
 
 
 def places(rows) -> dict[str, Place]:

@@ -179,3 +179,46 @@ def test_accelerators_out_of_range_are_refused(tenant_a, accelerators, django_ca
         "accelerators",
     )
     assert not FineTuningJob.all_orgs.exists()
+
+
+def test_queued_jobs_have_an_estimated_start_from_measured_throughput(
+    tenant_a, tenant_b, django_capture_on_commit_callbacks, monkeypatch
+):
+    from datetime import timedelta
+
+    monkeypatch.setattr("compute.allocations.wake_training", lambda: None)  # this test is the worker
+    node = one_cpu_node()
+    running = queue_jobs(tenant_a, 1, django_capture_on_commit_callbacks)[0]
+    assert jobs.claim_next("w", node).pk == running
+    first, second, third = queue_jobs(tenant_b, 3, django_capture_on_commit_callbacks)
+    FineTuningJob.all_orgs.filter(pk__in=[first, second, third]).update(estimated_tokens=3000)
+    client = key_client(tenant_b.key(scopes=["fine_tuning"]))
+
+    def seconds_to_start(job_id: str) -> tuple[int, float | None]:
+        body = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+        start = body["estimated_start"]
+        return body["queue_position"], None if start is None else start - timezone.now().timestamp()
+
+    # Nothing measured yet: no start is guessed.
+    assert [seconds_to_start(j) for j in (first, second, third)] == [(1, None), (2, None), (3, None)]
+
+    # The running job has reported 1,000 tokens in 10 s and 60 s to go: the first queued job starts
+    # when it ends, each next one 30 s later (3,000 tokens at the 100 tokens/s measured).
+    FineTuningJob.all_orgs.filter(pk=running).update(
+        trained_tokens=1000, train_seconds=10.0, estimated_finish=timezone.now() + timedelta(seconds=60)
+    )
+    starts = [seconds_to_start(j) for j in (first, second, third)]
+    assert [position for position, _ in starts] == [1, 2, 3]
+    for (_, wait), expected in zip(starts, (60, 90, 120), strict=True):
+        assert expected - 3 <= wait <= expected + 1, starts
+
+    # Once a job of this model has succeeded, its throughput is the measure (here 50 tokens/s).
+    end_run(running)
+    FineTuningJob.all_orgs.filter(pk=running).update(
+        status="succeeded", trained_tokens=500, train_seconds=10.0, finished_at=timezone.now()
+    )
+    assert jobs.claim_next("w", node).pk == first
+    FineTuningJob.all_orgs.filter(pk=first).update(estimated_finish=timezone.now() + timedelta(seconds=60))
+    (position, wait), (last_position, last_wait) = seconds_to_start(second), seconds_to_start(third)
+    assert position == 1 and 57 <= wait <= 61 and last_position == 2 and 117 <= last_wait <= 121, (wait, last_wait)
+    end_run(first)
