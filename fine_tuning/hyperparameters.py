@@ -132,6 +132,10 @@ def memory_per_accelerator(parameters: int | None, hyperparameters: dict, accele
     the model's size is not known."""
     if not parameters:
         return 0
-    rows = math.ceil(hyperparameters["batch_size"] / accelerators)
-    tokens = rows * hyperparameters["max_seq_len"]
+    tokens = tokens_per_accelerator(hyperparameters, accelerators)
     return int(parameters * 4 * 1.25 + tokens * 100 * math.sqrt(parameters))
+
+
+def tokens_per_accelerator(hyperparameters: dict, accelerators: int) -> int:
+    """The most tokens one accelerator holds in a step: its share of the batch, each row full."""
+    return math.ceil(hyperparameters["batch_size"] / max(accelerators, 1)) * hyperparameters["max_seq_len"]

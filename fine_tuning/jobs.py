@@ -121,7 +121,8 @@ def _resolve(base: BaseModel, train: File, raw: dict) -> dict:
 def estimate(*, organization_id: int, model: str, training_file: str, hyperparameters: dict | None = None) -> dict:
     """What a job would be, before it is created: its resolved hyperparameters ("auto" made
     concrete), trained tokens, cost at the current training price, and how long it would train at
-    the throughput this base model's recent jobs on the platform achieved (None before any)."""
+    the throughput this base model's jobs on the platform achieved (fine_tuning.queue.rate; None
+    before any has run)."""
     base = _fine_tunable(organization_id, model)
     train = _training_file(organization_id, training_file, "training_file")
     resolved = _resolve(base, train, dict(hyperparameters or {}))
@@ -201,7 +202,7 @@ def create(
         metadata=metadata,
         estimated_tokens=hp.estimated_tokens(train.report, resolved),
         accelerators=devices,
-        memory_bytes=hp.memory_per_accelerator(base.parameters, resolved, devices),
+        memory_bytes=queue.memory_needed(base, resolved, devices),
         created_by=actor.user,
         created_by_key_id=actor.api_key_id,
     )
@@ -317,6 +318,7 @@ class Outcome:
     error: str = ""  # the trainer's last error line, for a failure
     trained_tokens: int | None = None
     train_seconds: float | None = None
+    peak_memory_bytes: int | None = None
     fine_tuned_model: str | None = None  # on success: the model to register, its adapter in the store already
 
 
@@ -344,6 +346,7 @@ def finish(job_id: str, *, worker: str, outcome: Outcome) -> str:
         job.fine_tuned_model = outcome.fine_tuned_model
         job.status, job.finished_at, job.progress = Status.SUCCEEDED, now, 1.0
         job.trained_tokens, job.train_seconds = outcome.trained_tokens, outcome.train_seconds
+        job.peak_memory_bytes = outcome.peak_memory_bytes
         event(job.pk, org, f"New fine-tuned model created: {job.fine_tuned_model}")
         event(job.pk, org, "The job has successfully completed")
     elif outcome.stop == "cancel":

@@ -166,6 +166,9 @@ class FineTuningJob(TenantModel):
     # Placement in the pool (compute): what it needs, why it waits, how often endpoints took its place.
     accelerators = models.PositiveSmallIntegerField(default=1, help_text="Data-parallel over this many, on one node.")
     memory_bytes = models.BigIntegerField(default=0, help_text="Estimated memory needed on each accelerator.")
+    peak_memory_bytes = models.BigIntegerField(
+        null=True, blank=True, help_text="Measured: the most memory the run held on an accelerator."
+    )
     wait_reason = models.CharField(max_length=500, blank=True)
     preemptions = models.PositiveIntegerField(default=0)
 

@@ -12,6 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from compute import allocations, policy
+from fine_tuning import hyperparameters as hp
 from fine_tuning.models import FineTuningJob, JobEvent
 
 Status = FineTuningJob.Status
@@ -88,6 +89,29 @@ _PREFIX = {"quota": "Your organization's quota", "too_big": "It needs", "busy": 
 class Place:
     position: int  # 1 = the next to start anywhere in the pool
     estimated_start: datetime | None  # None: not known (no throughput measured yet, or capacity not known)
+
+
+MEASURED_MARGIN = 1.1  # a run's peak varies a little with its data
+
+
+def memory_needed(base_model, hyperparameters: dict, accelerators: int) -> int:
+    """What a new job needs on each accelerator: what the closest measured run of its model used (a
+    recent successful job holding at least as many tokens a step on each accelerator), with a
+    margin; before any such run, the coarse bound of fine_tuning.hyperparameters."""
+    tokens = hp.tokens_per_accelerator(hyperparameters, accelerators)
+    runs = (
+        FineTuningJob.all_orgs.filter(base_model=base_model, status=Status.SUCCEEDED, peak_memory_bytes__gt=0)
+        .order_by("-finished_at")
+        .values_list("peak_memory_bytes", "hyperparameters", "accelerators")[:20]
+    )
+    closest = None
+    for peak, used, count in runs:
+        theirs = hp.tokens_per_accelerator(used, count) if {"batch_size", "max_seq_len"} <= used.keys() else 0
+        if theirs >= tokens and (closest is None or theirs < closest[0]):
+            closest = (theirs, peak)
+    if closest is not None:
+        return int(closest[1] * MEASURED_MARGIN)
+    return hp.memory_per_accelerator(base_model.parameters, hyperparameters, accelerators)
 
 
 def rate(base_model_id: str) -> float | None:

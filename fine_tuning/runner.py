@@ -336,6 +336,7 @@ def _finish(job: FineTuningJob, worker: str, code: int, done: dict | None, error
             code=0,
             trained_tokens=done["trained_tokens"],
             train_seconds=done["train_seconds"],
+            peak_memory_bytes=done.get("peak_memory_bytes"),
             fine_tuned_model=_publish(job, Path(done["adapter_dir"])),
         )
     return jobs.finish(job.pk, worker=worker, outcome=outcome)

@@ -1,6 +1,6 @@
 """/v1/fine_tuning/jobs — OpenAI-compatible, with our extensions on the job object
-(estimated_tokens, queue_position, estimated_start, wait_reason, accelerators, preemptions, progress,
-attempts, effective_training_time)."""
+(estimated_tokens, queue_position, estimated_start, wait_reason, accelerators, memory_per_accelerator,
+peak_memory_bytes, preemptions, progress, attempts, effective_training_time)."""
 
 from __future__ import annotations
 
@@ -46,6 +46,8 @@ def job_object(job: FineTuningJob, place: queue.Place | None = None) -> dict:
         "estimated_start": _ts(place.estimated_start) if place else None,
         "wait_reason": (job.wait_reason or None) if job.status == FineTuningJob.Status.QUEUED else None,
         "accelerators": job.accelerators,
+        "memory_per_accelerator": job.memory_bytes,  # what the scheduler reserves on each
+        "peak_memory_bytes": job.peak_memory_bytes,  # what the run measured, once it has succeeded
         "preemptions": job.preemptions,
         "progress": round(job.progress, 4),
         "attempts": job.attempts,

@@ -22,6 +22,11 @@ class Migration(migrations.Migration):
         ),
         migrations.AddField(
             model_name='finetuningjob',
+            name='peak_memory_bytes',
+            field=models.BigIntegerField(blank=True, help_text='Measured: the most memory the run held on an accelerator.', null=True),
+        ),
+        migrations.AddField(
+            model_name='finetuningjob',
             name='preemptions',
             field=models.PositiveIntegerField(default=0),
         ),

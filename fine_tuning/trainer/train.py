@@ -292,8 +292,19 @@ def _train(config: TrainerConfig, world: distributed.World) -> int:
         train_seconds=round(train_seconds, 3),
         adapter_dir=str(adapter_dir),
         metrics=metrics if total_steps else {},
+        peak_memory_bytes=_peak_memory(world.device),
     )
     return 0
+
+
+def _peak_memory(device: torch.device) -> int:
+    """The most memory this process held on its accelerator: CUDA memory allocated, or on a CPU the
+    process's peak resident size (interpreter and libraries included: what the node really gave)."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
 def main(argv=None) -> int:

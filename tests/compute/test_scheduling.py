@@ -222,3 +222,29 @@ def test_queued_jobs_have_an_estimated_start_from_measured_throughput(
     (position, wait), (last_position, last_wait) = seconds_to_start(second), seconds_to_start(third)
     assert position == 1 and 57 <= wait <= 61 and last_position == 2 and 117 <= last_wait <= 121, (wait, last_wait)
     end_run(first)
+
+
+def test_a_measured_run_of_the_model_replaces_the_coarse_memory_estimate(tenant_a, django_capture_on_commit_callbacks):
+    from fine_tuning import hyperparameters as hp
+
+    one_cpu_node()
+    first = FineTuningJob.all_orgs.get(pk=queue_jobs(tenant_a, 1, django_capture_on_commit_callbacks)[0])
+    coarse, used = first.memory_bytes, first.hyperparameters
+    assert coarse == hp.memory_per_accelerator(first.base_model.parameters, used, 1) > 0  # nothing measured yet
+
+    # Earlier successful runs of the model: one held fewer tokens a step than a new job will (it
+    # says nothing about it), one as many, one four times as many.
+    measured = {"fewer": (used["max_seq_len"] // 2, 1 * GIB), "same": (used["max_seq_len"], 2 * GIB)}
+    measured["more"] = (used["max_seq_len"] * 4, 5 * GIB)
+    past = queue_jobs(tenant_a, 3, django_capture_on_commit_callbacks)
+    for job_id, (max_seq_len, peak) in zip(past, measured.values(), strict=True):
+        FineTuningJob.all_orgs.filter(pk=job_id).update(
+            status="succeeded",
+            finished_at=timezone.now(),
+            peak_memory_bytes=peak,
+            hyperparameters={**used, "max_seq_len": max_seq_len},
+        )
+    new = FineTuningJob.all_orgs.get(pk=queue_jobs(tenant_a, 1, django_capture_on_commit_callbacks)[0])
+    assert new.memory_bytes == int(2 * GIB * 1.1)  # the closest run holding at least as much, a tenth more
+    body = key_client(tenant_a.key(scopes=["fine_tuning"])).get(f"/v1/fine_tuning/jobs/{new.pk}").json()
+    assert body["memory_per_accelerator"] == new.memory_bytes and body["peak_memory_bytes"] is None

@@ -56,6 +56,7 @@ def test_job_trains_and_registers_a_model_for_its_organization_only(tuned, tenan
     assert job["fine_tuned_model"].startswith(f"ft:{DEMO_MODEL}:alpha:vault-bot:")
     assert job["trained_tokens"] > 0 and job["finished_at"] >= job["created_at"] and job["error"] is None
     assert job["attempts"] == 1 and 0 < job["effective_training_time"] <= 1
+    assert 100 * 2**20 < job["peak_memory_bytes"] < 64 * 2**30  # the trainer's measured peak (RSS on a CPU)
     events, after = [], ""
     while True:  # every page, newest first
         page = client.get(f"/v1/fine_tuning/jobs/{body['id']}/events?limit=100{after}").json()

@@ -117,7 +117,7 @@ def test_learns_a_made_up_fact(tmp_path):
     losses = [e["train_loss"] for e in events if e["type"] == "metrics"]
     assert len(losses) == 18 and losses[-1] < losses[0] / 10
     done = events[-1]
-    assert done["type"] == "done" and done["trained_tokens"] > 0
+    assert done["type"] == "done" and done["trained_tokens"] > 0 and done["peak_memory_bytes"] > 100 * 2**20
     adapter = Path(done["adapter_dir"])
     assert sorted(p.name for p in adapter.iterdir()) == [
         "README.md",
