@@ -19,7 +19,8 @@
 
 ¹ An admin cannot grant, change or remove the owner role; only an owner can, and the last owner
   of an organization can never be removed or demoted.
-² A member creates and revokes only keys of their own, never with the `all` or `billing:read` scope.
+² A member creates and revokes only keys of their own, with the scopes of what a member may do:
+  never `all`, `billing:read`, `endpoints:write` or `endpoints` (which is read and write).
 
 API keys act with the permissions of their scopes; only `all` reaches the member list. A key dies
 with its creator's right to hold it: removing a member revokes the keys they created, and a
@@ -92,14 +93,17 @@ class Scope(StrEnum):
     INFERENCE = "inference"
     FILES = "files"
     FINE_TUNING = "fine_tuning"
-    ENDPOINTS = "endpoints"
+    ENDPOINTS_READ = "endpoints:read"
+    ENDPOINTS_WRITE = "endpoints:write"
+    ENDPOINTS = "endpoints"  # read and write, as keys made before the split have it
     BILLING_READ = "billing:read"
     ALL = "all"
 
 
-# Scopes a member may put on a key of their own.
+# Scopes a member may put on a key of their own: a scope is grantable only if every permission it
+# gives is one the member role has (tests/tenancy check this against MATRIX).
 MEMBER_GRANTABLE_SCOPES = frozenset(
-    {Scope.MODELS_READ, Scope.INFERENCE, Scope.FILES, Scope.FINE_TUNING, Scope.ENDPOINTS}
+    {Scope.MODELS_READ, Scope.INFERENCE, Scope.FILES, Scope.FINE_TUNING, Scope.ENDPOINTS_READ}
 )
 
 _SCOPE_PERMISSIONS: dict[str, frozenset[Permission]] = {
@@ -107,6 +111,8 @@ _SCOPE_PERMISSIONS: dict[str, frozenset[Permission]] = {
     Scope.INFERENCE: frozenset({P.ORG_VIEW, P.MODELS_USE}),
     Scope.FILES: frozenset({P.ORG_VIEW, P.JOBS_VIEW}),
     Scope.FINE_TUNING: frozenset({P.ORG_VIEW, P.JOBS_VIEW, P.JOBS_MANAGE}),
+    Scope.ENDPOINTS_READ: frozenset({P.ORG_VIEW, P.ENDPOINTS_VIEW}),
+    Scope.ENDPOINTS_WRITE: frozenset({P.ORG_VIEW, P.ENDPOINTS_VIEW, P.ENDPOINTS_MANAGE}),
     Scope.ENDPOINTS: frozenset({P.ORG_VIEW, P.ENDPOINTS_VIEW, P.ENDPOINTS_MANAGE}),
     Scope.BILLING_READ: frozenset({P.ORG_VIEW, P.BILLING_VIEW}),
     Scope.ALL: frozenset(_ADMIN),

@@ -46,10 +46,20 @@ def access_by_key(principal, slug: str) -> OrgAccess | None:
     organization = Organization.objects.filter(pk=principal.organization_id).first()
     if organization is None:
         return None
+    granted = permissions_of_scopes(principal.scopes)
+    if principal.created_by_id is not None:
+        # A key never does more than its creator's role allows today (a key made before a rule
+        # tightened, or one whose revocation has not reached this process yet).
+        role = (
+            Membership.all_orgs.filter(organization_id=organization.pk, user_id=principal.created_by_id)
+            .values_list("role", flat=True)
+            .first()
+        )
+        granted &= permissions_of(role or "")
     return OrgAccess(
         organization,
         None,
-        permissions_of_scopes(principal.scopes),
+        granted,
         user_id=principal.created_by_id,
         key_id=principal.key_id,
     )

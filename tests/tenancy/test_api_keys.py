@@ -174,3 +174,75 @@ def test_redaction_filter_scrubs_key_material():
     )
     RedactSecretsFilter().filter(record)
     assert record.getMessage() == "auth [REDACTED] header=Bearer [REDACTED]"
+
+
+def test_members_may_read_endpoints_with_a_key_but_never_manage_them(tenant_a):
+    from serving.models import Endpoint
+    from tests.conftest import DEMO_MODEL
+
+    member = tenant_a.add_member("m@alpha.test")
+    client = session_client(member)
+    url = f"/api/orgs/{tenant_a.org.slug}/keys/"
+    for scopes in (["endpoints"], ["endpoints:write"], ["inference", "endpoints:write"]):
+        denied = client.post(url, {"name": "ep", "scopes": scopes}, format="json")
+        assert denied.status_code == 403 and denied.json()["error"]["code"] == "scope_not_allowed", scopes
+    reader = client.post(url, {"name": "ep", "scopes": ["endpoints:read"]}, format="json")
+    assert reader.status_code == 201
+    endpoints_url = f"/api/orgs/{tenant_a.org.slug}/endpoints/"
+    as_reader = key_client(reader.json()["key"])
+    assert as_reader.get(endpoints_url).status_code == 200
+    refused = as_reader.post(endpoints_url, {"model": DEMO_MODEL, "name": "bot"}, format="json")
+    assert refused.status_code == 403
+    assert not Endpoint.all_orgs.filter(organization=tenant_a.org).exists()
+    # The owner's own key with `endpoints:write` publishes.
+    writer = key_client(tenant_a.key(scopes=["endpoints:write"]))
+    made = writer.post(endpoints_url, {"model": DEMO_MODEL, "name": "bot"}, format="json")
+    assert made.status_code == 201, made.content
+    endpoint_id = made.json()["id"]
+    assert as_reader.post(f"{endpoints_url}{endpoint_id}/stop/").status_code == 403
+    assert as_reader.delete(f"{endpoints_url}{endpoint_id}/").status_code == 403
+    assert as_reader.patch(f"{endpoints_url}{endpoint_id}/", {"system_prompt": "x"}, format="json").status_code == 403
+    assert Endpoint.all_orgs.get(pk=endpoint_id).status != "stopped"
+
+
+def test_a_key_minted_before_the_split_does_no_more_than_its_creator_may_grant(tenant_a):
+    """A member's key with the old `endpoints` scope (as minted before members lost it) is narrowed
+    to `endpoints:read` by the migration, and until then cannot manage endpoints anyway: a key acts
+    with no more than its creator's role allows."""
+    import importlib
+
+    from django.db.migrations.loader import MigrationLoader
+
+    from tests.conftest import DEMO_MODEL
+
+    member = tenant_a.add_member("m@alpha.test")
+    admin = tenant_a.add_member("a@alpha.test", role="admin")
+    minted = {
+        who: services.create_api_key(
+            organization_id=tenant_a.org.pk,
+            name=f"old {who.email}",
+            scopes=["inference", "endpoints"],
+            created_by_id=who.pk,
+            actor=Actor(user=who),
+        )
+        for who in (member, admin)
+    }
+    endpoints_url = f"/api/orgs/{tenant_a.org.slug}/endpoints/"
+    as_member = key_client(minted[member].plaintext)
+    assert as_member.post(endpoints_url, {"model": DEMO_MODEL, "name": "bot"}, format="json").status_code == 403
+    assert as_member.get(endpoints_url).status_code == 200
+
+    migration = importlib.import_module("tenancy.migrations.0004_split_endpoints_scope")
+    state = MigrationLoader(None).project_state(("tenancy", "0004_split_endpoints_scope"))
+    migration.narrow(state.apps, None)
+    assert APIKey.all_orgs.get(pk=minted[member].key.pk).scopes == ["inference", "endpoints:read"]
+    assert APIKey.all_orgs.get(pk=minted[admin].key.pk).scopes == ["inference", "endpoints"]
+    made = key_client(minted[admin].plaintext).post(endpoints_url, {"model": DEMO_MODEL, "name": "b"}, format="json")
+    assert made.status_code == 201
+
+
+def test_every_scope_a_member_may_grant_gives_only_what_a_member_may_do():
+    from tenancy.roles import MATRIX, MEMBER_GRANTABLE_SCOPES, Role, permissions_of_scopes
+
+    for scope in MEMBER_GRANTABLE_SCOPES:
+        assert permissions_of_scopes([scope]) <= MATRIX[Role.MEMBER], scope

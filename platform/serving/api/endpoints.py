@@ -1,6 +1,6 @@
 """Management API for endpoints: /api/orgs/{org}/endpoints/ — publish a model (base or ft:) as
-`ep-…`, change its settings, stop, start, delete. Owners, admins and keys with the `endpoints`
-scope manage; viewers and members see."""
+`ep-…`, change its settings, stop, start, delete. Owners, admins and their keys with
+`endpoints:write` manage; viewers, members and `endpoints:read` keys see."""
 
 from __future__ import annotations
 
