@@ -331,13 +331,22 @@ BILLING_CLOSE_GRACE_HOURS = env.integer("BILLING_CLOSE_GRACE_HOURS", 2)
 BILLING_PAYMENT_GRACE_DAYS = env.integer("BILLING_PAYMENT_GRACE_DAYS", 7)
 BILLING_TOP_UP_MIN = env.get("BILLING_TOP_UP_MIN", "1")
 BILLING_TOP_UP_MAX = env.get("BILLING_TOP_UP_MAX", "10000")
-# "fake" charges nobody (the embedded default); "stripe" needs the two keys below.
-PAYMENT_PROVIDER = env.get("PAYMENT_PROVIDER", "fake")
+# "fake" charges nobody (the embedded default); "stripe" needs the two keys below. Production
+# defaults to Stripe and refuses the fake provider (anyone could save a test card and top up
+# credit for nothing) unless the operator opts in by its loud name, e.g. for a closed pilot.
+PAYMENT_PROVIDER = env.get("PAYMENT_PROVIDER", "stripe" if PRODUCTION else "fake")
 STRIPE_SECRET_KEY = env.get("STRIPE_SECRET_KEY", "")
 STRIPE_WEBHOOK_SECRET = env.get("STRIPE_WEBHOOK_SECRET", "")
 STRIPE_API_BASE = env.get("STRIPE_API_BASE", "")  # empty: Stripe itself
+FAKE_PAYMENTS_IN_PRODUCTION = env.flag("ALLOW_FAKE_PAYMENTS_IN_PRODUCTION_NOBODY_IS_CHARGED", default=False)
 if PAYMENT_PROVIDER not in {"fake", "stripe"}:
     raise ImproperlyConfigured(f"PAYMENT_PROVIDER must be fake or stripe, got {PAYMENT_PROVIDER!r}")
+if PRODUCTION and PAYMENT_PROVIDER == "fake" and not FAKE_PAYMENTS_IN_PRODUCTION:
+    raise ImproperlyConfigured(
+        "MAAS_ENV=production refuses PAYMENT_PROVIDER=fake: it accepts any test card and charges nobody. "
+        "Use PAYMENT_PROVIDER=stripe with STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET, or set "
+        "ALLOW_FAKE_PAYMENTS_IN_PRODUCTION_NOBODY_IS_CHARGED=1 if that is what you mean."
+    )
 if PAYMENT_PROVIDER == "stripe" and not (STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET):
     raise ImproperlyConfigured("PAYMENT_PROVIDER=stripe needs STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET")
 # Usage records are appended here before a response ends, then drained into the ledger (billing/outbox.py).

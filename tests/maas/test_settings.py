@@ -57,6 +57,8 @@ def test_production_passes_the_deployment_checklist(tmp_path):
         "SECRET_KEY": secrets.token_urlsafe(64),
         "ALLOWED_HOSTS": "maas.example.com",
         "DATABASE_URL": f"sqlite:///{tmp_path}/prod.sqlite3",
+        "STRIPE_SECRET_KEY": "sk_live_placeholder",
+        "STRIPE_WEBHOOK_SECRET": "whsec_placeholder",
     }
     result = manage("check", "--deploy", "--fail-level", "WARNING", env=env, tmp_path=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -114,3 +116,22 @@ def test_stripe_needs_its_keys(tmp_path):
     assert result.returncode != 0 and "needs STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET" in result.stderr
     result = manage("check", env={"PAYMENT_PROVIDER": "paypal"}, tmp_path=tmp_path)
     assert result.returncode != 0 and "PAYMENT_PROVIDER must be fake or stripe" in result.stderr
+
+
+def test_production_refuses_the_fake_payment_provider_unless_opted_in_by_name(tmp_path):
+    prod = {
+        "MAAS_ENV": "production",
+        "SECRET_KEY": secrets.token_urlsafe(64),
+        "ALLOWED_HOSTS": "maas.example.com",
+        "DATABASE_URL": f"sqlite:///{tmp_path}/prod.sqlite3",
+    }
+    # Nothing said: production means Stripe, and Stripe needs its keys.
+    result = manage("check", env=prod, tmp_path=tmp_path)
+    assert result.returncode != 0 and "PAYMENT_PROVIDER=stripe needs STRIPE_SECRET_KEY" in result.stderr
+    result = manage("check", env={**prod, "PAYMENT_PROVIDER": "fake"}, tmp_path=tmp_path)
+    assert result.returncode != 0 and "refuses PAYMENT_PROVIDER=fake" in result.stderr
+    code = "from django.conf import settings as s; print(s.PAYMENT_PROVIDER)"
+    opted = {**prod, "PAYMENT_PROVIDER": "fake", "ALLOW_FAKE_PAYMENTS_IN_PRODUCTION_NOBODY_IS_CHARGED": "1"}
+    result = manage("shell", "--no-imports", "-c", code, env=opted, tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "fake"
