@@ -3,6 +3,7 @@ row for row, the greedy output each request gives alone — whether they arrive 
 a batch that is already decoding."""
 
 import queue
+import time
 import threading
 
 import pytest
@@ -194,3 +195,64 @@ def test_the_base_model_serves_after_the_last_adapter_is_unloaded(engine):
     assert alone(engine, BASE)[0] == base_before
     engine.call(lambda e: e.adapters.load("alpha", "alpha", e.in_use())).result(60)
     assert alone(engine, "alpha")[0] == alpha_before
+
+
+class UnreadSink(Sink):
+    """A reader that takes events only when told to, as a client that stops reading does."""
+
+    def __init__(self):
+        super().__init__()
+        self.put_count = 0
+        self.taken = 0
+
+    def put(self, event):
+        self.put_count += 1
+        super().put(event)
+
+    def unread(self) -> int:
+        return self.put_count - self.taken
+
+    def read_all(self, timeout=120):
+        text = []
+        while True:
+            kind, *rest = self.events.get(timeout=timeout)
+            self.taken += 1
+            if kind == "token":
+                text.append(rest[0])
+            elif kind == "done":
+                return "".join(text), rest[0], rest[1]
+            else:
+                raise AssertionError(rest)
+
+
+def test_a_row_whose_reader_stalls_waits_alone_and_resumes_where_it_was(engine):
+    from serving.runtime.engine import MAX_UNREAD
+
+    expected = alone(engine, "alpha", max_tokens=48)
+    stalled, stalled_sink = request(engine, "alpha", max_tokens=48)
+    stalled.sink = stalled_sink = UnreadSink()
+    engine.submit(stalled)
+    other, other_sink = request(engine, "beta", max_tokens=48)
+    engine.submit(other)
+    # The other row runs to its end while the stalled one holds at the bound.
+    assert other_sink.result()[1] in ("length", "stop")
+    assert stalled_sink.unread() == MAX_UNREAD
+    assert not stalled.ended.is_set()
+    time.sleep(0.5)
+    assert stalled_sink.unread() == MAX_UNREAD  # nothing more was generated for it meanwhile
+    # Read again: it goes on, and the answer is the one it gives alone (the held steps left no trace).
+    assert stalled_sink.read_all() == expected
+
+
+def test_a_stalled_row_that_is_cancelled_ends_with_what_it_generated(engine):
+    stalled, _ = request(engine, "beta", max_tokens=200)
+    stalled.sink = sink = UnreadSink()
+    engine.submit(stalled)
+    deadline = time.monotonic() + 60
+    while sink.unread() < 16 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stalled.cancelled.set()
+    assert stalled.ended.wait(10)
+    assert stalled.finish_reason == "cancelled"
+    # Every event was a token but the last (done), and each carries the count so far.
+    assert stalled.usage["completion_tokens"] >= sink.put_count - 1 > 0

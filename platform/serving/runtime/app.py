@@ -7,7 +7,8 @@ import asyncio
 import hmac
 import json
 import time
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -20,6 +21,11 @@ from serving.runtime.adapters import BASE, AdapterError
 from serving.runtime.engine import Engine, GenerationRequest
 from serving.runtime.protocol import Parsed, RequestError, parse_chat, parse_completion
 
+# How long a request's real usage is remembered after it ended, for a caller that left before
+# reading it (the gateway asks through /v1/abort_request).
+REMEMBER_SECONDS = 300
+ABORT_WAIT_SECONDS = 10
+
 
 @dataclass
 class RuntimeState:
@@ -28,17 +34,41 @@ class RuntimeState:
     api_key: str | None
     max_model_len: int
     started: int = 0
+    # The requests of the last REMEMBER_SECONDS by their caller's id (x-request-id), oldest first.
+    requests: OrderedDict = field(default_factory=OrderedDict)
+
+    def remember(self, request_id: str, job: GenerationRequest) -> None:
+        horizon = time.monotonic() - REMEMBER_SECONDS
+        while self.requests:
+            oldest_at, oldest = next(iter(self.requests.values()))
+            if oldest_at > horizon or not oldest.ended.is_set():
+                break
+            self.requests.popitem(last=False)
+        self.requests[request_id] = (time.monotonic(), job)
+        self.requests.move_to_end(request_id)
 
 
 class AsyncSink:
-    """Carries engine events (engine thread) to the request's coroutine (event loop)."""
+    """Carries engine events (engine thread) to the request's coroutine (event loop), counting
+    those its reader has not taken: the engine holds a row back while too many are unread."""
 
     def __init__(self):
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue = asyncio.Queue()
+        self.put_count = 0  # written by the engine thread only
+        self.taken_count = 0  # written by the event loop only
 
     def put(self, event: tuple) -> None:
+        self.put_count += 1
         self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+    async def get(self) -> tuple:
+        event = await self.queue.get()
+        self.taken_count += 1
+        return event
+
+    def unread(self) -> int:
+        return self.put_count - self.taken_count
 
 
 def error(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
@@ -84,6 +114,7 @@ def build_app(state: RuntimeState) -> Starlette:
             return JSONResponse(problem.body(), status_code=problem.status)
         sink = AsyncSink()
         job = GenerationRequest(parsed.prompt_ids, parsed.params, sink, adapter=adapter, endpoint=endpoint)
+        state.remember(request.headers.get("x-request-id") or job.id, job)
         state.engine.submit(job)
         if parsed.stream:
             return StreamingResponse(
@@ -97,7 +128,7 @@ def build_app(state: RuntimeState) -> Starlette:
         parts = []
         try:
             while True:
-                event = await sink.queue.get()
+                event = await sink.get()
                 if event[0] == "token":
                     parts.append(event[1])
                 elif event[0] == "error":
@@ -152,7 +183,7 @@ def build_app(state: RuntimeState) -> Starlette:
             if chat:
                 yield chunk({"role": "assistant", "content": ""})
             while True:
-                event = await sink.queue.get()
+                event = await sink.get()
                 if event[0] == "token":
                     yield chunk({"content": event[1]} if chat else event[1], completion=event[2])
                 elif event[0] == "error":
@@ -230,6 +261,25 @@ def build_app(state: RuntimeState) -> Starlette:
             return PlainTextResponse(f"Success: LoRA adapter '{name}' {verb} successfully.")
         return PlainTextResponse(f"Success: LoRA adapter '{name}' removed successfully.")
 
+    async def abort_request(request: Request) -> Response:
+        """Stop a request by its caller's id and answer what it really generated: how a gateway whose
+        client left learns the count to bill, whatever its own reading had reached."""
+        if not authorized(request):
+            return unauthorized()
+        try:
+            body = await json_object(request)
+        except RequestError as problem:
+            return JSONResponse(problem.body(), status_code=problem.status)
+        request_id = body.get("request_id")
+        found = state.requests.get(request_id) if isinstance(request_id, str) else None
+        if found is None:
+            return error(404, f"No request {request_id!r} is known here.", "request_id", "request_not_found")
+        job = found[1]
+        job.cancelled.set()
+        if not await asyncio.to_thread(job.ended.wait, ABORT_WAIT_SECONDS):
+            return error(504, "The request did not stop in time.", code="abort_timeout")
+        return JSONResponse({"request_id": request_id, "finish_reason": job.finish_reason, "usage": job.usage})
+
     async def load_adapter(request: Request) -> Response:
         return await adapter_admin(request, "load")
 
@@ -256,6 +306,7 @@ def build_app(state: RuntimeState) -> Starlette:
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/completions", completions, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
+            Route("/v1/abort_request", abort_request, methods=["POST"]),
             Route("/v1/load_lora_adapter", load_adapter, methods=["POST"]),
             Route("/v1/unload_lora_adapter", unload_adapter, methods=["POST"]),
             Route("/health", health, methods=["GET"]),

@@ -4,6 +4,10 @@ Between decode steps, waiting requests are prefilled together and joined to the 
 finished or cancelled rows leave it. Rows for different adapters and the base model share every
 forward pass (`adapter_names` per row). Adapter loading runs on the same thread between steps,
 so the model never changes under a forward pass.
+
+Decoding follows the reader: a row whose sink holds MAX_UNREAD events its client has not taken
+waits (it stays in the batch, its step masked out) until the client reads again, so a stalled
+client stalls only its own row and nothing piles up for it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from serving.runtime.sampling import Sampler, SamplingParams
 from serving.runtime.textstream import TextStream
 
 log = logging.getLogger("serving.runtime")
+MAX_UNREAD = 16  # events a row may be ahead of its reader
+IDLE_WAIT_SECONDS = 0.005  # when every row waits for its reader
 
 
 @dataclass
@@ -36,6 +42,13 @@ class GenerationRequest:
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     cancelled: threading.Event = field(default_factory=threading.Event)
     arrived: float = field(default_factory=time.perf_counter)
+    ended: threading.Event = field(default_factory=threading.Event)  # set with `usage` once it left the engine
+    usage: dict | None = None
+    finish_reason: str | None = None
+
+    def unread(self) -> int:
+        """Events the reader has not taken yet (0 for a sink that does not count them)."""
+        return getattr(self.sink, "unread", lambda: 0)()
 
 
 @dataclass
@@ -108,7 +121,8 @@ class Engine:
             except Exception as error:  # keep serving: fail the requests in flight, not the process
                 log.exception("engine step failed")
                 for row in self.rows:
-                    row.request.sink.put(("error", f"The runtime failed while generating: {error}"))
+                    message = f"The runtime failed while generating: {error}"
+                    self._fail(row.request, error, message, len(row.generated))
                 self.rows, self.cache, self.mask = [], None, None
 
     def _run_commands(self) -> None:
@@ -139,9 +153,9 @@ class Engine:
         live = []
         for request in taken:
             if request.cancelled.is_set():
-                request.sink.put(("done", "cancelled", self._usage(request, 0)))
+                self._end(request, "cancelled", 0)
             elif request.adapter != BASE and request.adapter not in self.adapters.loaded:
-                request.sink.put(("error", f"The adapter {request.adapter!r} is no longer loaded."))
+                self._fail(request, None, f"The adapter {request.adapter!r} is no longer loaded.")
             else:
                 self.adapters.touch(request.adapter)
                 live.append(request)
@@ -196,36 +210,56 @@ class Engine:
         self.rows.extend(rows)
         self._advance(logits, range(start, start + len(rows)))
 
+    def _drop(self, finished: set[int]) -> None:
+        keep = [i for i in range(len(self.rows)) if i not in finished]
+        self.rows = [self.rows[i] for i in keep]
+        if self.rows:
+            self.mask = kvcache.keep_rows(self.cache, self.mask, keep)
+        else:
+            self.cache, self.mask = None, None
+
     def _decode(self) -> None:
+        cancelled = [i for i, row in enumerate(self.rows) if row.request.cancelled.is_set()]
+        if cancelled:  # whether or not they wait for their reader: gone before another forward pass
+            for i in cancelled:
+                self._finish(self.rows[i], "cancelled")
+            self._drop(set(cancelled))
+            if not self.rows:
+                return
+        ready = [row.request.unread() < MAX_UNREAD for row in self.rows]
+        if not any(ready):
+            time.sleep(IDLE_WAIT_SECONDS)
+            return
         last = torch.tensor([[row.generated[-1]] for row in self.rows], dtype=torch.long)
         positions = self.mask.sum(-1, keepdim=True)
-        self.mask = torch.cat([self.mask, torch.ones((len(self.rows), 1), dtype=torch.long)], dim=1)
-        metrics.BATCH_SIZE.observe(len(self.rows))
+        # A waiting row takes part in the pass (the batch keeps its shape) with its new position
+        # masked out: its last token goes in again, for real, once its reader has caught up.
+        step = torch.tensor([[int(r)] for r in ready], dtype=torch.long)
+        self.mask = torch.cat([self.mask, step], dim=1)
+        metrics.BATCH_SIZE.observe(sum(ready))
         logits, self.cache = self._forward(
             last, self.mask, positions, self.cache, [row.request.adapter for row in self.rows]
         )
-        self._advance(logits, range(len(self.rows)))
+        self._advance(logits, [i for i, r in enumerate(ready) if r], offsets=False)
 
-    def _advance(self, logits: torch.Tensor, indices) -> None:
-        """Sample one token for each of these rows, stream it, and drop the rows that finished."""
+    def _advance(self, logits: torch.Tensor, indices, *, offsets: bool = True) -> None:
+        """Sample one token for each of these rows, stream it, and drop the rows that finished.
+        With `offsets`, logits row k belongs to the k-th of `indices` (a prefill's newcomers);
+        without, logits hold every batch row and row i's are logits[i]."""
         finished = set()
-        for offset, i in enumerate(indices):  # logits row `offset` belongs to batch row `i`
+        for offset, i in enumerate(indices):
             row = self.rows[i]
             try:
-                done = self._step_row(row, logits[offset])
+                done = self._step_row(row, logits[offset if offsets else i])
             except Exception as error:  # sampling or decoding this row failed: end it, keep the others
-                self._fail(row.request, error)
+                message = f"The runtime could not generate this answer: {error}"
+                self._fail(row.request, error, message, len(row.generated))
                 done = True
             if done:
                 finished.add(i)
         metrics.RUNNING.set(len(self.rows) - len(finished))
         if finished:
-            keep = [i for i in range(len(self.rows)) if i not in finished]
-            self.rows = [self.rows[i] for i in keep]
-            if self.rows:
-                self.mask = kvcache.keep_rows(self.cache, self.mask, keep)
-            else:
-                self.cache, self.mask = None, None
+            self._drop(finished)
 
     def _step_row(self, row: _Row, logits: torch.Tensor) -> bool:
         request = row.request
@@ -256,14 +290,26 @@ class Engine:
             rest = row.text.flush()
             if rest:
                 row.request.sink.put(("token", rest, len(row.generated)))
-        metrics.REQUESTS.labels(row.request.endpoint, reason).inc()
-        row.request.sink.put(("done", reason, self._usage(row.request, len(row.generated))))
+        self._end(row.request, reason, len(row.generated))
         return True
 
-    def _fail(self, request: GenerationRequest, error: Exception) -> None:
-        log.exception("request %s failed in the engine", request.id, exc_info=error)
+    def _end(self, request: GenerationRequest, reason: str, completion: int) -> None:
+        """The one way a request leaves the engine with an answer: its usage is the count it really
+        generated, kept on the request for whoever asks afterwards (the gateway, after its client left)."""
+        metrics.REQUESTS.labels(request.endpoint, reason).inc()
+        request.usage, request.finish_reason = self._usage(request, completion), reason
+        request.sink.put(("done", reason, request.usage))
+        request.ended.set()
+
+    def _fail(
+        self, request: GenerationRequest, error: Exception | None, message: str | None = None, completion: int = 0
+    ) -> None:
+        if error is not None:
+            log.exception("request %s failed in the engine", request.id, exc_info=error)
         metrics.REQUESTS.labels(request.endpoint, "error").inc()
-        request.sink.put(("error", f"The runtime could not generate this answer: {error}"))
+        request.usage, request.finish_reason = self._usage(request, completion), "error"
+        request.sink.put(("error", message or f"The runtime could not generate this answer: {error}"))
+        request.ended.set()
 
     @staticmethod
     def _usage(request: GenerationRequest, completion: int) -> dict:
