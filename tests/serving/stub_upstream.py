@@ -1,6 +1,6 @@
 """Stand-in OpenAI-compatible upstreams for gateway tests, run in the test process: one that behaves
 like an `engine=openai` provider (honours n, streams slowly, reports usage only at the end), one
-that fails with a 5xx, and one that resets the connection before sending any header."""
+that fails with a 5xx (or answers its headers late), and one that resets the connection before sending any header."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ def _chunk(choices, usage=None) -> bytes:
 class Upstream:
     """An upstream server on a free loopback port. mode: "provider" | "fail" | "reset"."""
 
-    def __init__(self, mode: str, words: int = 40, delay: float = 0.05):
-        self.mode, self.words, self.delay = mode, words, delay
+    def __init__(self, mode: str, words: int = 40, delay: float = 0.05, head_delay: float = 0):
+        self.mode, self.words, self.delay, self.head_delay = mode, words, delay, head_delay
         self.requests: list[dict] = []
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -71,6 +71,7 @@ class Upstream:
             return
         n = request.get("n") or 1
         words = min(self.words, request.get("max_tokens") or self.words)  # as any provider does
+        await asyncio.sleep(self.head_delay)  # a provider slow to answer at all
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
         for i in range(words):
             choices = [{"index": c, "delta": {"content": f"w{i} "}, "finish_reason": None} for c in range(n)]

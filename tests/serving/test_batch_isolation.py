@@ -232,7 +232,7 @@ def test_a_row_whose_reader_stalls_waits_alone_and_resumes_where_it_was(engine):
     stalled, stalled_sink = request(engine, "alpha", max_tokens=48)
     stalled.sink = stalled_sink = UnreadSink()
     engine.submit(stalled)
-    other, other_sink = request(engine, "beta", max_tokens=48)
+    other, other_sink = request(engine, BASE, max_tokens=48)
     engine.submit(other)
     # The other row runs to its end while the stalled one holds at the bound.
     assert other_sink.result()[1] in ("length", "stop")
@@ -245,7 +245,7 @@ def test_a_row_whose_reader_stalls_waits_alone_and_resumes_where_it_was(engine):
 
 
 def test_a_stalled_row_that_is_cancelled_ends_with_what_it_generated(engine):
-    stalled, _ = request(engine, "beta", max_tokens=200)
+    stalled, _ = request(engine, BASE, max_tokens=200)
     stalled.sink = sink = UnreadSink()
     engine.submit(stalled)
     deadline = time.monotonic() + 60

@@ -74,9 +74,11 @@ def test_only_understood_parameters_reach_any_engine(live_web, key):
     assert sent["stream_options"] == {"include_usage": True}
 
 
-def test_a_disconnect_from_a_usage_at_the_end_provider_is_billed_the_relayed_tokens(live_web, key):
+def test_a_disconnect_from_a_usage_at_the_end_provider_is_billed_the_completion_cap(live_web, key):
+    """Such a provider's count is never seen when the client leaves first; it may have generated
+    all it was allowed (and bills us for it): the cap sent upstream is charged."""
     register("slow-provider", Upstream("provider", words=200, delay=0.05))
-    body = {"model": DEMO_MODEL, "messages": SAY, "stream": True}
+    body = {"model": DEMO_MODEL, "messages": SAY, "stream": True, "max_tokens": 150}
     pieces = 0
     with httpx.stream(
         "POST", live_web.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=60
@@ -89,8 +91,33 @@ def test_a_disconnect_from_a_usage_at_the_end_provider_is_billed_the_relayed_tok
                 break
     row = usage_row(request_id)
     assert row.outcome == UsageEvent.Outcome.CLIENT_DISCONNECTED
-    assert 10 <= row.completion_tokens < 200
+    assert row.completion_tokens == 150
     assert row.prompt_tokens > 0
+
+
+def test_a_client_that_leaves_before_the_upstream_answers_gets_a_ledger_row_and_frees_its_hold(
+    live_web, make_tenant
+):
+    from billing.models import Account, Reservation
+
+    tenant = make_tenant("early-leaver")
+    register("slow-headers", Upstream("provider", words=5, delay=0, head_delay=5))
+    body = {"model": DEMO_MODEL, "messages": SAY, "max_tokens": 40}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            live_web.url + "/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {tenant.key()}"},
+            timeout=httpx.Timeout(30, read=1.0),
+        )
+    deadline = time.monotonic() + 15
+    while not (row := UsageEvent.all_orgs.filter(organization=tenant.org).first()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert row is not None, "no ledger row for a request the client left"
+    assert row.outcome == UsageEvent.Outcome.CLIENT_DISCONNECTED
+    assert row.completion_tokens == 40  # the provider's count was never seen: the cap it was sent
+    assert not Reservation.all_orgs.filter(request_id=row.request_id).exists()
+    assert Account.all_orgs.get(organization=tenant.org).reserved == 0
 
 
 def test_failures_before_the_first_byte_fail_over(live_web, key):

@@ -1,5 +1,5 @@
-"""Server-side metering: a client that disconnects is charged for what was generated up to
-then, and decoding stops."""
+"""Server-side metering: a client that disconnects is charged for what the model server generated
+up to then (not what the gateway had read), and decoding stops."""
 
 import json
 import time
@@ -14,6 +14,7 @@ from tests.conftest import DEMO_MODEL, usage_row
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 LONG = [{"role": "user", "content": "Count from 1 to 300, separated by commas."}]
+ANSWER = 60  # tokens generated for a reader that stalls
 
 
 @pytest.mark.parametrize("stream", [True, False])
@@ -48,7 +49,7 @@ def test_disconnect_is_charged_for_what_was_generated(live_web, runtime_server, 
     generated = runtime_server.generated_tokens() - before
     assert row.outcome == "client_disconnected" and row.streamed is stream
     assert row.prompt_tokens > 0
-    assert 0 < row.completion_tokens <= generated < 400
+    assert 0 < row.completion_tokens == generated < 400
     assert row.completion_tokens >= received
     # Charged exactly that, at its price, and nothing more is held: the ledger row's transaction
     # settled the reservation of the worst case (400 tokens).
@@ -67,3 +68,84 @@ def wait_for_latest_request(tenant, timeout: float = 15) -> str:
             return row.request_id
         time.sleep(0.1)
     raise AssertionError("no usage event")
+
+
+def test_a_slow_reader_is_billed_what_the_model_server_generated(runtime_server, make_tenant):
+    """A client that takes the headers and the first chunk, then reads nothing, then hangs up: the
+    gateway's ASGI app is driven directly, with a `send` that stops returning (as a client whose
+    window is full). The runtime generated the answer into the buffers between it and the gateway
+    (its row waits once 16 events are unread there); the bill is that count, not the tokens the
+    gateway had relayed."""
+    import asyncio
+
+    from billing import services as billing
+    from maas.asgi import application
+    from serving.gateway import metering, upstream
+
+    runtime_server.register()
+    tenant = make_tenant("slow-reader")
+    before = runtime_server.generated_tokens()
+    body = json.dumps(
+        {"model": DEMO_MODEL, "messages": LONG, "temperature": 0, "max_tokens": ANSWER, "stream": True}
+    ).encode()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 50000),
+        "headers": [
+            (b"host", b"localhost"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"authorization", f"Bearer {tenant.key()}".encode()),
+        ],
+    }
+    sent: list[dict] = []
+
+    async def scenario() -> None:
+        hang_up = asyncio.Event()
+        stalled = asyncio.Event()
+        bodies = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive():
+            if bodies:
+                return bodies.pop()
+            await hang_up.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+            if sum(m["type"] == "http.response.body" for m in sent) >= 2:
+                stalled.set()
+                await asyncio.Event().wait()  # the client reads no more
+
+        served = asyncio.create_task(application(scope, receive, send))
+        await asyncio.wait_for(stalled.wait(), 60)
+        deadline = time.monotonic() + 90
+        while await asyncio.to_thread(runtime_server.generated_tokens) - before < ANSWER:
+            assert time.monotonic() < deadline, "the runtime stopped generating for a stalled reader"
+            await asyncio.sleep(0.2)
+        hang_up.set()
+        await asyncio.wait_for(served, 30)
+        await metering.drain()
+        await upstream.session().close()
+
+    asyncio.run(scenario())
+    billing.drain_outbox()
+    headers = dict(sent[0]["headers"])
+    row = usage_row(headers[b"x-request-id"].decode())
+    relayed = sum(m.get("body", b"").count(b'"content"') for m in sent[1:])
+    assert relayed < 5
+    assert runtime_server.generated_tokens() - before == ANSWER
+    assert row.outcome == "client_disconnected"
+    assert row.completion_tokens == ANSWER
+    account = Account.all_orgs.get(organization=tenant.org)
+    assert account.credit == money.from_decimal(settings.BILLING_SIGNUP_CREDIT) - row.cost
+    assert account.reserved == 0

@@ -11,6 +11,7 @@ stops. Plain (non-stream) answers are assembled here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import orjson
@@ -33,6 +34,20 @@ Outcome = UsageEvent.Outcome
 CHAT = validation.CHAT
 log = logging.getLogger("serving.gateway")
 MODEL_UNAVAILABLE_RETRY_SECONDS = 5
+
+
+class RelayResponse(StreamingHttpResponse):
+    """A streamed answer whose relay is closed when Django stops sending it (its client left while
+    a chunk waited to be sent), so its books close then, not whenever the generator is collected."""
+
+    def __init__(self, relay, **kwargs):
+        super().__init__(relay, **kwargs)
+        self._relay = relay
+
+    async def __aiter__(self):
+        async with contextlib.aclosing(self._relay):
+            async for part in self.streaming_content:
+                yield part
 
 
 def json_response(body: dict, status: int = 200) -> HttpResponse:
@@ -139,20 +154,26 @@ async def _open(route: routing.Route, payload: dict, path: str, meter: Meter):
         if replica.engine in ("builtin", "vllm"):
             body["stream_options"]["continuous_usage_stats"] = True
         headers = {"Authorization": f"Bearer {replica.api_key}"} if replica.api_key else {}
+        # Our runtime knows the request by the gateway's id, to say what it generated if the client leaves.
+        meter.replica = replica
         try:
-            response = await upstream.post(replica.url + path, body, headers)
+            response = await upstream.post(replica.url + path, body, {**headers, "X-Request-Id": meter.request_id})
             if response.status == 404 and route.adapter_path:
                 # The replica has not loaded this fine-tuned model's adapter yet: load it, once.
                 response.release()
                 await upstream.load_adapter(replica.url, headers, name=body["model"], path=route.adapter_path)
-                response = await upstream.post(replica.url + path, body, headers)
+                response = await upstream.post(
+                    replica.url + path, body, {**headers, "X-Request-Id": meter.request_id}
+                )
         except upstream.CONNECT_ERRORS as error:
             log.warning("replica %s failed before answering: %r", replica.name, error)
             routing.mark_down(replica)
+            meter.replica = None
             continue
         if response.status >= 500:
             failure = await _error_of(response)
             log.warning("replica %s answered %s: %s", replica.name, response.status, failure["error"]["message"])
+            meter.replica = None
             continue
         meter.backend = replica.name
         return response
@@ -257,12 +278,15 @@ async def _relay(response, meter: Meter, model: str, endpoint: str, include_usag
         outcome, status = Outcome.UPSTREAM_ERROR, 502
         yield _sse(server_error("The model server sent an answer the gateway could not relay."))
     finally:
-        meter.close(status, outcome)
-        _finish(response, cleanly=outcome == Outcome.OK)
+        if outcome == Outcome.CLIENT_DISCONNECTED:
+            meter.abandon(response)  # closed at any point of the stream: cancelled, or closed at a yield
+        else:
+            meter.close(status, outcome)
+            _finish(response, cleanly=outcome == Outcome.OK)
 
 
 async def _assemble(response, meter: Meter, model: str, endpoint: str) -> HttpResponse:
-    parts, first, finish, error, complete = [], None, None, None, False
+    parts, first, finish, error, complete, gone = [], None, None, None, False, False
     try:
         async for event in upstream.events(response):
             if event == "[DONE]":
@@ -281,7 +305,8 @@ async def _assemble(response, meter: Meter, model: str, endpoint: str) -> HttpRe
                     parts.append(piece)
                 finish = choice.get("finish_reason") or finish
     except asyncio.CancelledError:  # our client went away: charge what was generated, stop the server
-        meter.close(499, Outcome.CLIENT_DISCONNECTED)
+        gone = True
+        meter.abandon(response)
         raise
     except upstream.STREAM_ERRORS:
         error = server_error("The model server went away mid-answer.")
@@ -289,7 +314,8 @@ async def _assemble(response, meter: Meter, model: str, endpoint: str) -> HttpRe
         log.exception("assembling %s failed", meter.request_id)
         error = server_error("The model server sent an answer the gateway could not read.")
     finally:
-        _finish(response, cleanly=complete)
+        if not gone:
+            _finish(response, cleanly=complete)
     if error is not None or first is None or not complete:
         meter.close(502, Outcome.UPSTREAM_ERROR)
         return json_response(error or server_error("The model server sent no complete answer."), 502)
@@ -396,13 +422,18 @@ async def _proxy(request, endpoint: str, path: str):
         price,
     )
     meter.prompt_estimate = prompt_estimate
+    meter.completion_cap = cap
     meter.endpoint_id = route.endpoint.id if route.endpoint is not None else ""
     try:
-        response = await _open(route, {**checked.forward, "stream": True, "max_tokens": cap}, path, meter)
+        try:
+            response = await _open(route, {**checked.forward, "stream": True, "max_tokens": cap}, path, meter)
+        except asyncio.CancelledError:  # the client left before the model server's headers came
+            meter.abandon()
+            raise
         if response.status != 200:
             result = await _upstream_error(response, meter)
         elif checked.stream:
-            result = StreamingHttpResponse(
+            result = RelayResponse(
                 _relay(response, meter, checked.model, endpoint, checked.include_usage),
                 content_type="text/event-stream",
             )

@@ -1,7 +1,13 @@
 """What one gateway request used, and closing its books: the usage record goes into the metering
 outbox synchronously, before the response ends (its ledger row settles the budget reservation when
 drained); the rate-limit correction runs in its own task, so a client that disconnects (which
-cancels the request's task) cannot cancel it."""
+cancels the request's task) cannot cancel it.
+
+What is billed is what the model server generated, not what the gateway had read when the client
+left (a slow reader leaves tokens in the replica's buffers and the sockets): a request whose
+client left is settled in a task of its own, which asks our runtime for the request's real count
+(/v1/abort_request), or reads what another engine has already sent; an engine that reports usage
+only at the end and never got there is billed the completion cap it was sent."""
 
 from __future__ import annotations
 
@@ -13,12 +19,15 @@ from dataclasses import dataclass, field
 from billing import ledger
 from billing import services as billing
 from billing.budgets import Hold
+from billing.models import UsageEvent
 from billing.pricing import UnitPrice
-from serving.gateway import ratelimit
+from serving.gateway import ratelimit, upstream
 from tenancy.detached import run_detached
 
 log = logging.getLogger("serving.gateway")
 _background: set[asyncio.Task] = set()
+# After its client left, how long the gateway reads what an engine other than ours already sent.
+BUFFERED_READ_SECONDS = 0.5
 
 
 def spawn(coroutine) -> asyncio.Task:
@@ -56,6 +65,9 @@ class Meter:
     first_token_at: float | None = None
     closed: bool = False
     endpoint_id: str = ""  # the published endpoint called, if any
+    completion_cap: int = 0  # the max_tokens sent upstream
+    replica: object = None  # the replica the request was sent to (routing.Replica), once sent
+    abandoned: bool = False  # the client left; a task of its own closes the books
 
     def saw(self, usage: dict | None) -> None:
         if isinstance(usage, dict):
@@ -75,16 +87,64 @@ class Meter:
         if self.closed:
             return None
         self.closed = True
-        if not self.usage_reported and self.relayed:
-            # The upstream reports usage only at the end and never got there (a disconnect, an
-            # error): bill what was relayed, never 0.
-            self.prompt_tokens = self.prompt_tokens or self.prompt_estimate
-            self.completion_tokens = max(self.completion_tokens, self.relayed)
+        if not self.usage_reported:
+            if outcome == UsageEvent.Outcome.CLIENT_DISCONNECTED and self.replica is not None:
+                # The client left and the model server's count was never seen: it may have generated
+                # everything it was allowed to (and a provider bills us for that).
+                self.prompt_tokens = self.prompt_tokens or self.prompt_estimate
+                self.completion_tokens = max(self.completion_tokens, self.completion_cap)
+            elif self.relayed:
+                # The upstream failed before reporting usage: bill what was relayed, never 0.
+                self.prompt_tokens = self.prompt_tokens or self.prompt_estimate
+                self.completion_tokens = max(self.completion_tokens, self.relayed)
         try:
             billing.meter(self._record(status_code, outcome, time.perf_counter()))
         except Exception:
             log.exception("could not spool the usage of %s", self.request_id)
         return spawn(self._book())
+
+    def abandon(self, response=None) -> asyncio.Task | None:
+        """The client left before its answer ended. Nothing sent upstream yet: nothing was used.
+        Otherwise learn what the model server generated, then close the books, in a task of its
+        own (the request's task is being cancelled). `response` (the upstream's answer, if it
+        came) is closed here, which stops decoding on any engine."""
+        if self.closed or self.abandoned:
+            return None
+        if self.replica is None:
+            return self.discard()
+        self.abandoned = True
+        return spawn(self._settle_abandoned(response))
+
+    async def _settle_abandoned(self, response) -> None:
+        try:
+            replica = self.replica
+            headers = {"Authorization": f"Bearer {replica.api_key}"} if replica.api_key else {}
+            if replica.engine == "builtin":
+                if response is not None:
+                    upstream.abort(response)
+                    response = None
+                final = await upstream.abort_request(replica.url, headers, self.request_id)
+                if final is not None:
+                    self.saw(final)
+            elif response is not None:
+                await self._read_buffered(response)
+        except Exception:
+            log.exception("could not learn what %s generated", self.request_id)
+        finally:
+            if response is not None:
+                upstream.abort(response)
+            self.close(499, UsageEvent.Outcome.CLIENT_DISCONNECTED)
+
+    async def _read_buffered(self, response) -> None:
+        """What the engine sent before the gateway closed the connection, for its usage."""
+        try:
+            async with asyncio.timeout(BUFFERED_READ_SECONDS):
+                async for event in upstream.events(response):
+                    if event == "[DONE]":
+                        return
+                    self.saw(event.get("usage"))
+        except (TimeoutError, *upstream.STREAM_ERRORS):
+            pass
 
     def discard(self) -> asyncio.Task | None:
         """Close the books of a request that never reached a model server (none was up to take it):

@@ -83,6 +83,29 @@ async def load_adapter(base_url: str, headers: dict, *, name: str, path: str) ->
         await response.read()
 
 
+ABORT_TIMEOUT = aiohttp.ClientTimeout(total=15)
+
+
+async def abort_request(base_url: str, headers: dict, request_id: str) -> dict | None:
+    """Our runtime's /v1/abort_request: stop the request and answer the usage it really generated;
+    nothing, if the replica never heard of it; None when it cannot say (gone, or too slow)."""
+    try:
+        async with session().post(
+            base_url + "/v1/abort_request",
+            data=orjson.dumps({"request_id": request_id}),
+            headers={**headers, "Content-Type": "application/json"},
+            timeout=ABORT_TIMEOUT,
+        ) as response:
+            if response.status == 404:
+                return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+            if response.status != 200:
+                return None
+            usage = (await response.json(loads=orjson.loads)).get("usage")
+            return usage if isinstance(usage, dict) else None
+    except (*CONNECT_ERRORS, ValueError):
+        return None
+
+
 def abort(response: aiohttp.ClientResponse) -> None:
     """Drop the connection: the model server sees the client leave and stops decoding."""
     response.close()
