@@ -1,6 +1,6 @@
-"""The gateway with budgets on and off, in one run: what reserving a request's worst-case cost
-before forwarding (a conditional UPDATE and a reservation row) and settling it with the ledger row
-costs per request.
+"""The gateway with budgets on and off, in one run: what holding a request's worst-case cost
+before forwarding (drawn from the web process's bulk hold, billing/holds.py) and settling it with
+the ledger row costs per request.
 
 One web process, one trivial upstream (bench/trivial_upstream.py), one priced model. "On": a
 prepaid organization with ample credit (every request reserves and settles). "Off": an invoiced

@@ -1,6 +1,13 @@
-"""Budgets that never overspend: a request's worst-case cost is reserved before it runs, with
-conditional UPDATEs (the condition and the debit are one statement, so concurrent requests cannot
-both pass a check that only one can afford), and settled with its ledger row in one transaction.
+"""Budgets that never overspend: money is reserved before it is spent, under the account's row
+lock or in conditional UPDATEs (the condition and the debit are one statement), so concurrent
+requests cannot both pass a check that only one can afford, and settled with its ledger rows in
+one transaction.
+
+Two kinds of reservation (billing.models.Reservation): a fine-tune's estimated cost, reserved and
+settled per job; and a web process's bulk hold, which billing.holds tops up here (`top_up`) and
+draws requests' worst cases from in memory, renews while the process lives (`renew`) and gives
+back what it does not need (`shrink`). A request's ledger row charges its cost to the bulk hold
+it was admitted from (`spent`), moving that much from reserved to spent on the account.
 
 What a reservation is held against: the organization's account (its prepaid credit, and its
 monthly limit if it has one) and, if the key has a spend limit, the key's. Credit and limits are
@@ -130,11 +137,8 @@ def reserve(*, request_id: str, organization_id: int, api_key_id: str | None, am
     found = policy(organization_id)
     if amount <= 0 or not found.applies(api_key_id):
         return Hold(request_id, organization_id, api_key_id, 0)
-    key_limited = api_key_id is not None and api_key_id in found.limited_keys
     for attempt in range(2):
         try:
-            if connection.vendor == "postgresql" and not key_limited and not connection.in_atomic_block:
-                return _hold_in_one_statement(request_id, organization_id, api_key_id, amount, ttl_seconds)
             with transaction.atomic():
                 return _hold(request_id, organization_id, api_key_id, amount, ttl_seconds, found)
         except _AccountMissing:
@@ -147,57 +151,6 @@ def reserve(*, request_id: str, organization_id: int, api_key_id: str | None, am
 
 class _AccountMissing(Exception):
     pass
-
-
-HOLD_STATEMENT = """
-    WITH debit AS (
-        UPDATE {account} SET
-            reserved = reserved + %(amount)s,
-            period_spent = CASE WHEN period = %(period)s THEN period_spent ELSE 0 END,
-            alerted_percent = CASE WHEN period = %(period)s THEN alerted_percent ELSE 0 END,
-            period = %(period)s
-        WHERE organization_id = %(org)s
-          AND (mode = %(invoiced)s OR credit >= reserved + %(amount)s)
-          AND (monthly_limit IS NULL OR monthly_limit >=
-               (CASE WHEN period = %(period)s THEN period_spent ELSE 0 END) + reserved + %(amount)s)
-        RETURNING organization_id
-    )
-    INSERT INTO {reservation}
-        (organization_id, request_id, api_key_id, amount, key_limited, created_at, expires_at)
-    SELECT organization_id, %(request_id)s, %(key)s, %(amount)s, false, %(now)s, %(expires)s FROM debit
-    RETURNING id
-"""
-
-
-def hold_statement(
-    request_id: str, organization_id: int, api_key_id: str | None, amount: int, ttl_seconds: int
-) -> tuple[str, dict]:
-    """PostgreSQL's reservation in one statement, when no key limit applies: a CTE whose UPDATE
-    debits the account under the same conditions as _hold and whose INSERT writes the reservation
-    only if the debit happened — one round trip, the account row locked for one statement. It
-    returns a row if the reservation was made."""
-    now = timezone.now()
-    sql = HOLD_STATEMENT.format(account=Account._meta.db_table, reservation=Reservation._meta.db_table)
-    return sql, {
-        "amount": amount,
-        "period": period_of(now),
-        "org": organization_id,
-        "invoiced": Account.Mode.INVOICED.value,
-        "request_id": request_id,
-        "key": uuid.UUID(str(api_key_id)) if api_key_id else None,
-        "now": now,
-        "expires": now + timedelta(seconds=ttl_seconds),
-    }
-
-
-def _hold_in_one_statement(
-    request_id: str, organization_id: int, api_key_id: str | None, amount: int, ttl_seconds: int
-) -> Hold:
-    with connection.cursor() as cursor:
-        cursor.execute(*hold_statement(request_id, organization_id, api_key_id, amount, ttl_seconds))
-        if cursor.fetchone() is None:
-            raise _why_not(organization_id, amount)
-    return Hold(request_id, organization_id, api_key_id, amount)
 
 
 def _hold(request_id: str, organization_id: int, api_key_id: str | None, amount: int, ttl_seconds: int, found) -> Hold:
@@ -229,10 +182,7 @@ def _hold(request_id: str, organization_id: int, api_key_id: str | None, amount:
             )
         )
         if not updated and KeySpendLimit.all_orgs.filter(api_key_id=api_key_id).exists():
-            raise InsufficientQuota(
-                "api_key_monthly_limit",
-                "This API key has reached its monthly spend limit. Raise the key's limit or use another key.",
-            )
+            raise _refusal("api_key_monthly_limit")
         key_limited = bool(updated)
     Reservation.all_orgs.create(
         request_id=request_id,
@@ -261,16 +211,8 @@ def _why_not(organization_id: int, amount: int) -> Exception:
     if account is None:
         return _AccountMissing()
     if account.mode == Account.Mode.PREPAID and account.credit - account.reserved < amount:
-        return InsufficientQuota(
-            "organization_credit",
-            "You exceeded your current quota: the organization's credit balance cannot cover this request. "
-            "Add credit to continue.",
-        )
-    return InsufficientQuota(
-        "organization_monthly_limit",
-        "You exceeded your current quota: the organization has reached its monthly spend limit. "
-        "An owner can raise the limit.",
-    )
+        return _refusal("organization_credit")
+    return _refusal("organization_monthly_limit")
 
 
 def _alerted_this_period(period: date):
@@ -325,7 +267,7 @@ def _take(request_ids: list[str]) -> dict[str, Reservation]:
             chunk = request_ids[start : start + 1000]
             cursor.execute(
                 f"DELETE FROM {table} WHERE request_id IN ({', '.join(['%s'] * len(chunk))}) "  # noqa: S608
-                "RETURNING request_id, organization_id, api_key_id, amount, key_limited",
+                "RETURNING request_id, organization_id, api_key_id, amount, spent, key_limited",
                 chunk,
             )
             rows += cursor.fetchall()
@@ -334,33 +276,70 @@ def _take(request_ids: list[str]) -> dict[str, Reservation]:
             request_id=request_id,
             organization_id=organization_id,
             api_key_id=uuid.UUID(str(api_key_id)) if api_key_id else None,  # SQLite returns the hex text
-            amount=amount,
+            amount=max(0, amount - spent),  # what it still held
             key_limited=bool(key_limited),
         )
-        for request_id, organization_id, api_key_id, amount, key_limited in rows
+        for request_id, organization_id, api_key_id, amount, spent, key_limited in rows
     }
 
 
+def _charge_bulk(costs: dict[str, int]) -> dict[str, tuple[bool, str | None]]:
+    """Add each cost to its bulk hold's `spent`, one statement per hold, in id order (the lock
+    order); returns, for the holds that still exist, whether they are key-limited and their key."""
+    table = connection.ops.quote_name(Reservation._meta.db_table)
+    found = {}
+    with connection.cursor() as cursor:
+        for hold_id in sorted(costs):
+            cursor.execute(
+                f"UPDATE {table} SET spent = spent + %s WHERE request_id = %s "  # noqa: S608
+                "RETURNING key_limited, api_key_id",
+                [costs[hold_id], hold_id],
+            )
+            row = cursor.fetchone()
+            if row is not None:
+                found[hold_id] = (bool(row[0]), str(uuid.UUID(str(row[1]))) if row[1] else None)
+    return found
+
+
 def settle(written: list[dict]) -> None:
-    """Inside the transaction that wrote these ledger records: release their reservations and
-    charge their cost to the organization's account and the key's limit."""
+    """Inside the transaction that wrote these ledger records: charge their cost to the
+    organization's account and the key's limit, releasing what they were admitted from — their
+    own reservation (a fine-tune's), or that much of the bulk hold named by the record's `hold`
+    (a bulk hold already reaped releases nothing more: the reaper gave it back)."""
     if not written:
         return
-    held = _take([r["request_id"] for r in written])
+    own = [r for r in written if not r.get("hold")]
+    held = _take([r["request_id"] for r in own]) if own else {}
+    bulk_costs: dict[str, int] = defaultdict(int)
+    for record in written:
+        if record.get("hold"):
+            bulk_costs[record["hold"]] += record["cost"]
+    bulk = _charge_bulk(bulk_costs) if bulk_costs else {}
     organizations: dict = defaultdict(lambda: [0, 0])
     keys: dict = defaultdict(lambda: [0, 0])
     for record in written:
-        reservation = held.get(record["request_id"])
+        cost = record["cost"]
         organization = organizations[record["organization_id"]]
-        organization[1] += record["cost"]
+        organization[1] += cost
+        key_id = str(record["api_key_id"]) if record.get("api_key_id") else None
+        if key_id:
+            keys[key_id][1] += cost
+        if record.get("hold"):
+            if record["hold"] in bulk:
+                organization[0] += cost
+                key_limited, hold_key = bulk[record["hold"]]
+                if key_limited and hold_key:
+                    keys[hold_key][0] += cost
+            continue
+        reservation = held.get(record["request_id"])
         if reservation is not None:
             organization[0] += reservation.amount
-        key_id = record.get("api_key_id")
-        if key_id:
-            keys[str(key_id)][1] += record["cost"]
-            if reservation is not None and reservation.key_limited:
-                keys[str(key_id)][0] += reservation.amount
+            if reservation.key_limited and key_id:
+                keys[key_id][0] += reservation.amount
     _apply(organizations, keys, period_of(timezone.now()))
+    if bulk:
+        # Holds their process gave up, now wholly charged, have nothing left to hold.
+        Reservation.all_orgs.filter(request_id__in=list(bulk), closed=True, spent__gte=F("amount")).delete()
 
 
 @transaction.atomic
@@ -379,8 +358,8 @@ def release(request_ids: list[str]) -> int:
 
 
 def release_expired() -> int:
-    """The reaper: reservations past their expiry belong to requests that are gone (their process
-    died before writing a usage record); give them back."""
+    """The reaper: reservations past their expiry belong to a job or a web process that is gone
+    (it stopped renewing); give back what they still hold."""
     expired = list(
         Reservation.all_orgs.filter(expires_at__lt=timezone.now()).values_list("request_id", flat=True)[:1000]
     )
@@ -388,3 +367,142 @@ def release_expired() -> int:
     if released:
         log.warning("released %d expired reservation(s)", released)
     return released
+
+
+# --- Bulk holds (drawn from in memory by billing.holds) -----------------------------------------
+
+
+class HoldLost(Exception):
+    """A bulk hold's row is gone or closed (reaped after its process stalled past the TTL): its
+    process must start another."""
+
+
+def _available(account: Account, period: date) -> tuple[int | None, str]:
+    """How much more the account can hold now (None: unbounded), and which budget bounds it."""
+    bounds = []
+    if account.mode == Account.Mode.PREPAID:
+        bounds.append((account.credit - account.reserved, "organization_credit"))
+    if account.monthly_limit is not None:
+        spent = account.period_spent if account.period == period else 0
+        bounds.append((account.monthly_limit - spent - account.reserved, "organization_monthly_limit"))
+    if not bounds:
+        return None, ""
+    return min(bounds)
+
+
+def top_up(
+    *,
+    hold_id: str,
+    organization_id: int,
+    api_key_id: str | None,
+    key_limited: bool,
+    shortfall: int,
+    desired: int,
+    share: int,
+    ttl_seconds: int,
+) -> int:
+    """Add to a bulk hold (made on first use) at least `shortfall` and at most `desired`, never more
+    than 1/`share` of what the budgets have left beyond the shortfall, so that other processes of
+    the organization find money too. Raises InsufficientQuota (naming the budget) when even the
+    shortfall does not fit, HoldLost when the hold was closed or reaped meanwhile. Returns what was
+    added. Lock order: the hold's row, the account, the key's limit."""
+    ensure_account(organization_id)
+    now = timezone.now()
+    period = period_of(now)
+    with transaction.atomic():
+        row, created = Reservation.all_orgs.select_for_update().get_or_create(
+            request_id=hold_id,
+            defaults={
+                "organization_id": organization_id,
+                "api_key_id": api_key_id,
+                "amount": 0,
+                "key_limited": key_limited,
+                "expires_at": now + timedelta(seconds=ttl_seconds),
+            },
+        )
+        if row.closed or (not created and row.expires_at <= now):
+            raise HoldLost(hold_id)
+        account = Account.all_orgs.select_for_update().get(organization_id=organization_id)
+        available, budget = _available(account, period)
+        limit = (
+            KeySpendLimit.all_orgs.select_for_update().filter(api_key_id=api_key_id).first() if key_limited else None
+        )
+        if limit is not None:
+            key_spent = limit.period_spent if limit.period == period else 0
+            key_left = limit.monthly_limit - key_spent - limit.reserved
+            if available is None or key_left < available:
+                available, budget = key_left, "api_key_monthly_limit"
+        if available is not None and available < shortfall:
+            raise _refusal(budget)
+        grant = desired
+        if available is not None:
+            grant = max(shortfall, min(desired, shortfall + (available - shortfall) // share))
+        Account.all_orgs.filter(organization_id=organization_id).update(
+            reserved=F("reserved") + grant,
+            period_spent=_spent_this_period(period),
+            alerted_percent=_alerted_this_period(period),
+            period=period,
+        )
+        if limit is not None:
+            KeySpendLimit.all_orgs.filter(pk=limit.pk).update(
+                reserved=F("reserved") + grant,
+                period_spent=_spent_this_period(period),
+                alerted_percent=_alerted_this_period(period),
+                period=period,
+            )
+        Reservation.all_orgs.filter(pk=row.pk).update(
+            amount=F("amount") + grant,
+            key_limited=limit is not None,
+            expires_at=now + timedelta(seconds=ttl_seconds),
+        )
+    return grant
+
+
+def _refusal(budget: str) -> InsufficientQuota:
+    if budget == "api_key_monthly_limit":
+        return InsufficientQuota(
+            budget, "This API key has reached its monthly spend limit. Raise the key's limit or use another key."
+        )
+    if budget == "organization_credit":
+        return InsufficientQuota(
+            budget,
+            "You exceeded your current quota: the organization's credit balance cannot cover this request. "
+            "Add credit to continue.",
+        )
+    return InsufficientQuota(
+        "organization_monthly_limit",
+        "You exceeded your current quota: the organization has reached its monthly spend limit. "
+        "An owner can raise the limit.",
+    )
+
+
+def shrink(hold_id: str, by: int, *, ttl_seconds: int, close: bool = True) -> int:
+    """Give back `by` of a bulk hold: its unused part. Closing it (its process will no longer draw
+    from it), the rest covers its requests' rows still to be settled, and the row goes once they
+    are. Returns what was given back."""
+    now = timezone.now()
+    with transaction.atomic():
+        row = Reservation.all_orgs.select_for_update().filter(request_id=hold_id).first()
+        if row is None:
+            return 0
+        back = max(0, min(by, row.amount - row.spent))
+        if close and row.amount - back <= row.spent:
+            row.delete()
+        else:
+            Reservation.all_orgs.filter(pk=row.pk).update(
+                amount=F("amount") - back, closed=close, expires_at=now + timedelta(seconds=ttl_seconds)
+            )
+        keys = {str(row.api_key_id): [back, 0]} if row.key_limited and row.api_key_id else {}
+        _apply({row.organization_id: [back, 0]}, keys, period_of(now))
+    return back
+
+
+def renew(hold_ids: list[str], *, ttl_seconds: int) -> set[str]:
+    """Push back the expiry of these open bulk holds; returns those that still exist (a hold the
+    reaper took while its process stalled is not among them)."""
+    if not hold_ids:
+        return set()
+    live = Reservation.all_orgs.filter(request_id__in=hold_ids, closed=False)
+    found = set(live.values_list("request_id", flat=True))
+    live.filter(request_id__in=found).update(expires_at=timezone.now() + timedelta(seconds=ttl_seconds))
+    return found

@@ -74,6 +74,7 @@ def _row(record: dict) -> dict:
         ),
         "price_id": price.version,
         "created_at": datetime.fromtimestamp(created, UTC) if isinstance(created, int | float) else created,
+        "hold": record.get("hold"),  # not a column: which bulk hold the settle charges
     }
 
 

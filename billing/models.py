@@ -145,13 +145,21 @@ class KeySpendLimit(TenantModel):
 
 
 class Reservation(TenantModel):
-    """The worst-case cost of a request in flight (or a running fine-tune), held against the
-    organization's (and its key's) budget until its ledger row settles it, in the same transaction;
-    the reaper releases those whose request is gone."""
+    """Money held against the organization's (and its key's) budget, of one of two kinds:
+
+    - one fine-tune's estimated cost (`request_id` is `train:<job>`), until its ledger row settles
+      it in the same transaction;
+    - a web process's bulk hold (`bulk:<id>`), from which that process admits its requests in
+      memory (billing.holds): the ledger rows of those requests charge `spent` of it; the process
+      tops it up, renews it while it lives and releases what it does not use (`closed` then).
+
+    The reaper releases what an expired row still holds (amount - spent): its process or job is gone."""
 
     request_id = models.CharField(max_length=64, unique=True)
     api_key = models.ForeignKey("tenancy.APIKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     amount = models.PositiveBigIntegerField()
+    spent = models.PositiveBigIntegerField(default=0, help_text="Of a bulk hold: what its requests' rows charged.")
+    closed = models.BooleanField(default=False, help_text="A bulk hold its process no longer draws from.")
     key_limited = models.BooleanField(default=False, help_text="Also held against the key's spend limit.")
     created_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField(db_index=True)

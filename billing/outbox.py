@@ -23,6 +23,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -137,15 +138,51 @@ def spool() -> Spool:
         return _spool
 
 
+# Records the spool could not take (a full or failing disk), kept in memory for the drainer, which
+# writes them into the ledger directly; and until when new requests are refused (healthy()).
+_unspooled: list[dict] = []
+_unspooled_guard = threading.Lock()
+_broken_until = 0.0
+REFUSE_AFTER_FAILURE_SECONDS = 5.0
+
+
 def append(record: dict) -> None:
-    spool().append(record)
+    """Durable once this returns: on the spool's disk, or — when the disk refuses it — in this
+    process's memory until the drainer writes it into the ledger, while healthy() says the gateway
+    must admit no new requests for a while."""
+    global _broken_until
+    try:
+        spool().append(record)
+    except OSError as error:
+        with _unspooled_guard:
+            _unspooled.append(record)
+            _broken_until = time.monotonic() + REFUSE_AFTER_FAILURE_SECONDS
+        log.error("the metering spool refused usage record %s (%s); kept in memory", record.get("request_id"), error)
+        spool().seal()  # the next append opens a new file (the error may belong to this one)
+
+
+def healthy() -> bool:
+    """Whether usage can be recorded now: not if the spool refused a record in the last few seconds."""
+    return time.monotonic() >= _broken_until
+
+
+def _drain_memory(ingest: Callable[[list[dict]], object]) -> int:
+    with _unspooled_guard:
+        records = list(_unspooled)
+    if not records:
+        return 0
+    ingest(records)
+    with _unspooled_guard:
+        del _unspooled[: len(records)]
+    return len(records)
 
 
 def drain(ingest: Callable[[list[dict]], object]) -> int:
-    """Seal this process's file and drain every complete file of the host."""
+    """Seal this process's file and drain every complete file of the host, and the records kept in
+    memory."""
     current = spool()
     current.seal()
-    return drain_directory(current.directory, ingest)
+    return _drain_memory(ingest) + drain_directory(current.directory, ingest)
 
 
 _wake: tuple | None = None  # (loop, asyncio.Event) of this process's running drainer

@@ -11,12 +11,11 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from billing import alerts, budgets, ledger, money, outbox, pricing, reports, reserving
+from billing import alerts, budgets, ledger, money, outbox, pricing, reports
 from billing.models import Account, KeySpendLimit, Price
 from catalog.models import BaseModel, FineTunedModel
 from tenancy import audit
 from tenancy.audit import Actor
-from tenancy.detached import run_detached
 from tenancy.models import APIKey
 from tenancy.services import ServiceError
 
@@ -196,25 +195,8 @@ def reserve(
     )
 
 
-async def areserve(*, request_id: str, organization_id: int, api_key_id: str | None, amount: int) -> budgets.Hold:
-    """The same from the gateway: no database round trip when no budget applies (known from the
-    cached policy); in a web process on PostgreSQL, one statement from the event loop when only the
-    organization's budgets apply (billing.reserving); otherwise a short transaction on a worker
-    thread."""
-    known = budgets.cached_policy(organization_id)
-    if amount <= 0 or (known is not None and not known.applies(api_key_id)):
-        return budgets.Hold(request_id, organization_id, api_key_id, 0)
-    fast = known is not None and api_key_id not in known.limited_keys and reserving.active()
-    if fast and await reserving.hold(request_id, organization_id, api_key_id, amount):
-        return budgets.Hold(request_id, organization_id, api_key_id, amount)
-    # Refused (or no account yet): the synchronous path tries once more and says which budget.
-    return await run_detached(
-        reserve, request_id=request_id, organization_id=organization_id, api_key_id=api_key_id, amount=amount
-    )
-
-
 def release(hold: budgets.Hold) -> None:
-    """Give back a hold whose request used nothing (it never reached a model server)."""
+    """Give back a reservation whose work used nothing."""
     if hold.amount:
         budgets.release([hold.request_id])
 

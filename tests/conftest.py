@@ -167,6 +167,22 @@ def live_web(django_db_setup, django_db_blocker):
     server.process.wait(10)
 
 
+def nothing_held(organization, timeout: float = 20) -> bool:
+    """Whether, within `timeout`, the organization's account holds nothing and no reservation of it
+    is left: a web process gives back an idle bulk hold after BILLING_HOLD_IDLE_SECONDS."""
+    from billing.models import Account, Reservation
+
+    deadline = time.monotonic() + timeout
+    while True:
+        account = Account.all_orgs.filter(organization=organization).first()
+        if account is not None and account.reserved == 0:
+            if not Reservation.all_orgs.filter(organization=organization).exists():
+                return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+
+
 def usage_row(request_id: str, timeout: float = 15):
     """The usage ledger row of a request, once the gateway's background write has landed."""
     from billing.models import UsageEvent
@@ -282,6 +298,16 @@ def sign_in_throttle_out_of_the_way(settings):
     would throttle each other; tests/tenancy/test_doors.py puts the defaults (THROTTLE_DEFAULTS) back."""
     for name in THROTTLE_DEFAULTS:
         setattr(settings, name, 10**6)
+
+
+@pytest.fixture(autouse=True)
+def no_bulk_holds_from_an_earlier_test():
+    """This process's bulk holds (billing.holds) stand for rows of a database each test empties."""
+    from billing.holds import holds
+
+    holds.forget()
+    yield
+    holds.forget()
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -1,7 +1,8 @@
-"""What a web process does when it starts and stops (the ASGI lifespan protocol): it drains the
-metering outbox into the usage ledger while it runs, and on shutdown waits for requests' pending
-bookkeeping, then drains once more (what the database cannot take then stays spooled for the next
-process to drain)."""
+"""What a web process does when it starts and stops (the ASGI lifespan protocol): while it runs, it
+drains the metering outbox into the usage ledger and keeps its bulk holds (billing.holds) renewed,
+giving back what idle ones hold; on shutdown it waits for requests' pending bookkeeping, gives
+back what its holds do not need, then drains once more (what the database cannot take then stays
+spooled for the next process to drain)."""
 
 from __future__ import annotations
 
@@ -9,29 +10,46 @@ import asyncio
 import contextlib
 import logging
 
-from billing import outbox, reserving
+from billing import outbox
 from billing import services as billing
+from billing.holds import holds
 from serving.gateway import metering
 from tenancy.detached import run_detached
 
 log = logging.getLogger("maas.lifespan")
+HOLDS_EVERY_SECONDS = 1.0
+
+
+async def keep_holds() -> None:
+    while True:
+        await asyncio.sleep(HOLDS_EVERY_SECONDS)
+        try:
+            await run_detached(holds.maintain)
+        except Exception:
+            log.exception("could not renew or give back bulk holds; retrying")
 
 
 async def lifespan(receive, send) -> None:
-    drainer: asyncio.Task | None = None
+    background: list[asyncio.Task] = []
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
-            drainer = asyncio.get_running_loop().create_task(outbox.drain_forever(billing.ingest_usage))
-            reserving.start()
+            loop = asyncio.get_running_loop()
+            background = [
+                loop.create_task(outbox.drain_forever(billing.ingest_usage)),
+                loop.create_task(keep_holds()),
+            ]
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
-            if drainer is not None:
-                drainer.cancel()
+            for task in background:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await drainer
+                    await task
             await metering.drain()
-            await reserving.close()
+            try:
+                await run_detached(holds.maintain, everything=True)
+            except Exception as error:
+                log.error("bulk holds are left to the reaper: %s", error)
             try:
                 await run_detached(outbox.drain, billing.ingest_usage)
             except Exception as error:

@@ -319,12 +319,11 @@ BILLING_CACHE_SECONDS = env.integer("BILLING_CACHE_SECONDS", 5)
 # and the credit it starts with (a decimal amount of BILLING_CURRENCY).
 BILLING_DEFAULT_MODE = env.get("BILLING_DEFAULT_MODE", "prepaid")
 BILLING_SIGNUP_CREDIT = env.get("BILLING_SIGNUP_CREDIT", "5")
-# A reservation whose request wrote no usage record by then is released by the reaper.
+# A web process renews its bulk holds while it lives; a hold (or a fine-tune's reservation) not
+# renewed for this long belongs to a process or job that is gone, and the reaper gives it back.
 BILLING_RESERVATION_TTL_SECONDS = env.integer("BILLING_RESERVATION_TTL_SECONDS", 900)
-# On PostgreSQL a web process reserves from its event loop over its own small pool of connections.
-BILLING_ASYNC_RESERVE = env.flag("BILLING_ASYNC_RESERVE", default=True)
-BILLING_RESERVE_POOL_SIZE = env.integer("BILLING_RESERVE_POOL_SIZE", 8)
-BILLING_RESERVE_POOL_TIMEOUT = env.integer("BILLING_RESERVE_POOL_TIMEOUT", 5)
+# A web process gives back the unused part of a bulk hold no request has drawn from for this long.
+BILLING_HOLD_IDLE_SECONDS = env.integer("BILLING_HOLD_IDLE_SECONDS", 5)
 # The monthly close runs this long after a month ends, so usage spooled in its last moments is in.
 BILLING_CLOSE_GRACE_HOURS = env.integer("BILLING_CLOSE_GRACE_HOURS", 2)
 # After a failed invoice payment, the organization is suspended if it is still unpaid this long after.

@@ -3,8 +3,8 @@ row for row, the greedy output each request gives alone — whether they arrive 
 a batch that is already decoding."""
 
 import queue
-import time
 import threading
+import time
 
 import pytest
 import torch

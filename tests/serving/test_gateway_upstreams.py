@@ -11,7 +11,7 @@ import pytest
 from billing.models import UsageEvent
 from serving import services
 from serving.models import Backend
-from tests.conftest import DEMO_MODEL, usage_row
+from tests.conftest import DEMO_MODEL, nothing_held, usage_row
 from tests.serving.stub_upstream import Upstream
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
@@ -98,8 +98,6 @@ def test_a_disconnect_from_a_usage_at_the_end_provider_is_billed_the_completion_
 def test_a_client_that_leaves_before_the_upstream_answers_gets_a_ledger_row_and_frees_its_hold(
     live_web, make_tenant
 ):
-    from billing.models import Account, Reservation
-
     tenant = make_tenant("early-leaver")
     register("slow-headers", Upstream("provider", words=5, delay=0, head_delay=5))
     body = {"model": DEMO_MODEL, "messages": SAY, "max_tokens": 40}
@@ -116,8 +114,7 @@ def test_a_client_that_leaves_before_the_upstream_answers_gets_a_ledger_row_and_
     assert row is not None, "no ledger row for a request the client left"
     assert row.outcome == UsageEvent.Outcome.CLIENT_DISCONNECTED
     assert row.completion_tokens == 40  # the provider's count was never seen: the cap it was sent
-    assert not Reservation.all_orgs.filter(request_id=row.request_id).exists()
-    assert Account.all_orgs.get(organization=tenant.org).reserved == 0
+    assert nothing_held(tenant.org)
 
 
 def test_failures_before_the_first_byte_fail_over(live_web, key):
@@ -190,3 +187,55 @@ def test_a_model_that_is_not_up_yet_answers_503_with_retry_after_and_bills_nothi
     assert not UsageEvent.all_orgs.filter(request_id=response.headers["x-request-id"]).exists()
     logged = live_web.log()[log_before:]
     assert "WARNING serving.gateway no replica" in logged and " ERROR " not in logged, logged
+
+
+def test_a_stream_that_outlives_the_reservation_ttl_keeps_its_hold(make_tenant, tmp_path):
+    """The reaper gives back holds that outlive BILLING_RESERVATION_TTL_SECONDS unrenewed; a web
+    process renews its own while it lives, so a stream running past the TTL still holds its money:
+    a second request the credit cannot cover beside it is refused, and the credit never goes
+    below zero."""
+    import threading
+
+    from billing import budgets, pricing
+    from billing.models import Account
+    from serving.gateway import inference, validation
+    from tests.conftest import start_web
+
+    web = start_web({"BILLING_RESERVATION_TTL_SECONDS": "3", "METERING_DRAIN_SECONDS": "0.2"})
+    try:
+        tenant = make_tenant("long-stream")
+        key = tenant.key()
+        register("long-provider", Upstream("provider", words=80, delay=0.1))  # 8 s
+        body = {"model": DEMO_MODEL, "messages": SAY, "stream": True, "max_tokens": 80}
+        worst = pricing.current(tenant.org.pk, DEMO_MODEL).cost(
+            prompt_tokens=inference._prompt_bound(validation.check(dict(body), validation.CHAT)), completion_tokens=80
+        )
+        budgets.ensure_account(tenant.org.pk)
+        Account.all_orgs.filter(organization=tenant.org).update(credit=worst * 3 // 2)
+        streamed: list[str] = []
+
+        def stream() -> None:
+            with httpx.stream(
+                "POST", web.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"},
+                timeout=60,
+            ) as response:
+                streamed.extend(response.iter_lines())
+
+        first = threading.Thread(target=stream)
+        first.start()
+        time.sleep(5)  # past the TTL, the stream still running
+        assert first.is_alive()
+        budgets.release_expired()  # the reaper's pass
+        second = post(web, key, {**body, "stream": False})
+        assert second.status_code == 429, second.text
+        assert second.json()["error"]["code"] == "insufficient_quota"
+        first.join(30)
+        assert "data: [DONE]" in streamed
+        assert nothing_held(tenant.org)
+        account = Account.all_orgs.get(organization=tenant.org)
+        rows = UsageEvent.all_orgs.filter(organization=tenant.org)
+        assert rows.count() == 1 and rows.get().completion_tokens == 80
+        assert account.credit == worst * 3 // 2 - rows.get().cost >= 0
+    finally:
+        web.process.terminate()
+        web.process.wait(30)

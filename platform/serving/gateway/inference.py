@@ -19,9 +19,8 @@ from django.core.exceptions import RequestDataTooBig
 from django.db import DatabaseError
 from django.http import HttpResponse, StreamingHttpResponse
 
-from billing import pricing
-from billing import services as billing
-from billing.budgets import Hold, InsufficientQuota
+from billing import admission
+from billing.budgets import InsufficientQuota
 from billing.models import UsageEvent
 from serving import routing
 from serving.gateway import ratelimit, upstream, validation
@@ -95,13 +94,20 @@ def _prompt_bound(checked: validation.Checked) -> int:
     return len(checked.prompt_text.encode()) + 8 * len(messages) + 64
 
 
-async def _reserve(request_id: str, principal, amount: int, grant) -> Hold:
+async def _admit(request_id: str, principal, route: routing.Route, served: str, checked, cap: int, grant):
+    """Billing's admission (billing.admission): priced, and its worst case held, before anything is
+    forwarded. A refusal gives the rate-limit reservation back."""
+    dedicated = route.endpoint is not None and route.endpoint.dedicated
     try:
-        return await billing.areserve(
+        return await admission.admit(
             request_id=request_id,
             organization_id=principal.organization_id,
             api_key_id=principal.key_id,
-            amount=amount,
+            model=served,
+            base_model=route.base_model,
+            prompt_tokens=_prompt_bound(checked),
+            completion_tokens=cap,
+            free=dedicated,  # its replicas' time is billed instead (serving.dedicated)
         )
     except InsufficientQuota as refused:
         await ratelimit.correct(grant, 0)
@@ -112,6 +118,16 @@ async def _reserve(request_id: str, principal, amount: int, grant) -> Hold:
             error_type="insufficient_quota",
             param=None,
             headers={"x-should-retry": "false", "x-budget": refused.budget},
+            quiet=True,
+        ) from None
+    except admission.MeteringUnavailable as unavailable:
+        await ratelimit.correct(grant, 0)
+        raise GatewayError(
+            503,
+            f"{unavailable} Retry shortly.",
+            code="metering_unavailable",
+            error_type="server_error",
+            headers={"retry-after": "5"},
             quiet=True,
         ) from None
     except DatabaseError:
@@ -402,25 +418,9 @@ async def _proxy(request, endpoint: str, path: str):
     prompt_estimate = _prompt_estimate(checked)
     cap = _completion_cap(checked, route, prompt_estimate)
     served = route.endpoint.model if route.endpoint is not None else checked.model  # what is priced and metered
-    if route.endpoint is not None and route.endpoint.dedicated:
-        price = pricing.FREE  # its replicas' time is billed instead (serving.dedicated)
-    else:
-        price = await pricing.acurrent(principal.organization_id, served, route.base_model)
     grant = await ratelimit.acquire(principal, prompt_estimate + cap, route.endpoint)
-    hold = await _reserve(
-        request.request_id, principal, price.cost(prompt_tokens=_prompt_bound(checked), completion_tokens=cap), grant
-    )
-    meter = Meter(
-        request.request_id,
-        principal,
-        endpoint,
-        served,
-        route.base_model,
-        checked.stream,
-        grant,
-        hold,
-        price,
-    )
+    admitted = await _admit(request.request_id, principal, route, served, checked, cap, grant)
+    meter = Meter(request.request_id, principal, endpoint, served, route.base_model, checked.stream, grant, admitted)
     meter.prompt_estimate = prompt_estimate
     meter.completion_cap = cap
     meter.endpoint_id = route.endpoint.id if route.endpoint is not None else ""

@@ -1,7 +1,7 @@
-"""What one gateway request used, and closing its books: the usage record goes into the metering
-outbox synchronously, before the response ends (its ledger row settles the budget reservation when
-drained); the rate-limit correction runs in its own task, so a client that disconnects (which
-cancels the request's task) cannot cancel it.
+"""What one gateway request used, and closing its books once: billing's admission is settled with
+the usage record (into the metering outbox synchronously, before the response ends), or cancelled
+when nothing reached a model server; the rate-limit correction runs in its own task, so a client
+that disconnects (which cancels the request's task) cannot cancel it.
 
 What is billed is what the model server generated, not what the gateway had read when the client
 left (a slow reader leaves tokens in the replica's buffers and the sockets): a request whose
@@ -16,13 +16,10 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from billing import ledger
-from billing import services as billing
-from billing.budgets import Hold
+from billing import admission as billing
 from billing.models import UsageEvent
-from billing.pricing import UnitPrice
+from billing.records import UsageRecord
 from serving.gateway import ratelimit, upstream
-from tenancy.detached import run_detached
 
 log = logging.getLogger("serving.gateway")
 _background: set[asyncio.Task] = set()
@@ -52,8 +49,7 @@ class Meter:
     base_model: str
     streamed: bool
     grant: ratelimit.Grant
-    hold: Hold
-    price: UnitPrice
+    admission: billing.Admission
     started: float = field(default_factory=time.perf_counter)
     wall_started: float = field(default_factory=time.time)
     backend: str = ""
@@ -98,9 +94,9 @@ class Meter:
                 self.prompt_tokens = self.prompt_tokens or self.prompt_estimate
                 self.completion_tokens = max(self.completion_tokens, self.relayed)
         try:
-            billing.meter(self._record(status_code, outcome, time.perf_counter()))
+            billing.settle(self.admission, self._record(status_code, outcome, time.perf_counter()))
         except Exception:
-            log.exception("could not spool the usage of %s", self.request_id)
+            log.exception("could not record the usage of %s", self.request_id)
         return spawn(self._book())
 
     def abandon(self, response=None) -> asyncio.Task | None:
@@ -148,21 +144,14 @@ class Meter:
 
     def discard(self) -> asyncio.Task | None:
         """Close the books of a request that never reached a model server (none was up to take it):
-        the rate-limit reservation and the billing reservation are released, and no usage row is
+        what it held is free again, its rate-limit reservation is released, and no usage row is
         written, since nothing was used."""
         if self.closed:
             return None
         self.closed = True
         self.prompt_tokens = self.completion_tokens = 0
-        return spawn(self._release())
-
-    async def _release(self) -> None:
-        try:
-            await ratelimit.correct(self.grant, 0)
-            if self.hold.amount:
-                await run_detached(billing.release, self.hold)
-        except Exception:
-            log.exception("could not release the reservations of %s", self.request_id)
+        billing.cancel(self.admission)
+        return spawn(self._book())
 
     async def _book(self) -> None:
         try:
@@ -170,24 +159,23 @@ class Meter:
         except Exception:
             log.exception("could not correct the rate limit of %s", self.request_id)
 
-    def _record(self, status_code: int, outcome: str, ended: float) -> dict:
+    def _record(self, status_code: int, outcome: str, ended: float) -> UsageRecord:
         ttft = None if self.first_token_at is None else int((self.first_token_at - self.started) * 1000)
-        return {
-            "request_id": self.request_id,
-            "organization_id": self.principal.organization_id,
-            "api_key_id": self.principal.key_id,
-            "route": self.route,
-            "endpoint_id": self.endpoint_id,
-            "model": self.model,
-            "base_model": self.base_model,
-            "backend": self.backend,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "price": ledger.price_fields(self.price),
-            "streamed": self.streamed,
-            "status_code": status_code,
-            "outcome": outcome,
-            "latency_ms": int((ended - self.started) * 1000),
-            "time_to_first_token_ms": ttft,
-            "created_at": self.wall_started,
-        }
+        return UsageRecord(
+            request_id=self.request_id,
+            organization_id=self.principal.organization_id,
+            api_key_id=self.principal.key_id,
+            route=self.route,
+            endpoint_id=self.endpoint_id,
+            model=self.model,
+            base_model=self.base_model,
+            backend=self.backend,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            streamed=self.streamed,
+            status_code=status_code,
+            outcome=outcome,
+            latency_ms=int((ended - self.started) * 1000),
+            time_to_first_token_ms=ttft,
+            created_at=self.wall_started,
+        )
