@@ -22,10 +22,18 @@ from billing.holds import holds
 from billing.pricing import UnitPrice
 from billing.records import UsageRecord
 from tenancy.detached import run_detached
+from tenancy.errors import Unavailable
 
 
-class MeteringUnavailable(Exception):
+class MeteringUnavailable(Unavailable):
     """The usage of a request could not be recorded just now: admitting it would serve it unbilled."""
+
+    def __init__(self):
+        super().__init__(
+            "Usage cannot be recorded right now, so this request cannot be admitted. Retry shortly.",
+            "metering_unavailable",
+            retry_after=5,
+        )
 
 
 @dataclass(frozen=True)
@@ -51,7 +59,7 @@ async def admit(
 ) -> Admission:
     """`prompt_tokens` and `completion_tokens` bound what the request can use (never under-counted)."""
     if not outbox.healthy():
-        raise MeteringUnavailable("Usage cannot be recorded right now, so this request cannot be admitted.")
+        raise MeteringUnavailable()
     price = pricing.FREE if free else await pricing.acurrent(organization_id, model, base_model)
     worst = price.cost(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
     admission = Admission(request_id, organization_id, api_key_id, price)

@@ -34,18 +34,22 @@ from django.utils import timezone
 
 from billing import alerts, money
 from billing.models import Account, KeySpendLimit, Reservation
+from tenancy.errors import ServiceError
 
 log = logging.getLogger("billing.budgets")
 BIG = BigIntegerField()
 SMALL = PositiveSmallIntegerField()
 
 
-class InsufficientQuota(Exception):
+class InsufficientQuota(ServiceError):
     """A budget cannot cover a request's worst case. `budget` names which."""
 
+    status = 429
+    error_type = "insufficient_quota"
+
     def __init__(self, budget: str, message: str):
-        super().__init__(message)
-        self.budget, self.message = budget, message
+        super().__init__(message, "insufficient_quota", headers={"x-should-retry": "false", "x-budget": budget})
+        self.budget = budget
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from django.views.decorators.http import require_POST
 
 from billing import paying
 from billing.payments.types import InvalidSignature
-from tenancy.api.errors import error_body
+from tenancy.errors import error_body
 
 
 @csrf_exempt

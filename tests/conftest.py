@@ -175,9 +175,10 @@ def nothing_held(organization, timeout: float = 20) -> bool:
     deadline = time.monotonic() + timeout
     while True:
         account = Account.all_orgs.filter(organization=organization).first()
-        if account is not None and account.reserved == 0:
-            if not Reservation.all_orgs.filter(organization=organization).exists():
-                return True
+        if account is not None and account.reserved == 0 and not Reservation.all_orgs.filter(
+            organization=organization
+        ).exists():
+            return True
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.2)

@@ -26,7 +26,7 @@ from django.conf import settings
 from django.http import parse_cookie
 
 from tenancy import keyauth
-from tenancy.api.errors import error_body
+from tenancy.errors import error_body
 from tenancy.roles import Scope
 
 UPLOAD_ROUTES = re.compile(r"^/(v1/files|api/orgs/[a-z0-9-]+/files/?)$")

@@ -16,7 +16,7 @@ from django.core.handlers.exception import convert_exception_to_response
 from django.http import Http404, JsonResponse
 
 from maas.middleware import RequestIdMiddleware
-from tenancy.api.errors import error_body
+from tenancy.errors import ServiceError, error_body, render
 
 log = logging.getLogger("serving.gateway")
 _KNOWN = (
@@ -31,6 +31,12 @@ def openai_errors(get_response):
     async def handle(request):
         try:
             return await get_response(request)
+        except ServiceError as error:
+            body, status, headers = render(error)
+            response = JsonResponse(body, status=status)
+            for name, value in headers.items():
+                response[name] = value
+            return response
         except Exception as error:
             known = next((rest for kinds, *rest in _KNOWN if isinstance(error, kinds)), None)
             if known is None:

@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from tenancy import secrets, shared_store
 from tenancy.detached import returning_connection
+from tenancy.errors import ServiceError
 from tenancy.models import APIKey, Organization
 from tenancy.roles import Scope
 
@@ -77,12 +78,11 @@ class KeyPrincipal:
         )
 
 
-class KeyRejected(Exception):
+class KeyRejected(ServiceError):
     """The request's key does not authenticate it. Carries the HTTP status and an OpenAI error."""
 
     def __init__(self, status: int, code: str, message: str, error_type: str = "invalid_request_error"):
-        super().__init__(message)
-        self.status, self.code, self.message, self.error_type = status, code, message, error_type
+        super().__init__(message, code, status=status, error_type=error_type)
 
 
 def _cache_key(key_hash: str) -> str:

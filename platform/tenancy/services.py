@@ -19,6 +19,7 @@ from django.utils.text import slugify
 
 from tenancy import audit, keyauth, secrets
 from tenancy.audit import Actor
+from tenancy.errors import Conflict, Forbidden, ServiceError
 from tenancy.models import APIKey, Invitation, Membership, Organization, slug_validator
 from tenancy.roles import (
     MEMBER_GRANTABLE_SCOPES,
@@ -29,24 +30,6 @@ from tenancy.roles import (
     key_scopes_allowed,
     permissions_of,
 )
-
-
-class ServiceError(Exception):
-    """A request the service refuses, with a message fit for the user. `code` is machine-readable."""
-
-    status = 400
-
-    def __init__(self, message: str, code: str = "invalid_request", param: str | None = None):
-        super().__init__(message)
-        self.message, self.code, self.param = message, code, param
-
-
-class Conflict(ServiceError):
-    status = 409
-
-
-class Forbidden(ServiceError):
-    status = 403
 
 
 @dataclass(frozen=True)

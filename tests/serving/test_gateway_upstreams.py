@@ -239,3 +239,38 @@ def test_a_stream_that_outlives_the_reservation_ttl_keeps_its_hold(make_tenant, 
     finally:
         web.process.terminate()
         web.process.wait(30)
+
+
+def test_usage_the_spool_cannot_take_is_kept_and_new_requests_are_refused(make_tenant):
+    """The metering spool's disk fails (its file is /dev/full, which refuses every write with
+    ENOSPC): the request being answered keeps its record in memory, which the drainer writes into
+    the ledger; new requests are refused with 503 until the spool has had a few seconds to recover,
+    rather than served unbilled."""
+    import os
+
+    from billing import outbox
+    from billing import services as billing
+    from tests.conftest import key_client
+
+    register("spool-provider", Upstream("provider", words=3, delay=0))
+    tenant = make_tenant("full-disk")
+    client = key_client(tenant.key())
+    body = {"model": DEMO_MODEL, "messages": SAY}
+    spool = outbox.spool()
+    spool.seal()
+    with spool._lock:
+        spool._fd = os.open("/dev/full", os.O_WRONLY)
+    served = client.post("/v1/chat/completions", body, format="json")
+    assert served.status_code == 200, served.content
+    refused = client.post("/v1/chat/completions", body, format="json")
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "metering_unavailable"
+    assert refused["retry-after"] == "5"
+    billing.drain_outbox()
+    row = UsageEvent.all_orgs.get(request_id=served["x-request-id"])
+    assert (row.prompt_tokens, row.completion_tokens) == (9, 3)
+    assert not UsageEvent.all_orgs.filter(request_id=refused["x-request-id"]).exists()
+    time.sleep(outbox.REFUSE_AFTER_FAILURE_SECONDS)
+    again = client.post("/v1/chat/completions", body, format="json")  # the spool has a new, real file
+    assert again.status_code == 200
+    billing.drain_outbox()
+    assert UsageEvent.all_orgs.filter(request_id=again["x-request-id"]).exists()

@@ -13,12 +13,14 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 
 from tenancy import console_auth, keyauth
-from tenancy.api.errors import error_body
 from tenancy.detached import returning_connection
+from tenancy.errors import ServiceError, render
 from tenancy.keyauth import KeyPrincipal
 
 
-class GatewayError(Exception):
+class GatewayError(ServiceError):
+    """A /v1 refusal, status first (the platform's error family, tenancy.errors)."""
+
     def __init__(
         self,
         status: int,
@@ -30,21 +32,20 @@ class GatewayError(Exception):
         headers: dict | None = None,
         quiet: bool = False,
     ):
-        super().__init__(message)
-        self.status, self.message, self.code, self.param = status, message, code, param
-        self.error_type, self.headers, self.quiet = error_type, headers or {}, quiet
+        super().__init__(message, code, param, status=status, error_type=error_type, headers=headers)
+        self.quiet = quiet
 
-    def response(self) -> JsonResponse:
-        body = error_body(
-            self.message, status_code=self.status, code=self.code, param=self.param, error_type=self.error_type
-        )
-        response = JsonResponse(body, status=self.status)
-        for name, value in self.headers.items():
-            response[name] = value
-        if self.quiet:
-            # An expected condition logged by the gateway as a warning: not Django's ERROR line for a 5xx.
-            response._has_been_logged = True
-        return response
+
+def error_response(error: ServiceError) -> JsonResponse:
+    """The gateway's answer to any of the platform's errors."""
+    body, status, headers = render(error)
+    response = JsonResponse(body, status=status)
+    for name, value in headers.items():
+        response[name] = value
+    if getattr(error, "quiet", False):
+        # An expected condition logged by the gateway as a warning: not Django's ERROR line for a 5xx.
+        response._has_been_logged = True
+    return response
 
 
 async def _console_principal(request, organization_slug: str) -> KeyPrincipal:
@@ -89,7 +90,8 @@ async def authenticate(request, *any_of_scopes: str) -> KeyPrincipal:
 
 
 def gateway_view(*methods: str):
-    """An async /v1/ view: no CSRF (keys, not cookies), allowed methods, GatewayError → OpenAI error."""
+    """An async /v1/ view: no CSRF (keys, not cookies), allowed methods, any of the platform's errors
+    (a service's, say, refusing a suspended organization's console key) → its OpenAI error."""
 
     def decorate(view):
         @functools.wraps(view)
@@ -103,8 +105,8 @@ def gateway_view(*methods: str):
                         headers={"Allow": ", ".join(methods)},
                     )
                 return await view(request, *args, **kwargs)
-            except GatewayError as error:
-                return error.response()
+            except ServiceError as error:
+                return error_response(error)
 
         return csrf_exempt(wrapped)
 

@@ -109,27 +109,10 @@ async def _admit(request_id: str, principal, route: routing.Route, served: str, 
             completion_tokens=cap,
             free=dedicated,  # its replicas' time is billed instead (serving.dedicated)
         )
-    except InsufficientQuota as refused:
+    except (InsufficientQuota, admission.MeteringUnavailable) as refused:
         await ratelimit.correct(grant, 0)
-        raise GatewayError(
-            429,
-            refused.message,
-            code="insufficient_quota",
-            error_type="insufficient_quota",
-            param=None,
-            headers={"x-should-retry": "false", "x-budget": refused.budget},
-            quiet=True,
-        ) from None
-    except admission.MeteringUnavailable as unavailable:
-        await ratelimit.correct(grant, 0)
-        raise GatewayError(
-            503,
-            f"{unavailable} Retry shortly.",
-            code="metering_unavailable",
-            error_type="server_error",
-            headers={"retry-after": "5"},
-            quiet=True,
-        ) from None
+        refused.quiet = True  # expected: not logged as an error
+        raise
     except DatabaseError:
         await ratelimit.correct(grant, 0)
         # A budget applies and cannot be checked: fail closed, and say it is worth retrying.

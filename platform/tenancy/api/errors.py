@@ -1,5 +1,5 @@
-"""One error shape for the whole platform, the OpenAI one:
-`{"error": {"message", "type", "param", "code"}}` (+ `details` for field-by-field validation)."""
+"""The management API's exception handler: the platform's errors (tenancy.errors) rendered as
+everywhere, DRF's own in the same OpenAI shape (+ `details` for field-by-field validation)."""
 
 from __future__ import annotations
 
@@ -8,38 +8,7 @@ from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
-from tenancy.services import ServiceError
-
-_TYPES = {
-    400: "invalid_request_error",
-    401: "invalid_request_error",
-    403: "permission_error",
-    404: "invalid_request_error",
-    405: "invalid_request_error",
-    409: "conflict_error",
-    429: "rate_limit_error",
-}
-
-
-def error_body(
-    message: str,
-    *,
-    status_code: int,
-    code: str | None = None,
-    param: str | None = None,
-    error_type: str | None = None,
-    details=None,
-) -> dict:
-    error = {
-        "message": message,
-        "type": error_type
-        or _TYPES.get(status_code, "server_error" if status_code >= 500 else "invalid_request_error"),
-        "param": param,
-        "code": code,
-    }
-    if details is not None:
-        error["details"] = details
-    return {"error": error}
+from tenancy.errors import ServiceError, error_body, render
 
 
 def _first_message(detail) -> tuple[str, str | None]:
@@ -57,9 +26,8 @@ def _first_message(detail) -> tuple[str, str | None]:
 
 def exception_handler(exc, context):
     if isinstance(exc, ServiceError):
-        return Response(
-            error_body(exc.message, status_code=exc.status, code=exc.code, param=exc.param), status=exc.status
-        )
+        body, status_code, headers = render(exc)
+        return Response(body, status=status_code, headers=headers)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
