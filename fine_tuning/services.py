@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from pathlib import Path
 
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
-from django.db.models import Max
+from django.db.models import Max, Sum
 from django.utils import timezone
 
 from catalog.loader import load_tokenizer
 from catalog.models import BaseModel
 from fine_tuning import datafile
 from fine_tuning.models import Dataset, DatasetVersion, File, new_file_id
-from tenancy import audit
+from tenancy import audit, shared_store
+from tenancy import services as tenancy_services
 from tenancy.audit import Actor
-from tenancy.services import Conflict, ServiceError
+from tenancy.errors import Conflict, ServiceError, TooManyRequests
 
 log = logging.getLogger("fine_tuning")
 
@@ -39,6 +41,17 @@ def upload_file(*, organization_id: int, uploaded, purpose: str, actor: Actor) -
     name = Path(uploaded.name or "upload.jsonl").name[:255]
     if purpose == File.Purpose.FINE_TUNE and not name.lower().endswith(".jsonl"):
         raise ServiceError(f"Fine-tuning files must be .jsonl, got {name!r}.", "invalid_file_format", "file")
+    _count_upload(organization_id)
+    quota = tenancy_services.lock_for_storage(organization_id)
+    used = File.all_orgs.filter(organization_id=organization_id, deleted_at=None).aggregate(n=Sum("bytes"))["n"] or 0
+    if used + uploaded.size > quota:
+        raise ServiceError(
+            f"The organization's files would take {used + uploaded.size:,} bytes, more than its storage quota of "
+            f"{quota:,} bytes ({used:,} in use). Delete files you no longer need, or ask the platform operator "
+            "for a larger quota.",
+            "storage_quota_exceeded",
+            "file",
+        )
     file_id = new_file_id()
     key = default_storage.save(_key_for(organization_id, file_id), uploaded)
     row = File.all_orgs.create(
@@ -63,6 +76,28 @@ def upload_file(*, organization_id: int, uploaded, purpose: str, actor: Actor) -
 
     transaction.on_commit(lambda: validate_file_task.delay(organization_id, file_id))
     return row
+
+
+def _upload_counter(organization_id: int) -> str:
+    return f"uploads:{organization_id}:{int(time.time() // 3600)}"
+
+
+def forget_upload_count(organization_id: int) -> None:
+    shared_store.forget(_upload_counter(organization_id))
+
+
+def _count_upload(organization_id: int) -> None:
+    """At most FILE_UPLOADS_PER_HOUR uploads an organization and clock hour (counted on the shared
+    store, so every web process counts together; an upload refused for its quota counts too)."""
+    made = shared_store.hit(_upload_counter(organization_id), 3600)
+    if made > settings.FILE_UPLOADS_PER_HOUR:
+        wait = 3600 - int(time.time()) % 3600
+        raise TooManyRequests(
+            f"The organization has made {settings.FILE_UPLOADS_PER_HOUR} uploads this hour, the most allowed; "
+            f"retry in {wait} s.",
+            "too_many_uploads",
+            retry_after=wait,
+        )
 
 
 @functools.lru_cache(maxsize=4)

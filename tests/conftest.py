@@ -299,6 +299,7 @@ def sign_in_throttle_out_of_the_way(settings):
     would throttle each other; tests/tenancy/test_doors.py puts the defaults (THROTTLE_DEFAULTS) back."""
     for name in THROTTLE_DEFAULTS:
         setattr(settings, name, 10**6)
+    settings.FILE_UPLOADS_PER_HOUR = 10**6  # organization ids repeat across tests; the counters outlive them
 
 
 @pytest.fixture(autouse=True)

@@ -29,7 +29,8 @@ from tenancy import keyauth
 from tenancy.errors import error_body
 from tenancy.roles import Scope
 
-UPLOAD_ROUTES = re.compile(r"^/(v1/files|api/orgs/[a-z0-9-]+/files/?)$")
+# The routes that take a file: the API's /v1/files and the console's upload form.
+UPLOAD_ROUTES = re.compile(r"^/(v1/files|orgs/[a-z0-9-]+/data/?)$")
 MULTIPART_ROOM = 64 * 1024  # boundaries and part headers around the file itself
 
 
@@ -117,8 +118,8 @@ async def _may_upload(scope, headers: dict, send) -> bool:
             "permission_error",
         )
         return False
-    if scope["path"].startswith("/api/") and await _signed_in(headers):
-        return True  # the view checks the member's role in the organization
+    if not scope["path"].startswith("/v1/") and await _signed_in(headers):
+        return True  # the console's form: the view checks the member's role and the CSRF token
     await _reply(
         scope,
         send,

@@ -263,6 +263,10 @@ MODEL_CACHE_DIR = Path(env.get("MODEL_CACHE_DIR", str(VAR_DIR / "models")))
 
 # --- Fine-tuning ----------------------------------------------------------------------------
 FILE_UPLOAD_MAX_BYTES = env.integer("FILE_UPLOAD_MAX_BYTES", 512 * 1024 * 1024)
+# Bytes of (undeleted) files an organization may keep, unless the back office sets its own quota,
+# and uploads an organization may make an hour.
+STORAGE_QUOTA_BYTES = env.integer("STORAGE_QUOTA_BYTES", 10 * 1024**3)
+FILE_UPLOADS_PER_HOUR = env.integer("FILE_UPLOADS_PER_HOUR", 200)
 # Every other request body (JSON, forms). Enforced by maas.body_limits before Django reads the
 # body; kept below FILE_UPLOAD_MAX_MEMORY_SIZE (2.5 MB) so such bodies never touch the disk.
 REQUEST_BODY_MAX_BYTES = env.integer("REQUEST_BODY_MAX_BYTES", 2 * 1024 * 1024)

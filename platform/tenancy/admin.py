@@ -39,6 +39,8 @@ class OrganizationAdmin(admin.ModelAdmin):
             services.rename_organization(obj.pk, name=obj.name, actor=actor)
         if {"rpm_limit", "tpm_limit"} & set(form.changed_data):
             services.set_organization_limits(obj.pk, rpm=obj.rpm_limit, tpm=obj.tpm_limit, actor=actor)
+        if "storage_quota_bytes" in form.changed_data:
+            services.set_storage_quota(obj.pk, quota=obj.storage_quota_bytes, actor=actor)
 
     @admin.action(description="Suspend selected organizations (their API keys stop working at once)")
     def suspend(self, request, queryset):

@@ -31,6 +31,9 @@ class Organization(models.Model):
     suspended_reason = models.CharField(max_length=500, blank=True)
     rpm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Requests per minute (empty: default).")
     tpm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Tokens per minute (empty: default).")
+    storage_quota_bytes = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Bytes of files it may keep (empty: STORAGE_QUOTA_BYTES)."
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -456,6 +456,24 @@ def set_organization_limits(org_id: int, *, rpm: int | None, tpm: int | None, ac
 
 
 @transaction.atomic
+def set_storage_quota(org_id: int, *, quota: int | None, actor: Actor) -> Organization:
+    org = Organization.objects.select_for_update().get(pk=org_id)
+    if quota is not None and (not isinstance(quota, int) or quota < 0):
+        raise ServiceError("A storage quota is a whole number of bytes (empty for the default).", "invalid_limit")
+    org.storage_quota_bytes = quota
+    org.save(update_fields=["storage_quota_bytes"])
+    audit.record("org.storage_quota_changed", actor=actor, organization_id=org.pk, target=org, data={"bytes": quota})
+    return org
+
+
+def lock_for_storage(organization_id: int) -> int:
+    """Inside the caller's transaction: lock the organization (so that its uploads check their
+    quota one at a time) and return its storage quota in bytes."""
+    org = Organization.objects.select_for_update().get(pk=organization_id)
+    return settings.STORAGE_QUOTA_BYTES if org.storage_quota_bytes is None else org.storage_quota_bytes
+
+
+@transaction.atomic
 def set_key_limits(key_id, *, organization_id: int, rpm: int | None, tpm: int | None, actor: Actor) -> APIKey:
     key = (
         APIKey.all_orgs.select_for_update()

@@ -112,3 +112,44 @@ def test_datasets_version_validated_files(upload, tenant_a):
     assert report["report"]["errors"] == [
         {"line": 2, "code": "message_missing_key", "message": "messages[0] lacks content"}
     ]
+
+
+def test_an_organization_keeps_files_within_its_storage_quota(upload, tenant_a, tenant_b, settings):
+    from tenancy import services
+    from tenancy.audit import Actor
+
+    one = len(training_file().read())
+    settings.STORAGE_QUOTA_BYTES = 2 * one
+    assert upload().status_code == 200
+    assert upload().status_code == 200
+    refused = upload()
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "storage_quota_exceeded"
+    assert f"{2 * one:,} bytes" in refused.json()["error"]["message"]
+    assert File.all_orgs.filter(organization=tenant_a.org).count() == 2
+    # Deleting a file makes room; another organization has its own quota; the back office raises one.
+    first = File.all_orgs.filter(organization=tenant_a.org).first()
+    assert upload.client.delete(f"/v1/files/{first.pk}").status_code == 200
+    assert upload().status_code == 200
+    other = key_client(tenant_b.key(scopes=["files"]))
+    assert other.post("/v1/files", {"file": training_file(), "purpose": "fine-tune"}, format="multipart").status_code == 200
+    services.set_storage_quota(tenant_a.org.pk, quota=10 * one, actor=Actor())
+    assert upload().status_code == 200
+
+
+def test_uploads_are_rate_limited_per_organization(upload, tenant_a, settings):
+    import time
+
+    from fine_tuning import services
+
+    settings.FILE_UPLOADS_PER_HOUR = 3
+    if 3600 - time.time() % 3600 < 30:
+        time.sleep(31)  # not across a clock hour
+    services.forget_upload_count(tenant_a.org.pk)  # an earlier test's organization may have had this id
+    for _ in range(3):
+        assert upload().status_code == 200
+    refused = upload()
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "too_many_uploads"
+    assert 0 < int(refused["Retry-After"]) <= 3600
+    assert File.all_orgs.filter(organization=tenant_a.org).count() == 3

@@ -27,4 +27,5 @@ def test_errors_carry_their_headers_on_both_stacks(client, tenant_a):
 
     body, status, headers = render(TooManyRequests("Slow down.", retry_after=7))
     assert (status, headers) == (429, {"Retry-After": "7"})
-    assert body == {"error": {"message": "Slow down.", "type": "rate_limit_error", "param": None, "code": "rate_limited"}}
+    error = {"message": "Slow down.", "type": "rate_limit_error", "param": None, "code": "rate_limited"}
+    assert body == {"error": error}
