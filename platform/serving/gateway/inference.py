@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 
 import orjson
@@ -338,9 +339,9 @@ async def _assemble(response, meter: Meter, model: str, endpoint: str) -> HttpRe
 
 
 def _endpoint_body(body: dict, route: routing.Route, principal, api_route: str) -> dict:
-    """A published endpoint's rules applied to a call: its access list, then its defaults (the
-    caller's own value of a parameter wins), its system prompt (chat: the first message, before the
-    caller's own system messages), and its max_tokens cap (a caller asking for more is refused)."""
+    """A published endpoint's rules that come before validation: its access list, then its
+    defaults (the caller's own value of a parameter wins) and its system prompt (chat: the first
+    message, before the caller's own system messages). The merged body is validated as a whole."""
     settings_ = route.endpoint
     if settings_.allowed_key_ids and str(principal.key_id or "") not in settings_.allowed_key_ids:
         raise GatewayError(
@@ -350,24 +351,28 @@ def _endpoint_body(body: dict, route: routing.Route, principal, api_route: str) 
             error_type="permission_error",
         )
     merged = dict(body)
-    asked = merged.get("max_tokens")
     for key, value in settings_.defaults:
         if merged.get(key) is None:
             merged[key] = value
-    cap = settings_.max_tokens_cap
-    if cap is not None:
-        if isinstance(asked, int) and not isinstance(asked, bool) and asked > cap:
-            raise GatewayError(
-                400,
-                f"max_tokens is at most {cap} on the endpoint '{settings_.id}' (got {asked}).",
-                param="max_tokens",
-                code="invalid_value",
-            )
-        if asked is None and isinstance(merged.get("max_tokens"), int):
-            merged["max_tokens"] = min(merged["max_tokens"], cap)
     if settings_.system_prompt and api_route == CHAT and isinstance(merged.get("messages"), list):
         merged["messages"] = [{"role": "system", "content": settings_.system_prompt}, *merged["messages"]]
     return merged
+
+
+def _endpoint_cap(checked: validation.Checked, route: routing.Route, asked: str | None) -> validation.Checked:
+    """An endpoint's max_tokens cap, on the validated request (whichever of max_tokens and
+    max_completion_tokens set it): a caller asking for more is refused, a default above it capped."""
+    cap = route.endpoint.max_tokens_cap
+    if cap is None or checked.max_tokens is None or checked.max_tokens <= cap:
+        return checked
+    if asked is not None:
+        raise GatewayError(
+            400,
+            f"{asked} is at most {cap} on the endpoint '{route.endpoint.id}' (got {checked.max_tokens}).",
+            param=asked,
+            code="invalid_value",
+        )
+    return dataclasses.replace(checked, max_tokens=cap)
 
 
 async def _proxy(request, endpoint: str, path: str):
@@ -382,9 +387,12 @@ async def _proxy(request, endpoint: str, path: str):
             param="model",
             code="model_not_found",
         ) from None
+    asked = next((key for key in ("max_completion_tokens", "max_tokens") if body.get(key) is not None), None)
     if route.endpoint is not None:
         body = _endpoint_body(body, route, principal, endpoint)
     checked = validation.check(body, endpoint)
+    if route.endpoint is not None:
+        checked = _endpoint_cap(checked, route, asked)
     if not route.replicas:
         why = ""
         if route.endpoint is not None and route.endpoint.status != "ready":
