@@ -269,6 +269,9 @@ class Invoice(TenantModel):
     subtotal = models.PositiveBigIntegerField(help_text="Nano-units: the sum of the lines.")
     credits_applied = models.PositiveBigIntegerField(default=0)
     amount_due = models.PositiveBigIntegerField(default=0, help_text="Nano-units.")
+    amount_paid = models.PositiveBigIntegerField(
+        default=0, help_text="Nano-units of the amount due paid and not refunded or disputed since."
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
     provider = models.CharField(max_length=16, blank=True)
     provider_invoice_id = models.CharField(max_length=100, blank=True)
@@ -281,6 +284,10 @@ class Invoice(TenantModel):
 
     def __str__(self) -> str:
         return f"{self.number} ({self.status})"
+
+    @property
+    def outstanding(self) -> int:
+        return max(0, self.amount_due - self.amount_paid)
 
 
 class InvoiceLine(TenantModel):
@@ -341,12 +348,23 @@ class Payment(TenantModel):
     currency = models.CharField(max_length=3)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     refunded_minor = models.PositiveBigIntegerField(default=0)
+    disputed_minor = models.PositiveBigIntegerField(default=0, help_text="Taken back by a chargeback.")
     failure_message = models.CharField(max_length=300, blank=True)
+    idempotency_key = models.CharField(
+        max_length=200, blank=True, help_text="The caller's key: a request repeated with it makes no second charge."
+    )
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "idempotency_key"],
+                condition=~models.Q(idempotency_key=""),
+                name="one_payment_per_idempotency_key",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} {self.pk} ({self.status})"

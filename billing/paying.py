@@ -77,8 +77,10 @@ def save_card(organization_id: int, payment_method: str, *, actor: Actor) -> Pay
     return customer
 
 
-def top_up(organization_id: int, amount: str, *, actor: Actor) -> Payment:
-    """Charge the saved card and add the amount to the prepaid credit once the charge succeeds."""
+def top_up(organization_id: int, amount: str, *, actor: Actor, idempotency_key: str = "") -> Payment:
+    """Charge the saved card and add the amount to the prepaid credit once the charge succeeds.
+    Repeated with the same idempotency key (a double submit, a retry after a timeout), it answers
+    the payment made the first time and charges nothing more."""
     try:
         nanos = money.from_decimal(amount)
         minor = money.to_minor_units(nanos, money.minor_exponent())
@@ -96,28 +98,84 @@ def top_up(organization_id: int, amount: str, *, actor: Actor) -> Payment:
             param="amount",
         )
     return _charge_saved_card(
-        organization_id, kind=Payment.Kind.TOP_UP, amount=nanos, audit_action="billing.top_up_requested", actor=actor
+        organization_id,
+        kind=Payment.Kind.TOP_UP,
+        amount=nanos,
+        audit_action="billing.top_up_requested",
+        actor=actor,
+        idempotency_key=idempotency_key,
     )
 
 
+def _check_key(idempotency_key: str) -> str:
+    key = (idempotency_key or "").strip()
+    if len(key) > 200 or any(ord(c) < 32 for c in key):
+        raise PayingError("An idempotency key is at most 200 printable characters.", param="idempotency_key")
+    return key
+
+
+def _earlier(organization_id: int, key: str, kind: str, amount: int, invoice: Invoice | None) -> Payment | None:
+    """The payment made before with this idempotency key, if any (the same request repeated)."""
+    if not key:
+        return None
+    found = Payment.all_orgs.filter(organization_id=organization_id, idempotency_key=key).first()
+    asked = (kind, amount, getattr(invoice, "pk", None))
+    if found is not None and (found.kind, found.amount, found.invoice_id) != asked:
+        raise PayingError(
+            "This idempotency key was used for another payment; use a new key for a new payment.",
+            "idempotency_key_reused",
+            "idempotency_key",
+            status=409,
+        )
+    return found
+
+
+def _new_payment(organization_id: int, *, kind: str, provider: str, amount: int, invoice, key: str) -> Payment | None:
+    """A new pending payment, or None if one with this idempotency key was made concurrently."""
+    try:
+        with transaction.atomic():
+            return Payment.all_orgs.create(
+                organization_id=organization_id,
+                kind=kind,
+                provider=provider,
+                invoice=invoice,
+                amount=amount,
+                amount_minor=money.to_minor_units(amount, money.minor_exponent()),
+                currency=money.currency(),
+                idempotency_key=key,
+            )
+    except IntegrityError:
+        if not key:
+            raise
+        return None
+
+
 def _charge_saved_card(
-    organization_id: int, *, kind: str, amount: int, audit_action: str, actor: Actor, invoice: Invoice | None = None
+    organization_id: int,
+    *,
+    kind: str,
+    amount: int,
+    audit_action: str,
+    actor: Actor,
+    invoice: Invoice | None = None,
+    idempotency_key: str = "",
 ) -> Payment:
-    """A new payment charged to the saved card now; its outcome goes through the same handlers as
-    the provider's webhooks (so a success counts once, whichever reports it first)."""
+    """A new payment charged to the saved card now (or the one made before with this idempotency
+    key); its outcome goes through the same handlers as the provider's webhooks (so a success
+    counts once, whichever reports it first)."""
+    key = _check_key(idempotency_key)
+    earlier = _earlier(organization_id, key, kind, amount, invoice)
+    if earlier is not None:
+        return earlier
     provider = get_provider()
     customer = _customer(organization_id, provider)
     if not customer.payment_method_id:
         raise PayingError("Save a card first.", "no_payment_method", "payment_method", status=402)
-    payment = Payment.all_orgs.create(
-        organization_id=organization_id,
-        kind=kind,
-        provider=provider.name,
-        invoice=invoice,
-        amount=amount,
-        amount_minor=money.to_minor_units(amount, money.minor_exponent()),
-        currency=money.currency(),
+    payment = _new_payment(
+        organization_id, kind=kind, provider=provider.name, amount=amount, invoice=invoice, key=key
     )
+    if payment is None:
+        return _earlier(organization_id, key, kind, amount, invoice)
     audit.record(
         audit_action,
         actor=actor,
@@ -180,7 +238,7 @@ def payment_succeeded(provider: str, provider_payment_id: str, metadata: dict) -
         action = "billing.top_up_succeeded"
     else:
         Invoice.all_orgs.filter(pk=payment.invoice_id).exclude(status=Invoice.Status.PAID).update(
-            status=Invoice.Status.PAID, paid_at=timezone.now()
+            status=Invoice.Status.PAID, paid_at=timezone.now(), amount_paid=F("amount_due")
         )
         action = "billing.invoice_paid"
     audit.record(
@@ -248,9 +306,76 @@ def _paid_up(organization_id: int) -> None:
         tenancy_services.reactivate_organization(organization_id, actor=Actor.system())
 
 
+def _taken_back(payment: Payment, nanos: int) -> None:
+    """Money of a succeeded payment went back to the card (a refund, a lost dispute): a top-up's
+    credit goes with it; an invoice it paid is open again for that much."""
+    if payment.kind == Payment.Kind.TOP_UP:
+        Account.all_orgs.filter(organization_id=payment.organization_id).update(credit=F("credit") - nanos)
+        return
+    invoice = Invoice.all_orgs.select_for_update().get(pk=payment.invoice_id)
+    invoice.amount_paid = max(0, invoice.amount_paid - nanos)
+    if invoice.outstanding and invoice.status == Invoice.Status.PAID:
+        invoice.status, invoice.paid_at = Invoice.Status.OPEN, None
+    invoice.save(update_fields=["amount_paid", "status", "paid_at"])
+
+
+def _given_back(payment: Payment, nanos: int) -> None:
+    """Disputed money came back to us (a dispute won)."""
+    if payment.kind == Payment.Kind.TOP_UP:
+        Account.all_orgs.filter(organization_id=payment.organization_id).update(credit=F("credit") + nanos)
+        return
+    invoice = Invoice.all_orgs.select_for_update().get(pk=payment.invoice_id)
+    invoice.amount_paid = min(invoice.amount_due, invoice.amount_paid + nanos)
+    if not invoice.outstanding and invoice.status == Invoice.Status.OPEN:
+        invoice.status, invoice.paid_at = Invoice.Status.PAID, timezone.now()
+    invoice.save(update_fields=["amount_paid", "status", "paid_at"])
+    _paid_up(payment.organization_id)
+
+
+@transaction.atomic
+def disputed(provider: str, provider_payment_id: str, disputed_minor: int, *, won: bool = False) -> bool:
+    """A chargeback: the disputed amount is taken back (a top-up's credit, or an invoice reopened)
+    when the dispute is opened, and given back if we win it."""
+    payment = _locked_payment(provider, provider_payment_id, {})
+    if payment is None or payment.status != Payment.Status.SUCCEEDED:
+        return False
+    exponent = money.minor_exponent()
+    if won:
+        if not payment.disputed_minor:
+            return False
+        nanos = money.from_minor_units(payment.disputed_minor, exponent)
+        payment.disputed_minor = 0
+        payment.save(update_fields=["disputed_minor", "updated_at"])
+        _given_back(payment, nanos)
+        title, body = f"Dispute of {money.display(nanos, 2)} won", "The disputed amount is yours again."
+    else:
+        delta = min(disputed_minor, payment.amount_minor) - payment.disputed_minor
+        if delta <= 0:
+            return False
+        payment.disputed_minor += delta
+        payment.save(update_fields=["disputed_minor", "updated_at"])
+        nanos = money.from_minor_units(delta, exponent)
+        _taken_back(payment, nanos)
+        title = f"A payment of {money.display(payment.amount, 2)} is disputed"
+        top_up = payment.kind == Payment.Kind.TOP_UP
+        then = "it is taken off your prepaid credit." if top_up else "the invoice is open again."
+        body = f"The card holder disputed {money.display(nanos, 2)}; {then}"
+    alerts.notify(
+        payment.organization_id,
+        kind="dispute",
+        level="info" if won else "critical",
+        title=title,
+        body=body,
+        data={"payment_id": payment.pk, "amount": str(money.to_decimal(nanos))},
+        action="billing.dispute_won" if won else "billing.disputed",
+    )
+    return True
+
+
 @transaction.atomic
 def refunded(provider: str, provider_payment_id: str, refunded_minor: int) -> bool:
-    """The provider's cumulative refunded amount; a top-up's refund takes its credit back."""
+    """The provider's cumulative refunded amount; a top-up's refund takes its credit back, an
+    invoice payment's reopens the invoice for that much."""
     payment = _locked_payment(provider, provider_payment_id, {})
     if payment is None or refunded_minor <= payment.refunded_minor:
         return False
@@ -258,8 +383,8 @@ def refunded(provider: str, provider_payment_id: str, refunded_minor: int) -> bo
     payment.refunded_minor = refunded_minor
     payment.save(update_fields=["refunded_minor", "updated_at"])
     nanos = money.from_minor_units(delta, money.minor_exponent())
-    if payment.kind == Payment.Kind.TOP_UP:
-        Account.all_orgs.filter(organization_id=payment.organization_id).update(credit=F("credit") - nanos)
+    if payment.status == Payment.Status.SUCCEEDED:
+        _taken_back(payment, nanos)
     alerts.notify(
         payment.organization_id,
         kind="refund",
@@ -267,7 +392,11 @@ def refunded(provider: str, provider_payment_id: str, refunded_minor: int) -> bo
         title=f"Refund of {money.display(nanos, 2)}",
         body=(
             f"{money.display(nanos, 2)} was refunded to your card"
-            + (" and taken off your prepaid credit." if payment.kind == Payment.Kind.TOP_UP else ".")
+            + (
+                " and taken off your prepaid credit."
+                if payment.kind == Payment.Kind.TOP_UP
+                else "; the invoice is open again for it."
+            )
         ),
         data={"payment_id": payment.pk, "refunded": str(money.to_decimal(nanos))},
         action="billing.refunded",
@@ -321,21 +450,65 @@ def collect_invoice(invoice_id: int) -> Invoice:
     return invoice
 
 
-def retry_invoice_payment(invoice_id: int, *, organization_id: int, actor: Actor) -> Payment:
-    """Charge the saved card (a new one, after a failure) for an open invoice now."""
-    invoice = Invoice.all_orgs.filter(pk=invoice_id, organization_id=organization_id).first()
-    if invoice is None:
-        raise PayingError(f"No invoice {invoice_id}.", "not_found", status=404)
-    if invoice.status != Invoice.Status.OPEN or not invoice.amount_due:
-        raise PayingError(f"Invoice {invoice.number} has nothing to pay.", "nothing_due", status=409)
-    return _charge_saved_card(
-        organization_id,
+def retry_invoice_payment(
+    invoice_id: int, *, organization_id: int, actor: Actor, idempotency_key: str = ""
+) -> Payment:
+    """Pay an open invoice now, with the saved card. Under the invoice's row lock (a second click
+    waits, then finds it paid): an invoice the provider holds and nobody paid yet is paid there —
+    the provider's own collection and this one are then one payment, never two; otherwise (it was
+    never pushed, or was paid and then refunded or disputed) a charge for what is outstanding."""
+    key = _check_key(idempotency_key)
+    with transaction.atomic():
+        invoice = Invoice.all_orgs.select_for_update().filter(pk=invoice_id, organization_id=organization_id).first()
+        if invoice is None:
+            raise PayingError(f"No invoice {invoice_id}.", "not_found", status=404)
+        earlier = Payment.all_orgs.filter(organization_id=organization_id, idempotency_key=key).first() if key else None
+        if earlier is not None:
+            return _earlier(organization_id, key, earlier.kind, earlier.amount, invoice)
+        if invoice.status != Invoice.Status.OPEN or not invoice.outstanding:
+            raise PayingError(f"Invoice {invoice.number} has nothing to pay.", "nothing_due", status=409)
+        if invoice.provider_invoice_id and not invoice.amount_paid:
+            return _pay_provider_invoice(invoice, actor, key)
+        return _charge_saved_card(
+            organization_id,
+            kind=Payment.Kind.INVOICE,
+            amount=invoice.outstanding,
+            audit_action="billing.invoice_payment_requested",
+            actor=actor,
+            invoice=invoice,
+            idempotency_key=key,
+        )
+
+
+def _pay_provider_invoice(invoice: Invoice, actor: Actor, key: str) -> Payment:
+    provider = get_provider()
+    customer = _customer(invoice.organization_id, provider)
+    if not customer.payment_method_id:
+        raise PayingError("Save a card first.", "no_payment_method", "payment_method", status=402)
+    payment = _new_payment(
+        invoice.organization_id,
         kind=Payment.Kind.INVOICE,
-        amount=invoice.amount_due,
-        audit_action="billing.invoice_payment_requested",
-        actor=actor,
+        provider=provider.name,
+        amount=invoice.outstanding,
         invoice=invoice,
+        key=key,
     )
+    audit.record(
+        "billing.invoice_payment_requested",
+        actor=actor,
+        organization_id=invoice.organization_id,
+        target=payment,
+        data={"amount": money.exact(payment.amount), "provider_invoice_id": invoice.provider_invoice_id},
+    )
+    paid = provider.pay_invoice(
+        provider_invoice_id=invoice.provider_invoice_id,
+        payment_method_id=customer.payment_method_id,
+        idempotency_key=f"maas-invoice-{invoice.pk}-pay-{payment.pk}",
+    )
+    status = {"paid": "succeeded", "failed": "failed"}.get(paid.status, "pending")
+    _report(provider.name, payment, status, paid.provider_payment_id, paid.failure_message)
+    payment.refresh_from_db()
+    return payment
 
 
 def invoice_items(invoice: Invoice) -> list[InvoiceItem]:
@@ -432,6 +605,9 @@ def _handle(provider: str, event: ProviderEvent) -> bool | None:
             return payment_failed(provider, event.provider_payment_id, event.metadata, event.failure_message)
         case "refunded":
             return refunded(provider, event.provider_payment_id, event.refunded_minor)
+        case "disputed" | "dispute_won":
+            won = event.kind == "dispute_won"
+            return disputed(provider, event.provider_payment_id, event.disputed_minor, won=won)
         case "invoice_paid" | "invoice_payment_failed":
             invoice = _invoice_by_provider(event)
             if invoice is None:

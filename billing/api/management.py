@@ -214,6 +214,16 @@ class PaymentSerializer(serializers.ModelSerializer):
         return payment.invoice.number if payment.invoice_id else None
 
 
+IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key",
+    str,
+    OpenApiParameter.HEADER,
+    required=False,
+    description="Repeating the request with the same key (a retry after a timeout, a double submit) answers "
+    "the payment made the first time and charges nothing more.",
+)
+
+
 @org_param
 class InvoiceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgScopedViewSet):
     model = Invoice
@@ -224,13 +234,23 @@ class InvoiceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgScoped
     def get_queryset(self):
         return super().get_queryset().prefetch_related("lines")
 
-    @extend_schema(request=None, responses=PaymentSerializer, summary="Pay an open invoice with the saved card now")
+    @extend_schema(
+        request=None,
+        responses=PaymentSerializer,
+        parameters=[IDEMPOTENCY_KEY],
+        summary="Pay an open invoice with the saved card now",
+    )
     @action(detail=True, methods=["post"])
     def pay(self, request, org, pk=None):
         invoice = self.get_object()  # another organization's invoice: 404 before anything else
         if not self.access.can(P.BILLING_MANAGE):
             raise exceptions.PermissionDenied("Your role or key does not allow paying invoices.")
-        payment = paying.retry_invoice_payment(invoice.pk, organization_id=self.organization.pk, actor=self.actor)
+        payment = paying.retry_invoice_payment(
+            invoice.pk,
+            organization_id=self.organization.pk,
+            actor=self.actor,
+            idempotency_key=request.headers.get("Idempotency-Key", ""),
+        )
         return Response(PaymentSerializer(payment).data, status=201)
 
 
@@ -255,12 +275,20 @@ class TopUpViewSet(OrgScopedViewSet):
     permissions = {"*": P.BILLING_MANAGE}
 
     @extend_schema(
-        request=TopUpSerializer, responses=PaymentSerializer, summary="Add prepaid credit with the saved card"
+        request=TopUpSerializer,
+        responses=PaymentSerializer,
+        parameters=[IDEMPOTENCY_KEY],
+        summary="Add prepaid credit with the saved card",
     )
     def create(self, request, org):
         body = TopUpSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        payment = paying.top_up(self.organization.pk, body.validated_data["amount"], actor=self.actor)
+        payment = paying.top_up(
+            self.organization.pk,
+            body.validated_data["amount"],
+            actor=self.actor,
+            idempotency_key=request.headers.get("Idempotency-Key", ""),
+        )
         return Response(PaymentSerializer(payment).data, status=201)
 
 

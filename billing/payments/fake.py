@@ -64,5 +64,10 @@ class FakeProvider:
             return PushedInvoice(invoice_id, "failed", "", message)
         return PushedInvoice(invoice_id, "paid", _id("pi", idempotency_key))
 
+    def pay_invoice(self, *, provider_invoice_id: str, payment_method_id: str, idempotency_key: str) -> PushedInvoice:
+        if not payment_method_id or payment_method_id in DECLINED:
+            return PushedInvoice(provider_invoice_id, "failed", "", "Your card was declined.")
+        return PushedInvoice(provider_invoice_id, "paid", _id("pi", idempotency_key))
+
     def parse_event(self, body: bytes, signature: str | None) -> ProviderEvent:
         raise InvalidSignature("The fake provider sends no webhooks.")

@@ -114,6 +114,22 @@ class StripeProvider:
         # invoice.payment_failed reports how it went.
         return PushedInvoice(invoice.id, "paid" if invoice.status == "paid" else "open")
 
+    def pay_invoice(self, *, provider_invoice_id: str, payment_method_id: str, idempotency_key: str) -> PushedInvoice:
+        try:
+            invoice = self.client.invoices.pay(
+                provider_invoice_id,
+                params={"payment_method": payment_method_id, "off_session": True},
+                options={"idempotency_key": idempotency_key},
+            )
+        except stripe.CardError as error:
+            return PushedInvoice(provider_invoice_id, "failed", "", error.user_message or "The card was declined.")
+        except stripe.InvalidRequestError as error:
+            if "already paid" in str(error).lower():  # its own collection was first: one payment all the same
+                return PushedInvoice(provider_invoice_id, "paid")
+            raise
+        status = "paid" if invoice.status == "paid" else "open"
+        return PushedInvoice(invoice.id, status, getattr(invoice, "payment_intent", None) or "")
+
     def parse_event(self, body: bytes, signature: str | None) -> ProviderEvent:
         try:
             event = stripe.Webhook.construct_event(
@@ -141,6 +157,21 @@ class StripeProvider:
                     kind="refunded",
                     provider_payment_id=obj.get("payment_intent") or "",
                     refunded_minor=int(obj.get("amount_refunded") or 0),
+                    **common,
+                )
+            case "charge.dispute.created" | "charge.dispute.funds_withdrawn":
+                return ProviderEvent(
+                    kind="disputed",
+                    provider_payment_id=obj.get("payment_intent") or "",
+                    disputed_minor=int(obj.get("amount") or 0),
+                    **common,
+                )
+            case "charge.dispute.closed" | "charge.dispute.funds_reinstated":
+                won = event.type == "charge.dispute.funds_reinstated" or obj.get("status") == "won"
+                return ProviderEvent(
+                    kind="dispute_won" if won else "other",
+                    provider_payment_id=obj.get("payment_intent") or "",
+                    disputed_minor=int(obj.get("amount") or 0),
                     **common,
                 )
             case "invoice.paid" | "invoice.payment_succeeded":

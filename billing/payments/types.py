@@ -46,7 +46,8 @@ class InvoiceItem:
 class ProviderEvent:
     """A verified webhook event, reduced to what the platform acts on.
 
-    kind: payment_succeeded | payment_failed | refunded | invoice_paid | invoice_payment_failed | other
+    kind: payment_succeeded | payment_failed | refunded | disputed | dispute_won | invoice_paid |
+    invoice_payment_failed | other
     """
 
     event_id: str
@@ -56,6 +57,7 @@ class ProviderEvent:
     provider_payment_id: str = ""
     provider_invoice_id: str = ""
     refunded_minor: int = 0
+    disputed_minor: int = 0
     failure_message: str = ""
     metadata: dict = field(default_factory=dict)
 
@@ -88,5 +90,8 @@ class Provider(Protocol):
         idempotency_key: str,
         metadata: dict,
     ) -> PushedInvoice: ...
+
+    def pay_invoice(self, *, provider_invoice_id: str, payment_method_id: str, idempotency_key: str) -> PushedInvoice:
+        """Pay an invoice the provider holds, now (its own collection then finds it paid)."""
 
     def parse_event(self, body: bytes, signature: str | None) -> ProviderEvent: ...

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from django.conf import settings
 from django.contrib import messages
 from django.http import Http404
@@ -36,6 +38,7 @@ def billing(request, access):
         payments=billing_selectors.recent_payments(organization_id),
         currency=settings.BILLING_CURRENCY.upper(),
         can_manage=access.can(P.BILLING_MANAGE),
+        idempotency_key=uuid.uuid4().hex,  # one per rendered form: submitting it twice charges once
     )
     return render(request, "frontend/billing.html", context)
 
@@ -53,11 +56,19 @@ def _billing_change(request, organization_id: int) -> None:
             saved = paying.save_card(organization_id, request.POST.get("payment_method", "").strip(), actor=actor)
             messages.success(request, f"Card {saved.card_brand} ending {saved.card_last4} saved.")
         elif action == "top_up":
-            payment = paying.top_up(organization_id, request.POST.get("amount", "").strip(), actor=actor)
+            payment = paying.top_up(
+                organization_id,
+                request.POST.get("amount", "").strip(),
+                actor=actor,
+                idempotency_key=request.POST.get("idempotency_key", ""),
+            )
             if payment.status == "succeeded":
                 messages.success(request, "Credit added.")
+            elif payment.status == "failed":
+                why = (payment.failure_message or "see Payments").rstrip(".")
+                messages.error(request, f"The top-up failed: {why}.")
             else:
-                messages.error(request, f"The top-up is {payment.status}: {payment.failure_message or 'see payments'}.")
+                messages.info(request, "The top-up is being processed; the credit is added when the card is charged.")
         else:
             messages.error(request, "Unknown change.")
     except services.ServiceError as exc:

@@ -1,6 +1,7 @@
 """Stripe offline: localstripe (a stateful fake Stripe server from PyPI) on loopback, and in front
 of it a small proxy that answers the one thing localstripe lacks for us — standalone invoices
-(`POST /v1/invoices`, `POST /v1/invoices/{id}/finalize`) — and forwards everything else.
+(`POST /v1/invoices`, `POST /v1/invoices/{id}/finalize`, `POST /v1/invoices/{id}/pay`) — and
+forwards everything else.
 
 The proxy's invoice is built from what the SDK sent: it gathers the customer's pending invoice
 items from localstripe (which the provider created there through the real SDK), so the test can
@@ -149,6 +150,15 @@ class InvoicesProxy:
             if invoice is None:
                 return 404, {"error": {"message": "No such invoice", "type": "invalid_request_error"}}
             invoice["status"] = "open"
+        elif len(parts) == 4 and parts[:2] == ["v1", "invoices"] and parts[3] == "pay":
+            # As Stripe: an invoice is paid once; paying a paid one is refused.
+            invoice = self.invoices.get(parts[2])
+            if invoice is None:
+                return 404, {"error": {"message": "No such invoice", "type": "invalid_request_error"}}
+            if invoice["status"] == "paid":
+                return 400, {"error": {"message": "Invoice is already paid", "type": "invalid_request_error"}}
+            invoice["status"] = "paid"
+            invoice["payments"] = invoice.get("payments", 0) + 1
         else:
             return 404, {"error": {"message": "Not implemented by the test proxy", "type": "invalid_request_error"}}
         if key:

@@ -269,3 +269,78 @@ def test_the_close_invoices_command(last_month_usage):
         call_command("close_invoices", "--org", tenant.org.slug, "--month", f"{THIS_MONTH:%Y-%m}")
     with pytest.raises(CommandError, match="go together"):
         call_command("close_invoices", "--org", tenant.org.slug)
+
+
+def test_a_top_up_repeated_with_its_idempotency_key_charges_once(tenant_a):
+    owner = session_client(tenant_a.owner)
+    base = f"/api/orgs/{tenant_a.org.slug}/billing"
+    owner.put(f"{base}/payment-method/", {"payment_method": "pm_card_visa"}, format="json")
+    before = budgets.ensure_account(tenant_a.org.pk).credit
+    first = owner.post(f"{base}/top-ups/", {"amount": "20.00"}, format="json", HTTP_IDEMPOTENCY_KEY="order-7")
+    again = owner.post(f"{base}/top-ups/", {"amount": "20.00"}, format="json", HTTP_IDEMPOTENCY_KEY="order-7")
+    assert first.status_code == again.status_code == 201
+    assert first.json()["id"] == again.json()["id"]
+    assert Account.all_orgs.get(organization=tenant_a.org).credit == before + money.from_decimal("20")
+    other = owner.post(f"{base}/top-ups/", {"amount": "30.00"}, format="json", HTTP_IDEMPOTENCY_KEY="order-7")
+    assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_reused"
+    assert Payment.all_orgs.filter(organization=tenant_a.org).count() == 1
+    # The console's form carries a key of its own: submitted twice, it charges once.
+    page = owner.get(f"/orgs/{tenant_a.org.slug}/billing/").content.decode()
+    key = page.split('name="idempotency_key" value="')[1].split('"')[0]
+    for _ in range(2):
+        owner.post(f"/orgs/{tenant_a.org.slug}/billing/", {"action": "top_up", "amount": "5", "idempotency_key": key})
+    assert Account.all_orgs.get(organization=tenant_a.org).credit == before + money.from_decimal("25")
+
+
+def test_paying_an_invoice_twice_pays_it_once(last_month_usage, django_capture_on_commit_callbacks):
+    """The provider's own collection failed; the owner pays, then pays again (a double click, a
+    retry): one payment, and the second answer says there is nothing left to pay."""
+    tenant = last_month_usage
+    _invoiced(tenant, "0")
+    paying.save_card(tenant.org.pk, "pm_card_chargeDeclined", actor=Actor(user=tenant.owner))
+    with django_capture_on_commit_callbacks(execute=True):
+        invoice = invoicing.close_due()[0]
+    paying.save_card(tenant.org.pk, "pm_card_visa", actor=Actor(user=tenant.owner))
+    owner = session_client(tenant.owner)
+    url = f"/api/orgs/{tenant.org.slug}/billing/invoices/{invoice.pk}/pay/"
+    paid = owner.post(url)
+    assert paid.status_code == 201 and paid.json()["status"] == "succeeded"
+    twice = owner.post(url)
+    assert twice.status_code == 409 and twice.json()["error"]["code"] == "nothing_due"
+    assert Payment.all_orgs.filter(invoice=invoice, status="succeeded").count() == 1
+    invoice.refresh_from_db()
+    assert (invoice.status, invoice.amount_paid) == ("paid", invoice.amount_due)
+
+
+def test_a_refunded_invoice_payment_reopens_the_invoice_and_a_disputed_top_up_takes_its_credit_back(
+    last_month_usage, tenant_b, django_capture_on_commit_callbacks
+):
+    tenant = last_month_usage
+    _invoiced(tenant, "0")
+    paying.save_card(tenant.org.pk, "pm_card_visa", actor=Actor(user=tenant.owner))
+    with django_capture_on_commit_callbacks(execute=True):
+        invoice = invoicing.close_due()[0]
+    invoice.refresh_from_db()
+    assert invoice.status == "paid"
+    payment = Payment.all_orgs.get(invoice=invoice)
+    assert payment.amount_minor > 0
+    assert paying.refunded("fake", payment.provider_payment_id, payment.amount_minor) is True
+    invoice.refresh_from_db()
+    refunded = money.from_minor_units(payment.amount_minor, money.minor_exponent())
+    assert invoice.status == "open" and invoice.outstanding == min(refunded, invoice.amount_due)
+    # Paying it again charges what is outstanding, not the whole invoice.
+    again = paying.retry_invoice_payment(invoice.pk, organization_id=tenant.org.pk, actor=Actor(user=tenant.owner))
+    assert again.status == "succeeded" and again.amount == invoice.outstanding
+    invoice.refresh_from_db()
+    assert invoice.status == "paid"
+
+    # A top-up disputed by the card holder: its credit goes, and comes back if the dispute is won.
+    paying.save_card(tenant_b.org.pk, "pm_card_visa", actor=Actor(user=tenant_b.owner))
+    top_up = paying.top_up(tenant_b.org.pk, "20", actor=Actor(user=tenant_b.owner))
+    credit = Account.all_orgs.get(organization=tenant_b.org).credit
+    assert paying.disputed("fake", top_up.provider_payment_id, top_up.amount_minor) is True
+    assert paying.disputed("fake", top_up.provider_payment_id, top_up.amount_minor) is False  # reported twice
+    assert Account.all_orgs.get(organization=tenant_b.org).credit == credit - money.from_decimal("20")
+    assert Notification.all_orgs.filter(organization=tenant_b.org, kind="dispute", level="critical").exists()
+    assert paying.disputed("fake", top_up.provider_payment_id, 0, won=True) is True
+    assert Account.all_orgs.get(organization=tenant_b.org).credit == credit

@@ -219,3 +219,65 @@ def test_the_monthly_close_pushes_one_invoice_to_stripe_with_our_total(world, ma
     assert invoice.status == "paid" and invoice.paid_at is not None
     assert Payment.all_orgs.get(invoice=invoice).status == "succeeded"
     assert Invoice.all_orgs.filter(organization=tenant.org).count() == 1
+
+
+def test_paying_an_invoice_stripe_is_collecting_pays_that_invoice_not_a_second_charge(world, make_tenant):
+    """The owner's "pay now" while Stripe still collects the invoice it was given: the invoice is
+    paid at Stripe (one payment of it), no PaymentIntent of our own is created, and Stripe's later
+    `invoice.paid` changes nothing more."""
+    tenant = make_tenant("pay-now")
+    budgets.ensure_account(tenant.org.pk)
+    services.configure_account(tenant.org.pk, mode="invoiced", actor=Actor(user=tenant.owner))
+    paying.save_card(tenant.org.pk, card(world, VISA), actor=Actor(user=tenant.owner))
+    Account.all_orgs.filter(organization=tenant.org).update(credit=0)
+    price = Price.objects.create(model="m-pay", input_per_token=50_000, output_per_token=0, training_per_token=0)
+    Price.objects.filter(pk=price.pk).update(effective_from=datetime(2020, 1, 1, tzinfo=UTC))
+    this_month = rollups.month_of(datetime.now(UTC))
+    services.record_usage(
+        **usage_record(
+            tenant.org.pk,
+            "pay-now-1",
+            model="m-pay",
+            prompt_tokens=1000,
+            completion_tokens=0,
+            price=[price.pk, 50_000, 0, 0],
+            created_at=datetime.combine(this_month, datetime.min.time(), UTC) - timedelta(days=2),
+        )
+    )
+    invoice = invoicing.close_due()[0]
+    invoice.refresh_from_db()
+    assert invoice.status == "open" and invoice.provider_invoice_id
+    owner = session_client(tenant.owner)
+    url = f"/api/orgs/{tenant.org.slug}/billing/invoices/{invoice.pk}/pay/"
+    paid = owner.post(url)
+    assert paid.status_code == 201 and paid.json()["status"] == "succeeded", paid.content
+    assert owner.post(url).status_code == 409  # the double click
+    pushed = world["proxy"].invoices[invoice.provider_invoice_id]
+    assert pushed["status"] == "paid" and pushed["payments"] == 1
+    intents = StripeClient(stripe_fakes.SECRET_KEY, base_addresses={"api": world["proxy"].url}).v1.payment_intents
+    metadata = [i.to_dict().get("metadata") or {} for i in intents.list().data]
+    ours = [m for m in metadata if m.get("organization_id") == str(tenant.org.pk)]
+    assert ours == []  # nothing charged beside the invoice
+    event = stripe_fakes.event("invoice.paid", {**pushed, "status": "paid"})
+    assert post_webhook(world, event, stripe_fakes.sign(event)).status_code == 200
+    invoice.refresh_from_db()
+    assert invoice.status == "paid" and invoice.amount_paid == invoice.amount_due
+    assert Payment.all_orgs.filter(invoice=invoice, status="succeeded").count() == 1
+
+
+def test_a_chargeback_takes_a_top_ups_credit_back(world, make_tenant):
+    tenant = make_tenant("chargeback")
+    paying.save_card(tenant.org.pk, card(world, VISA), actor=Actor(user=tenant.owner))
+    payment = paying.top_up(tenant.org.pk, "20", actor=Actor(user=tenant.owner))
+    deadline = time.monotonic() + 20
+    while Payment.all_orgs.get(pk=payment.pk).status != "succeeded" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    payment.refresh_from_db()
+    before = credit(tenant)
+    dispute = {"id": "dp_1", "object": "dispute", "amount": 2000, "payment_intent": payment.provider_payment_id}
+    opened = stripe_fakes.event("charge.dispute.created", {**dispute, "status": "needs_response"})
+    assert post_webhook(world, opened, stripe_fakes.sign(opened)).status_code == 200
+    assert credit(tenant) == before - money.from_decimal("20")
+    won = stripe_fakes.event("charge.dispute.closed", {**dispute, "status": "won"})
+    assert post_webhook(world, won, stripe_fakes.sign(won)).status_code == 200
+    assert credit(tenant) == before
