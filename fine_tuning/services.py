@@ -17,7 +17,7 @@ from catalog.loader import load_tokenizer
 from catalog.models import BaseModel
 from fine_tuning import datafile
 from fine_tuning.models import Dataset, DatasetVersion, File, new_file_id
-from tenancy import audit, shared_store
+from tenancy import audit, shared_store, text
 from tenancy import services as tenancy_services
 from tenancy.audit import Actor
 from tenancy.errors import Conflict, ServiceError, TooManyRequests
@@ -164,9 +164,7 @@ def delete_file(file_id: str, *, organization_id: int, actor: Actor) -> File:
 
 @transaction.atomic
 def create_dataset(*, organization_id: int, name: str, description: str = "", actor: Actor) -> Dataset:
-    name = name.strip()
-    if not name:
-        raise ServiceError("A dataset needs a name.", "invalid_name", "name")
+    name = text.name(name, what="A dataset's name")
     try:
         with transaction.atomic():
             dataset = Dataset.all_orgs.create(organization_id=organization_id, name=name, description=description)

@@ -19,7 +19,7 @@ from billing import services as billing
 from catalog import selectors as catalog
 from serving import capacity, dedicated, replica_client
 from serving.models import Backend, Endpoint, EndpointReplica
-from tenancy import audit, selectors
+from tenancy import audit, selectors, text
 from tenancy.audit import Actor
 from tenancy.services import ServiceError
 
@@ -62,10 +62,7 @@ def _check_settings(organization_id: int, values: dict) -> dict:
     """Validated endpoint settings (only those given), or EndpointError naming the bad one."""
     clean = {}
     if "name" in values:
-        name = str(values["name"] or "").strip()
-        if not name or len(name) > 100:
-            raise EndpointError("An endpoint needs a name of 1 to 100 characters.", param="name")
-        clean["name"] = name
+        clean["name"] = text.name(values["name"], what="An endpoint's name")
     if "defaults" in values:
         defaults = values["defaults"] or {}
         if not isinstance(defaults, dict):

@@ -158,7 +158,7 @@ admin.site.unregister(get_user_model())
 
 @admin.register(get_user_model())
 class TenantUserAdmin(UserAdmin):
-    """Deactivating a user goes through the service, which also revokes the keys they created."""
+    """Deactivating or deleting a user goes through the services, which revoke the keys they created."""
 
     def save_model(self, request, obj, form, change):
         deactivating = change and "is_active" in form.changed_data and not obj.is_active
@@ -168,3 +168,10 @@ class TenantUserAdmin(UserAdmin):
         if deactivating:
             services.deactivate_user(obj.pk, actor=Actor(user=request.user))
             obj.is_active = False
+
+    def delete_model(self, request, obj):
+        services.delete_user(obj.pk, actor=Actor(user=request.user))
+
+    def delete_queryset(self, request, queryset):
+        for user in list(queryset):
+            services.delete_user(user.pk, actor=Actor(user=request.user))

@@ -17,7 +17,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
-from tenancy import audit, keyauth, secrets
+from tenancy import audit, keyauth, secrets, text
 from tenancy.audit import Actor
 from tenancy.errors import Conflict, Forbidden, ServiceError
 from tenancy.models import APIKey, Invitation, Membership, Organization, slug_validator
@@ -67,9 +67,10 @@ def create_organization(*, slug: str, name: str, owner, actor: Actor) -> Organiz
             f"You own {owned} organizations, the most one account may own; ask an administrator for more.",
             "organization_limit",
         )
+    name = text.name(name, what="An organization's name", max_length=200, required=False) or slug
     try:
         with transaction.atomic():
-            org = Organization.objects.create(slug=slug, name=name.strip() or slug)
+            org = Organization.objects.create(slug=slug, name=name)
     except IntegrityError:
         raise Conflict(f"The organization slug {slug!r} is taken.", "slug_taken", "slug") from None
     Membership.all_orgs.create(organization=org, user=owner, role=Role.OWNER)
@@ -110,7 +111,11 @@ def sign_up(
     email = User.objects.normalize_email(email).strip().lower()
     if User.objects.filter(email__iexact=email).exists():
         raise Conflict("An account with this email address exists already. Sign in instead.", "email_taken", "email")
-    user = User(email=email, full_name=full_name.strip())
+    full_name = text.name(full_name, param="full_name", what="A full name", max_length=200, required=False)
+    organization_name = text.name(
+        organization_name, param="organization_name", what="An organization's name", max_length=200, required=False
+    )
+    user = User(email=email, full_name=full_name)
     from django.contrib.auth.password_validation import validate_password
 
     try:
@@ -155,9 +160,7 @@ def reactivate_organization(org_id: int, *, actor: Actor) -> Organization:
 @transaction.atomic
 def rename_organization(org_id: int, *, name: str, actor: Actor) -> Organization:
     org = Organization.objects.select_for_update().get(pk=org_id)
-    old, org.name = org.name, name.strip()
-    if not org.name:
-        raise ServiceError("The organization name cannot be empty.", "invalid_name", "name")
+    old, org.name = org.name, text.name(name, what="An organization's name", max_length=200)
     org.save(update_fields=["name"])
     audit.record("org.renamed", actor=actor, organization_id=org.pk, target=org, data={"from": old, "to": org.name})
     return org
@@ -202,6 +205,7 @@ def change_role(membership_id, *, organization_id: int, role: str, actor_role: s
         target.role = role
         target.save(update_fields=["role"])
         _revoke_keys_beyond(target.user_id, organization_id, key_scopes_allowed(role), actor, reason=f"role now {role}")
+        _revoke_invitations_by(target.user_id, organization_id, role, actor)
         audit.record(
             "member.role_changed",
             actor=actor,
@@ -226,6 +230,7 @@ def remove_member(membership_id, *, organization_id: int, actor_role: str | None
     email = target.user.email
     target.delete()
     _revoke_keys_beyond(target.user_id, organization_id, frozenset(), actor, reason="member removed")
+    _revoke_invitations_by(target.user_id, organization_id, None, actor)
     audit.record(
         "member.removed",
         actor=actor,
@@ -246,6 +251,46 @@ def _revoke_keys_beyond(user_id, organization_id: int, allowed: frozenset[str], 
     if revoked:
         ids = [key.pk for key in revoked]
         transaction.on_commit(lambda: keyauth.publish(ids))
+
+
+def _revoke_invitations_by(user_id, organization_id: int, role: str | None, actor: Actor) -> None:
+    """Pending invitations this user sent that their role (None: no longer a member) could not send now."""
+    pending = Invitation.all_orgs.select_for_update().filter(
+        organization_id=organization_id, invited_by_id=user_id, accepted_at=None, revoked_at=None
+    )
+    for invitation in pending:
+        if role is not None and _may_grant(role, invitation.role):
+            continue
+        invitation.revoked_at = timezone.now()
+        invitation.save(update_fields=["revoked_at"])
+        audit.record(
+            "invitation.revoked",
+            actor=actor,
+            organization_id=organization_id,
+            target=invitation,
+            data={"email": invitation.email, "reason": "its inviter may no longer invite with this role"},
+        )
+
+
+@transaction.atomic
+def delete_user(user_id, *, actor: Actor) -> None:
+    """Delete an account: first every live key they created, in any organization, is revoked (a
+    key whose creator is gone would otherwise pass for an operator's), then the account goes."""
+    User = get_user_model()
+    user = User.objects.select_for_update().filter(pk=user_id).first()
+    if user is None:
+        return
+    keys = APIKey.all_orgs.select_for_update().filter(created_by_id=user_id, revoked_at=None)
+    revoked = []
+    for key in keys:
+        _revoke(key, actor, "user deleted")
+        revoked.append(key.pk)
+    Invitation.all_orgs.filter(invited_by_id=user_id, accepted_at=None, revoked_at=None).update(
+        revoked_at=timezone.now()
+    )
+    if revoked:
+        transaction.on_commit(lambda: keyauth.publish(revoked))
+    user.delete()
 
 
 @transaction.atomic
@@ -327,6 +372,15 @@ def accept_invitation(*, token: str, user, actor: Actor) -> Membership:
             f"This invitation is for {invitation.email}; sign in with that address to accept it.",
             "invitation_wrong_user",
         )
+    if invitation.invited_by_id is not None:
+        inviter = Membership.all_orgs.filter(
+            organization_id=invitation.organization_id, user_id=invitation.invited_by_id, user__is_active=True
+        ).values_list("role", flat=True)
+        if not _may_grant(inviter.first() or Role.VIEWER, invitation.role):
+            raise ServiceError(
+                "This invitation is no longer valid: whoever sent it may no longer invite with this role.",
+                "invitation_invalid",
+            )
     try:
         with transaction.atomic():
             membership = Membership.all_orgs.create(
@@ -374,9 +428,7 @@ def create_api_key(
     actor: Actor,
 ) -> IssuedKey:
     """`member_only` is set when the creator may hold keys of their own only (the member role)."""
-    name = (name or "").strip()
-    if not name or len(name) > 100:
-        raise ServiceError("A key needs a name of 1-100 characters.", "invalid_name", "name")
+    name = text.name(name, what="A key's name")
     scopes = _check_scopes(scopes)
     if member_only and not set(scopes) <= MEMBER_GRANTABLE_SCOPES:
         raise Forbidden(
@@ -419,6 +471,13 @@ def revoke_api_key(key_id, *, organization_id: int, actor: Actor) -> APIKey:
     )
     if key is None:
         raise ServiceError("No such API key.", "not_found")
+    if key.console_user_id is not None:
+        # Revoked, it would be made again at the member's next playground call, without the limits
+        # set on it: it lives as long as the membership (remove or demote the member instead).
+        raise Conflict(
+            "A console key lives as long as its member's membership: limit it, or remove or demote the member.",
+            "console_key",
+        )
     if key.revoked_at is None:
         _revoke(key, actor)
     transaction.on_commit(lambda: keyauth.publish([key.pk]))

@@ -246,3 +246,35 @@ def test_every_scope_a_member_may_grant_gives_only_what_a_member_may_do():
 
     for scope in MEMBER_GRANTABLE_SCOPES:
         assert permissions_of_scopes([scope]) <= MATRIX[Role.MEMBER], scope
+
+
+def test_a_console_key_cannot_be_revoked_to_shed_its_limits(tenant_a):
+    """Revoked, a member's console key would be made again at their next playground call without
+    the limits set on it: it lives as long as the membership."""
+    member = tenant_a.add_member("m@alpha.test")
+    console = services.console_key(organization_id=tenant_a.org.pk, user_id=member.pk)
+    services.set_key_limits(console.pk, organization_id=tenant_a.org.pk, rpm=5, tpm=500, actor=Actor())
+    url = f"/api/orgs/{tenant_a.org.slug}/keys/{console.pk}/"
+    for who in (member, tenant_a.owner):
+        refused = session_client(who).delete(url)
+        assert refused.status_code == 409 and refused.json()["error"]["code"] == "console_key"
+    again = services.console_key(organization_id=tenant_a.org.pk, user_id=member.pk)
+    assert again.pk == console.pk and (again.rpm_limit, again.tpm_limit) == (5, 500)
+
+
+@pytest.mark.parametrize("name", ["line\nbreak", "tab\there", "nul\x00byte", "bidi\u202eflip", "line\u2028sep"])
+def test_names_are_one_line_of_printable_text(tenant_a, name):
+    from tests.conftest import DEMO_MODEL
+
+    owner = session_client(tenant_a.owner)
+    base = f"/api/orgs/{tenant_a.org.slug}"
+    for path, body in (
+        ("keys/", {"name": name}),
+        ("endpoints/", {"model": DEMO_MODEL, "name": name}),
+        ("datasets/", {"name": name}),
+    ):
+        refused = owner.post(f"{base}/{path}", body, format="json")
+        assert refused.status_code == 400, (path, refused.content)
+        assert refused.json()["error"]["param"] == "name"
+    assert owner.patch(f"{base}/", {"name": name}, format="json").status_code == 400
+    assert APIKey.all_orgs.filter(organization=tenant_a.org).count() == 0

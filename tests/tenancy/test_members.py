@@ -148,3 +148,80 @@ def test_two_owners_demoting_each_other_at_once_leave_one_owner(make_tenant):
         t.join()
     assert sorted(outcomes) == ["conflict", "ok"]
     assert Membership.all_orgs.filter(organization=tenant.org, role="owner").count() == 1
+
+
+def test_a_removed_or_demoted_admins_invitations_no_longer_join(tenant_a):
+    admin = tenant_a.add_member("admin@alpha.test", role="admin")
+    sent = {
+        role: services.invite(
+            organization_id=tenant_a.org.pk,
+            email=f"{role}@new.test",
+            role=role,
+            actor_role="admin",
+            actor=Actor(user=admin),
+        )
+        for role in ("admin", "member")
+    }
+    membership = Membership.all_orgs.get(user=admin, organization=tenant_a.org)
+    services.change_role(
+        membership.pk,
+        organization_id=tenant_a.org.pk,
+        role="member",
+        actor_role="owner",
+        actor=Actor(user=tenant_a.owner),
+    )
+    # As a member they could invite nobody: both invitations are revoked, and neither joins.
+    assert Invitation.all_orgs.filter(invited_by=admin, revoked_at=None).count() == 0
+    for role, issued in sent.items():
+        joiner = get_user_model().objects.create_user(f"{role}@new.test", PASSWORD)
+        with pytest.raises(services.ServiceError):
+            services.accept_invitation(token=issued.token, user=joiner, actor=Actor(user=joiner))
+    assert not Membership.all_orgs.filter(user__email__endswith="@new.test").exists()
+
+
+def test_an_invitation_whose_inviter_left_cannot_be_accepted_even_if_not_revoked(tenant_a):
+    admin = tenant_a.add_member("admin@alpha.test", role="admin")
+    issued = services.invite(
+        organization_id=tenant_a.org.pk, email="late@new.test", role="admin", actor_role="admin",
+        actor=Actor(user=admin),
+    )
+    # Removed some other way than the service (an operator's raw delete): the accept still checks.
+    Membership.all_orgs.filter(user=admin).delete()
+    assert Invitation.all_orgs.get(pk=issued.invitation.pk).revoked_at is None
+    joiner = get_user_model().objects.create_user("late@new.test", PASSWORD)
+    with pytest.raises(services.ServiceError) as refused:
+        services.accept_invitation(token=issued.token, user=joiner, actor=Actor(user=joiner))
+    assert refused.value.code == "invitation_invalid"
+
+
+def test_deleting_a_user_revokes_the_keys_they_created(tenant_a, django_capture_on_commit_callbacks):
+    from tenancy.models import APIKey
+    from tests.conftest import key_client
+
+    admin = tenant_a.add_member("admin@alpha.test", role="admin")
+    key = services.create_api_key(
+        organization_id=tenant_a.org.pk, name="theirs", created_by_id=admin.pk, actor=Actor(user=admin)
+    )
+    assert key_client(key.plaintext).get("/v1/models").status_code == 200
+    with django_capture_on_commit_callbacks(execute=True):
+        services.delete_user(admin.pk, actor=Actor(user=tenant_a.owner))
+    assert not get_user_model().objects.filter(pk=admin.pk).exists()
+    assert APIKey.all_orgs.get(pk=key.key.pk).revoked_at is not None
+    assert key_client(key.plaintext).get("/v1/models").status_code == 401
+
+
+def test_the_back_office_deletes_users_through_the_service(tenant_a, django_capture_on_commit_callbacks):
+    from tenancy.models import APIKey
+    from tests.conftest import key_client
+
+    operator = get_user_model().objects.create_superuser("op@platform.test", PASSWORD)
+    admin = tenant_a.add_member("admin@alpha.test", role="admin")
+    key = services.create_api_key(
+        organization_id=tenant_a.org.pk, name="theirs", created_by_id=admin.pk, actor=Actor(user=admin)
+    )
+    back_office = session_client(operator)
+    with django_capture_on_commit_callbacks(execute=True):
+        done = back_office.post(f"/admin/accounts/user/{admin.pk}/delete/", {"post": "yes"})
+    assert done.status_code == 302
+    assert APIKey.all_orgs.get(pk=key.key.pk).revoked_at is not None
+    assert key_client(key.plaintext).get("/v1/models").status_code == 401
