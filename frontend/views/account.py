@@ -20,6 +20,19 @@ from tenancy import selectors, services, throttle
 from tenancy.audit import Actor, client_ip
 
 
+def throttled_sign_in(request, sign_in, refuse):
+    """Run a sign-in view's POST under the sign-in throttle (tenancy.throttle); `refuse(wait)`
+    answers an attempt that is one too many."""
+    ip, email = client_ip(request), request.POST.get("username", "")[:254]
+    wait = throttle.sign_in_attempt(ip, email)
+    if wait:
+        return refuse(wait)
+    response = sign_in()
+    if request.user.is_authenticated:
+        throttle.sign_in_succeeded(ip, email)
+    return response
+
+
 class SignInView(LoginView):
     """Django's sign-in, throttled per client IP and per account (tenancy.throttle)."""
 
@@ -28,16 +41,32 @@ class SignInView(LoginView):
     redirect_authenticated_user = True
 
     def post(self, request, *args, **kwargs):
-        ip, email = client_ip(request), request.POST.get("username", "")[:254]
-        wait = throttle.sign_in_blocked(ip, email)
-        if wait:
-            return too_many_attempts(request, self.template_name, self.get_context_data(form=self.get_form()), wait)
-        response = super().post(request, *args, **kwargs)
-        if request.user.is_authenticated:
-            throttle.sign_in_succeeded(email)
-        else:
-            throttle.sign_in_failed(ip, email)
+        return throttled_sign_in(
+            request,
+            lambda: super(SignInView, self).post(request, *args, **kwargs),
+            lambda wait: too_many_attempts(
+                request, self.template_name, self.get_context_data(form=self.get_form()), wait
+            ),
+        )
+
+
+def back_office_sign_in(request, **kwargs):
+    """The back office's own sign-in page behind the same throttle as the console's."""
+    from django.contrib import admin
+    from django.http import HttpResponse
+
+    def refuse(wait: int):
+        response = HttpResponse(
+            f"Too many sign-in attempts from here. Try again in {max(1, wait // 60)} minutes.\n",
+            status=429,
+            content_type="text/plain",
+        )
+        response["Retry-After"] = str(wait)
         return response
+
+    if request.method != "POST":
+        return admin.site.login(request, **kwargs)
+    return throttled_sign_in(request, lambda: admin.site.login(request, **kwargs), refuse)
 
 
 class PasswordResetView(auth_views.PasswordResetView):

@@ -1,4 +1,4 @@
-"""A logging filter that scrubs API keys, bearer tokens and invitation tokens from records.
+"""A logging filter that scrubs API keys, bearer tokens, invitation and password-reset tokens from records.
 
 The code never logs key material on purpose; this is the second line of defence for what a
 library might log (a request line, an exception with headers in it).
@@ -14,6 +14,8 @@ SECRET_PATTERNS = [
     re.compile(r"(?i)(bearer\s+)[^\s'\"]+"),
     re.compile(r"(?i)(/invitations/)[A-Za-z0-9_\-]{16,}"),
     re.compile(r"(?i)([?&]invitation=)[A-Za-z0-9_\-]{16,}"),
+    # A password-reset link: /password-reset/<uid>/<token>/ (not the form's own sent/ and done/ pages).
+    re.compile(r"(?i)(/password-reset/)(?!sent/|done/)[A-Za-z0-9_\-]+/[A-Za-z0-9_\-]+"),
 ]
 
 

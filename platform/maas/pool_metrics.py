@@ -75,6 +75,9 @@ def _allowed(request) -> bool:
     if token:
         presented = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         return hmac.compare_digest(presented.encode(), token.encode())
+    if settings.PRODUCTION:
+        # Behind a proxy on the same host every request comes from loopback: only the token counts.
+        return False
     try:
         return ip_address(request.META.get("REMOTE_ADDR", "")).is_loopback
     except ValueError:
@@ -83,7 +86,8 @@ def _allowed(request) -> bool:
 
 def pool_metrics(request):
     if not _allowed(request):
-        return HttpResponse("Forbidden: present the metrics token.\n", status=403, content_type="text/plain")
+        why = "present the metrics token" if settings.METRICS_TOKEN or not settings.PRODUCTION else "set METRICS_TOKEN"
+        return HttpResponse(f"Forbidden: {why}.\n", status=403, content_type="text/plain")
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PoolCollector())
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -286,8 +286,13 @@ COMPUTE_FAIR_SHARE_WINDOW_SECONDS = env.integer("COMPUTE_FAIR_SHARE_WINDOW_SECON
 COMPUTE_RESERVE_AFTER_SECONDS = env.integer("COMPUTE_RESERVE_AFTER_SECONDS", 3600)
 COMPUTE_LEND_IDLE_SECONDS = env.integer("COMPUTE_LEND_IDLE_SECONDS", 300)
 COMPUTE_WAKE_TASK = "fine_tuning.tasks.claim_jobs"
-# Bearer token for /metrics/pool; empty: loopback scrapers only.
+# Bearer token for /metrics/pool; empty: loopback scrapers only, and nobody in production (behind
+# a proxy on the same host, every request comes from loopback).
 METRICS_TOKEN = env.get("METRICS_TOKEN", "")
+# The proxies (addresses or networks) whose X-Forwarded-For uvicorn believes: the client's address
+# (audit rows, sign-in and sign-up throttles) is the first one left of them. Behind a remote load
+# balancer, name it here, or every client has the balancer's address.
+TRUSTED_PROXIES = env.listing("TRUSTED_PROXIES", ["127.0.0.1"])
 # A running job's worker renews its lease every third of this; a job whose lease expired is
 # requeued by the reaper and resumes from its last checkpoint.
 FINE_TUNING_LEASE_SECONDS = env.integer("FINE_TUNING_LEASE_SECONDS", 60)

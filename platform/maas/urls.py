@@ -5,6 +5,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from billing import webhooks as billing_webhooks
+from frontend.views import account
 from maas.pool_metrics import pool_metrics
 
 
@@ -13,6 +14,8 @@ def health(request):
 
 
 urlpatterns = [
+    # The back office's sign-in goes through the console's sign-in throttle.
+    path(f"{settings.ADMIN_URL}login/", account.back_office_sign_in, name="back-office-sign-in"),
     path(settings.ADMIN_URL, admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 
 from django.conf import settings
 from django.core.cache import cache
@@ -86,6 +87,11 @@ async def aget_and_add(get_key: str, add_key: str, ttl: int):
     return cache.get(get_key), cache.add(add_key, 1, ttl)
 
 
+# Without Redis the embedded default runs one web process: a lock of the process makes its
+# counters atomic.
+_counting = threading.Lock()
+
+
 def hit(key: str, ttl: int) -> int:
     """Add one to a counter that expires ttl seconds after its first hit; the new count."""
     if redis_enabled():
@@ -94,13 +100,31 @@ def hit(key: str, ttl: int) -> int:
         pipe.expire(prefix(key), ttl, nx=True)
         count, _ = pipe.execute()
         return int(count)
-    if cache.add(key, 1, ttl):
-        return 1
-    try:
-        return cache.incr(key)
-    except ValueError:  # expired between the two calls
-        cache.add(key, 1, ttl)
-        return 1
+    with _counting:  # the local cache's incr is a read and a write: one counter change at a time
+        if cache.add(key, 1, ttl):
+            return 1
+        try:
+            return cache.incr(key)
+        except ValueError:  # expired between the two calls
+            cache.add(key, 1, ttl)
+            return 1
+
+
+def unhit(key: str) -> None:
+    """Take one back from a counter (never below 0; a missing counter stays missing)."""
+    if redis_enabled():
+        sync_client().eval(
+            "local n = tonumber(redis.call('GET', KEYS[1]) or '0') if n > 0 then redis.call('DECR', KEYS[1]) end",
+            1,
+            prefix(key),
+        )
+        return
+    with _counting:
+        try:
+            if cache.decr(key) < 0:
+                cache.incr(key)
+        except ValueError:  # not there
+            pass
 
 
 def count(key: str) -> int:

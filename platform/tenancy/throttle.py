@@ -1,9 +1,10 @@
 """Throttling of sign-in and sign-up against password guessing and mass sign-ups.
 
 Counters live in the shared store (Redis when configured), so every web process counts together.
-Failed sign-ins are counted per client IP and per account; a successful sign-in clears the
-account's count. Sign-ups are counted per client IP. A blocked attempt is refused before the
-password is checked, with the seconds to wait.
+Sign-in attempts are counted per client IP and per account as they arrive, and a successful one is
+taken back (it also clears the account's count), so what is counted is failures. Sign-ups are
+counted per client IP. A blocked attempt is refused before the password is checked, with the
+seconds to wait. The console's sign-in and the back office's are the same door.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from tenancy import shared_store
 
 
 def _key(kind: str, value: str) -> str:
-    # Hashed: neither an email address nor an IP is kept in the store in clear.
-    return f"throttle:{kind}:{hashlib.sha256(value.lower().encode()).hexdigest()[:32]}"
+    # Hashed: neither an email address nor an IP is kept in the store in clear. Normalised as the
+    # sign-in form normalises it, so " Owner@x " counts with "owner@x".
+    return f"throttle:{kind}:{hashlib.sha256(value.strip().lower().encode()).hexdigest()[:32]}"
 
 
 def _subjects(ip: str | None, email: str | None) -> list[tuple[str, int]]:
@@ -29,21 +31,20 @@ def _subjects(ip: str | None, email: str | None) -> list[tuple[str, int]]:
     return subjects
 
 
-def sign_in_blocked(ip: str | None, email: str | None) -> int:
-    """Seconds to wait before another sign-in attempt is heard, or 0."""
+def sign_in_attempt(ip: str | None, email: str | None) -> int:
+    """Count this sign-in attempt before its password is checked (one atomic increment per counter,
+    so concurrent guesses cannot all pass a check made before any of them counted); seconds to
+    wait if it is one too many, or 0. A successful attempt is taken back (sign_in_succeeded)."""
+    blocked = False
     for key, limit in _subjects(ip, email):
-        if shared_store.count(key) >= limit:
-            return settings.SIGN_IN_THROTTLE_SECONDS
-    return 0
+        blocked |= shared_store.hit(key, settings.SIGN_IN_THROTTLE_SECONDS) > limit
+    return settings.SIGN_IN_THROTTLE_SECONDS if blocked else 0
 
 
-def sign_in_failed(ip: str | None, email: str | None) -> None:
-    for key, _ in _subjects(ip, email):
-        shared_store.hit(key, settings.SIGN_IN_THROTTLE_SECONDS)
-
-
-def sign_in_succeeded(email: str) -> None:
+def sign_in_succeeded(ip: str | None, email: str) -> None:
     shared_store.forget(_key("sign-in-account", email))
+    if ip:
+        shared_store.unhit(_key("sign-in-ip", ip))
 
 
 def sign_up_allowed(ip: str | None) -> int:

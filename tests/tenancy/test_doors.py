@@ -197,3 +197,65 @@ def test_invitation_links_never_reach_the_access_log(make_tenant):
     log = web.log()
     assert re.search(r"GET /invitations/\[REDACTED\]", log), log[-2000:]
     assert issued.token not in log
+
+
+@override_settings(**THROTTLE_DEFAULTS)
+def test_the_account_throttle_counts_an_address_however_it_is_spelled(make_tenant):
+    tenant = make_tenant(f"t{random.randrange(10**9)}")
+    victim = tenant.owner.email
+    spellings = [victim, f" {victim}", f"{victim.upper()} ", f"\t{victim}", victim]
+    for spelling in spellings:  # five failures, each from its own address
+        Client(REMOTE_ADDR=random_ip()).post("/sign-in/", {"username": spelling, "password": "wrong-password"})
+    refused = Client(REMOTE_ADDR=random_ip()).post("/sign-in/", {"username": f"  {victim}", "password": PASSWORD})
+    assert refused.status_code == 429
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@override_settings(**THROTTLE_DEFAULTS)
+def test_concurrent_guesses_are_counted_before_any_is_checked(make_tenant):
+    """Twenty wrong passwords at once against one account: at most its limit (5) are checked."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tenant = make_tenant(f"t{random.randrange(10**9)}")
+
+    def guess(n: int) -> int:
+        return Client(REMOTE_ADDR=random_ip()).post(
+            "/sign-in/", {"username": tenant.owner.email, "password": f"wrong-{n}"}
+        ).status_code
+
+    with ThreadPoolExecutor(10) as pool:
+        statuses = list(pool.map(guess, range(20)))
+    assert statuses.count(200) <= 5 and statuses.count(429) >= 15
+
+
+@override_settings(**THROTTLE_DEFAULTS)
+def test_the_back_office_sign_in_is_throttled_too(make_tenant, settings):
+    from django.contrib.auth import get_user_model
+
+    operator = get_user_model().objects.create_superuser(f"op{random.randrange(10**9)}@platform.test", PASSWORD)
+    url = f"/{settings.ADMIN_URL}login/"
+    statuses = [
+        Client(REMOTE_ADDR=random_ip()).post(url, {"username": operator.email, "password": "wrong"}).status_code
+        for _ in range(6)
+    ]
+    assert statuses[:5] == [200] * 5 and statuses[5] == 429
+    refused = Client(REMOTE_ADDR=random_ip()).post(url, {"username": operator.email, "password": PASSWORD})
+    assert refused.status_code == 429 and int(refused["Retry-After"]) > 0
+
+
+def test_password_reset_links_are_scrubbed_from_logs():
+    from maas.logging import redact
+
+    line = '127.0.0.1:5000 - "GET /password-reset/MQ/cn8x2k-5f3a9b0c1d2e3f4a5b6c7d8e9f0a1b2c/ HTTP/1.1" 200'
+    assert redact(line) == '127.0.0.1:5000 - "GET /password-reset/[REDACTED]/ HTTP/1.1" 200'
+    assert redact("GET /password-reset/sent/ HTTP/1.1") == "GET /password-reset/sent/ HTTP/1.1"
+
+
+def test_pool_metrics_need_the_token_in_production(client, settings, db):
+    settings.METRICS_TOKEN = ""
+    assert client.get("/metrics/pool").status_code == 200  # loopback, embedded default
+    settings.PRODUCTION = True
+    refused = client.get("/metrics/pool")
+    assert refused.status_code == 403 and "METRICS_TOKEN" in refused.content.decode()
+    settings.METRICS_TOKEN = "t" * 40
+    assert client.get("/metrics/pool", HTTP_AUTHORIZATION="Bearer " + "t" * 40).status_code == 200

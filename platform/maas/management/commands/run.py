@@ -59,6 +59,8 @@ class Command(BaseCommand):
                     "--port",
                     str(port),
                     "--no-access-log" if os.environ.get("ACCESS_LOG") == "0" else "--access-log",
+                    "--forwarded-allow-ips",
+                    ",".join(settings.TRUSTED_PROXIES),
                 ],
             )
         ]
