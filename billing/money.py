@@ -15,6 +15,9 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from django.conf import settings
 
 NANOS = 10**9
+# The largest amount taken from outside (a limit, a credit, a price): a billion currency units, so
+# that sums of them stay far inside the database's signed 64-bit integers (9.2e18 nano-units).
+MAX_NANOS = 10**18
 TOKENS_PER_PRICE_UNIT = 1_000_000  # prices are shown and entered per million tokens
 
 
@@ -41,6 +44,8 @@ def from_decimal(amount: Decimal | str | int) -> int:
     nanos = value.scaleb(9)
     if nanos != nanos.to_integral_value():
         raise MoneyError(f"'{amount}' has more than 9 decimal places")
+    if abs(nanos) > MAX_NANOS:
+        raise MoneyError(f"'{amount}' is more than the largest amount, {MAX_NANOS // NANOS:,}")
     return int(nanos)
 
 

@@ -124,6 +124,7 @@ def change_member(request, access, member_id):
     return redirect("frontend:members", org=access.organization.slug)
 
 
+AUDIT_LAST_PAGE = 10**6  # a page past it would be an offset the database cannot hold; nothing is there anyway
 AUDIT_PAGE = 50
 
 
@@ -133,7 +134,7 @@ def audit_log(request, access):
     action = request.GET.get("action", "").strip()[:64]
     rows = selectors.audit_entries(access.organization.pk, action_prefix=action)
     try:
-        page = max(1, int(request.GET.get("page", "1")))
+        page = min(max(1, int(request.GET.get("page", "1"))), AUDIT_LAST_PAGE)
     except ValueError:
         page = 1
     entries = list(rows[(page - 1) * AUDIT_PAGE : page * AUDIT_PAGE + 1])

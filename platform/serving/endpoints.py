@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import secrets
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from billing import services as billing
@@ -35,6 +35,9 @@ DEFAULTABLE = {
     "stop": (str, list),
 }
 MAX_REPLICAS = 16
+
+
+INT32 = 2**31 - 1  # the largest value of the integer columns the limits are kept in
 
 
 class EndpointError(ServiceError):
@@ -83,8 +86,8 @@ def _check_settings(organization_id: int, values: dict) -> dict:
     for field in ("rpm_limit", "tpm_limit", "max_tokens_cap"):
         if field in values:
             value = values[field]
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise EndpointError(f"{field} is a positive integer or null.", param=field)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= INT32):
+                raise EndpointError(f"{field} is an integer from 1 to {INT32:,}, or null.", param=field)
             clean[field] = value
     if "allowed_key_ids" in values:
         ids = values["allowed_key_ids"] or []
@@ -127,17 +130,22 @@ def create(*, organization_id: int, model: str, settings: dict, actor: Actor, cr
     _check_affordable(
         organization_id, model, base.pk, clean.get("billing_mode", Endpoint.Billing.PER_TOKEN), clean.get("replicas", 1)
     )
+    taken = EndpointError(f"An endpoint named '{clean['name']}' exists already.", "conflict", "name", 409)
     with transaction.atomic():
         if Endpoint.all_orgs.filter(organization_id=organization_id, name=clean["name"], deleted_at=None).exists():
-            raise EndpointError(f"An endpoint named '{clean['name']}' exists already.", "conflict", "name", 409)
-        endpoint = Endpoint.all_orgs.create(
-            id=f"ep-{secrets.token_hex(8)}",
-            organization_id=organization_id,
-            model=model,
-            base_model=base,
-            created_by_id=created_by_id,
-            **clean,
-        )
+            raise taken
+        try:
+            with transaction.atomic():  # two creates with one name at once: the constraint decides
+                endpoint = Endpoint.all_orgs.create(
+                    id=f"ep-{secrets.token_hex(8)}",
+                    organization_id=organization_id,
+                    model=model,
+                    base_model=base,
+                    created_by_id=created_by_id,
+                    **clean,
+                )
+        except IntegrityError:
+            raise taken from None
         audit.record(
             "endpoint.created",
             actor=actor,

@@ -498,8 +498,10 @@ def _revoke(key: APIKey, actor: Actor, reason: str = "") -> None:
 def _limit(value) -> int | None:
     if value in (None, ""):
         return None
-    if not isinstance(value, int) or value < 0:
-        raise ServiceError("A rate limit is a whole number of at least 0 (empty for the default).", "invalid_limit")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2**31 - 1:
+        raise ServiceError(
+            "A rate limit is a whole number from 0 to 2,147,483,647 (empty for the default).", "invalid_limit"
+        )
     return value
 
 

@@ -1,6 +1,8 @@
 """The platform's errors (tenancy.errors) reach a caller as their answer on both API stacks,
 never as a 500: a refusal raised by a service below a gateway view included."""
 
+import pytest
+
 from tenancy import services
 from tenancy.audit import Actor
 from tests.conftest import DEMO_MODEL
@@ -29,3 +31,56 @@ def test_errors_carry_their_headers_on_both_stacks(client, tenant_a):
     assert (status, headers) == (429, {"Retry-After": "7"})
     error = {"message": "Slow down.", "type": "rate_limit_error", "param": None, "code": "rate_limited"}
     assert body == {"error": error}
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_numbers_past_what_the_database_holds_are_a_400_not_a_500(tenant_a):
+    from tenancy.models import APIKey
+    from tests.conftest import key_client, session_client
+
+    owner = session_client(tenant_a.owner)
+    owner.raise_request_exception = False
+    key = key_client(tenant_a.key())
+    base = f"/api/orgs/{tenant_a.org.slug}"
+    key_id = APIKey.all_orgs.filter(organization=tenant_a.org).first().pk
+    answers = {
+        "key limit": owner.put(f"{base}/billing/key-limits/{key_id}/", {"monthly_limit": "99999999999"}, format="json"),
+        "account limit": owner.patch(f"{base}/billing/account/", {"monthly_limit": "9999999999"}, format="json"),
+        "usage": key.get("/v1/organization/usage/completions?start_time=300000000000"),
+        "costs": owner.get(f"{base}/billing/costs/?start_time=300000000000"),
+        **{
+            field: owner.post(f"{base}/endpoints/", {"model": DEMO_MODEL, "name": field, field: 2**40}, format="json")
+            for field in ("rpm_limit", "tpm_limit", "max_tokens_cap")
+        },
+    }
+    assert {name: response.status_code for name, response in answers.items()} == {name: 400 for name in answers}
+    assert owner.get(f"/orgs/{tenant_a.org.slug}/audit/?page=99999999999999999999").status_code == 200
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_two_endpoints_created_at_once_with_one_name_give_one_and_a_409(tenant_a):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connection
+
+    from serving import endpoints
+    from serving.models import Endpoint
+
+    if connection.vendor != "postgresql":
+        pytest.skip("concurrent transactions need PostgreSQL")
+
+    def create(_):
+        try:
+            endpoints.create(
+                organization_id=tenant_a.org.pk, model=DEMO_MODEL, settings={"name": "twin"}, actor=Actor()
+            )
+            return 201
+        except endpoints.EndpointError as error:
+            return error.status
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(4) as pool:
+        statuses = sorted(pool.map(create, range(4)))
+    assert statuses == [201, 409, 409, 409]
+    assert Endpoint.all_orgs.filter(organization=tenant_a.org, name="twin").count() == 1
