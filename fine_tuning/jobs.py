@@ -369,7 +369,11 @@ def finish(job_id: str, *, worker: str, outcome: Outcome) -> str:
         transaction.on_commit(lambda: dispatch(job))
     else:
         job.status, job.finished_at = Status.FAILED, now
-        message = f"Training failed (exit code {outcome.code}): {outcome.error or 'no message'}"
+        why = outcome.error or (
+            "the platform failed while training (not a problem found in your data); the operator's log has the "
+            f"details under {job.pk}"
+        )
+        message = f"Training failed (exit code {outcome.code}): {why}"
         job.error = {"code": "training_failed", "param": None, "message": message}
         event(job.pk, org, message, level="error", data={"error_code": "training_failed"})
     job.save()

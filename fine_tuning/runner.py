@@ -186,7 +186,10 @@ def _run_claimed(job: FineTuningJob, worker: str) -> str:
     if ended is None:
         return "lease lost"
     code, done, last_error, stop_sent = ended
-    return _finish(job, worker, code, done, last_error or "".join(list(stderr_tail)[-5:]).strip()[-500:], stop_sent)
+    if code != 0 and not last_error:
+        # What went wrong on our side (a traceback, paths) is the operator's, not the tenant's.
+        log.error("trainer of %s exited %s: %s", job.pk, code, "".join(list(stderr_tail)[-20:]).strip()[-4000:])
+    return _finish(job, worker, code, done, last_error or "", stop_sent)
 
 
 def _supervise(job: FineTuningJob, worker: str, process, lines: queue.Queue, renew_every: float):
@@ -204,7 +207,12 @@ def _supervise(job: FineTuningJob, worker: str, process, lines: queue.Queue, ren
             return process.wait(), done, last_error, stop_sent
         message = _message(line)
         if message:
-            last_error = message.get("message") if message.get("type") == "error" else last_error
+            if message.get("type") == "error":
+                # Only an error about the tenant's own data is shown to them; any other is logged.
+                if message.get("public"):
+                    last_error = str(message.get("message") or "")[:500]
+                else:
+                    log.error("trainer of %s reported: %s", job.pk, message.get("message"))
             done = message if message.get("type") == "done" else done
             if not _record(job, message, worker):
                 break
@@ -322,7 +330,7 @@ def _record(job: FineTuningJob, message: dict, worker: str) -> bool:
         )
     elif kind == "warning":
         jobs.event(job.pk, org, message["message"], level="warning", data={"code": message.get("code")})
-    elif kind == "error":
+    elif kind == "error" and message.get("public"):  # the others are the operator's (logged above)
         jobs.event(job.pk, org, f"Trainer error: {message['message']}", level="error")
     return True
 

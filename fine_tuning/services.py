@@ -124,11 +124,15 @@ def validate_file(file_id: str) -> File:
                 max_tokens_per_example=model.context_length,
                 max_line_bytes=settings.FINE_TUNING_MAX_LINE_BYTES,
             )
-    except Exception as error:  # a file must never stay "uploaded" forever: it ends in error, with the reason
+    except Exception:  # a file must never stay "uploaded" forever: it ends in error, with a reason
+        # The exception (paths, internals) is for the operator's log; the tenant reads what to do.
         log.exception("validating %s failed", file_id)
         File.objects.filter(pk=file_id, status=File.Status.UPLOADED).update(
             status=File.Status.ERROR,
-            status_details=f"The file could not be validated: {type(error).__name__}: {error}"[:1000],
+            status_details=(
+                f"The platform failed while validating this file (not a problem found in it). Upload it again, "
+                f"or ask the platform operator, naming {file_id}."
+            ),
             validated_at=timezone.now(),
         )
         return File.objects.get(pk=file_id)

@@ -174,7 +174,7 @@ def _train(config: TrainerConfig, world: distributed.World) -> int:
         else []
     )
     if not examples:
-        emit("error", message="no trainable examples in the training file")
+        emit("error", message="no trainable examples in the training file", public=True)
         return 2
     if not validation and config.auto_validation:
         examples, validation = split_validation(examples, config.seed)
@@ -338,7 +338,7 @@ def main(argv=None) -> int:
     try:
         return run(config)
     except ExampleError as exc:
-        emit("error", message=f"an example cannot be used: {exc}")
+        emit("error", message=f"an example cannot be used: {exc}", public=True)
         return 2
     except Exception as exc:  # reported as a line the runner can show, then non-zero
         emit("error", message=f"{type(exc).__name__}: {exc}")

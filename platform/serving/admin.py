@@ -9,13 +9,22 @@ class BackendForm(forms.ModelForm):
     url = forms.URLField(assume_scheme="http", help_text="e.g. http://10.0.0.5:8100")
     api_key = forms.CharField(
         required=False,
-        widget=forms.PasswordInput(render_value=True),
-        help_text="Shared secret the server requires; never listed.",
+        widget=forms.PasswordInput(render_value=False),  # never rendered into the page
+        help_text="Shared secret the server requires; never shown. Leave empty to keep the one set.",
     )
+    clear_api_key = forms.BooleanField(required=False, help_text="Remove the shared secret.")
 
     class Meta:
         model = Backend
         fields = ["name", "url", "engine", "base_model", "served_model_name", "api_key", "enabled"]
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.instance.pk and not cleaned.get("api_key") and not cleaned.get("clear_api_key"):
+            cleaned["api_key"] = self.instance.api_key  # unchanged
+        elif cleaned.get("clear_api_key"):
+            cleaned["api_key"] = ""
+        return cleaned
 
 
 @admin.register(Backend)

@@ -10,6 +10,7 @@ Stopping and deleting unload the adapter where no other live endpoint of the sam
 
 from __future__ import annotations
 
+import logging
 import secrets
 
 from django.db import IntegrityError, transaction
@@ -37,6 +38,7 @@ DEFAULTABLE = {
 MAX_REPLICAS = 16
 
 
+log = logging.getLogger("serving.endpoints")
 INT32 = 2**31 - 1  # the largest value of the integer columns the limits are kept in
 
 
@@ -342,7 +344,7 @@ def publish(endpoint_id: str) -> Endpoint:
             endpoint.status_reason = ("; ".join(waiting))[:500]
             endpoint.save(update_fields=["status_reason", "updated_at"])
         else:
-            reasons = "; ".join(f"{b.name}: {results[b.pk].error}" for b in chosen)
+            reasons = "; ".join(f"{b.name}: {results[b.pk].reason}" for b in chosen)
             reason = reasons or f"no replica serves the base model {endpoint.base_model_id}"
             move(endpoint, S.FAILED, reason, Actor.system())
     return endpoint
@@ -362,13 +364,16 @@ def place(endpoint: Endpoint, backend: Backend) -> replica_client.Outcome:
         outcome = replica_client.load_adapter(backend, name=endpoint.model, path=adapter)
     if outcome.ok:
         outcome = replica_client.probe_generation(backend, model=upstream_name(endpoint, backend))
+    if not outcome.ok:
+        # The replica's own words (addresses, paths) are for the operator; the tenant reads the reason.
+        log.warning("endpoint %s on %s: %s", endpoint.pk, backend.name, outcome.error)
     EndpointReplica.all_orgs.update_or_create(
         endpoint=endpoint,
         backend=backend,
         defaults={
             "organization_id": endpoint.organization_id,
             "state": EndpointReplica.State.SERVING if outcome.ok else EndpointReplica.State.FAILED,
-            "last_error": outcome.error,
+            "last_error": outcome.reason,
             "probed_at": timezone.now(),
         },
     )

@@ -11,21 +11,27 @@ import httpx
 from serving.models import Backend
 
 TIMEOUT = httpx.Timeout(30.0, connect=3.0)
+LOAD_FAILED = "the replica could not load the model's adapter"
+UNLOAD_FAILED = "the replica could not unload the model's adapter"
+PROBE_FAILED = "the replica's test generation failed"
 
 
 @dataclass(frozen=True)
 class Outcome:
     ok: bool
-    error: str = ""
+    error: str = ""  # what happened, for the operator (addresses, the server's own words)
+    reason: str = ""  # what a tenant is told
 
 
 def _headers(backend: Backend) -> dict:
     return {"Authorization": f"Bearer {backend.api_key}"} if backend.api_key else {}
 
 
-def _failure(error: Exception | str) -> Outcome:
+def _failure(error: Exception | str, reason: str) -> Outcome:
+    if isinstance(error, httpx.TransportError):
+        reason = "the replica cannot be reached"
     text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-    return Outcome(False, text[:500])
+    return Outcome(False, text[:500], reason)
 
 
 def load_adapter(backend: Backend, *, name: str, path: str) -> Outcome:
@@ -38,10 +44,10 @@ def load_adapter(backend: Backend, *, name: str, path: str) -> Outcome:
             timeout=TIMEOUT,
         )
     except httpx.HTTPError as error:
-        return _failure(error)
+        return _failure(error, LOAD_FAILED)
     if response.status_code == 200 or "already" in response.text.lower():
         return Outcome(True)
-    return _failure(f"loading the adapter answered {response.status_code}: {response.text[:300]}")
+    return _failure(f"loading the adapter answered {response.status_code}: {response.text[:300]}", LOAD_FAILED)
 
 
 def unload_adapter(backend: Backend, *, name: str) -> Outcome:
@@ -53,10 +59,10 @@ def unload_adapter(backend: Backend, *, name: str) -> Outcome:
             timeout=TIMEOUT,
         )
     except httpx.HTTPError as error:
-        return _failure(error)
+        return _failure(error, UNLOAD_FAILED)
     if response.status_code in (200, 404):
         return Outcome(True)  # unloaded, or not there
-    return _failure(f"unloading the adapter answered {response.status_code}: {response.text[:300]}")
+    return _failure(f"unloading the adapter answered {response.status_code}: {response.text[:300]}", UNLOAD_FAILED)
 
 
 def served_models(backend: Backend) -> set[str] | None:
@@ -79,13 +85,13 @@ def probe_generation(backend: Backend, *, model: str) -> Outcome:
             timeout=TIMEOUT,
         )
     except httpx.HTTPError as error:
-        return _failure(error)
+        return _failure(error, PROBE_FAILED)
     if response.status_code != 200:
-        return _failure(f"a test generation answered {response.status_code}: {response.text[:300]}")
+        return _failure(f"a test generation answered {response.status_code}: {response.text[:300]}", PROBE_FAILED)
     try:
         usage = response.json()["usage"]
         if usage["completion_tokens"] < 1:
-            return _failure("a test generation produced no token")
+            return _failure("a test generation produced no token", PROBE_FAILED)
     except (ValueError, KeyError, TypeError):
-        return _failure("a test generation answered something that is not a completion")
+        return _failure("a test generation answered something that is not a completion", PROBE_FAILED)
     return Outcome(True)

@@ -183,4 +183,5 @@ def test_a_validation_that_crashes_leaves_the_file_in_error_with_the_reason(
 
     with scope.organization(tenant_a.org.pk):  # as the validation task runs
         row = services.validate_file(file_id)
-    assert row.status == "error" and row.status_details.startswith("The file could not be validated: ")
+    assert row.status == "error" and row.status_details.startswith("The platform failed while validating this file")
+    assert file_id in row.status_details and "FileNotFound" not in row.status_details

@@ -129,3 +129,29 @@ def test_job_cancel_and_requeue_actions(staff, tenant_a, django_capture_on_commi
     assert staff.get(url).status_code == 200
     staff.post(url, {"action": "cancel", "_selected_action": [job.pk]})
     assert FineTuningJob.all_orgs.get(pk=job.pk).status == "cancelled"
+
+
+def test_a_backends_shared_secret_is_never_rendered_and_kept_when_left_empty(staff, tenant_a):
+    from serving import services
+    from serving.models import Backend
+    from tests.conftest import DEMO_MODEL
+
+    backend = services.register_backend(
+        name="secretive", url="http://10.0.0.5:8100", base_model=DEMO_MODEL, api_key="s3cret-runtime-key-0123456789"
+    )
+    url = reverse("admin:serving_backend_change", args=[backend.pk])
+    assert "s3cret-runtime-key-0123456789" not in staff.get(url).content.decode()
+    form = {
+        "name": "secretive",
+        "url": "http://10.0.0.6:8100",
+        "engine": backend.engine,
+        "base_model": DEMO_MODEL,
+        "served_model_name": "",
+        "api_key": "",
+        "enabled": "on",
+    }
+    assert staff.post(url, form).status_code == 302
+    backend = Backend.objects.get(pk=backend.pk)
+    assert (backend.url, backend.api_key) == ("http://10.0.0.6:8100", "s3cret-runtime-key-0123456789")
+    assert staff.post(url, {**form, "clear_api_key": "on"}).status_code == 302
+    assert Backend.objects.get(pk=backend.pk).api_key == ""

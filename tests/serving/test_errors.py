@@ -84,3 +84,50 @@ def test_two_endpoints_created_at_once_with_one_name_give_one_and_a_409(tenant_a
         statuses = sorted(pool.map(create, range(4)))
     assert statuses == [201, 409, 409, 409]
     assert Endpoint.all_orgs.filter(organization=tenant_a.org, name="twin").count() == 1
+
+
+def test_a_failing_replica_tells_the_tenant_why_without_its_internals(tenant_a):
+    """Placing an endpoint on a replica that cannot be reached: the tenant reads that it cannot be
+    reached, not the address or the client library's exception."""
+    from serving import endpoints
+    from serving import services as serving_services
+    from serving.models import EndpointReplica
+
+    backend = serving_services.register_backend(name="far", url="http://127.0.0.1:9", base_model=DEMO_MODEL)
+    endpoint = endpoints.create(
+        organization_id=tenant_a.org.pk, model=DEMO_MODEL, settings={"name": "e"}, actor=Actor()
+    )
+    outcome = endpoints.place(endpoint, backend)
+    assert not outcome.ok and "Connection refused" in outcome.error  # the operator's log has it
+    placement = EndpointReplica.all_orgs.get(endpoint=endpoint, backend=backend)
+    assert placement.last_error == "the replica cannot be reached"
+
+
+def test_a_crashed_validation_tells_the_tenant_no_internals(tenant_a, settings):
+    """The validator itself fails (here: the reference tokenizer's source is a path that does not
+    exist): the file ends in error with a reason that names neither the path nor the exception."""
+    import json
+
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from catalog.models import BaseModel
+    from fine_tuning import services as files
+    from fine_tuning.models import File
+
+    BaseModel.objects.filter(pk=DEMO_MODEL).update(source={"format": "gguf", "path": "/srv/secret/weights.gguf"})
+    files._tokenizer.cache_clear()
+    line = json.dumps({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]})
+    uploaded = SimpleUploadedFile("t.jsonl", (line + "\n").encode())
+    uploaded.sha256 = "0" * 64
+    row = files.upload_file(organization_id=tenant_a.org.pk, uploaded=uploaded, purpose="fine-tune", actor=Actor())
+    from tenancy import scope
+
+    try:
+        with scope.organization(tenant_a.org.pk):
+            files.validate_file(row.pk)
+    finally:
+        files._tokenizer.cache_clear()
+    row = File.all_orgs.get(pk=row.pk)
+    assert row.status == "error"
+    assert "/srv/secret" not in row.status_details and "Error" not in row.status_details
+    assert row.pk in row.status_details
