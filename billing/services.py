@@ -12,7 +12,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from billing import alerts, budgets, ledger, money, outbox, pricing, reports
-from billing.models import Account, KeySpendLimit, Price
+from billing.models import Account, KeySpendLimit, Price, Reservation
 from catalog.models import BaseModel, FineTunedModel
 from tenancy import audit
 from tenancy.audit import Actor
@@ -258,17 +258,24 @@ def record_training(
     train_seconds: float,
 ) -> None:
     """The ledger row of a fine-tuning job that ended (succeeded, failed or cancelled): its trained
-    tokens, once, at the base model's training price in effect now. Idempotent on the job id, so a
-    retried finish writes nothing more."""
+    tokens, once, at the base model's training price in effect now — but never more than the job
+    held when it was created (its estimate, with the reference tokenizer, at that day's price): the
+    tokens beyond what the hold covers are not billed. Idempotent on the job id, so a retried finish
+    writes nothing more."""
     price = pricing.current(organization_id, base_model)
+    request_id = f"train:{job_id}"
+    held = Reservation.all_orgs.filter(request_id=request_id).values_list("amount", flat=True).first()
+    billed = trained_tokens
+    if held is not None and price.training and billed * price.training > held:
+        billed = held // price.training
     record_usage(
-        request_id=f"train:{job_id}",
+        request_id=request_id,
         organization_id=organization_id,
         api_key_id=api_key_id,
         route="fine_tuning.jobs",
         model=model,
         base_model=base_model,
-        training_tokens=trained_tokens,
+        training_tokens=billed,
         price=ledger.price_fields(price),
         status_code=200,
         outcome=outcome,

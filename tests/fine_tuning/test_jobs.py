@@ -406,3 +406,23 @@ def test_a_runner_that_lost_the_lease_writes_nothing(tenant_a, django_capture_on
     assert JobEvent.all_orgs.filter(job_id=job_id).count() == events
     assert FineTuningJob.all_orgs.get(pk=job_id).progress == 0
     assert runner._record(job, lines[0], "new-worker") is True  # the lease holder's lines are recorded
+
+
+def test_a_jobs_charge_never_passes_what_it_held(tenant_a, django_capture_on_commit_callbacks):
+    """Held for its estimate at creation (the reference tokenizer's count), the job trained more
+    (its own tokenizer, say): it is billed what the hold covers, and the credit stays covered."""
+    from billing.models import Account, Reservation, UsageEvent
+    from fine_tuning import jobs
+
+    job_id = _queued_job(tenant_a, django_capture_on_commit_callbacks)
+    held = Reservation.all_orgs.get(request_id=f"train:{job_id}").amount
+    estimated = FineTuningJob.all_orgs.get(pk=job_id).estimated_tokens
+    before = Account.all_orgs.get(organization=tenant_a.org).credit
+    FineTuningJob.all_orgs.filter(pk=job_id).update(
+        status="running", lease_owner="w", trained_tokens=3 * estimated, train_seconds=1.0
+    )
+    jobs.finish(job_id, worker="w", outcome=jobs.Outcome(code=0, stop="cancel"))
+    row = UsageEvent.all_orgs.get(request_id=f"train:{job_id}")
+    assert row.training_tokens == estimated and row.cost == held
+    assert Account.all_orgs.get(organization=tenant_a.org).credit == before - held
+    assert FineTuningJob.all_orgs.get(pk=job_id).trained_tokens == 3 * estimated  # what it did, as it was
