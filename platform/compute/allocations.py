@@ -147,6 +147,7 @@ def hold_for_training(
 class ReplicaRoom:
     allocation: Allocation | None  # None: the node has no room even if all its training stopped
     preempting: list[str]  # holders of the training asked to make room
+    refused: str = ""  # why there is no allocation, for the endpoint's owner
 
 
 @transaction.atomic
@@ -162,6 +163,22 @@ def hold_for_replica(
     mine = next((a for a in allocations if a.holder == holder), None)
     if mine is not None:
         return ReplicaRoom(mine, [a.holder for a in allocations if a.preempt_requested_at and a.kind == Kind.TRAINING])
+    quota = (
+        OrganizationCompute.objects.select_for_update()  # one organization's holds are counted one at a time
+        .filter(organization_id=organization_id)
+        .values_list("max_accelerators", flat=True)
+        .first()
+    )
+    if quota is not None:
+        holding = live().filter(organization_id=organization_id).values_list("devices", flat=True)
+        held = sum(len(devices) for devices in holding)
+        if held + accelerators > quota:
+            return ReplicaRoom(
+                None,
+                [],
+                f"the organization's quota of {quota} accelerators at once is in use ({held} held, by training "
+                "and serving alike)",
+            )
     serving = {d for a in allocations if a.kind == Kind.SERVING for d in a.devices}
     training = [a for a in allocations if a.kind == Kind.TRAINING]
     open_devices = [d for d in range(node.accelerator_count) if d not in serving]

@@ -326,7 +326,8 @@ def publish(endpoint_id: str) -> Endpoint:
     for backend in chosen:
         room = capacity.hold(endpoint, backend)
         if room is not None and room.allocation is None:
-            results[backend.pk] = replica_client.Outcome(False, f"no free accelerator on node {backend.node_id}")
+            why = room.refused or "no accelerator of its node is free for it"
+            results[backend.pk] = replica_client.Outcome(False, f"node {backend.node_id}: {why}", why)
         elif room is not None and room.allocation.state != "active":
             waiting.append(
                 f"{backend.name} waits for training to checkpoint and step aside ({', '.join(room.preempting)})"

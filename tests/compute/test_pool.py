@@ -184,3 +184,23 @@ def test_the_back_office_job_list_orders_the_queue_in_a_constant_number_of_queri
 
     # The claim order: alpha's first, beta's only job second (fair share), then alpha's backlog.
     assert [position(j) for j in [mine[0], theirs, mine[1], mine[2], *more]] == [str(n) for n in range(1, 11)]
+
+
+def test_serving_counts_against_the_organizations_quota(tenant_a, tenant_b, django_capture_on_commit_callbacks):
+    """An organization holding its quota with training cannot take more with endpoint replicas
+    (publishing one does not preempt anyone's training past its quota); another organization can."""
+    from compute.models import OrganizationCompute
+
+    node = one_cpu_node(count=3)
+    OrganizationCompute.objects.create(organization_id=tenant_a.org.pk, max_accelerators=1)
+    job_id = queue_jobs(tenant_a, 1, django_capture_on_commit_callbacks)[0]
+    assert jobs.claim_next("w", node).pk == job_id
+    room = allocations.hold_for_replica(
+        node.pk, holder="ep-a@runtime", organization_id=tenant_a.org.pk, accelerators=1, memory_bytes=0, notify=""
+    )
+    assert room.allocation is None and room.preempting == []
+    assert "quota of 1 accelerators" in room.refused
+    assert allocations.preempt_reason(job_id) is None
+    assert replica(node, tenant_b.org.pk, "ep-b@runtime").state == "active"
+    OrganizationCompute.objects.filter(organization_id=tenant_a.org.pk).update(max_accelerators=2)
+    assert replica(node, tenant_a.org.pk, "ep-a@runtime").state == "active"

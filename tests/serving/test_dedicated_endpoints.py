@@ -48,11 +48,14 @@ def test_a_dedicated_endpoint_is_billed_per_replica_minute_and_stopped_when_unpa
     started = endpoint.metered_until
     assert started == dedicated.floor_minute(started) and started <= timezone.now()
 
-    # A call is not charged per token: the replicas' time is what is billed.
+    # A call runs on a shared runtime (until the pool runs a dedicated endpoint's own processes):
+    # it is charged per token at the model's price, beside the replica-minutes of its accelerator.
     client = openai.OpenAI(base_url=f"{live_web.url}/v1", api_key=tenant.key(), max_retries=0)
     client.chat.completions.create(model=endpoint_id, messages=[{"role": "user", "content": "Hi"}])
     call = usage_row(_last_request(endpoint_id))
-    assert call.cost == 0 and call.price_id is None and call.completion_tokens > 0
+    assert call.price_id is not None and call.completion_tokens > 0
+    price = call.price
+    assert call.cost == call.prompt_tokens * price.input_per_token + call.completion_tokens * price.output_per_token > 0
 
     # Two and a half minutes later the pass bills the two whole minutes, once however often it runs.
     later = started + timedelta(minutes=2, seconds=30)
@@ -61,7 +64,7 @@ def test_a_dedicated_endpoint_is_billed_per_replica_minute_and_stopped_when_unpa
     (row,) = replica_rows(endpoint_id)
     assert (row.replica_minutes, row.cost, row.created_at) == (2, 2 * DEMO_RATE, started)
     assert row.price_id is not None and row.model == DEMO_MODEL
-    assert Account.all_orgs.get(organization=tenant.org).credit == credit_before - 2 * DEMO_RATE
+    assert Account.all_orgs.get(organization=tenant.org).credit == credit_before - 2 * DEMO_RATE - call.cost
 
     costs = owner.get(
         f"/api/orgs/{tenant.org.slug}/billing/costs/",

@@ -98,7 +98,6 @@ def _prompt_bound(checked: validation.Checked) -> int:
 async def _admit(request_id: str, principal, route: routing.Route, served: str, checked, cap: int, grant):
     """Billing's admission (billing.admission): priced, and its worst case held, before anything is
     forwarded. A refusal gives the rate-limit reservation back."""
-    dedicated = route.endpoint is not None and route.endpoint.dedicated
     try:
         return await admission.admit(
             request_id=request_id,
@@ -107,8 +106,9 @@ async def _admit(request_id: str, principal, route: routing.Route, served: str, 
             model=served,
             base_model=route.base_model,
             prompt_tokens=_prompt_bound(checked),
+            # A dedicated endpoint's calls are priced per token too: its replicas are shared runtimes
+            # until the pool runs its own processes; its replica-minutes pay for the accelerator it holds.
             completion_tokens=cap,
-            free=dedicated,  # its replicas' time is billed instead (serving.dedicated)
         )
     except (InsufficientQuota, admission.MeteringUnavailable) as refused:
         await ratelimit.correct(grant, 0)
