@@ -33,7 +33,8 @@ from django.db.models import BigIntegerField, Case, F, PositiveSmallIntegerField
 from django.utils import timezone
 
 from billing import alerts, money
-from billing.models import Account, KeySpendLimit, Reservation
+from billing.models import Account, KeySpendLimit, Reservation, SignUpCredit
+from tenancy import selectors as tenancy_selectors
 from tenancy.errors import ServiceError
 
 log = logging.getLogger("billing.budgets")
@@ -80,21 +81,38 @@ def period_of(moment: datetime) -> date:
 
 
 def ensure_account(organization_id: int) -> Account:
-    """The organization's account, created on first use with the sign-up credit
-    (BILLING_SIGNUP_CREDIT) in the default mode (BILLING_DEFAULT_MODE)."""
+    """The organization's account, created on first use in the default mode (BILLING_DEFAULT_MODE),
+    with the sign-up credit (BILLING_SIGNUP_CREDIT) if its owner has not had it yet: once per
+    person, not per organization they create."""
     account = Account.all_orgs.filter(organization_id=organization_id).first()
     if account is not None:
         return account
     try:
         with transaction.atomic():
-            return Account.all_orgs.create(
+            account = Account.all_orgs.create(
                 organization_id=organization_id,
                 mode=settings.BILLING_DEFAULT_MODE,
-                credit=money.from_decimal(settings.BILLING_SIGNUP_CREDIT),
+                credit=0,
                 period=period_of(timezone.now()),
             )
+            _grant_sign_up_credit(account)
+            return account
     except IntegrityError:  # created concurrently
         return Account.all_orgs.get(organization_id=organization_id)
+
+
+def _grant_sign_up_credit(account: Account) -> None:
+    amount = money.from_decimal(settings.BILLING_SIGNUP_CREDIT)
+    owner = tenancy_selectors.first_owner_id(account.organization_id)
+    if not amount or owner is None:
+        return
+    try:
+        with transaction.atomic():
+            SignUpCredit.all_orgs.create(organization_id=account.organization_id, user_id=owner, amount=amount)
+    except IntegrityError:  # this person had it with an earlier organization
+        return
+    Account.all_orgs.filter(pk=account.pk).update(credit=F("credit") + amount)
+    account.credit += amount
 
 
 _policies: dict[int, tuple[float, Policy]] = {}

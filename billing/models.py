@@ -129,6 +129,17 @@ class Account(TenantModel):
         return f"account of organization {self.organization_id} ({self.mode})"
 
 
+class SignUpCredit(TenantModel):
+    """The sign-up credit a person received, once: with their first organization's account."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    amount = models.BigIntegerField(help_text="Nano-units.")
+    granted_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"sign-up credit of user {self.user_id}"
+
+
 class KeySpendLimit(TenantModel):
     """A monthly spend limit on one API key, with its own reservations and spend."""
 

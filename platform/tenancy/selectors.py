@@ -69,6 +69,18 @@ def invitation_by_token(token: str) -> Invitation | None:
     return Invitation.all_orgs.select_related("organization").filter(token_hash=secrets.digest(token)).first()
 
 
+def first_owner_id(organization_id: int) -> int | None:
+    """The organization's first owner (who created it, for an organization made by sign-up)."""
+    from tenancy.roles import Role
+
+    return (
+        Membership.all_orgs.filter(organization_id=organization_id, role=Role.OWNER)
+        .order_by("created_at", "pk")
+        .values_list("user_id", flat=True)
+        .first()
+    )
+
+
 def administrator_emails(organization_id: int) -> list[str]:
     """Where an organization's notices go: its active owners' and admins' addresses."""
     from tenancy.roles import Role

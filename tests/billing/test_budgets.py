@@ -11,6 +11,7 @@ from billing.models import Account, KeySpendLimit, Reservation
 from tenancy.audit import Actor
 from tenancy.models import APIKey, AuditLog
 from tests.billing.usage import usage_record
+from tests.conftest import PASSWORD
 
 pytestmark = pytest.mark.django_db
 USD = money.from_decimal
@@ -162,3 +163,20 @@ def test_spend_alerts_at_50_80_and_100_percent_once_per_period(
     with django_capture_on_commit_callbacks(execute=True):
         charge(tenant_a, "next-month", 600)
     assert Notification.all_orgs.count() == 4 and account(tenant_a).period_spent == 600
+
+
+def test_the_sign_up_credit_is_granted_once_per_person(tenant_a, settings):
+    """One account, several organizations: the first has the sign-up credit, the others start at 0
+    (ten organizations were ten times the credit)."""
+    from tenancy import services as tenancy
+
+    first = budgets.ensure_account(tenant_a.org.pk)
+    assert first.credit == money.from_decimal(settings.BILLING_SIGNUP_CREDIT) > 0
+    more = [
+        tenancy.create_organization(slug=f"more-{n}", name=f"More {n}", owner=tenant_a.owner, actor=Actor())
+        for n in range(3)
+    ]
+    assert [budgets.ensure_account(org.pk).credit for org in more] == [0, 0, 0]
+    # Someone else's first organization has theirs.
+    _, org = tenancy.sign_up(email="second@person.test", password=PASSWORD, actor=Actor())
+    assert budgets.ensure_account(org.pk).credit == money.from_decimal(settings.BILLING_SIGNUP_CREDIT)
