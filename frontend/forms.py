@@ -9,6 +9,15 @@ class SignInForm(AuthenticationForm):
         label="Email", widget=forms.EmailInput(attrs={"autofocus": True, "autocomplete": "email"})
     )
 
+    def confirm_login_allowed(self, user):
+        super().confirm_login_allowed(user)
+        if user.email_verified_at is None:
+            # The password was right, so saying this reveals nothing to someone who lacks it.
+            self.unconfirmed = user
+            raise forms.ValidationError(
+                "Confirm your email address first: we have sent a new link to it.", code="unconfirmed"
+            )
+
 
 class SignUpForm(forms.Form):
     email = forms.EmailField()

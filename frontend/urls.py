@@ -13,6 +13,7 @@ urlpatterns = [
     path("sign-in/", account.SignInView.as_view(), name="sign_in"),
     path("sign-out/", LogoutView.as_view(), name="sign_out"),
     path("sign-up/", account.sign_up, name="sign_up"),
+    path("confirm-email/<str:token>/", account.confirm_email, name="confirm_email"),
     # Password reset: Django's views (signed, expiring one-time links; the same answer whether or not
     # the address has an account), in the console's templates, mail through Django's backend.
     path("password-reset/", account.PasswordResetView.as_view(), name="password_reset"),
@@ -23,7 +24,7 @@ urlpatterns = [
     ),
     path(
         "password-reset/<uidb64>/<token>/",
-        auth_views.PasswordResetConfirmView.as_view(
+        account.PasswordResetConfirmView.as_view(
             template_name="frontend/password_reset_confirm.html",
             success_url=reverse_lazy("frontend:password_reset_done"),
         ),

@@ -56,6 +56,8 @@ def make_tenant(db):
         user, org = services.sign_up(
             email=f"owner@{slug}.test", password=PASSWORD, organization_name=slug, actor=Actor()
         )
+        services.mark_email_verified(user.pk)  # as if they had followed the link mailed at sign-up
+        user.refresh_from_db()
         return Tenant(org=org, owner=user)
 
     return make

@@ -8,7 +8,9 @@ from django.contrib.auth import login
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import LoginView
+from django.core.mail import send_mail
 from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
 from django.urls import reverse, reverse_lazy
 
 from frontend.forms import (
@@ -33,12 +35,34 @@ def throttled_sign_in(request, sign_in, refuse):
     return response
 
 
+def send_confirmation(request, user) -> None:
+    """Mail the link that confirms a new account's address."""
+    link = request.build_absolute_uri(reverse("frontend:confirm_email", args=[services.email_verification_token(user)]))
+    body = render_to_string("frontend/confirm_email.txt", {"link": link, "hours": settings.EMAIL_VERIFICATION_HOURS})
+    send_mail("Confirm your email address", body, None, [user.email])
+
+
+def _already_registered(request, email: str) -> None:
+    """Someone signed up with an address that has an account: its owner is told, the page is not."""
+    body = render_to_string(
+        "frontend/sign_up_taken.txt", {"sign_in": request.build_absolute_uri(reverse("frontend:sign_in"))}
+    )
+    send_mail("Someone tried to create an account with your address", body, None, [email])
+
+
 class SignInView(LoginView):
-    """Django's sign-in, throttled per client IP and per account (tenancy.throttle)."""
+    """Django's sign-in, throttled per client IP and per account (tenancy.throttle). An account
+    whose address is not confirmed is not signed in; a new link is mailed to it."""
 
     template_name = "frontend/sign_in.html"
     authentication_form = SignInForm
     redirect_authenticated_user = True
+
+    def form_invalid(self, form):
+        unconfirmed = getattr(form, "unconfirmed", None)
+        if unconfirmed is not None:
+            send_confirmation(self.request, unconfirmed)
+        return super().form_invalid(form)
 
     def post(self, request, *args, **kwargs):
         return throttled_sign_in(
@@ -102,16 +126,46 @@ def sign_up(request):
         if wait:
             return too_many_attempts(request, "frontend/sign_up.html", context, wait)
     if request.method == "POST" and form.is_valid():
+        email = form.cleaned_data["email"]
         try:
             user, org = services.sign_up(
                 actor=Actor.from_request(request), invitation_token=invitation_token, **form.cleaned_data
             )
         except services.ServiceError as exc:
+            if exc.code == "email_taken" and not invitation_token:
+                # The same answer as a new account's: the page never tells whether an address has one.
+                _already_registered(request, email)
+                return render(request, "frontend/sign_up_sent.html", {"email": email})
             form.add_error(exc.param if exc.param in form.fields else None, exc.message)
         else:
+            if user.email_verified_at is None:
+                send_confirmation(request, user)
+                return render(request, "frontend/sign_up_sent.html", {"email": email})
+            # Following an invitation mailed to the address proved it: signed in at once.
             login(request, user, backend="django.contrib.auth.backends.ModelBackend")
             return redirect("frontend:org", org=org.slug)
     return render(request, "frontend/sign_up.html", context)
+
+
+def confirm_email(request, token):
+    """The link mailed at sign-up: the address is confirmed and its owner signed in."""
+    try:
+        user = services.verify_email(token, actor=Actor.from_request(request))
+    except services.ServiceError as exc:
+        return render(request, "frontend/confirm_email_failed.html", {"message": exc.message}, status=400)
+    login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+    messages.success(request, "Your email address is confirmed.")
+    return redirect("frontend:home")
+
+
+class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
+    """Django's reset confirmation; the link came to the address, so it is confirmed too (an
+    address signed up by someone else comes back to its owner this way)."""
+
+    def form_valid(self, form):
+        response = super().form_valid(form)  # saves the user (the whole row): confirm after it
+        services.mark_email_verified(self.user.pk)
+        return response
 
 
 @login_required

@@ -35,6 +35,13 @@ class User(AbstractBaseUser, PermissionsMixin):
     is_active = models.BooleanField(default=True)
     is_staff = models.BooleanField(default=False, help_text="May sign in to the back office.")
     date_joined = models.DateTimeField(default=timezone.now)
+    email_verified_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        default=timezone.now,
+        help_text="When the address was shown to be theirs (empty: a self-service sign-up not confirmed yet; "
+        "such an account cannot sign in). Accounts made by operators or through an invitation are confirmed.",
+    )
 
     objects = UserManager()
 

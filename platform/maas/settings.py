@@ -227,6 +227,8 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 INVITATION_TTL_HOURS = env.integer("INVITATION_TTL_HOURS", 72)
+# How long the link that confirms a new account's address is valid.
+EMAIL_VERIFICATION_HOURS = env.integer("EMAIL_VERIFICATION_HOURS", 72)
 # Who may create an account: "open" (anyone; they get an organization of their own),
 # "invite-only" (only someone following an invitation, who joins that organization), "closed"
 # (no sign-up: the back office creates users).

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core import signing
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -123,6 +124,8 @@ def sign_up(
     except ValidationError as exc:
         raise ServiceError(" ".join(exc.messages), "weak_password", "password") from None
     user.set_password(password)
+    if not invitation_token:
+        user.email_verified_at = None  # until they follow the link mailed to the address (verify_email)
     try:
         with transaction.atomic():
             user.save()
@@ -136,6 +139,46 @@ def sign_up(
         org = create_organization(slug=available_slug(name), name=name, owner=user, actor=acting)
     audit.record("user.signed_up", actor=acting, organization_id=org.pk, target=user)
     return user, org
+
+
+_VERIFY_SALT = "maas.tenancy.verify-email"
+
+
+def email_verification_token(user) -> str:
+    """A signed, expiring token for the link that confirms the user's address (it names the
+    address: a changed address makes an earlier link useless)."""
+    return signing.TimestampSigner(salt=_VERIFY_SALT).sign(f"{user.pk}:{user.email}")
+
+
+def verify_email(token: str, *, actor: Actor):
+    """Confirm an address by the link mailed to it; returns the user. Used or expired links and
+    links for another address are refused."""
+    try:
+        value = signing.TimestampSigner(salt=_VERIFY_SALT).unsign(
+            token, max_age=timedelta(hours=settings.EMAIL_VERIFICATION_HOURS)
+        )
+    except signing.SignatureExpired:
+        raise ServiceError(
+            "This confirmation link has expired: sign in to be sent a new one.", "link_expired"
+        ) from None
+    except signing.BadSignature:
+        raise ServiceError("This confirmation link is not valid.", "link_invalid") from None
+    user_id, _, email = value.partition(":")
+    User = get_user_model()
+    with transaction.atomic():
+        user = User.objects.select_for_update().filter(pk=user_id, email__iexact=email).first()
+        if user is None:
+            raise ServiceError("This confirmation link is not valid.", "link_invalid")
+        if user.email_verified_at is None:
+            user.email_verified_at = timezone.now()
+            user.save(update_fields=["email_verified_at"])
+            audit.record("user.email_verified", actor=Actor(user=user, ip=actor.ip), target=user)
+    return user
+
+
+def mark_email_verified(user_id) -> None:
+    """The address is shown to be theirs another way (a password reset link mailed to it)."""
+    get_user_model().objects.filter(pk=user_id, email_verified_at=None).update(email_verified_at=timezone.now())
 
 
 def _set_status(org_id: int, status: str, reason: str, action: str, actor: Actor) -> Organization:

@@ -4,24 +4,63 @@ from tenancy.models import APIKey, AuditLog, Membership, Organization
 from tests.conftest import PASSWORD, key_client
 
 
-def test_sign_up_creates_an_organization_and_lands_in_it(client, db):
+def _link_in(message) -> str:
+    return re.search(r"https?://\S+", message.body).group(0).removeprefix("http://testserver")
+
+
+def test_sign_up_confirms_the_address_then_lands_in_the_new_organization(client, db, mailoutbox):
     page = client.get("/sign-up/")
     assert page.status_code == 200
     response = client.post(
         "/sign-up/",
         {"email": "new@example.com", "full_name": "New Person", "organization_name": "New Co", "password": PASSWORD},
     )
-    assert response.status_code == 302 and response["Location"] == "/orgs/new-co/"
+    assert response.status_code == 200 and "Check your inbox" in response.content.decode()
     org = Organization.objects.get(slug="new-co")
     assert Membership.all_orgs.get(organization=org).role == "owner"
+    # Not signed in, and signing in is refused (a new link is sent) until the address is confirmed.
+    assert client.get("/orgs/new-co/").status_code == 302
+    refused = client.post("/sign-in/", {"username": "new@example.com", "password": PASSWORD})
+    assert refused.status_code == 200 and "Confirm your email address" in refused.content.decode()
+    assert [m.to for m in mailoutbox] == [["new@example.com"], ["new@example.com"]]
+    confirmed = client.get(_link_in(mailoutbox[-1]))
+    assert confirmed.status_code == 302
     overview = client.get("/orgs/new-co/").content.decode()
     assert "smollm2-135m-instruct" in overview and "/v1" in overview
+    assert client.get(_link_in(mailoutbox[0])).status_code == 302  # an earlier link works as well, once confirmed
 
 
-def test_sign_up_errors_are_shown_on_the_form(client, tenant_a):
-    response = client.post("/sign-up/", {"email": tenant_a.owner.email, "password": PASSWORD})
-    assert response.status_code == 200
-    assert "exists already" in response.content.decode()
+def test_sign_up_never_tells_whether_an_address_has_an_account(client, tenant_a, mailoutbox):
+    """Signing up with an address that has an account answers as a new one does (no enumeration,
+    no pre-registration of someone's address): its owner is mailed, nothing is made."""
+    organizations = Organization.objects.count()
+    taken = client.post("/sign-up/", {"email": tenant_a.owner.email, "password": PASSWORD})
+    fresh = client.post("/sign-up/", {"email": "fresh@example.com", "password": PASSWORD})
+    assert taken.status_code == fresh.status_code == 200
+    assert "Check your inbox" in taken.content.decode() and "exists" not in taken.content.decode()
+    assert Organization.objects.count() == organizations + 1  # fresh's only
+    to_owner = next(m for m in mailoutbox if m.to == [tenant_a.owner.email])
+    assert "has one already" in to_owner.body
+
+
+def test_a_password_reset_confirms_the_address(client, db, mailoutbox):
+    """Someone signed up with your address and never confirmed it: resetting the password (the
+    link comes to you) makes the account yours and confirms the address."""
+    from tenancy import services, shared_store, throttle
+    from tenancy.audit import Actor
+
+    for kind, value in (("reset-ip", "127.0.0.1"), ("reset-account", "mine@example.com")):
+        shared_store.forget(throttle._key(kind, value))  # counters outlive a run in the shared store
+    services.sign_up(email="mine@example.com", password="squatter-password-123", actor=Actor())
+    client.post("/password-reset/", {"email": "mine@example.com"})
+    link = _link_in(mailoutbox[-1])
+    form = client.get(link, follow=True)
+    done = client.post(
+        form.redirect_chain[-1][0], {"new_password1": "my-own-password-456", "new_password2": "my-own-password-456"}
+    )
+    assert done.status_code == 302
+    signed_in = client.post("/sign-in/", {"username": "mine@example.com", "password": "my-own-password-456"})
+    assert signed_in.status_code == 302
 
 
 def test_sign_in_page_and_redirect_for_anonymous(client, db):
