@@ -1,4 +1,6 @@
-"""The monthly close: one invoice per organization and month, from the month's rollups.
+"""Invoices: the monthly close makes one per organization and month, from the month's rollups,
+and this module alone changes an invoice afterwards (paid, open again after a refund or a
+chargeback, pushed to the payment provider) — billing.paying asks, under the invoice's row lock.
 
 Idempotent: an invoice is unique per organization and month, and the close runs in its turn on the
 rollup lock (billing.rollups), so running it twice, or on two workers at once, makes one invoice.
@@ -160,3 +162,36 @@ def _issue(organization_id: int, month: date, lines: list[dict]) -> Invoice:
     )
     log.info("invoice %s: %d line(s), amount due %s", invoice.number, len(lines), money.display(due))
     return invoice
+
+
+# --- An invoice's state after the close (asked by billing.paying, inside its transaction) ---------
+
+
+def paid(invoice_id: int) -> None:
+    """Its amount due was paid."""
+    Invoice.all_orgs.filter(pk=invoice_id).exclude(status=Invoice.Status.PAID).update(
+        status=Invoice.Status.PAID, paid_at=timezone.now(), amount_paid=F("amount_due")
+    )
+
+
+def taken_back(invoice_id: int, nanos: int) -> None:
+    """Money that paid it went back to the card (a refund, a chargeback): open again for that much."""
+    invoice = Invoice.all_orgs.select_for_update().get(pk=invoice_id)
+    invoice.amount_paid = max(0, invoice.amount_paid - nanos)
+    if invoice.outstanding and invoice.status == Invoice.Status.PAID:
+        invoice.status, invoice.paid_at = Invoice.Status.OPEN, None
+    invoice.save(update_fields=["amount_paid", "status", "paid_at"])
+
+
+def given_back(invoice_id: int, nanos: int) -> None:
+    """Disputed money came back (a dispute won): paid again when nothing is outstanding."""
+    invoice = Invoice.all_orgs.select_for_update().get(pk=invoice_id)
+    invoice.amount_paid = min(invoice.amount_due, invoice.amount_paid + nanos)
+    if not invoice.outstanding and invoice.status == Invoice.Status.OPEN:
+        invoice.status, invoice.paid_at = Invoice.Status.PAID, timezone.now()
+    invoice.save(update_fields=["amount_paid", "status", "paid_at"])
+
+
+def pushed(invoice_id: int, provider: str, provider_invoice_id: str) -> None:
+    """The payment provider holds it now (and collects it)."""
+    Invoice.all_orgs.filter(pk=invoice_id).update(provider=provider, provider_invoice_id=provider_invoice_id)

@@ -1,4 +1,5 @@
 """Paying: a saved card, credit top-ups, collecting invoices, and what the provider reports back.
+An invoice's own state (paid, open again, pushed to the provider) is billing.invoicing's to change.
 
 Every outcome goes through one handler per kind (succeeded, failed, refunded, invoice paid, invoice
 failed), whether it comes from the provider's answer or from its webhook, and each handler moves a
@@ -17,7 +18,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from billing import alerts, budgets, money
+from billing import alerts, budgets, invoicing, money
 from billing.models import Account, Invoice, InvoiceLine, Payment, PaymentCustomer, WebhookEvent
 from billing.payments import get_provider
 from billing.payments.types import InvoiceItem, PaymentError, ProviderEvent
@@ -237,9 +238,7 @@ def payment_succeeded(provider: str, provider_payment_id: str, metadata: dict) -
         Account.all_orgs.filter(organization_id=payment.organization_id).update(credit=F("credit") + payment.amount)
         action = "billing.top_up_succeeded"
     else:
-        Invoice.all_orgs.filter(pk=payment.invoice_id).exclude(status=Invoice.Status.PAID).update(
-            status=Invoice.Status.PAID, paid_at=timezone.now(), amount_paid=F("amount_due")
-        )
+        invoicing.paid(payment.invoice_id)
         action = "billing.invoice_paid"
     audit.record(
         action,
@@ -312,11 +311,7 @@ def _taken_back(payment: Payment, nanos: int) -> None:
     if payment.kind == Payment.Kind.TOP_UP:
         Account.all_orgs.filter(organization_id=payment.organization_id).update(credit=F("credit") - nanos)
         return
-    invoice = Invoice.all_orgs.select_for_update().get(pk=payment.invoice_id)
-    invoice.amount_paid = max(0, invoice.amount_paid - nanos)
-    if invoice.outstanding and invoice.status == Invoice.Status.PAID:
-        invoice.status, invoice.paid_at = Invoice.Status.OPEN, None
-    invoice.save(update_fields=["amount_paid", "status", "paid_at"])
+    invoicing.taken_back(payment.invoice_id, nanos)
 
 
 def _given_back(payment: Payment, nanos: int) -> None:
@@ -324,11 +319,7 @@ def _given_back(payment: Payment, nanos: int) -> None:
     if payment.kind == Payment.Kind.TOP_UP:
         Account.all_orgs.filter(organization_id=payment.organization_id).update(credit=F("credit") + nanos)
         return
-    invoice = Invoice.all_orgs.select_for_update().get(pk=payment.invoice_id)
-    invoice.amount_paid = min(invoice.amount_due, invoice.amount_paid + nanos)
-    if not invoice.outstanding and invoice.status == Invoice.Status.OPEN:
-        invoice.status, invoice.paid_at = Invoice.Status.PAID, timezone.now()
-    invoice.save(update_fields=["amount_paid", "status", "paid_at"])
+    invoicing.given_back(payment.invoice_id, nanos)
     _paid_up(payment.organization_id)
 
 
@@ -441,9 +432,7 @@ def collect_invoice(invoice_id: int) -> Invoice:
         idempotency_key=f"maas-invoice-{invoice.pk}",
         metadata={"organization_id": str(invoice.organization_id), "invoice_id": str(invoice.pk)},
     )
-    Invoice.all_orgs.filter(pk=invoice.pk).update(
-        provider=provider.name, provider_invoice_id=pushed.provider_invoice_id
-    )
+    invoicing.pushed(invoice.pk, provider.name, pushed.provider_invoice_id)
     status = {"paid": "succeeded", "failed": "failed"}.get(pushed.status, "pending")
     _report(provider.name, payment, status, pushed.provider_payment_id, pushed.failure_message)
     invoice.refresh_from_db()

@@ -441,7 +441,7 @@ def claim_next(worker: str, node) -> FineTuningJob | None:
             node = allocations.lock_node(node.pk)  # one claim at a time per node: no accelerator taken twice
             compute_services.heartbeat_node(node.pk)  # the node claiming is alive, whatever its last beat
             decision = queue.decide(node.name, exclude=passed)
-            queue.record_waits(decision.waiting)
+            record_waits(decision.waiting)
             if decision.chosen is None:
                 return None
             job = (
@@ -603,3 +603,53 @@ def requeue(job_id: str, *, actor: Actor) -> FineTuningJob:
     audit.record("fine_tuning.job_requeued", actor=actor, organization_id=job.organization_id, target=job)
     transaction.on_commit(lambda: dispatch(job))
     return job
+
+
+# --- Progress and reasons on the job row (this module owns it; the runner and the reaper ask) ---
+
+
+def record_progress(
+    job_id: str, worker: str, *, progress: float, trained_tokens: int, train_seconds: float, eta_seconds
+) -> bool:
+    """A running job's progress, from the worker holding its lease; False (nothing written) for a
+    worker that lost it: a run the reaper gave away writes no progress over the new run's."""
+    return bool(
+        FineTuningJob.all_orgs.filter(pk=job_id, lease_owner=worker, status=Status.RUNNING).update(
+            progress=progress,
+            trained_tokens=trained_tokens,
+            train_seconds=train_seconds,
+            estimated_finish=timezone.now() + timedelta(seconds=eta_seconds) if eta_seconds is not None else None,
+        )
+    )
+
+
+def record_evaluation(job_id: str, evaluation: dict) -> None:
+    FineTuningJob.all_orgs.filter(pk=job_id).update(evaluation=evaluation)
+
+
+@transaction.atomic
+def explain() -> int:
+    """Why each queued job waits, seen from the whole pool. Claims record reasons too, but only
+    when a worker is free to claim: run by the reaper, this tells the jobs in a busy pool why they
+    wait (a job too big for every node, say) before any worker looks. Returns how many wait."""
+    waiting = queue.decide(None).waiting
+    record_waits(waiting)
+    return len(waiting)
+
+
+def record_waits(waiting: dict) -> None:
+    """Keep each waiting job's reason on the job; when the kind of reason changes, say so in its
+    events (a count of free accelerators changing is not news)."""
+    if not waiting:
+        return
+    # Rows another transaction holds are left for a later claim to explain: a claim never waits on a job.
+    rows = FineTuningJob.all_orgs.select_for_update(skip_locked=True).filter(pk__in=list(waiting), status=Status.QUEUED)
+    for pk, org, before in rows.values_list("pk", "organization_id", "wait_reason"):
+        wait = waiting[pk]
+        if before == wait.message:
+            continue
+        FineTuningJob.all_orgs.filter(pk=pk).update(wait_reason=wait.message[:500])
+        if not before.startswith(queue.REASON_PREFIX[wait.code]):
+            JobEvent.all_orgs.create(
+                job_id=pk, organization_id=org, message=wait.message, level="info", data={"waiting": wait.code}
+            )

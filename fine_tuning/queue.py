@@ -8,12 +8,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
-from django.db import transaction
 from django.utils import timezone
 
 from compute import allocations, policy
 from fine_tuning import hyperparameters as hp
-from fine_tuning.models import FineTuningJob, JobEvent
+from fine_tuning.models import FineTuningJob
 
 Status = FineTuningJob.Status
 
@@ -53,36 +52,13 @@ def decide(node_name: str | None, *, exclude: set[str] = frozenset(), now: datet
     )
 
 
-@transaction.atomic
-def explain() -> int:
-    """Why each queued job waits, seen from the whole pool. Claims record reasons too, but only
-    when a worker is free to claim: run by the reaper, this tells the jobs in a busy pool why they
-    wait (a job too big for every node, say) before any worker looks. Returns how many wait."""
-    waiting = decide(None).waiting
-    record_waits(waiting)
-    return len(waiting)
-
-
-def record_waits(waiting: dict[str, policy.Wait]) -> None:
-    """Keep each waiting job's reason on the job; when the kind of reason changes, say so in its
-    events (a count of free accelerators changing is not news)."""
-    if not waiting:
-        return
-    # Rows another transaction holds are left for a later claim to explain: a claim never waits on a job.
-    rows = FineTuningJob.all_orgs.select_for_update(skip_locked=True).filter(pk__in=list(waiting), status=Status.QUEUED)
-    for pk, org, before in rows.values_list("pk", "organization_id", "wait_reason"):
-        wait = waiting[pk]
-        if before == wait.message:
-            continue
-        FineTuningJob.all_orgs.filter(pk=pk).update(wait_reason=wait.message[:500])
-        if not before.startswith(_PREFIX[wait.code]):
-            JobEvent.all_orgs.create(
-                job_id=pk, organization_id=org, message=wait.message, level="info", data={"waiting": wait.code}
-            )
-
-
 # The opening words of each kind of reason (as compute.policy words them), to tell kinds apart.
-_PREFIX = {"quota": "Your organization's quota", "too_big": "It needs", "busy": "Waiting for", "held": "Waiting for"}
+REASON_PREFIX = {
+    "quota": "Your organization's quota",
+    "too_big": "It needs",
+    "busy": "Waiting for",
+    "held": "Waiting for",
+}
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,10 @@ import subprocess
 import threading
 import time
 from collections import deque
-from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
 from django.core.files.storage import default_storage
-from django.utils import timezone
 
 from compute import allocations, worker_signals
 from compute import services as compute
@@ -260,13 +258,13 @@ def _record(job: FineTuningJob, message: dict, worker: str) -> bool:
             },
         )
     elif kind == "metrics":
-        eta = message.get("eta_seconds")
-        # Guarded by the lease: a run the reaper gave away writes no progress over the new run's.
-        if not FineTuningJob.all_orgs.filter(pk=job.pk, lease_owner=worker, status=Status.RUNNING).update(
+        if not jobs.record_progress(
+            job.pk,
+            worker,
             progress=message["step"] / message["total_steps"],
             trained_tokens=message["trained_tokens"],
             train_seconds=message["train_seconds"],
-            estimated_finish=timezone.now() + timedelta(seconds=eta) if eta is not None else None,
+            eta_seconds=message.get("eta_seconds"),
         ):
             return False
         data = {
@@ -305,8 +303,7 @@ def _record(job: FineTuningJob, message: dict, worker: str) -> bool:
         )
         jobs.event(job.pk, org, f"Checkpoint saved at step {message['step']}")
     elif kind == "validation_split":
-        evaluation = {"validation": {"source": "split", "examples": message["held_out"]}}
-        FineTuningJob.all_orgs.filter(pk=job.pk).update(evaluation=evaluation)
+        jobs.record_evaluation(job.pk, {"validation": {"source": "split", "examples": message["held_out"]}})
         jobs.event(
             job.pk,
             org,
@@ -317,9 +314,7 @@ def _record(job: FineTuningJob, message: dict, worker: str) -> bool:
     elif kind == "evaluation":
         base, tuned = message["base"], message["fine_tuned"]
         validation = {"source": message["source"], "examples": message["examples"]}
-        FineTuningJob.all_orgs.filter(pk=job.pk).update(
-            evaluation={"validation": validation, "base": base, "fine_tuned": tuned}
-        )
+        jobs.record_evaluation(job.pk, {"validation": validation, "base": base, "fine_tuned": tuned})
         jobs.event(
             job.pk,
             org,

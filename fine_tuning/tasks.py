@@ -30,10 +30,10 @@ def run_job_task(organization_id: int, job_id: str) -> None:
 
 @shared_task(ignore_result=True)
 def reap_jobs() -> None:
-    from fine_tuning import jobs, queue
+    from fine_tuning import jobs
 
     jobs.requeue_expired()
-    queue.explain()
+    jobs.explain()
 
 
 @shared_task(ignore_result=True)

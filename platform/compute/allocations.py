@@ -10,15 +10,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from importlib import import_module
 
-from celery import current_app
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from compute import policy
 from compute.models import Allocation, Node, OrganizationCompute
+from tenancy import dispatch
 
 log = logging.getLogger("compute.allocations")
 Kind, State = Allocation.Kind, Allocation.State
@@ -263,28 +262,14 @@ def _activate_pending(node_id: int, now: datetime) -> None:
             Allocation.objects.filter(pk=pending.pk, state=State.PENDING).update(state=State.ACTIVE, started_at=now)
             task, holder = pending.notify, pending.holder
             if task:
-                transaction.on_commit(lambda task=task, holder=holder: _send(task, holder))
-
-
-def _task(name: str):
-    """A task named in settings or on an allocation (the layer above that owns it registers it;
-    named, so the pool imports nothing above itself)."""
-    import_module(name.rpartition(".")[0])
-    return current_app.tasks[name]
-
-
-def _send(task: str, *args) -> None:
-    try:
-        _task(task).delay(*args)
-    except Exception:  # the broker being down must not undo a committed release; beat retries
-        log.exception("could not send %s", task)
+                transaction.on_commit(lambda task=task, holder=holder: dispatch.send(task, holder))
 
 
 def wake_training() -> None:
     """Tell the GPU workers that accelerators freed up (a worker that finds nothing to claim
-    simply returns)."""
+    simply returns). The task is named in settings: the pool imports nothing above itself."""
     try:
-        _task(settings.COMPUTE_WAKE_TASK).apply_async(queue=settings.FINE_TUNING_QUEUE)
+        dispatch.task(settings.COMPUTE_WAKE_TASK).apply_async(queue=settings.FINE_TUNING_QUEUE)
     except Exception:
         log.exception("could not wake the GPU workers")
 

@@ -1,5 +1,6 @@
 """Dedicated endpoints are billed for their replicas' time, per replica-minute, at the model's
-replica-minute price; their calls are not charged per token.
+replica-minute price (their calls are priced per token too while their replicas are shared
+runtimes).
 
 A started minute counts: an endpoint that becomes ready at 10:00:30 and stops at 10:02:10 is billed
 10:00 to 10:03, three minutes per serving replica. `Endpoint.metered_until` is the minute up to which
@@ -8,7 +9,7 @@ transaction that writes the ledger row (whose request id names the endpoint and 
 so a pass that runs twice, or alongside a stop, bills each minute once.
 
 Billing happens when the endpoint leaves `ready` (through its last started minute) and every minute
-while it is ready (through the last whole minute), by a periodic pass that also stops an endpoint
+while it is ready (through the last whole minute), by a periodic pass (serving.reconcile) that also stops an endpoint
 whose organization cannot pay for its next minute (prepaid credit used up or monthly limit reached),
 with the reason, so a dedicated endpoint never runs on unpaid time for more than a minute.
 """
@@ -18,7 +19,6 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from django.db import transaction
 from django.utils import timezone
 
 from billing import services as billing
@@ -91,30 +91,3 @@ def unpaid_reason(organization_id: int, model: str, base_model: str, replicas: i
     price = billing.replica_minute_price(organization_id, model, base_model)
     refused = billing.shortfall(organization_id, price * max(replicas, 1))
     return refused.message if refused is not None else None
-
-
-def meter_all(now: datetime | None = None) -> int:
-    """The periodic pass: bill every ready dedicated endpoint through the last whole minute, and
-    stop those whose next minute cannot be paid for. Returns the replica-minutes billed."""
-    from serving import endpoints  # the service that changes statuses imports this module
-
-    now = now or timezone.now()
-    total = 0
-    ids = Endpoint.all_orgs.filter(
-        billing_mode=Endpoint.Billing.DEDICATED, status=Endpoint.Status.READY, deleted_at=None
-    ).values_list("pk", flat=True)
-    for endpoint_id in ids:
-        try:
-            with transaction.atomic():
-                endpoint = Endpoint.all_orgs.select_for_update().get(pk=endpoint_id)
-                if endpoint.status != Endpoint.Status.READY or not is_dedicated(endpoint):
-                    continue
-                total += bill(endpoint, floor_minute(now))
-                reason = unpaid_reason(
-                    endpoint.organization_id, endpoint.model, endpoint.base_model_id, endpoint.replicas
-                )
-                if reason is not None:
-                    endpoints.stop_unpaid(endpoint, reason)
-        except Exception:
-            log.exception("metering the dedicated endpoint %s failed; the next pass retries", endpoint_id)
-    return total

@@ -20,7 +20,7 @@ from billing import services as billing
 from catalog import selectors as catalog
 from serving import capacity, dedicated, replica_client
 from serving.models import Backend, Endpoint, EndpointReplica
-from tenancy import audit, selectors, text
+from tenancy import audit, dispatch, selectors, text
 from tenancy.audit import Actor
 from tenancy.services import ServiceError
 
@@ -39,6 +39,10 @@ MAX_REPLICAS = 16
 
 
 log = logging.getLogger("serving.endpoints")
+# The tasks that carry this state machine's follow-up work (serving.tasks), sent by name: the
+# tasks module imports this one, not the other way round.
+PUBLISH_TASK = "serving.tasks.publish_endpoint"
+UNPUBLISH_TASK = "serving.tasks.unpublish_endpoint"
 INT32 = 2**31 - 1  # the largest value of the integer columns the limits are kept in
 
 
@@ -162,13 +166,12 @@ def create(*, organization_id: int, model: str, settings: dict, actor: Actor, cr
 def _deploy_on_commit(endpoint_id: str) -> None:
     """Ask the pool for the replicas' accelerators at once (training that holds them starts to
     checkpoint now, not when a worker gets to the publishing task), then publish."""
-    from serving import tasks
 
     def deploy() -> None:
         endpoint = Endpoint.all_orgs.get(pk=endpoint_id)
         for backend in _chosen(endpoint):
             capacity.hold(endpoint, backend)
-        tasks.publish_endpoint.delay(endpoint_id)
+        dispatch.send(PUBLISH_TASK, endpoint_id)
 
     transaction.on_commit(deploy)
 
@@ -308,9 +311,7 @@ def delete(endpoint_id: str, *, organization_id: int, actor: Actor) -> None:
 
 
 def _undeploy_on_commit(endpoint_id: str) -> None:
-    from serving import tasks
-
-    transaction.on_commit(lambda: tasks.unpublish_endpoint.delay(endpoint_id))
+    transaction.on_commit(lambda: dispatch.send(UNPUBLISH_TASK, endpoint_id))
 
 
 def publish(endpoint_id: str) -> Endpoint:
@@ -349,6 +350,28 @@ def publish(endpoint_id: str) -> Endpoint:
             reason = reasons or f"no replica serves the base model {endpoint.base_model_id}"
             move(endpoint, S.FAILED, reason, Actor.system())
     return endpoint
+
+
+@transaction.atomic
+def follow_replicas(endpoint_id: str) -> str:
+    """The endpoint follows its replicas: ready with none serving becomes failed (with the
+    reasons), failed with one serving becomes ready again. Returns its status."""
+    endpoint = Endpoint.all_orgs.select_for_update().get(pk=endpoint_id)
+    placements = list(EndpointReplica.all_orgs.filter(endpoint=endpoint).select_related("backend"))
+    serving = [p for p in placements if p.state == EndpointReplica.State.SERVING]
+    if endpoint.status == S.READY and not serving:
+        reasons = "; ".join(f"{p.backend.name}: {p.last_error}" for p in placements) or "no replica"
+        move(endpoint, S.FAILED, f"no replica serves it ({reasons})", Actor.system())
+    elif endpoint.status == S.FAILED and serving:
+        move(endpoint, S.READY, "", Actor.system())
+    return endpoint.status
+
+
+def record_replica(placement_id, state: str, reason: str) -> None:
+    """A replica's state as the reconciler found it (this module owns the replica rows)."""
+    EndpointReplica.all_orgs.filter(pk=placement_id).update(
+        state=state, last_error=reason[:500], probed_at=timezone.now()
+    )
 
 
 def upstream_name(endpoint: Endpoint, backend: Backend) -> str:

@@ -1,4 +1,7 @@
-"""Reconciliation: what each replica should serve for the endpoints, against what it reports.
+"""The periodic passes over endpoints, above their state machine (serving.endpoints, which alone
+writes endpoint and replica rows): reconciliation, and the metering of dedicated endpoints' time.
+
+Reconciliation: what each replica should serve for the endpoints, against what it reports.
 
 A periodic task (ENDPOINT_RECONCILE_SECONDS). For every live endpoint's placements: a replica
 that cannot be reached is marked failed; one that lost an ft: model's adapter (it restarted) gets
@@ -11,15 +14,14 @@ placements (no replica was there when it was published) is placed again.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from serving import capacity, endpoints, replica_client
+from serving import capacity, dedicated, endpoints, replica_client
 from serving.models import Backend, Endpoint, EndpointReplica
-from tenancy.audit import Actor
 
 log = logging.getLogger("serving.reconcile")
 S = Endpoint.Status
@@ -39,7 +41,7 @@ def reconcile() -> dict[str, str]:
                 endpoints.place(endpoint, backend)
         for placement in placements:
             _check(endpoint, placement, served_by)
-        outcome[endpoint.pk] = _follow(endpoint.pk)
+        outcome[endpoint.pk] = endpoints.follow_replicas(endpoint.pk)
         if endpoint.billing_mode == Endpoint.Billing.DEDICATED and outcome[endpoint.pk] == S.READY:
             capacity.lend_idle(endpoint)
     # A publish whose message was lost, or that waited for accelerators it now has, is run again
@@ -58,7 +60,7 @@ def _check(endpoint: Endpoint, placement: EndpointReplica, served_by: dict) -> N
         served_by[backend.pk] = replica_client.served_models(backend) if backend.enabled else None
     served = served_by[backend.pk]
     if served is None:
-        _record(placement, State.FAILED, f"replica {backend.name} cannot be reached")
+        endpoints.record_replica(placement.pk, State.FAILED, f"replica {backend.name} cannot be reached")
         return
     name = endpoints.upstream_name(endpoint, backend)
     if placement.state == State.SERVING and name in served:
@@ -69,20 +71,26 @@ def _check(endpoint: Endpoint, placement: EndpointReplica, served_by: dict) -> N
         log.info("endpoint %s: %s reloaded on %s", endpoint.pk, name, backend.name)
 
 
-def _record(placement: EndpointReplica, state: str, error: str) -> None:
-    EndpointReplica.all_orgs.filter(pk=placement.pk).update(
-        state=state, last_error=error[:500], probed_at=timezone.now()
-    )
-
-
-@transaction.atomic
-def _follow(endpoint_id: str) -> str:
-    endpoint = Endpoint.all_orgs.select_for_update().get(pk=endpoint_id)
-    placements = list(EndpointReplica.all_orgs.filter(endpoint=endpoint).select_related("backend"))
-    serving = [p for p in placements if p.state == State.SERVING]
-    if endpoint.status == S.READY and not serving:
-        reasons = "; ".join(f"{p.backend.name}: {p.last_error}" for p in placements) or "no replica"
-        endpoints.move(endpoint, S.FAILED, f"no replica serves it ({reasons})", Actor.system())
-    elif endpoint.status == S.FAILED and serving:
-        endpoints.move(endpoint, S.READY, "", Actor.system())
-    return endpoint.status
+def meter_dedicated(now: datetime | None = None) -> int:
+    """Bill every ready dedicated endpoint through the last whole minute (serving.dedicated), and
+    stop those whose next minute cannot be paid for. Returns the replica-minutes billed."""
+    now = now or timezone.now()
+    total = 0
+    ids = Endpoint.all_orgs.filter(
+        billing_mode=Endpoint.Billing.DEDICATED, status=Endpoint.Status.READY, deleted_at=None
+    ).values_list("pk", flat=True)
+    for endpoint_id in ids:
+        try:
+            with transaction.atomic():
+                endpoint = Endpoint.all_orgs.select_for_update().get(pk=endpoint_id)
+                if endpoint.status != Endpoint.Status.READY or not dedicated.is_dedicated(endpoint):
+                    continue
+                total += dedicated.bill(endpoint, dedicated.floor_minute(now))
+                reason = dedicated.unpaid_reason(
+                    endpoint.organization_id, endpoint.model, endpoint.base_model_id, endpoint.replicas
+                )
+                if reason is not None:
+                    endpoints.stop_unpaid(endpoint, reason)
+        except Exception:
+            log.exception("metering the dedicated endpoint %s failed; the next pass retries", endpoint_id)
+    return total

@@ -1,6 +1,9 @@
+"""The serving app's Celery tasks: thin entry points into the endpoint state machine
+(serving.endpoints) and the periodic passes above it (serving.reconcile)."""
+
 from celery import shared_task
 
-from serving import services
+from serving import endpoints, reconcile, services
 from serving.models import Backend
 
 
@@ -13,36 +16,26 @@ def probe_backends() -> None:
 
 @shared_task(ignore_result=True, acks_late=True)
 def publish_endpoint(endpoint_id: str) -> None:
-    from serving import endpoints
-
     endpoints.publish(endpoint_id)
 
 
 @shared_task(ignore_result=True, acks_late=True)
 def replica_has_room(holder: str) -> None:
     """The pool freed the accelerators a dedicated replica waited for: deploy or add it."""
-    from serving import endpoints
-
     endpoints.replica_has_room(holder)
 
 
 @shared_task(ignore_result=True, acks_late=True)
 def unpublish_endpoint(endpoint_id: str) -> None:
-    from serving import endpoints
-
     endpoints.unpublish(endpoint_id)
 
 
 @shared_task(ignore_result=True)
 def reconcile_endpoints() -> None:
-    from serving import reconcile
-
     reconcile.reconcile()
 
 
 @shared_task(ignore_result=True)
 def meter_dedicated_endpoints() -> None:
     """Periodic: dedicated endpoints' replica-minutes into the ledger; unpaid ones stopped."""
-    from serving import dedicated
-
-    dedicated.meter_all()
+    reconcile.meter_dedicated()

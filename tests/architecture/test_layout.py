@@ -1,4 +1,4 @@
-"""DESIGN.md §1: platform/ is a source root, not a package, and the import direction holds."""
+"""ARCHITECTURE.md §1: platform/ is a source root, not a package, and the import direction holds."""
 
 import os
 import subprocess

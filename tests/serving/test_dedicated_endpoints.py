@@ -15,7 +15,7 @@ from billing import services as billing
 from billing.budgets import ensure_account
 from billing.models import Account, Invoice, InvoiceLine, Notification, UsageEvent
 from billing.rollups import month_of, roll_up
-from serving import dedicated, endpoints
+from serving import dedicated, endpoints, reconcile
 from serving import services as serving
 from serving.models import Backend, Endpoint, EndpointReplica
 from tenancy.audit import Actor
@@ -59,8 +59,8 @@ def test_a_dedicated_endpoint_is_billed_per_replica_minute_and_stopped_when_unpa
 
     # Two and a half minutes later the pass bills the two whole minutes, once however often it runs.
     later = started + timedelta(minutes=2, seconds=30)
-    assert dedicated.meter_all(now=later) == 2
-    assert dedicated.meter_all(now=later) == 0
+    assert reconcile.meter_dedicated(now=later) == 2
+    assert reconcile.meter_dedicated(now=later) == 0
     (row,) = replica_rows(endpoint_id)
     assert (row.replica_minutes, row.cost, row.created_at) == (2, 2 * DEMO_RATE, started)
     assert row.price_id is not None and row.model == DEMO_MODEL
@@ -79,7 +79,7 @@ def test_a_dedicated_endpoint_is_billed_per_replica_minute_and_stopped_when_unpa
 
     # The credit left cannot pay for the minute after next: that minute is billed, then it stops.
     Account.all_orgs.filter(organization=tenant.org).update(credit=DEMO_RATE + DEMO_RATE // 2, reserved=0)
-    assert dedicated.meter_all(now=later + timedelta(minutes=1)) == 1
+    assert reconcile.meter_dedicated(now=later + timedelta(minutes=1)) == 1
     endpoint = Endpoint.all_orgs.get(pk=endpoint_id)
     assert endpoint.status == "stopped" and endpoint.status_reason.startswith("insufficient_quota")
     assert "credit" in endpoint.status_reason
