@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -98,6 +99,27 @@ def _count_upload(organization_id: int) -> None:
             "too_many_uploads",
             retry_after=wait,
         )
+
+
+VALIDATION_RESEND_SECONDS = 120
+
+
+def resend_stuck_validations() -> int:
+    """Files still `uploaded` a while after their upload lost their validation message (a broker
+    that restarted without keeping its queue, say): send it again, at most once per interval
+    each (validation is idempotent: only a file still `uploaded` takes its result)."""
+    from fine_tuning.tasks import validate_file_task
+
+    cutoff = timezone.now() - timedelta(seconds=VALIDATION_RESEND_SECONDS)
+    stuck = File.all_orgs.filter(status=File.Status.UPLOADED, deleted_at=None, created_at__lt=cutoff)
+    sent = 0
+    for organization_id, file_id in stuck.values_list("organization_id", "pk")[:200]:
+        if shared_store.add(f"validation-resent:{file_id}", 1, VALIDATION_RESEND_SECONDS):
+            validate_file_task.delay(organization_id, file_id)
+            sent += 1
+    if sent:
+        log.warning("sent the validation of %d file(s) again", sent)
+    return sent
 
 
 @functools.lru_cache(maxsize=4)

@@ -30,10 +30,11 @@ def run_job_task(organization_id: int, job_id: str) -> None:
 
 @shared_task(ignore_result=True)
 def reap_jobs() -> None:
-    from fine_tuning import jobs
+    from fine_tuning import jobs, services
 
     jobs.requeue_expired()
     jobs.explain()
+    services.resend_stuck_validations()
 
 
 @shared_task(ignore_result=True)

@@ -154,3 +154,27 @@ def test_uploads_are_rate_limited_per_organization(upload, tenant_a, settings):
     assert refused.json()["error"]["code"] == "too_many_uploads"
     assert 0 < int(refused["Retry-After"]) <= 3600
     assert File.all_orgs.filter(organization=tenant_a.org).count() == 3
+
+
+def test_a_file_whose_validation_message_was_lost_is_validated_later(
+    upload, tenant_a, django_capture_on_commit_callbacks
+):
+    """The broker lost the validation message (Redis restarted without keeping its queue): the
+    reaper's pass sends it again, once per interval, and the file is validated."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from fine_tuning import services
+
+    with django_capture_on_commit_callbacks(execute=False):  # the message is lost
+        file_id = upload.client.post(
+            "/v1/files", {"file": training_file(), "purpose": "fine-tune"}, format="multipart"
+        ).json()["id"]
+    assert File.all_orgs.get(pk=file_id).status == "uploaded"
+    assert services.resend_stuck_validations() == 0  # too early to call it lost
+    File.all_orgs.filter(pk=file_id).update(created_at=timezone.now() - timedelta(minutes=5))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.resend_stuck_validations() == 1
+    assert File.all_orgs.get(pk=file_id).status == "processed"
+    assert services.resend_stuck_validations() == 0
