@@ -18,7 +18,7 @@ from catalog.loader import load_tokenizer
 from catalog.models import BaseModel
 from fine_tuning import datafile
 from fine_tuning.models import Dataset, DatasetVersion, File, new_file_id
-from tenancy import audit, shared_store, text
+from tenancy import audit, scope, shared_store, text
 from tenancy import services as tenancy_services
 from tenancy.audit import Actor
 from tenancy.errors import Conflict, ServiceError, TooManyRequests
@@ -30,6 +30,7 @@ def _key_for(organization_id: int, file_id: str) -> str:
     return f"files/{organization_id}/{file_id}"
 
 
+@scope.scoped
 @transaction.atomic
 def upload_file(*, organization_id: int, uploaded, purpose: str, actor: Actor) -> File:
     """Store an uploaded file (already on disk, hashed) and queue its validation."""
@@ -44,7 +45,7 @@ def upload_file(*, organization_id: int, uploaded, purpose: str, actor: Actor) -
         raise ServiceError(f"Fine-tuning files must be .jsonl, got {name!r}.", "invalid_file_format", "file")
     _count_upload(organization_id)
     quota = tenancy_services.lock_for_storage(organization_id)
-    used = File.all_orgs.filter(organization_id=organization_id, deleted_at=None).aggregate(n=Sum("bytes"))["n"] or 0
+    used = File.objects.filter(deleted_at=None).aggregate(n=Sum("bytes"))["n"] or 0
     if used + uploaded.size > quota:
         raise ServiceError(
             f"The organization's files would take {used + uploaded.size:,} bytes, more than its storage quota of "
@@ -55,7 +56,7 @@ def upload_file(*, organization_id: int, uploaded, purpose: str, actor: Actor) -
         )
     file_id = new_file_id()
     key = default_storage.save(_key_for(organization_id, file_id), uploaded)
-    row = File.all_orgs.create(
+    row = File.objects.create(
         id=file_id,
         organization_id=organization_id,
         purpose=purpose,
@@ -169,12 +170,13 @@ def validate_file(file_id: str) -> File:
     return File.objects.get(pk=file_id)
 
 
+@scope.scoped
 @transaction.atomic
 def delete_file(file_id: str, *, organization_id: int, actor: Actor) -> File:
-    row = File.all_orgs.select_for_update().filter(pk=file_id, organization_id=organization_id, deleted_at=None).first()
+    row = File.objects.select_for_update().filter(pk=file_id, deleted_at=None).first()
     if row is None:
         raise ServiceError("No such file.", "not_found")
-    if DatasetVersion.all_orgs.filter(file=row).exists():
+    if DatasetVersion.objects.filter(file=row).exists():
         raise Conflict(
             "The file is a dataset version; it is kept for the record of what was trained.", "file_in_dataset"
         )
@@ -188,26 +190,28 @@ def delete_file(file_id: str, *, organization_id: int, actor: Actor) -> File:
     return row
 
 
+@scope.scoped
 @transaction.atomic
 def create_dataset(*, organization_id: int, name: str, description: str = "", actor: Actor) -> Dataset:
     name = text.name(name, what="A dataset's name")
     try:
         with transaction.atomic():
-            dataset = Dataset.all_orgs.create(organization_id=organization_id, name=name, description=description)
+            dataset = Dataset.objects.create(organization_id=organization_id, name=name, description=description)
     except IntegrityError:
         raise Conflict(f"A dataset named {name!r} exists already.", "dataset_exists", "name") from None
     audit.record("dataset.created", actor=actor, organization_id=organization_id, target=dataset, data={"name": name})
     return dataset
 
 
+@scope.scoped
 @transaction.atomic
 def add_dataset_version(
     dataset_id: str, *, organization_id: int, file_id: str, note: str = "", actor: Actor
 ) -> DatasetVersion:
-    dataset = Dataset.all_orgs.select_for_update().filter(pk=dataset_id, organization_id=organization_id).first()
+    dataset = Dataset.objects.select_for_update().filter(pk=dataset_id).first()
     if dataset is None:
         raise ServiceError("No such dataset.", "not_found")
-    file = File.all_orgs.filter(pk=file_id, organization_id=organization_id, deleted_at=None).first()
+    file = File.objects.filter(pk=file_id, deleted_at=None).first()
     if file is None:
         raise ServiceError(f"No such file: {file_id}.", "file_not_found", "file_id")
     if file.status != File.Status.PROCESSED:
@@ -216,8 +220,8 @@ def add_dataset_version(
             "file_not_processed",
             "file_id",
         )
-    number = (DatasetVersion.all_orgs.filter(dataset=dataset).aggregate(n=Max("number"))["n"] or 0) + 1
-    version = DatasetVersion.all_orgs.create(
+    number = (DatasetVersion.objects.filter(dataset=dataset).aggregate(n=Max("number"))["n"] or 0) + 1
+    version = DatasetVersion.objects.create(
         organization_id=organization_id, dataset=dataset, number=number, file=file, note=note
     )
     audit.record(

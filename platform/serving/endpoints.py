@@ -20,7 +20,7 @@ from billing import services as billing
 from catalog import selectors as catalog
 from serving import capacity, dedicated, replica_client
 from serving.models import Backend, Endpoint, EndpointReplica
-from tenancy import audit, dispatch, selectors, text
+from tenancy import audit, dispatch, scope, selectors, text
 from tenancy.audit import Actor
 from tenancy.services import ServiceError
 
@@ -130,6 +130,7 @@ def _check_affordable(organization_id: int, model: str, base_model: str, billing
         )
 
 
+@scope.scoped
 def create(*, organization_id: int, model: str, settings: dict, actor: Actor, created_by_id=None) -> Endpoint:
     base, _ = _resolve_model(organization_id, model)
     clean = _check_settings(organization_id, {"name": None, **settings})  # a name is required
@@ -207,6 +208,7 @@ def move(endpoint: Endpoint, to: str, reason: str, actor: Actor) -> None:
     )
 
 
+@scope.scoped
 @transaction.atomic
 def update(endpoint_id: str, *, organization_id: int, changes: dict, actor: Actor) -> Endpoint:
     """Change an endpoint's settings (not its model). A new replica count re-deploys it."""
@@ -255,6 +257,7 @@ def _change_billing_mode(endpoint: Endpoint, clean: dict) -> None:
             dedicated.begin(endpoint, next_minute)
 
 
+@scope.scoped
 @transaction.atomic
 def stop(endpoint_id: str, *, organization_id: int, actor: Actor) -> Endpoint:
     endpoint = _locked(endpoint_id, organization_id)
@@ -265,6 +268,7 @@ def stop(endpoint_id: str, *, organization_id: int, actor: Actor) -> Endpoint:
     return endpoint
 
 
+@scope.scoped
 @transaction.atomic
 def start(endpoint_id: str, *, organization_id: int, actor: Actor) -> Endpoint:
     endpoint = _locked(endpoint_id, organization_id)
@@ -298,6 +302,7 @@ def stop_unpaid(endpoint: Endpoint, reason: str) -> None:
     _undeploy_on_commit(endpoint.pk)
 
 
+@scope.scoped
 @transaction.atomic
 def delete(endpoint_id: str, *, organization_id: int, actor: Actor) -> None:
     """Gone for every call and list; the row stays so usage history keeps its name."""

@@ -72,3 +72,23 @@ def all_organizations() -> Iterator[None]:
         yield
     finally:
         leave(token)
+
+
+def scoped(function):
+    """A service of one organization: it runs inside that organization's scope (its keyword
+    `organization_id`), so the models' default managers are scoped to it and a query that forgot
+    the organization cannot reach another's rows. Called inside another organization's scope, it
+    refuses (a caller mixing organizations is a bug)."""
+    import functools
+
+    @functools.wraps(function)
+    def run(*args, organization_id: int, **kwargs):
+        outer = _current.get()
+        if outer is not None and outer is not ALL_ORGANIZATIONS and outer != organization_id:
+            raise TenantScopeMissing(
+                f"{function.__qualname__} was called for organization {organization_id} in the scope of {outer}"
+            )
+        with organization(organization_id):
+            return function(*args, organization_id=organization_id, **kwargs)
+
+    return run

@@ -18,7 +18,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
-from tenancy import audit, keyauth, secrets, text
+from tenancy import audit, keyauth, scope, secrets, text
 from tenancy.audit import Actor
 from tenancy.errors import Conflict, Forbidden, ServiceError
 from tenancy.models import APIKey, Invitation, Membership, Organization, slug_validator
@@ -227,14 +227,16 @@ def _may_grant(actor_role: str | None, role: str) -> bool:
     return actor_role == Role.OWNER or RANK[role] < RANK[Role.OWNER]
 
 
-def _locked_memberships(org_id: int) -> list[Membership]:
-    return list(Membership.all_orgs.select_for_update().filter(organization_id=org_id).order_by("pk"))
+def _locked_memberships() -> list[Membership]:
+    """The scope's organization's memberships, locked (the caller runs in its scope)."""
+    return list(Membership.objects.select_for_update().order_by("pk"))
 
 
+@scope.scoped
 @transaction.atomic
 def change_role(membership_id, *, organization_id: int, role: str, actor_role: str | None, actor: Actor) -> Membership:
     role = _check_role(role)
-    members = _locked_memberships(organization_id)
+    members = _locked_memberships()
     target = next((m for m in members if str(m.pk) == str(membership_id)), None)
     if target is None:
         raise ServiceError("No such member.", "not_found")
@@ -259,9 +261,10 @@ def change_role(membership_id, *, organization_id: int, role: str, actor_role: s
     return target
 
 
+@scope.scoped
 @transaction.atomic
 def remove_member(membership_id, *, organization_id: int, actor_role: str | None, actor: Actor) -> None:
-    members = _locked_memberships(organization_id)
+    members = _locked_memberships()
     target = next((m for m in members if str(m.pk) == str(membership_id)), None)
     if target is None:
         raise ServiceError("No such member.", "not_found")
@@ -351,6 +354,7 @@ def deactivate_user(user_id, *, actor: Actor) -> None:
 # --- Invitations -----------------------------------------------------------------------------
 
 
+@scope.scoped
 @transaction.atomic
 def invite(*, organization_id: int, email: str, role: str, actor_role: str | None, actor: Actor) -> IssuedInvitation:
     role = _check_role(role)
@@ -360,10 +364,10 @@ def invite(*, organization_id: int, email: str, role: str, actor_role: str | Non
         raise ServiceError("Enter a valid email address.", "invalid_email", "email")
     if not _may_grant(actor_role, role):
         raise Forbidden("Only an owner can invite another owner.", "owner_required", "role")
-    if Membership.all_orgs.filter(organization_id=organization_id, user__email__iexact=email).exists():
+    if Membership.objects.filter(user__email__iexact=email).exists():
         raise Conflict(f"{email} is a member already.", "already_member", "email")
     token = secrets.new_token()
-    invitation = Invitation.all_orgs.create(
+    invitation = Invitation.objects.create(
         organization_id=organization_id,
         email=email,
         role=role,
@@ -381,11 +385,10 @@ def invite(*, organization_id: int, email: str, role: str, actor_role: str | Non
     return IssuedInvitation(invitation, token)
 
 
+@scope.scoped
 @transaction.atomic
 def revoke_invitation(invitation_id, *, organization_id: int, actor: Actor) -> Invitation:
-    invitation = (
-        Invitation.all_orgs.select_for_update().filter(organization_id=organization_id, pk=invitation_id).first()
-    )
+    invitation = Invitation.objects.select_for_update().filter(pk=invitation_id).first()
     if invitation is None:
         raise ServiceError("No such invitation.", "not_found")
     if invitation.accepted_at is None and invitation.revoked_at is None:
@@ -458,6 +461,7 @@ def _check_scopes(scopes: list[str] | None) -> list[str]:
     return scopes
 
 
+@scope.scoped
 @transaction.atomic
 def create_api_key(
     *,
@@ -484,7 +488,7 @@ def create_api_key(
     if not Organization.objects.filter(pk=organization_id, status=Organization.Status.ACTIVE).exists():
         raise Forbidden("The organization is suspended.", "organization_suspended")
     plaintext = secrets.new_api_key()
-    key = APIKey.all_orgs.create(
+    key = APIKey.objects.create(
         organization_id=organization_id,
         name=name,
         prefix=secrets.visible_prefix(plaintext),
@@ -504,14 +508,10 @@ def create_api_key(
     return IssuedKey(key, plaintext)
 
 
+@scope.scoped
 @transaction.atomic
 def revoke_api_key(key_id, *, organization_id: int, actor: Actor) -> APIKey:
-    key = (
-        APIKey.all_orgs.select_for_update()
-        .select_related("organization")
-        .filter(organization_id=organization_id, pk=key_id)
-        .first()
-    )
+    key = APIKey.objects.select_for_update().select_related("organization").filter(pk=key_id).first()
     if key is None:
         raise ServiceError("No such API key.", "not_found")
     if key.console_user_id is not None:
@@ -577,13 +577,10 @@ def lock_for_storage(organization_id: int) -> int:
     return settings.STORAGE_QUOTA_BYTES if org.storage_quota_bytes is None else org.storage_quota_bytes
 
 
+@scope.scoped
 @transaction.atomic
 def set_key_limits(key_id, *, organization_id: int, rpm: int | None, tpm: int | None, actor: Actor) -> APIKey:
-    key = (
-        APIKey.all_orgs.select_for_update()
-        .select_related("organization")
-        .get(organization_id=organization_id, pk=key_id)
-    )
+    key = APIKey.objects.select_for_update().select_related("organization").get(pk=key_id)
     key.rpm_limit, key.tpm_limit = _limit(rpm), _limit(tpm)
     key.save(update_fields=["rpm_limit", "tpm_limit"])
     audit.record(
@@ -596,11 +593,12 @@ def set_key_limits(key_id, *, organization_id: int, rpm: int | None, tpm: int | 
 CONSOLE_KEY_SCOPES = [Scope.INFERENCE.value, Scope.MODELS_READ.value]
 
 
+@scope.scoped
 def console_key(*, organization_id: int, user_id: int) -> APIKey:
     """The member's console key in the organization, made on first use: a real key row (limits,
     budgets, usage by key and the audit log treat it as any key) whose secret is thrown away at
     once; the member's signed-in session stands for it (tenancy.console_auth.session_principal)."""
-    found = APIKey.all_orgs.filter(organization_id=organization_id, console_user_id=user_id, revoked_at=None).first()
+    found = APIKey.objects.filter(console_user_id=user_id, revoked_at=None).first()
     if found is not None:
         return found
     user = get_user_model().objects.get(pk=user_id)
@@ -615,5 +613,5 @@ def console_key(*, organization_id: int, user_id: int) -> APIKey:
                 actor=Actor(user=user),
             )
     except IntegrityError:  # made concurrently by another request of the same member
-        return APIKey.all_orgs.get(organization_id=organization_id, console_user_id=user_id, revoked_at=None)
+        return APIKey.objects.get(console_user_id=user_id, revoked_at=None)
     return issued.key  # the secret goes no further

@@ -62,3 +62,24 @@ def test_plain_shared_task_without_decorator_fails_closed(tenant_a):
 
     with pytest.raises(scope.TenantScopeMissing):
         unscoped.apply().get()
+
+
+def test_an_organizations_service_runs_in_its_scope_and_refuses_another(tenant_a, tenant_b):
+    """tenancy.scope.scoped: inside, the default manager sees the organization's rows only; a call
+    for one organization from inside another's scope is a bug, refused."""
+    from tenancy import scope as tenancy_scope
+    from tenancy.models import APIKey
+    from tenancy.scope import TenantScopeMissing
+
+    tenant_a.key()
+    tenant_b.key()
+
+    @tenancy_scope.scoped
+    def names(*, organization_id):
+        return sorted(APIKey.objects.values_list("organization_id", flat=True))
+
+    assert names(organization_id=tenant_a.org.pk) == [tenant_a.org.pk]
+    with tenancy_scope.organization(tenant_b.org.pk), pytest.raises(TenantScopeMissing):
+        names(organization_id=tenant_a.org.pk)
+    with tenancy_scope.all_organizations():  # the back office narrows to the one it acts on
+        assert names(organization_id=tenant_b.org.pk) == [tenant_b.org.pk]
