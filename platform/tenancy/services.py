@@ -305,17 +305,18 @@ def _revoke_invitations_by(user_id, organization_id: int, role: str | None, acto
         organization_id=organization_id, invited_by_id=user_id, accepted_at=None, revoked_at=None
     )
     for invitation in pending:
-        if role is not None and _may_grant(role, invitation.role):
-            continue
-        invitation.revoked_at = timezone.now()
-        invitation.save(update_fields=["revoked_at"])
-        audit.record(
-            "invitation.revoked",
-            actor=actor,
-            organization_id=organization_id,
-            target=invitation,
-            data={"email": invitation.email, "reason": "its inviter may no longer invite with this role"},
-        )
+        if role is None or not _may_grant(role, invitation.role):
+            _revoke_invitation(invitation, actor, "its inviter may no longer invite with this role")
+
+
+def _revoke_invitation(invitation: Invitation, actor: Actor, reason: str = "") -> None:
+    """Mark a locked, pending invitation revoked, with its audit row."""
+    invitation.revoked_at = timezone.now()
+    invitation.save(update_fields=["revoked_at"])
+    data = {"email": invitation.email, **({"reason": reason} if reason else {})}
+    audit.record(
+        "invitation.revoked", actor=actor, organization_id=invitation.organization_id, target=invitation, data=data
+    )
 
 
 @transaction.atomic
@@ -392,15 +393,7 @@ def revoke_invitation(invitation_id, *, organization_id: int, actor: Actor) -> I
     if invitation is None:
         raise ServiceError("No such invitation.", "not_found")
     if invitation.accepted_at is None and invitation.revoked_at is None:
-        invitation.revoked_at = timezone.now()
-        invitation.save(update_fields=["revoked_at"])
-        audit.record(
-            "invitation.revoked",
-            actor=actor,
-            organization_id=organization_id,
-            target=invitation,
-            data={"email": invitation.email},
-        )
+        _revoke_invitation(invitation, actor)
     return invitation
 
 

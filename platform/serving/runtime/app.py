@@ -233,15 +233,21 @@ def build_app(state: RuntimeState) -> Starlette:
         ]
         return JSONResponse({"object": "list", "data": data})
 
-    async def adapter_admin(request: Request, action: str) -> Response:
-        if state.api_key is None:
-            return error(403, "Adapter administration needs the runtime to be started with an API key.")
+    async def authorized_body(request: Request) -> dict | Response:
+        """The request's JSON object, or the answer refusing it (no key, not JSON)."""
         if not authorized(request):
             return unauthorized()
         try:
-            body = await json_object(request)
+            return await json_object(request)
         except RequestError as problem:
             return JSONResponse(problem.body(), status_code=problem.status)
+
+    async def adapter_admin(request: Request, action: str) -> Response:
+        if state.api_key is None:
+            return error(403, "Adapter administration needs the runtime to be started with an API key.")
+        body = await authorized_body(request)
+        if isinstance(body, Response):
+            return body
         name = body.get("lora_name")
         if not isinstance(name, str) or not name:
             return error(400, "'lora_name' is required.", "lora_name")
@@ -264,12 +270,9 @@ def build_app(state: RuntimeState) -> Starlette:
     async def abort_request(request: Request) -> Response:
         """Stop a request by its caller's id and answer what it really generated: how a gateway whose
         client left learns the count to bill, whatever its own reading had reached."""
-        if not authorized(request):
-            return unauthorized()
-        try:
-            body = await json_object(request)
-        except RequestError as problem:
-            return JSONResponse(problem.body(), status_code=problem.status)
+        body = await authorized_body(request)
+        if isinstance(body, Response):
+            return body
         request_id = body.get("request_id")
         found = state.requests.get(request_id) if isinstance(request_id, str) else None
         if found is None:
