@@ -176,14 +176,13 @@ def setup_tenants(organizations: int, tight: int) -> list[dict]:
             actor=Actor(),
         )
         services.mark_email_verified(user.pk)
-        keys = [
-            services.create_api_key(
-                organization_id=org.pk, name=f"k{k}", created_by_id=user.pk, actor=Actor(user=user)
-            ).plaintext
+        issued = [
+            services.create_api_key(organization_id=org.pk, name=f"k{k}", created_by_id=user.pk, actor=Actor(user=user))
             for k in range(2)
         ]
-        for key_id in org.api_keys.values_list("pk", flat=True):
-            services.set_key_limits(key_id, organization_id=org.pk, rpm=100_000, tpm=100_000_000, actor=Actor())
+        keys = [key.plaintext for key in issued]
+        for key in issued:
+            services.set_key_limits(key.key.pk, organization_id=org.pk, rpm=100_000, tpm=100_000_000, actor=Actor())
         budgets.ensure_account(org.pk)
         if n < tight:
             Account.all_orgs.filter(organization=org).update(credit=money.from_decimal("0.002"))
