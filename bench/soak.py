@@ -306,6 +306,21 @@ async def fault_loop(platform: Platform, faults: list[str], tally: Tally, until:
 # --- The checks ------------------------------------------------------------------------------
 
 
+def retrying(function, *args):
+    """This process's own database reads, again after PostgreSQL restarted under its connections."""
+    from django.db import DatabaseError, connections
+
+    for attempt in range(30):
+        try:
+            return function(*args)
+        except DatabaseError:
+            if attempt == 29:
+                raise
+            connections.close_all()
+            time.sleep(1)
+    raise AssertionError("unreachable")
+
+
 def settle(platform: Platform, tally: Tally, tenants: list[dict], wait_seconds: float) -> None:
     """After the faults: the platform back, every job ended, the outboxes drained."""
     from django.db import close_old_connections
@@ -389,6 +404,9 @@ def check(tally: Tally, tenants: list[dict]) -> dict:
 def run(
     *, seconds: float, faults: list[str], every: float, clients: int, jobs: int, seed: int, var_dir: Path, port: int
 ) -> dict:
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per call is noise here
     env = dict(os.environ)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "maas.settings")
     os.environ.setdefault("VAR_DIR", str(var_dir))  # this process reads the same database (SQLite too)
@@ -410,8 +428,8 @@ def run(
             await asyncio.gather(*tasks)
 
         asyncio.run(drive())
-        settle(platform, tally, tenants, wait_seconds=600)
-        return check(tally, tenants)
+        retrying(settle, platform, tally, tenants, 600)
+        return retrying(check, tally, tenants)
     finally:
         platform.stop()
 

@@ -14,8 +14,49 @@ import threading
 from django.conf import settings
 from django.core.cache import cache
 
+from tenancy.errors import Unavailable
+
 _sync_client = None
 _async_clients: dict[int, object] = {}
+
+
+class StoreUnavailable(Unavailable):
+    """Redis cannot be reached (restarting, say): what needs it — key lookups, rate limits,
+    throttles — answers 503 with Retry-After, never a 500, and never serves without it."""
+
+    def __init__(self):
+        message = "A service the platform needs is unavailable for a moment; retry shortly."
+        super().__init__(message, "store_unavailable", retry_after=2)
+
+
+def guarded(function):
+    """Redis' connection failures and timeouts, raised as StoreUnavailable (sync or async)."""
+    import functools
+    import inspect
+
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    failures = (RedisConnectionError, RedisTimeoutError)
+    if inspect.iscoroutinefunction(function):
+
+        @functools.wraps(function)
+        async def run_async(*args, **kwargs):
+            try:
+                return await function(*args, **kwargs)
+            except failures:
+                raise StoreUnavailable() from None
+
+        return run_async
+
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except failures:
+            raise StoreUnavailable() from None
+
+    return run
 
 
 def prefix(key: str) -> str:
@@ -52,6 +93,7 @@ def async_client():
     return _async_clients[loop]
 
 
+@guarded
 def get(key: str):
     if redis_enabled():
         raw = sync_client().get(prefix(key))
@@ -59,6 +101,7 @@ def get(key: str):
     return cache.get(key)
 
 
+@guarded
 def add(key: str, value, ttl: int) -> bool:
     """Set only if absent; True if this call set it."""
     if redis_enabled():
@@ -66,6 +109,7 @@ def add(key: str, value, ttl: int) -> bool:
     return cache.add(key, value, ttl)
 
 
+@guarded
 def set_many(values: dict, ttl: int) -> None:
     if redis_enabled():
         pipe = sync_client().pipeline()
@@ -76,6 +120,7 @@ def set_many(values: dict, ttl: int) -> None:
         cache.set_many(values, ttl)
 
 
+@guarded
 async def aget_and_add(get_key: str, add_key: str, ttl: int):
     """Read one key and set another if absent, in one round trip: (value, whether it was set)."""
     if redis_enabled():
@@ -92,6 +137,7 @@ async def aget_and_add(get_key: str, add_key: str, ttl: int):
 _counting = threading.Lock()
 
 
+@guarded
 def hit(key: str, ttl: int) -> int:
     """Add one to a counter that expires ttl seconds after its first hit; the new count."""
     if redis_enabled():
@@ -110,6 +156,7 @@ def hit(key: str, ttl: int) -> int:
             return 1
 
 
+@guarded
 def unhit(key: str) -> None:
     """Take one back from a counter (never below 0; a missing counter stays missing)."""
     if redis_enabled():
@@ -127,10 +174,12 @@ def unhit(key: str) -> None:
             pass
 
 
+@guarded
 def count(key: str) -> int:
     return int(get(key) or 0)
 
 
+@guarded
 def forget(key: str) -> None:
     if redis_enabled():
         sync_client().delete(prefix(key))

@@ -131,3 +131,20 @@ def test_a_crashed_validation_tells_the_tenant_no_internals(tenant_a, settings):
     assert row.status == "error"
     assert "/srv/secret" not in row.status_details and "Error" not in row.status_details
     assert row.pk in row.status_details
+
+
+def test_without_redis_the_gateway_answers_503_not_500(tenant_a, settings, monkeypatch):
+    """Redis away (restarting): a call needs it for its key and its rate limits, so it is refused
+    with 503 and Retry-After — neither served without them nor a 500."""
+    from tenancy import shared_store
+    from tests.conftest import key_client
+
+    key = tenant_a.key()
+    settings.REDIS_URL = "redis://127.0.0.1:9/0"  # nothing listens there
+    monkeypatch.setattr(shared_store, "_sync_client", None)
+    monkeypatch.setattr(shared_store, "_async_clients", {})
+    refused = key_client(key).post("/v1/chat/completions", BODY, format="json")
+    assert refused.status_code == 503, refused.content
+    assert refused.json()["error"]["code"] == "store_unavailable" and refused["Retry-After"] == "2"
+    listing = key_client(key).get("/v1/models")
+    assert listing.status_code == 503

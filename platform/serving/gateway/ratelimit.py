@@ -166,10 +166,12 @@ return 0
 
 
 class _RedisStore:
+    @shared_store.guarded
     async def check_and_add(self, keys: list[str], amounts: list[int], limits: list[int]) -> tuple[int, list[int]]:
         result = await shared_store.async_client().eval(_SCRIPT, len(keys), *keys, WINDOW * 2, *amounts, *limits)
         return int(result[0]), [int(v) for v in result[1:]]
 
+    @shared_store.guarded
     async def add(self, changes: list[tuple[str, int]]) -> None:
         keys, amounts = [k for k, _ in changes], [a for _, a in changes]
         await shared_store.async_client().eval(_ADD, len(keys), *keys, WINDOW * 2, *amounts)
