@@ -177,9 +177,11 @@ def nothing_held(organization, timeout: float = 20) -> bool:
     deadline = time.monotonic() + timeout
     while True:
         account = Account.all_orgs.filter(organization=organization).first()
-        if account is not None and account.reserved == 0 and not Reservation.all_orgs.filter(
-            organization=organization
-        ).exists():
+        if (
+            account is not None
+            and account.reserved == 0
+            and not Reservation.all_orgs.filter(organization=organization).exists()
+        ):
             return True
         if time.monotonic() >= deadline:
             return False

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
@@ -54,6 +55,33 @@ class BaseModel(models.Model):
     visibility = models.CharField(max_length=16, choices=Visibility.choices, default=Visibility.PUBLIC)
     allowed_organizations = models.ManyToManyField("tenancy.Organization", blank=True, related_name="+")
     owned_by = models.CharField(max_length=100, default="system", help_text="Shown as owned_by in /v1/models.")
+    # The serving policy: how the pool runs this model's shared (per-token) replicas.
+    serving_engine = models.CharField(
+        max_length=16,
+        choices=[("builtin", "MaaS runtime"), ("vllm", "vLLM")],
+        default="builtin",
+        help_text="The engine its replicas run.",
+    )
+    serving_dtype = models.CharField(
+        max_length=16,
+        choices=[("float32", "float32"), ("bfloat16", "bfloat16"), ("float16", "float16")],
+        default="float32",
+        help_text="The weights' type in its replicas.",
+    )
+    min_replicas = models.PositiveSmallIntegerField(
+        default=0, help_text="Replicas always running; 0: the first call starts one, and idle it stops."
+    )
+    max_replicas = models.PositiveSmallIntegerField(
+        default=2, validators=[MinValueValidator(1)], help_text="Replicas load may scale it up to."
+    )
+    target_concurrency = models.PositiveSmallIntegerField(
+        default=4,
+        validators=[MinValueValidator(1)],
+        help_text="Concurrent requests per replica; above it for a while, another replica starts.",
+    )
+    scale_down_idle_seconds = models.PositiveIntegerField(
+        default=300, help_text="A replica above the minimum stops after this long without the load that needed it."
+    )
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -73,6 +101,16 @@ class BaseModel(models.Model):
             isinstance(t, str) for t in self.default_lora_targets
         ):
             raise ValidationError({"default_lora_targets": "A list of module names."})
+        if self.min_replicas > self.max_replicas:
+            raise ValidationError({"min_replicas": "At most max_replicas."})
+
+    def serving_memory_bytes(self) -> int:
+        """What one replica needs on an accelerator: its weights in the serving type, a fifth more
+        for buffers, and the KV budget (0 when the model's size is not in the catalog: fits any)."""
+        if not self.parameters:
+            return 0
+        width = 4 if self.serving_dtype == "float32" else 2
+        return int(self.parameters * width * 1.2) + settings.SERVING_KV_BUDGET_BYTES
 
 
 class FineTunedModel(TenantModel):

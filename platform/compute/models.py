@@ -13,6 +13,16 @@ class Node(models.Model):
     accelerator_count = models.PositiveSmallIntegerField(default=1)
     accelerator_memory_bytes = models.BigIntegerField(default=0, help_text="Memory of each accelerator.")
     schedulable = models.BooleanField(default=True, help_text="Off: nothing new is placed here (draining).")
+    address = models.CharField(
+        max_length=200, default="127.0.0.1", help_text="Where its engines listen, as the gateway reaches them."
+    )
+    agent_seen_at = models.DateTimeField(
+        null=True, blank=True, help_text="Its node agent's last heartbeat: replicas are placed only where one runs."
+    )
+    cached_models = models.JSONField(
+        default=list, blank=True, help_text="Base models whose weights are in its cache (placement prefers it)."
+    )
+    cores = models.PositiveSmallIntegerField(default=0, help_text="CPU cores (a CPU accelerator is a share of them).")
     registered_at = models.DateTimeField(default=timezone.now)
     last_heartbeat_at = models.DateTimeField(default=timezone.now)
     stopped_at = models.DateTimeField(null=True, blank=True)

@@ -120,3 +120,28 @@ def accelerator() -> tuple[str, int]:
     """What this process trains on: the accelerator's name and memory."""
     name, _, memory = detect_accelerators()
     return name, memory
+
+
+@transaction.atomic
+def register_agent(address: str) -> Node:
+    """This host's node agent joins: the node is registered (or rejoins) with the address its
+    engines listen on."""
+    node = this_node()
+    Node.objects.filter(pk=node.pk).update(
+        address=address, cores=os.cpu_count() or 1, agent_seen_at=timezone.now(), last_heartbeat_at=timezone.now()
+    )
+    node.refresh_from_db()
+    return node
+
+
+def agent_heartbeat(node_id: int, cached_models: list[str] | None = None) -> bool:
+    """The agent is alive on its node (and so is the node). False: the row is gone; register again."""
+    now = timezone.now()
+    fields = {"agent_seen_at": now, "last_heartbeat_at": now, "stopped_at": None}
+    if cached_models is not None:
+        fields["cached_models"] = cached_models
+    return bool(Node.objects.filter(pk=node_id).update(**fields))
+
+
+def agent_stopped(node_id: int) -> None:
+    Node.objects.filter(pk=node_id).update(agent_seen_at=None)

@@ -198,6 +198,10 @@ CELERY_BEAT_SCHEDULE: dict = {
         "task": "serving.tasks.meter_dedicated_endpoints",
         "schedule": env.integer("ENDPOINT_METER_SECONDS", 60),
     },
+    "scale-deployments": {
+        "task": "serving.tasks.scale_deployments",
+        "schedule": env.integer("SERVING_SCALE_SECONDS", 5),
+    },
     "probe-backends": {"task": "serving.tasks.probe_backends", "schedule": env.integer("BACKEND_PROBE_SECONDS", 15)},
     "requeue-expired-jobs": {"task": "fine_tuning.tasks.reap_jobs", "schedule": env.integer("JOB_REAPER_SECONDS", 15)},
     "sweep-fine-tuning-disk": {
@@ -283,11 +287,29 @@ FINE_TUNING_QUEUE = env.get("FINE_TUNING_QUEUE", "gpu")  # the Celery queue GPU 
 WORKER_HEARTBEAT_SECONDS = env.integer("WORKER_HEARTBEAT_SECONDS", 15)
 # The pool (platform/compute/README.md). A host without CUDA offers its CPU as this many accelerators.
 COMPUTE_NODE_NAME = env.get("COMPUTE_NODE_NAME", "")
-COMPUTE_CPU_ACCELERATORS = env.integer("COMPUTE_CPU_ACCELERATORS", 1)
+# Two by default: on a laptop or a CPU server, one share of the cores serves the demo model while
+# the other trains; each runs on its share's threads.
+COMPUTE_CPU_ACCELERATORS = env.integer("COMPUTE_CPU_ACCELERATORS", 2)
+# The address this node's engines listen on and the gateway reaches them at.
+COMPUTE_NODE_ADDRESS = env.get("COMPUTE_NODE_ADDRESS", "127.0.0.1")
 COMPUTE_FAIR_SHARE_WINDOW_SECONDS = env.integer("COMPUTE_FAIR_SHARE_WINDOW_SECONDS", 24 * 3600)
 COMPUTE_RESERVE_AFTER_SECONDS = env.integer("COMPUTE_RESERVE_AFTER_SECONDS", 3600)
 COMPUTE_LEND_IDLE_SECONDS = env.integer("COMPUTE_LEND_IDLE_SECONDS", 300)
 COMPUTE_WAKE_TASK = "fine_tuning.tasks.claim_jobs"
+# Serving in the pool (platform/compute/README.md, "Replicas"): the scaler's pass, how long load
+# stays above target before another replica starts, how long a call waits for a model scaled to
+# zero, how long a stopping replica lets its requests finish, and an engine's start-up bound.
+SERVING_SCALE_SECONDS = env.integer("SERVING_SCALE_SECONDS", 5)
+SERVING_SCALE_UP_AFTER_SECONDS = env.integer("SERVING_SCALE_UP_AFTER_SECONDS", 10)
+SERVING_COLD_START_WAIT_SECONDS = env.integer("SERVING_COLD_START_WAIT_SECONDS", 90)
+SERVING_DRAIN_SECONDS = env.integer("SERVING_DRAIN_SECONDS", 30)
+SERVING_ENGINE_START_SECONDS = env.integer("SERVING_ENGINE_START_SECONDS", 600)
+# A replica whose engine exits this many times within ten minutes fails instead of starting again.
+SERVING_MAX_CRASHES = env.integer("SERVING_MAX_CRASHES", 4)
+# Memory a replica keeps for its KV cache beside its weights (placement adds both).
+SERVING_KV_BUDGET_BYTES = env.integer("SERVING_KV_BUDGET_BYTES", 512 * 1024**2)
+# vLLM runs in a virtualenv of its own (`make vllm`): the Python that has it.
+VLLM_PYTHON = env.get("VLLM_PYTHON", str(REPO_DIR / ".venv-vllm" / "bin" / "python"))
 # Bearer token for /metrics/pool; empty: loopback scrapers only, and nobody in production (behind
 # a proxy on the same host, every request comes from loopback).
 METRICS_TOKEN = env.get("METRICS_TOKEN", "")

@@ -21,6 +21,9 @@ class Program:
     name: str
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)  # added to the supervisor's environment
+    # What the kernel sends it if the supervisor dies without stopping it (killed, OOM): a platform
+    # that is gone must not leave a process holding accelerators.
+    death_signal: int = signal.SIGTERM
     process: subprocess.Popen | None = None
     restarts: list[float] = field(default_factory=list)
     next_start: float = 0.0
@@ -54,7 +57,7 @@ class Supervisor:
             start_new_session=True,
             text=True,
             bufsize=1,
-            preexec_fn=die_with_parent(signal.SIGTERM),
+            preexec_fn=die_with_parent(program.death_signal),
         )
         threading.Thread(target=self._pump, args=(program, program.process), daemon=True).start()
 

@@ -14,12 +14,13 @@ import logging
 import secrets
 
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from billing import services as billing
 from catalog import selectors as catalog
-from serving import capacity, dedicated, replica_client
-from serving.models import Backend, Endpoint, EndpointReplica
+from serving import capacity, dedicated, deployments, replica_client
+from serving.models import Backend, Deployment, Endpoint, EndpointReplica, ReplicaState
 from tenancy import audit, dispatch, scope, selectors, text
 from tenancy.audit import Actor
 from tenancy.services import ServiceError
@@ -42,6 +43,7 @@ log = logging.getLogger("serving.endpoints")
 # The tasks that carry this state machine's follow-up work (serving.tasks), sent by name: the
 # tasks module imports this one, not the other way round.
 PUBLISH_TASK = "serving.tasks.publish_endpoint"
+CONVERGE_TASK = "serving.tasks.converge_deployment"
 UNPUBLISH_TASK = "serving.tasks.unpublish_endpoint"
 INT32 = 2**31 - 1  # the largest value of the integer columns the limits are kept in
 
@@ -165,22 +167,54 @@ def create(*, organization_id: int, model: str, settings: dict, actor: Actor, cr
 
 
 def _deploy_on_commit(endpoint_id: str) -> None:
-    """Ask the pool for the replicas' accelerators at once (training that holds them starts to
-    checkpoint now, not when a worker gets to the publishing task), then publish."""
+    """A dedicated endpoint's own replicas are asked of the pool at once (training that holds
+    their accelerators starts to checkpoint now, not when a worker gets to the publishing task);
+    then it is published."""
 
     def deploy() -> None:
-        endpoint = Endpoint.all_orgs.get(pk=endpoint_id)
-        for backend in _chosen(endpoint):
-            capacity.hold(endpoint, backend)
+        endpoint = Endpoint.all_orgs.select_related("base_model").get(pk=endpoint_id)
+        if dedicated.is_dedicated(endpoint):
+            deployments.for_endpoint(endpoint, _adapters(endpoint))
+            dispatch.send(CONVERGE_TASK, endpoint.pk)
         dispatch.send(PUBLISH_TASK, endpoint_id)
 
     transaction.on_commit(deploy)
 
 
+def _adapters(endpoint: Endpoint) -> list[dict]:
+    """What a dedicated endpoint's engines load before their probe: its fine-tuned model's adapter."""
+    if not endpoint.model.startswith("ft:"):
+        return []
+    _, adapter = _resolve_model(endpoint.organization_id, endpoint.model)
+    return [{"name": endpoint.model, "path": adapter}]
+
+
 def _chosen(endpoint: Endpoint) -> list[Backend]:
-    """The replicas an endpoint is placed on: healthy ones of its base model first."""
-    rows = Backend.objects.filter(base_model_id=endpoint.base_model_id, enabled=True).order_by("-healthy", "name")
-    return list(rows[: endpoint.replicas])
+    """The replicas an endpoint is placed on: a dedicated one's own ready replicas; a per-token
+    one's on the model's shared replicas, healthy ones first."""
+    if dedicated.is_dedicated(endpoint):
+        return list(Backend.objects.filter(deployment__key=endpoint.pk, state=ReplicaState.READY).order_by("name"))
+    rows = Backend.objects.filter(base_model_id=endpoint.base_model_id, enabled=True).filter(
+        Q(deployment=None) | Q(deployment__endpoint=None, state=ReplicaState.READY)
+    )
+    return list(rows.order_by("-healthy", "name")[: endpoint.replicas])
+
+
+def _own_replicas_waiting(endpoint: Endpoint) -> tuple[list[str], str]:
+    """A dedicated endpoint none of whose own replicas is ready yet: what it waits for, or why it
+    failed (its replicas failed, or none can be placed: the quota, no room, no node)."""
+    deployment = Deployment.objects.filter(key=endpoint.pk).first()
+    if deployment is None:
+        return ["its replicas are being placed"], ""
+    starting = Backend.objects.filter(deployment=deployment, state=ReplicaState.STARTING).count()
+    failed = Backend.objects.filter(deployment=deployment, state=ReplicaState.FAILED).order_by("-ended_at").first()
+    if starting:
+        return [f"{starting} of its own replicas are starting"], ""
+    if failed is not None:
+        return [], f"its replica failed: {failed.state_reason}"
+    if deployment.waiting_reason:
+        return [], deployment.waiting_reason
+    return ["its replicas are being placed"], ""
 
 
 def _locked(endpoint_id: str, organization_id: int | None = None) -> Endpoint:
@@ -328,18 +362,11 @@ def publish(endpoint_id: str) -> Endpoint:
         if endpoint.status == S.CREATING:
             move(endpoint, S.DEPLOYING, "placing on replicas", Actor.system())
     chosen = _chosen(endpoint)
-    results, waiting = {}, []
+    results, waiting, refused = {}, [], ""
+    if dedicated.is_dedicated(endpoint) and not chosen:
+        waiting, refused = _own_replicas_waiting(endpoint)
     for backend in chosen:
-        room = capacity.hold(endpoint, backend)
-        if room is not None and room.allocation is None:
-            why = room.refused or "no accelerator of its node is free for it"
-            results[backend.pk] = replica_client.Outcome(False, f"node {backend.node_id}: {why}", why)
-        elif room is not None and room.allocation.state != "active":
-            waiting.append(
-                f"{backend.name} waits for training to checkpoint and step aside ({', '.join(room.preempting)})"
-            )
-        else:
-            results[backend.pk] = place(endpoint, backend)
+        results[backend.pk] = place(endpoint, backend)
     with transaction.atomic():
         endpoint = _locked(endpoint_id)
         if endpoint.status != S.DEPLOYING:
@@ -347,9 +374,11 @@ def publish(endpoint_id: str) -> Endpoint:
         EndpointReplica.all_orgs.filter(endpoint=endpoint).exclude(backend_id__in=list(results)).delete()
         if any(outcome.ok for outcome in results.values()):
             move(endpoint, S.READY, "", Actor.system())
-        elif waiting:  # the pool tells replica_has_room when the accelerators are free
+        elif waiting:  # published again when one of its replicas is ready
             endpoint.status_reason = ("; ".join(waiting))[:500]
             endpoint.save(update_fields=["status_reason", "updated_at"])
+        elif refused:
+            move(endpoint, S.FAILED, refused, Actor.system())
         else:
             reasons = "; ".join(f"{b.name}: {results[b.pk].reason}" for b in chosen)
             reason = reasons or f"no replica serves the base model {endpoint.base_model_id}"
@@ -416,6 +445,11 @@ def unpublish(endpoint_id: str) -> None:
         return
     placements = list(EndpointReplica.all_orgs.filter(endpoint=endpoint).select_related("backend"))
     capacity.release(endpoint, f"endpoint {endpoint.status_reason or 'stopped'}")
+    if Deployment.objects.filter(key=endpoint.pk).exists():  # its own replicas drain and end
+        deployments.retire(endpoint.pk, f"the endpoint is {endpoint.status_reason or 'stopped'}")
+        dispatch.send(CONVERGE_TASK, endpoint.pk)
+        EndpointReplica.all_orgs.filter(endpoint=endpoint).delete()
+        return
     if endpoint.model.startswith("ft:"):
         others = (
             EndpointReplica.all_orgs.filter(

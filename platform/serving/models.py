@@ -5,6 +5,75 @@ from django.utils import timezone
 from tenancy.managers import TenantModel
 
 
+class ReplicaState(models.TextChoices):
+    REGISTERED = "registered", "Registered by hand"
+    STARTING = "starting", "Starting"  # placed; its node agent starts the engine and probes it
+    READY = "ready", "Ready"  # probed with a real generation: the gateway routes to it
+    DRAINING = "draining", "Draining"  # no new requests; the agent stops it once they finished
+    ENDED = "ended", "Ended"
+    FAILED = "failed", "Failed"
+
+
+class Deployment(models.Model):
+    """What the pool runs of one model: the shared (per-token) serving of a catalog base model, or
+    a dedicated endpoint's own replicas. serving.deployments owns it; the scaler sets `desired`
+    between its bounds from measured load."""
+
+    key = models.CharField(max_length=200, unique=True, help_text='"model:<base model>" or the endpoint id.')
+    base_model = models.ForeignKey("catalog.BaseModel", on_delete=models.CASCADE, related_name="+")
+    endpoint = models.OneToOneField(
+        "serving.Endpoint", null=True, blank=True, on_delete=models.CASCADE, related_name="deployment"
+    )
+    organization = models.ForeignKey(
+        "tenancy.Organization", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    engine = models.CharField(max_length=16, default="builtin")
+    dtype = models.CharField(max_length=16, default="float32")
+    min_replicas = models.PositiveSmallIntegerField(default=0)
+    max_replicas = models.PositiveSmallIntegerField(default=1)
+    target_concurrency = models.PositiveSmallIntegerField(default=4)
+    idle_seconds = models.PositiveIntegerField(default=300)
+    desired = models.PositiveSmallIntegerField(default=0)
+    adapters = models.JSONField(
+        default=list, blank=True, help_text='Adapters its engines load at start: [{"name": ..., "path": ...}].'
+    )
+    busy_since = models.DateTimeField(null=True, blank=True, help_text="Load above target since then.")
+    active_at = models.DateTimeField(null=True, blank=True, help_text="Last seen with a request (or asked for one).")
+    observed = models.JSONField(default=dict, blank=True, help_text="The scaler's last reading per replica.")
+    waiting_reason = models.CharField(max_length=500, blank=True, help_text="Why a wanted replica is not placed.")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["key"]
+
+    def __str__(self) -> str:
+        return self.key
+
+    @property
+    def dedicated(self) -> bool:
+        return self.endpoint_id is not None
+
+
+class DeploymentEvent(models.Model):
+    """A scaling decision or a replica's start, failure or stop, with the numbers behind it."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="events")
+    organization = models.ForeignKey(
+        "tenancy.Organization", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    kind = models.CharField(max_length=32)
+    message = models.CharField(max_length=500)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.deployment_id} {self.kind}: {self.message}"
+
+
 class Backend(models.Model):
     """A model server replica the gateway can route to: our runtime, a vLLM server, or any
     OpenAI-compatible server. Platform infrastructure, not owned by a tenant."""
@@ -33,6 +102,19 @@ class Backend(models.Model):
     )
     enabled = models.BooleanField(default=True)
     healthy = models.BooleanField(default=False)
+    # A replica the platform runs (empty deployment: registered by hand) and where its engine is.
+    deployment = models.ForeignKey(
+        "serving.Deployment", null=True, blank=True, on_delete=models.CASCADE, related_name="replicas"
+    )
+    allocation = models.ForeignKey(
+        "compute.Allocation", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    state = models.CharField(max_length=16, choices=ReplicaState.choices, default=ReplicaState.REGISTERED)
+    state_reason = models.CharField(max_length=500, blank=True, help_text="Why it failed, in words a tenant may read.")
+    pid = models.PositiveIntegerField(null=True, blank=True)
+    crashes = models.JSONField(default=list, blank=True, help_text="When its engine exited unasked (ISO times).")
+    started_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
     last_checked_at = models.DateTimeField(null=True, blank=True)
     last_error = models.CharField(max_length=500, blank=True)
     created_at = models.DateTimeField(default=timezone.now)

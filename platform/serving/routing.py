@@ -16,9 +16,10 @@ from dataclasses import dataclass, replace
 
 from django.conf import settings
 from django.db import DatabaseError
+from django.db.models import Q
 
 from catalog import selectors as catalog
-from serving.models import Backend, Endpoint, EndpointReplica
+from serving.models import Backend, Endpoint, EndpointReplica, ReplicaState
 from tenancy.detached import run_detached
 
 log = logging.getLogger("serving.routing")
@@ -119,7 +120,11 @@ def _load(organization_id: int, model_id: str) -> Route:
         base = catalog.visible_base_models(organization_id).filter(pk=model_id).first()
         if base is None:
             raise ModelNotFound(model_id)
-    backends = Backend.objects.filter(base_model=base, enabled=True)
+    # Replicas registered by hand, and the ready ones of the model's shared deployment (a dedicated
+    # endpoint's own replicas serve only it).
+    backends = Backend.objects.filter(base_model=base, enabled=True).filter(
+        Q(deployment=None) | Q(deployment__endpoint=None, state=ReplicaState.READY)
+    )
     replicas = tuple(
         Replica(b.name, b.url.rstrip("/"), b.engine, b.api_key, b.upstream_model, b.healthy) for b in backends
     )
@@ -155,6 +160,13 @@ async def resolve(organization_id: int, model_id: str) -> Route:
         log.warning("route of %s not refreshed (%s); using the one last seen", model_id, error)
         route = cached[1]
     _cache[(organization_id, model_id)] = (now + settings.GATEWAY_ROUTE_CACHE_SECONDS, route)
+    return route
+
+
+async def refresh(organization_id: int, model_id: str) -> Route:
+    """The route read now, not from the cache (a caller waiting for a replica to come up)."""
+    route = await _load_async(organization_id, model_id)
+    _cache[(organization_id, model_id)] = (time.monotonic() + settings.GATEWAY_ROUTE_CACHE_SECONDS, route)
     return route
 
 

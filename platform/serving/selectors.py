@@ -19,3 +19,22 @@ def live_endpoints(organization_id: int):
 
 def endpoint(organization_id: int, endpoint_id: str) -> Endpoint | None:
     return live_endpoints(organization_id).filter(pk=endpoint_id).first()
+
+
+def ready_replica_url(base_model_id: str) -> str | None:
+    """A ready replica of the model's shared deployment, if one serves."""
+    from serving.deployments import shared_key
+    from serving.models import Backend, ReplicaState
+
+    return (
+        Backend.objects.filter(deployment__key=shared_key(base_model_id), state=ReplicaState.READY)
+        .values_list("url", flat=True)
+        .first()
+    )
+
+
+def deployments():
+    """Every deployment with its live replicas (the back office's serving page)."""
+    from serving.models import Deployment
+
+    return Deployment.objects.select_related("base_model", "endpoint").order_by("key")

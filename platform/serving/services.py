@@ -60,3 +60,8 @@ def probe(backend: Backend, timeout: float = 3.0) -> bool:
     if not error and backend.node_id is not None:
         compute.heartbeat_node(backend.node_id)  # a runtime that answers keeps its node alive in the pool
     return not error
+
+
+def disable_backends(*, prefix: str) -> int:
+    """Take hand-registered replicas whose names start so out of every route."""
+    return Backend.objects.filter(name__startswith=prefix, deployment=None).update(enabled=False, healthy=False)

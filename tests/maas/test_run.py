@@ -1,7 +1,8 @@
-"""`manage.py run` (what `make run` starts) on its default ports: every process comes up, the
-banner says ready only when a completion can be served, the console answers, the printed logins
-work, the README's shell and Python examples run literally, and SIGINT (Ctrl-C) stops every
-process."""
+"""`manage.py run` (what `make run` starts) on its default port: every process comes up, the
+pool starts the demo model's replica (nobody registers a runtime), the banner says ready only when
+a completion can be served, the console answers, the printed logins work, the README's shell and
+Python examples run literally, SIGINT (Ctrl-C) stops every process, and a supervisor killed
+outright takes every process with it — engines and the GPU worker included."""
 
 import os
 import re
@@ -52,6 +53,29 @@ def readme_block(after: str, language: str) -> str:
     return match.group(1)
 
 
+def start_run(var_dir: Path, port: int | None = None) -> tuple[subprocess.Popen, dict]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "PORT", "HOST"}
+    }
+    from django.conf import settings
+
+    env.update(VAR_DIR=str(var_dir), MODEL_CACHE_DIR=str(settings.MODEL_CACHE_DIR))  # reuse the dequantized model
+    if port is not None:
+        env["PORT"] = str(port)
+    log = (var_dir / "run.log").open("w+")
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "run"],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    return process, env
+
+
 def port_is_free(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) != 0
@@ -77,24 +101,8 @@ def call_before_ready(port: int, env: dict) -> httpx.Response:
 @pytest.mark.slow
 def test_run_starts_everything_and_ctrl_c_stops_everything(tmp_path):
     port = 8000  # the README's examples name it
-    assert port_is_free(port) and port_is_free(port + 100), "make run's default ports 8000/8100 are taken"
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "PORT", "RUNTIME_PORT", "HOST"}
-    }
-    from django.conf import settings
-
-    env.update(VAR_DIR=str(tmp_path), MODEL_CACHE_DIR=str(settings.MODEL_CACHE_DIR))  # reuse the dequantized model
-    log = (tmp_path / "run.log").open("w+")
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "run"],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    assert port_is_free(port), "make run's default port 8000 is taken"
+    process, env = start_run(tmp_path)
     try:
         deadline = time.monotonic() + 180
         text = ""
@@ -105,14 +113,14 @@ def test_run_starts_everything_and_ctrl_c_stops_everything(tmp_path):
 
         early = None
         while not everything_up(text):
-            if early is None and "loading the demo model" in text and "Ready:" not in text:
-                early = call_before_ready(port, env)
+            if early is None and "starts the demo model's replica" in text and "Ready:" not in text:
+                early = call_before_ready(port, env)  # waits for the replica coming up
             assert time.monotonic() < deadline, text[-3000:]
             assert process.poll() is None, text[-3000:]
             time.sleep(0.5)
             text = (tmp_path / "run.log").read_text()
-        if early is not None and early.status_code != 200:  # the model was still loading
-            assert early.status_code == 503 and early.headers["retry-after"] == "5", early.text
+        if early is not None and early.status_code != 200:  # the replica took longer than a call waits
+            assert early.status_code == 503 and early.headers["retry-after"], early.text
             assert early.json()["error"]["code"] == "model_unavailable"
         console = re.search(r"Console:\s+(\S+)", text).group(1)
         assert console == f"http://localhost:{port}/"
@@ -140,13 +148,35 @@ def test_run_starts_everything_and_ctrl_c_stops_everything(tmp_path):
         assert '"object":"chat.completion"' in printed and '"finish_reason":' in printed, done.stdout
         assert "Paris" in done.stdout.splitlines()[-1], done.stdout
         assert " ERROR " not in (tmp_path / "run.log").read_text()
-        runtime_port = port + 100
-        assert httpx.get(f"http://127.0.0.1:{runtime_port}/v1/models", timeout=10).status_code == 401  # secret set
+        engine_port = int(re.search(r"agent \| .*engine started \(pid \d+, port (\d+)\)", text).group(1))
+        assert httpx.get(f"http://127.0.0.1:{engine_port}/v1/models", timeout=10).status_code == 401  # secret set
         spawned = children_of(process.pid)
-        assert len(spawned) >= 4
+        assert len(spawned) >= 6  # web, two workers, beat, the agent and its engine (and their children)
     finally:
         os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
         process.wait(60)
     time.sleep(0.5)
     assert [pid for pid in spawned if alive(pid)] == []
     assert "all processes stopped." in (tmp_path / "run.log").read_text()
+
+
+@pytest.mark.slow
+def test_a_killed_supervisor_takes_every_process_with_it(tmp_path):
+    """SIGKILL (an OOM kill) gives the supervisor no chance to stop anything: its children must
+    still go — the GPU worker at once rather than after its training, the agent with its engines."""
+    process, _ = start_run(tmp_path, port=free_port())
+    try:
+        deadline = time.monotonic() + 180
+        while "Ready:" not in (text := (tmp_path / "run.log").read_text()):
+            assert time.monotonic() < deadline and process.poll() is None, text[-3000:]
+            time.sleep(0.5)
+        spawned = children_of(process.pid)
+        engine = int(re.search(r"engine started \(pid (\d+)", text).group(1))
+        assert engine in spawned
+    finally:
+        process.kill()
+        process.wait(10)
+    deadline = time.monotonic() + 20
+    while [pid for pid in spawned if alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert [pid for pid in spawned if alive(pid)] == []

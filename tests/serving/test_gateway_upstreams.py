@@ -95,9 +95,7 @@ def test_a_disconnect_from_a_usage_at_the_end_provider_is_billed_the_completion_
     assert row.prompt_tokens > 0
 
 
-def test_a_client_that_leaves_before_the_upstream_answers_gets_a_ledger_row_and_frees_its_hold(
-    live_web, make_tenant
-):
+def test_a_client_that_leaves_before_the_upstream_answers_gets_a_ledger_row_and_frees_its_hold(live_web, make_tenant):
     tenant = make_tenant("early-leaver")
     register("slow-headers", Upstream("provider", words=5, delay=0, head_delay=5))
     body = {"model": DEMO_MODEL, "messages": SAY, "max_tokens": 40}
@@ -216,7 +214,10 @@ def test_a_stream_that_outlives_the_reservation_ttl_keeps_its_hold(make_tenant, 
 
         def stream() -> None:
             with httpx.stream(
-                "POST", web.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"},
+                "POST",
+                web.url + "/v1/chat/completions",
+                json=body,
+                headers={"Authorization": f"Bearer {key}"},
                 timeout=60,
             ) as response:
                 streamed.extend(response.iter_lines())

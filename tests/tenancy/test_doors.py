@@ -222,9 +222,11 @@ def test_concurrent_guesses_are_counted_before_any_is_checked(make_tenant):
 
     def guess(n: int) -> int:
         try:
-            return Client(REMOTE_ADDR=random_ip()).post(
-                "/sign-in/", {"username": tenant.owner.email, "password": f"wrong-{n}"}
-            ).status_code
+            return (
+                Client(REMOTE_ADDR=random_ip())
+                .post("/sign-in/", {"username": tenant.owner.email, "password": f"wrong-{n}"})
+                .status_code
+            )
         finally:
             connection.close()  # this thread's connection goes back to the pool
 

@@ -182,7 +182,10 @@ def test_a_removed_or_demoted_admins_invitations_no_longer_join(tenant_a):
 def test_an_invitation_whose_inviter_left_cannot_be_accepted_even_if_not_revoked(tenant_a):
     admin = tenant_a.add_member("admin@alpha.test", role="admin")
     issued = services.invite(
-        organization_id=tenant_a.org.pk, email="late@new.test", role="admin", actor_role="admin",
+        organization_id=tenant_a.org.pk,
+        email="late@new.test",
+        role="admin",
+        actor_role="admin",
         actor=Actor(user=admin),
     )
     # Removed some other way than the service (an operator's raw delete): the accept still checks.

@@ -14,8 +14,10 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 
 import orjson
+from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import DatabaseError
 from django.http import HttpResponse, StreamingHttpResponse
@@ -23,17 +25,19 @@ from django.http import HttpResponse, StreamingHttpResponse
 from billing import admission
 from billing.budgets import InsufficientQuota
 from billing.models import UsageEvent
-from serving import routing
+from serving import autoscale, routing
 from serving.gateway import ratelimit, upstream, validation
 from serving.gateway.http import GatewayError, authenticate, gateway_view
 from serving.gateway.metering import Meter
 from serving.runtime import answers
+from tenancy.detached import run_detached
 from tenancy.roles import Scope
 
 Outcome = UsageEvent.Outcome
 CHAT = validation.CHAT
 log = logging.getLogger("serving.gateway")
 MODEL_UNAVAILABLE_RETRY_SECONDS = 5
+COLD_START_RETRY_SECONDS = 30  # no replica can start now (no room, no agent): worth a later try
 
 
 class RelayResponse(StreamingHttpResponse):
@@ -162,9 +166,7 @@ async def _open(route: routing.Route, payload: dict, path: str, meter: Meter):
                 # The replica has not loaded this fine-tuned model's adapter yet: load it, once.
                 response.release()
                 await upstream.load_adapter(replica.url, headers, name=body["model"], path=route.adapter_path)
-                response = await upstream.post(
-                    replica.url + path, body, {**headers, "X-Request-Id": meter.request_id}
-                )
+                response = await upstream.post(replica.url + path, body, {**headers, "X-Request-Id": meter.request_id})
         except upstream.CONNECT_ERRORS as error:
             log.warning("replica %s failed before answering: %r", replica.name, error)
             routing.mark_down(replica)
@@ -393,9 +395,14 @@ async def _proxy(request, endpoint: str, path: str):
     checked = validation.check(body, endpoint)
     if route.endpoint is not None:
         checked = _endpoint_cap(checked, route, asked)
+    cannot_start = ""
+    if not route.replicas and route.endpoint is None:
+        route, cannot_start = await _cold_start(principal.organization_id, body["model"], route)
     if not route.replicas:
-        why = ""
-        if route.endpoint is not None and route.endpoint.status != "ready":
+        why, retry = "", MODEL_UNAVAILABLE_RETRY_SECONDS
+        if cannot_start:
+            why, retry = f" None can start: {cannot_start}.", COLD_START_RETRY_SECONDS
+        elif route.endpoint is not None and route.endpoint.status != "ready":
             why = f" The endpoint is {route.endpoint.status}" + (
                 f": {route.endpoint.status_reason}." if route.endpoint.status_reason else "."
             )
@@ -404,7 +411,7 @@ async def _proxy(request, endpoint: str, path: str):
             f"No server is serving the model '{checked.model}' right now.{why}",
             code="model_unavailable",
             error_type="server_error",
-            headers={"retry-after": str(MODEL_UNAVAILABLE_RETRY_SECONDS)},
+            headers={"retry-after": str(retry)},
         )
     prompt_estimate = _prompt_estimate(checked)
     cap = _completion_cap(checked, route, prompt_estimate)
@@ -441,6 +448,23 @@ async def _proxy(request, endpoint: str, path: str):
     for name, value in grant.headers().items():
         result[name] = value
     return result
+
+
+async def _cold_start(organization_id: int, model: str, route: routing.Route) -> tuple[routing.Route, str]:
+    """A model none of whose replicas serves (scaled to zero, or its replica crashed): ask the pool
+    for one and wait for it, up to SERVING_COLD_START_WAIT_SECONDS. Returns the route, and why no
+    replica can start if none can. Nothing is admitted or billed while waiting; a caller that
+    leaves stops waiting."""
+    why = await run_detached(autoscale.cold_start, route.base_model)
+    deadline = time.monotonic() + settings.SERVING_COLD_START_WAIT_SECONDS
+    waited = 0
+    while not why and not route.replicas and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        waited += 1
+        route = await routing.refresh(organization_id, model)
+        if not route.replicas and waited % 4 == 0:  # its replica may have failed meanwhile
+            why = await run_detached(autoscale.cold_start, route.base_model)
+    return route, why
 
 
 @gateway_view("POST")

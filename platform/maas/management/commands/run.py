@@ -2,13 +2,14 @@
 
 Migrates, seeds the demo data, then runs: web (uvicorn, ASGI), a Celery worker for the default
 queue, a Celery worker for the gpu queue (concurrency 1, as on a one-GPU host), Celery beat, and
-one model runtime serving the demo model, registered as the gateway's backend. PORT, RUNTIME_PORT
-and VAR_DIR choose the ports and the state directory, so two instances can run side by side.
+this host's node agent, which runs the engines of the replicas the pool places here — the demo
+model's first (its serving policy keeps one replica). PORT and VAR_DIR choose the port and the
+state directory, so two instances can run side by side (engines take free ports).
 """
 
 import json
 import os
-import secrets
+import signal
 import sys
 import time
 
@@ -20,6 +21,8 @@ from django.core.management.base import BaseCommand
 from compute import processes
 from maas.supervisor import Program, Supervisor
 
+DEMO_MODEL = "smollm2-135m-instruct"  # seeded by seed_demo; its serving policy keeps one replica
+
 
 class Command(BaseCommand):
     help = "Run the whole platform (web, workers, beat) until Ctrl-C."
@@ -27,14 +30,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-        parser.add_argument("--runtime-port", type=int, default=int(os.environ.get("RUNTIME_PORT", "0")) or None)
         parser.add_argument("--no-workers", action="store_true", help="Web only.")
 
-    def handle(self, *args, host, port, runtime_port, no_workers, **options):
+    def handle(self, *args, host, port, no_workers, **options):
         call_command("migrate", interactive=False, verbosity=0)
         call_command("seed_demo")
-        runtime_port = runtime_port or port + 100
-        runtime = self.runtime_program(runtime_port)
+        self.retire_hand_registered_runtimes()
         repo = str(settings.REPO_DIR)
         env = {
             **os.environ,
@@ -72,9 +73,13 @@ class Command(BaseCommand):
                     processes.celery_worker(
                         [settings.FINE_TUNING_QUEUE], name=f"gpu-{tag}@%h", one_task_at_a_time=True
                     ),
+                    # Orphaned, it stops at once (Celery's cold shutdown) and its trainer with it:
+                    # SIGTERM's warm shutdown would go on training for a platform that is gone.
+                    death_signal=signal.SIGQUIT,
                 ),
                 Program("beat", [*celery, "beat", "-s", str(settings.VAR_DIR / "celerybeat-schedule"), "-l", "INFO"]),
-                runtime,
+                # This host's node agent: it runs the engines the pool places here, the demo model's first.
+                Program("agent", [py, "manage.py", "node_agent"], death_signal=signal.SIGTERM),
             ]
         url = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}/"  # noqa: S104
         supervisor = Supervisor(programs, env, cwd=repo)
@@ -90,15 +95,32 @@ class Command(BaseCommand):
                 time.sleep(0.5)
             return False
 
+        def wait_for_replica(model: str, seconds: float) -> bool:
+            """A replica of the model that its agent probed with a real generation, and that answers."""
+            from django.db import close_old_connections
+
+            from serving import selectors
+
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline and not supervisor.stopping.is_set():
+                url = selectors.ready_replica_url(model)
+                close_old_connections()
+                if url and wait_for(f"{url}/health", 2):
+                    return True
+                time.sleep(0.5)
+            return False
+
         def announce():
             if not wait_for(f"http://127.0.0.1:{port}/healthz", 120):
                 return
             if not no_workers:
                 # The banner says "ready" only once a completion can be served: the runtime answers
                 # /health after its model is loaded.
-                supervisor.say("run", "web is up; loading the demo model (the first start dequantizes it, ~20 s)…")
-                if not wait_for(f"http://127.0.0.1:{runtime_port}/health", 600):
-                    supervisor.say("run", "the model runtime is not answering: see the runtime | lines above.")
+                supervisor.say(
+                    "run", "web is up; the pool starts the demo model's replica (a first start dequantizes it, ~20 s)"
+                )
+                if not wait_for_replica(DEMO_MODEL, 600):
+                    supervisor.say("run", "no replica of the demo model serves: see the agent | lines above.")
                     return
             credentials = json.loads((settings.VAR_DIR / "credentials.json").read_text())
             var = "" if settings.VAR_DIR == settings.REPO_DIR / "var" else f"VAR_DIR={settings.VAR_DIR} "
@@ -120,42 +142,8 @@ class Command(BaseCommand):
 
         sys.exit(supervisor.run(on_started=announce))
 
-    def runtime_program(self, runtime_port: int) -> Program:
-        """The demo model's runtime, registered as the gateway's backend with a local shared secret."""
-        from catalog.models import BaseModel
-        from compute import services as compute
+    def retire_hand_registered_runtimes(self) -> None:
+        """Earlier versions registered their runtime by hand; the pool runs it now."""
         from serving import services
 
-        secret_file = settings.VAR_DIR / "runtime_api_key"
-        if not secret_file.exists():
-            secret_file.write_text(secrets.token_urlsafe(32))
-            secret_file.chmod(0o600)
-        model = BaseModel.objects.get(pk="smollm2-135m-instruct")
-        services.register_backend(
-            name=f"local-runtime-{runtime_port}",
-            url=f"http://127.0.0.1:{runtime_port}",
-            base_model=model.pk,
-            api_key=secret_file.read_text().strip(),
-            node_id=compute.this_node().pk,  # one pool: its dedicated replicas and the training share this host
-        )
-        adapters = settings.MEDIA_ROOT / "adapters"
-        adapters.mkdir(parents=True, exist_ok=True)
-        return Program(
-            "runtime",
-            [
-                sys.executable,
-                "-m",
-                "serving.runtime",
-                "--model-source",
-                json.dumps(model.source),
-                "--served-model-name",
-                model.pk,
-                "--cache-dir",
-                str(settings.MODEL_CACHE_DIR),
-                "--adapter-root",
-                str(adapters),
-                "--port",
-                str(runtime_port),
-            ],
-            env={"MAAS_RUNTIME_API_KEY": secret_file.read_text().strip()},  # not in argv, which ps shows
-        )
+        services.disable_backends(prefix="local-runtime-")

@@ -1,0 +1,90 @@
+"""The engines a replica can run, as command lines: our runtime (`python -m serving.runtime`) and
+vLLM's OpenAI server (in its own virtualenv, VLLM_PYTHON). Both speak the protocol the gateway
+and serving.replica_client speak, and both take the replica's secret from the environment, never
+from argv (which `ps` shows)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.conf import settings
+
+from catalog.loader import resolve_source
+from catalog.loader.load import cached_weights
+from serving.models import Backend
+
+
+class EngineUnavailable(Exception):
+    """The engine cannot start on this node (what is missing, for the operator and the tenant)."""
+
+
+@dataclass
+class EngineSpec:
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    log_path: Path | None = None
+
+
+def threads_for(devices: list[int], accelerator_count: int) -> int:
+    """A CPU accelerator is a share of the cores: the replica runs on its share's threads."""
+    cores = os.cpu_count() or 1
+    return max(1, cores * max(1, len(devices)) // max(1, accelerator_count))
+
+
+def spec(backend: Backend, *, port: int, host: str, devices: list[int], accelerator: str, count: int) -> EngineSpec:
+    base = backend.base_model
+    on_cpu = accelerator == "cpu"
+    env = {"PYTHONUNBUFFERED": "1"}
+    threads = threads_for(devices, count) if on_cpu else None
+    if not on_cpu:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in devices)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    log_dir = settings.VAR_DIR / "engines"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{backend.name}.log"
+    dtype = backend.deployment.dtype if backend.deployment else "float32"
+    if backend.engine == Backend.Engine.VLLM:
+        return EngineSpec(backend.name, _vllm(backend, port, host, dtype), {**env, **_vllm_env(backend)}, log_path)
+    root = Path(settings.REPO_DIR)
+    argv = [sys.executable, "-m", "serving.runtime", "--model-source", json.dumps(base.source)]
+    argv += ["--served-model-name", backend.upstream_model, "--cache-dir", str(settings.MODEL_CACHE_DIR)]
+    argv += ["--adapter-root", str(settings.ADAPTER_STORE), "--dtype", dtype, "--host", host, "--port", str(port)]
+    if threads:
+        argv += ["--threads", str(threads)]
+    if not on_cpu:
+        argv += ["--device", "cuda"]
+    env["PYTHONPATH"] = os.pathsep.join([str(root / "platform"), str(root)])
+    env["MAAS_RUNTIME_API_KEY"] = backend.api_key
+    return EngineSpec(backend.name, argv, env, log_path)
+
+
+def _vllm(backend: Backend, port: int, host: str, dtype: str) -> list[str]:
+    python = Path(settings.VLLM_PYTHON)
+    if not python.exists():
+        raise EngineUnavailable(f"vLLM is not installed on this node (no {python}; `make vllm` installs it)")
+    source = resolve_source(backend.base_model.source)
+    weights = cached_weights(source, settings.MODEL_CACHE_DIR)
+    if weights is None:
+        raise EngineUnavailable("the model's weights are not converted for vLLM on this node yet")
+    argv = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(weights)]
+    argv += ["--served-model-name", backend.upstream_model, "--host", host, "--port", str(port)]
+    argv += ["--dtype", dtype, "--max-model-len", str(min(backend.base_model.context_length, 2048))]
+    argv += ["--enable-lora", "--max-loras", "4", "--max-lora-rank", "64"]
+    return argv
+
+
+def _vllm_env(backend: Backend) -> dict[str, str]:
+    return {
+        "VLLM_API_KEY": backend.api_key,
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+        "VLLM_CPU_KVCACHE_SPACE": str(max(1, settings.SERVING_KV_BUDGET_BYTES // 1024**3)),
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+    }
