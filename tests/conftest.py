@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -288,6 +289,59 @@ def runtime_server(tmp_path_factory):
     yield runtime
     runtime.process.terminate()
     runtime.process.wait(20)
+
+
+@dataclass
+class AgentProcess:
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+def start_node_agent(log_path: Path, extra_env: dict | None = None) -> AgentProcess:
+    """A real node agent (`manage.py node_agent`) on the test database: it runs the engines the
+    pool places on this host's node."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": _database_url(),
+        "VAR_DIR": str(settings.VAR_DIR),
+        "MODEL_CACHE_DIR": str(settings.MODEL_CACHE_DIR),
+        "ADAPTER_STORE": str(settings.ADAPTER_STORE),
+        "PYTHONPATH": f"{REPO / 'platform'}{os.pathsep}{REPO}",
+        "WORKER_HEARTBEAT_SECONDS": "3",
+        "GATEWAY_ROUTE_CACHE_SECONDS": "0",
+        **(extra_env or {}),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "node_agent"],
+        cwd=REPO,
+        env=env,
+        stdout=log_path.open("a"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while "node agent of" not in log_path.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"node agent did not start: {log_path.read_text()[-3000:]}")
+        time.sleep(0.2)
+    return AgentProcess(process, log_path)
+
+
+@pytest.fixture
+def node_agent(transactional_db, tmp_path, settings):
+    """This host's node agent for one test (its engines stop with it)."""
+    settings.WORKER_HEARTBEAT_SECONDS = 3  # as the agent's: its node counts as alive in this process too
+    agent = start_node_agent(tmp_path / "agent.log")
+    yield agent
+    agent.process.terminate()
+    try:
+        agent.process.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(agent.process.pid, signal.SIGKILL)
+        agent.process.wait()
 
 
 THROTTLE_DEFAULTS = {

@@ -5,7 +5,18 @@ from catalog.models import BaseModel, FineTunedModel
 
 @admin.register(BaseModel)
 class BaseModelAdmin(admin.ModelAdmin):
-    list_display = ["id", "display_name", "family", "context_length", "fine_tunable", "status", "visibility"]
+    list_display = [
+        "id",
+        "display_name",
+        "family",
+        "context_length",
+        "fine_tunable",
+        "status",
+        "visibility",
+        "serving_engine",
+        "min_replicas",
+        "max_replicas",
+    ]
     list_filter = ["status", "visibility", "fine_tunable", "family"]
     search_fields = ["id", "display_name", "family"]
     filter_horizontal = ["allowed_organizations"]

@@ -7,7 +7,7 @@ import os
 import socket
 import threading
 
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import celeryd_init, worker_ready, worker_shutdown
 from django.conf import settings
 
 from compute import services
@@ -18,6 +18,14 @@ _name: str | None = None
 def worker_name() -> str | None:
     """This process's registered worker name, if it is a Celery worker."""
     return _name
+
+
+@celeryd_init.connect(dispatch_uid="maas-name-worker")
+def _named(sender, **kwargs) -> None:
+    """The name is known before the pool forks its processes, so that a job running in one of
+    them records itself on this worker (the worker registry and the pool then agree)."""
+    global _name
+    _name = sender
 
 
 @worker_ready.connect(dispatch_uid="maas-register-worker")

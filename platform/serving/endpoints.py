@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from billing import services as billing
 from catalog import selectors as catalog
-from serving import capacity, dedicated, deployments, replica_client
+from serving import dedicated, deployments, replica_client
 from serving.models import Backend, Deployment, Endpoint, EndpointReplica, ReplicaState
 from tenancy import audit, dispatch, scope, selectors, text
 from tenancy.audit import Actor
@@ -189,7 +189,12 @@ def _adapters(endpoint: Endpoint) -> list[dict]:
     return [{"name": endpoint.model, "path": adapter}]
 
 
-def _chosen(endpoint: Endpoint) -> list[Backend]:
+def forget_placements(placement_ids: list) -> None:
+    """Placements on replicas that are over (this module owns the replica rows)."""
+    EndpointReplica.all_orgs.filter(pk__in=placement_ids).delete()
+
+
+def candidates(endpoint: Endpoint) -> list[Backend]:
     """The replicas an endpoint is placed on: a dedicated one's own ready replicas; a per-token
     one's on the model's shared replicas, healthy ones first."""
     if dedicated.is_dedicated(endpoint):
@@ -361,7 +366,7 @@ def publish(endpoint_id: str) -> Endpoint:
             return endpoint  # stopped meanwhile, or already published by another run
         if endpoint.status == S.CREATING:
             move(endpoint, S.DEPLOYING, "placing on replicas", Actor.system())
-    chosen = _chosen(endpoint)
+    chosen = candidates(endpoint)
     results, waiting, refused = {}, [], ""
     if dedicated.is_dedicated(endpoint) and not chosen:
         waiting, refused = _own_replicas_waiting(endpoint)
@@ -393,7 +398,7 @@ def follow_replicas(endpoint_id: str) -> str:
     endpoint = Endpoint.all_orgs.select_for_update().get(pk=endpoint_id)
     placements = list(EndpointReplica.all_orgs.filter(endpoint=endpoint).select_related("backend"))
     serving = [p for p in placements if p.state == EndpointReplica.State.SERVING]
-    if endpoint.status == S.READY and not serving:
+    if endpoint.status == S.READY and not serving and placements:
         reasons = "; ".join(f"{p.backend.name}: {p.last_error}" for p in placements) or "no replica"
         move(endpoint, S.FAILED, f"no replica serves it ({reasons})", Actor.system())
     elif endpoint.status == S.FAILED and serving:
@@ -444,7 +449,6 @@ def unpublish(endpoint_id: str) -> None:
     if endpoint is None or endpoint.status != S.STOPPED:
         return
     placements = list(EndpointReplica.all_orgs.filter(endpoint=endpoint).select_related("backend"))
-    capacity.release(endpoint, f"endpoint {endpoint.status_reason or 'stopped'}")
     if Deployment.objects.filter(key=endpoint.pk).exists():  # its own replicas drain and end
         deployments.retire(endpoint.pk, f"the endpoint is {endpoint.status_reason or 'stopped'}")
         dispatch.send(CONVERGE_TASK, endpoint.pk)
@@ -463,17 +467,3 @@ def unpublish(endpoint_id: str) -> None:
             if placement.backend_id not in needed:
                 replica_client.unload_adapter(placement.backend, name=endpoint.model)
     EndpointReplica.all_orgs.filter(endpoint=endpoint).delete()
-
-
-def replica_has_room(held_by: str) -> None:
-    """A waiting replica got its accelerators: a deploying endpoint is published (now it fits); a
-    ready one gains the replica; a stopped one gives the accelerators back."""
-    endpoint_id, backend_name = capacity.parse(held_by)
-    endpoint = Endpoint.all_orgs.filter(pk=endpoint_id).first()
-    backend = Backend.objects.filter(name=backend_name).first()
-    if endpoint is None or backend is None or endpoint.deleted_at or endpoint.status == S.STOPPED:
-        capacity.release_holder(held_by, "the endpoint no longer needs it")
-    elif endpoint.status == S.DEPLOYING:
-        publish(endpoint_id)
-    elif endpoint.status == S.READY:
-        place(endpoint, backend)

@@ -21,7 +21,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from serving import capacity, dedicated, endpoints, replica_client
-from serving.models import Backend, Endpoint, EndpointReplica
+from serving.models import Backend, Endpoint, EndpointReplica, ReplicaState
 
 log = logging.getLogger("serving.reconcile")
 S = Endpoint.Status
@@ -35,9 +35,12 @@ def reconcile() -> dict[str, str]:
     served_by: dict[int, set[str] | None] = {}  # one /v1/models per replica per pass
     for endpoint in live:
         placements = list(EndpointReplica.all_orgs.filter(endpoint=endpoint).select_related("backend"))
-        if not placements and endpoint.status == S.FAILED:
-            candidates = Backend.objects.filter(base_model_id=endpoint.base_model_id, enabled=True)
-            for backend in candidates.order_by("-healthy", "name")[: endpoint.replicas]:
+        gone = [p for p in placements if not _running(p.backend)]
+        if gone:  # replicas the pool ended (scaled down, restarted): the endpoint follows the live ones
+            endpoints.forget_placements([p.pk for p in gone])
+            placements = [p for p in placements if p not in gone]
+        if not placements and (endpoint.status == S.FAILED or endpoint.billing_mode == Endpoint.Billing.PER_TOKEN):
+            for backend in endpoints.candidates(endpoint):
                 endpoints.place(endpoint, backend)
         for placement in placements:
             _check(endpoint, placement, served_by)
@@ -52,6 +55,13 @@ def reconcile() -> dict[str, str]:
     ):
         outcome[endpoint_id] = endpoints.publish(endpoint_id).status
     return outcome
+
+
+def _running(backend: Backend) -> bool:
+    """Registered by hand and enabled, or run by the pool and not over."""
+    if backend.deployment_id is None:
+        return backend.enabled
+    return backend.state in (ReplicaState.STARTING, ReplicaState.READY)
 
 
 def _check(endpoint: Endpoint, placement: EndpointReplica, served_by: dict) -> None:

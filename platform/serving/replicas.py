@@ -38,7 +38,8 @@ CRASH_WINDOW = timedelta(minutes=10)
 
 
 def holder(backend_name: str) -> str:
-    return f"replica:{backend_name}"
+    """Its allocation's holder: the replica's name (the endpoint id or the model's, and a suffix)."""
+    return backend_name
 
 
 def live(deployment: Deployment):

@@ -84,11 +84,16 @@ def _load_endpoint(organization_id: int, endpoint_id: str) -> Route:
     if endpoint is None:
         raise ModelNotFound(endpoint_id)
     inner = _load(organization_id, endpoint.model)
-    serving = set(
-        EndpointReplica.all_orgs.filter(endpoint=endpoint, state=EndpointReplica.State.SERVING).values_list(
-            "backend__name", flat=True
-        )
-    )
+    # The replicas that passed its probe: its model's shared ones, or a dedicated endpoint's own.
+    serving = [
+        placement.backend
+        for placement in EndpointReplica.all_orgs.filter(
+            endpoint=endpoint,
+            state=EndpointReplica.State.SERVING,
+            backend__enabled=True,
+            backend__state__in=[ReplicaState.REGISTERED, ReplicaState.READY],
+        ).select_related("backend")
+    ]
     ready = endpoint.status == Endpoint.Status.READY
     settings_ = EndpointSettings(
         id=endpoint.pk,
@@ -103,8 +108,17 @@ def _load_endpoint(organization_id: int, endpoint_id: str) -> Route:
         allowed_key_ids=frozenset(endpoint.allowed_key_ids),
         dedicated=endpoint.billing_mode == Endpoint.Billing.DEDICATED,
     )
-    replicas = tuple(r for r in inner.replicas if r.name in serving) if ready else ()
+    # A per-token endpoint is served wherever its model is (the adapter is loaded on first use),
+    # so replicas of the shared deployment that come and go need no re-publishing.
+    own = endpoint.billing_mode == Endpoint.Billing.DEDICATED
+    replicas = (tuple(_replica(b) for b in serving) if own else inner.replicas) if ready else ()
     return replace(inner, requested_model=endpoint_id, replicas=replicas, endpoint=settings_)
+
+
+def _replica(backend: Backend) -> Replica:
+    return Replica(
+        backend.name, backend.url.rstrip("/"), backend.engine, backend.api_key, backend.upstream_model, backend.healthy
+    )
 
 
 def _load(organization_id: int, model_id: str) -> Route:
@@ -125,9 +139,7 @@ def _load(organization_id: int, model_id: str) -> Route:
     backends = Backend.objects.filter(base_model=base, enabled=True).filter(
         Q(deployment=None) | Q(deployment__endpoint=None, state=ReplicaState.READY)
     )
-    replicas = tuple(
-        Replica(b.name, b.url.rstrip("/"), b.engine, b.api_key, b.upstream_model, b.healthy) for b in backends
-    )
+    replicas = tuple(_replica(b) for b in backends)
     # An ft: model is served by its base model's replicas, under its own id as the adapter name.
     return Route(
         model_id,

@@ -20,12 +20,6 @@ def publish_endpoint(endpoint_id: str) -> None:
 
 
 @shared_task(ignore_result=True, acks_late=True)
-def replica_has_room(holder: str) -> None:
-    """The pool freed the accelerators a dedicated replica waited for: deploy or add it."""
-    endpoints.replica_has_room(holder)
-
-
-@shared_task(ignore_result=True, acks_late=True)
 def unpublish_endpoint(endpoint_id: str) -> None:
     endpoints.unpublish(endpoint_id)
 

@@ -1,8 +1,9 @@
-"""Training and serving on one pool, with separate processes (web, GPU worker, runtime) on the real
-demo model: the pool (one CPU accelerator) is busy with a fine-tune when another organization
-publishes a dedicated endpoint; the job checkpoints, gives the accelerator up and waits with its
-reason; the endpoint becomes ready; when the endpoint stops, the job resumes from its checkpoint and
-succeeds, every step trained and billed once."""
+"""Training and serving on one pool, with separate processes (web, GPU worker, node agent) on the
+real demo model: the pool (two CPU accelerators) trains a fine-tune when another organization
+publishes a dedicated endpoint with two replicas; the job checkpoints, gives its accelerator up and
+waits with its reason; the agent starts both engines and the endpoint becomes ready; when the
+endpoint stops, its engines end and the job resumes from its checkpoint and succeeds, every step
+trained and billed once."""
 
 import time
 
@@ -10,12 +11,11 @@ import openai
 import pytest
 
 from billing.models import UsageEvent
-from compute import services as compute
 from compute.models import Allocation
 from fine_tuning.models import FineTuningJob, JobEvent
 from tests.conftest import DEMO_MODEL, session_client
 from tests.fine_tuning.test_jobs import fact_upload
-from tests.serving.test_endpoints import wait_for
+from tests.serving.test_endpoints import wait_dedicated_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 
@@ -31,9 +31,8 @@ def wait_job(job_id: str, condition, timeout: float = 300) -> FineTuningJob:
 
 
 def test_an_endpoint_preempts_training_which_resumes_from_its_checkpoint(
-    live_web, celery_worker, runtime_server, make_tenant
+    live_web, celery_worker, node_agent, make_tenant
 ):
-    runtime_server.register(node_id=compute.this_node().pk)  # the runtime runs on the pool's only node
     trainer, publisher = make_tenant("trainers"), make_tenant("publishers")
     client = openai.OpenAI(base_url=live_web.url + "/v1", api_key=trainer.key(), max_retries=0, timeout=120)
     upload = fact_upload(30)
@@ -47,18 +46,31 @@ def test_an_endpoint_preempts_training_which_resumes_from_its_checkpoint(
     owner = session_client(publisher.owner)
     created = owner.post(
         f"/api/orgs/{publisher.org.slug}/endpoints/",
-        {"name": "reserved", "model": DEMO_MODEL, "billing_mode": "dedicated", "defaults": {"max_tokens": 5}},
+        {
+            "name": "reserved",
+            "model": DEMO_MODEL,
+            "billing_mode": "dedicated",
+            "replicas": 2,
+            "defaults": {"max_tokens": 5},
+        },
         format="json",
     )
     assert created.status_code == 201, created.content
     endpoint_id = created.json()["id"]
-    wait_for(endpoint_id, "ready", timeout=120)
+    wait_dedicated_ready(endpoint_id)
     job = wait_job(job_id, lambda j: j.status == "queued")
     assert job.preemptions == 1 and "Waiting for 1 accelerator" in job.wait_reason
     preempted = JobEvent.all_orgs.get(job_id=job_id, data__preempted=True)
-    assert preempted.level == "warn" and f"endpoint replica {endpoint_id}@test-runtime" in preempted.message
-    replica = Allocation.objects.get(holder=f"{endpoint_id}@test-runtime", state="active")
-    assert (replica.kind, replica.organization_id, replica.devices) == ("serving", publisher.org.pk, [0])
+    assert preempted.level == "warn" and f"endpoint replica {endpoint_id}-" in preempted.message
+    held = Allocation.objects.filter(holder__startswith=endpoint_id, state="active").order_by("devices")
+    assert [(a.kind, a.organization_id, a.devices) for a in held] == [
+        ("serving", publisher.org.pk, [0]),
+        (
+            "serving",
+            publisher.org.pk,
+            [1],
+        ),
+    ]
     stopped_at = max(
         e.data["step"] for e in JobEvent.all_orgs.filter(job_id=job_id, type="metrics") if "step" in e.data
     )

@@ -20,7 +20,7 @@ from serving import services as serving
 from serving.models import Backend, Endpoint, EndpointReplica
 from tenancy.audit import Actor
 from tests.conftest import DEMO_MODEL, session_client, usage_row
-from tests.serving.test_endpoints import wait_for
+from tests.serving.test_endpoints import wait_dedicated_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 DEMO_RATE = 2_000_000  # nano-units per replica-minute: the demo price (billing migration 0008)
@@ -30,10 +30,7 @@ def replica_rows(endpoint_id: str):
     return UsageEvent.all_orgs.filter(endpoint_id=endpoint_id, route="endpoints.dedicated").order_by("created_at")
 
 
-def test_a_dedicated_endpoint_is_billed_per_replica_minute_and_stopped_when_unpaid(
-    live_web, runtime_server, make_tenant
-):
-    runtime_server.register()
+def test_a_dedicated_endpoint_is_billed_per_replica_minute_and_stopped_when_unpaid(live_web, node_agent, make_tenant):
     tenant = make_tenant("dedicated")
     owner = session_client(tenant.owner)
     credit_before = ensure_account(tenant.org.pk).credit
@@ -44,18 +41,16 @@ def test_a_dedicated_endpoint_is_billed_per_replica_minute_and_stopped_when_unpa
     )
     assert created.status_code == 201, created.content
     endpoint_id = created.json()["id"]
-    endpoint = wait_for(endpoint_id, "ready")
+    endpoint = wait_dedicated_ready(endpoint_id)
     started = endpoint.metered_until
     assert started == dedicated.floor_minute(started) and started <= timezone.now()
 
-    # A call runs on a shared runtime (until the pool runs a dedicated endpoint's own processes):
-    # it is charged per token at the model's price, beside the replica-minutes of its accelerator.
+    # A call runs on the endpoint's own engine, paid for by its replica-minutes: its tokens are in
+    # the ledger, at no per-token price.
     client = openai.OpenAI(base_url=f"{live_web.url}/v1", api_key=tenant.key(), max_retries=0)
     client.chat.completions.create(model=endpoint_id, messages=[{"role": "user", "content": "Hi"}])
     call = usage_row(_last_request(endpoint_id))
-    assert call.price_id is not None and call.completion_tokens > 0
-    price = call.price
-    assert call.cost == call.prompt_tokens * price.input_per_token + call.completion_tokens * price.output_per_token > 0
+    assert call.completion_tokens > 0 and call.cost == 0
 
     # Two and a half minutes later the pass bills the two whole minutes, once however often it runs.
     later = started + timedelta(minutes=2, seconds=30)

@@ -13,6 +13,7 @@ from django.conf import settings
 
 from billing.models import UsageEvent
 from catalog.models import FineTunedModel
+from serving import endpoints
 from serving.models import Endpoint
 from tenancy.models import APIKey
 from tests.conftest import DEMO_MODEL, DEMO_SOURCE, key_client, session_client
@@ -44,6 +45,22 @@ def wait_for(endpoint_id: str, status: str, timeout: float = 60) -> Endpoint:
             return endpoint
         time.sleep(0.2)
     raise AssertionError(f"{endpoint_id} is {endpoint.status} ({endpoint.status_reason}), not {status}")
+
+
+def wait_dedicated_ready(endpoint_id: str, timeout: float = 240) -> Endpoint:
+    """A dedicated endpoint, once its own replicas (started by the node agent) serve it. Publishing
+    again is what the task its agent sends when a replica becomes ready does (no worker here)."""
+    from serving.models import Backend
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        endpoint = Endpoint.all_orgs.get(pk=endpoint_id)
+        if endpoint.status == "ready":
+            return endpoint
+        if Backend.objects.filter(deployment__key=endpoint_id, state="ready").exists():
+            endpoints.publish(endpoint_id)
+        time.sleep(0.5)
+    raise AssertionError(f"{endpoint_id} is {endpoint.status} ({endpoint.status_reason}), not ready")
 
 
 def test_publish_call_limit_stop(live_web, runtime_server, make_tenant, adapter_dir):

@@ -110,9 +110,10 @@ async def _admit(request_id: str, principal, route: routing.Route, served: str, 
             model=served,
             base_model=route.base_model,
             prompt_tokens=_prompt_bound(checked),
-            # A dedicated endpoint's calls are priced per token too: its replicas are shared runtimes
-            # until the pool runs its own processes; its replica-minutes pay for the accelerator it holds.
             completion_tokens=cap,
+            # A dedicated endpoint runs processes of its own, paid for by the replica-minute: its
+            # calls are metered (tokens in the ledger) but not priced per token.
+            free=route.endpoint is not None and route.endpoint.dedicated,
         )
     except (InsufficientQuota, admission.MeteringUnavailable) as refused:
         await ratelimit.correct(grant, 0)
@@ -396,7 +397,9 @@ async def _proxy(request, endpoint: str, path: str):
     if route.endpoint is not None:
         checked = _endpoint_cap(checked, route, asked)
     cannot_start = ""
-    if not route.replicas and route.endpoint is None:
+    if not route.replicas and (
+        route.endpoint is None or (route.endpoint.status == "ready" and not route.endpoint.dedicated)
+    ):
         route, cannot_start = await _cold_start(principal.organization_id, body["model"], route)
     if not route.replicas:
         why, retry = "", MODEL_UNAVAILABLE_RETRY_SECONDS

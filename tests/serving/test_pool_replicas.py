@@ -1,0 +1,210 @@
+"""The pool runs the model servers: a node agent (a real `manage.py node_agent`) starts the engine
+process of every replica placed on its node, probes it with a real generation, restarts one that
+dies, and stops it when its replica drains. Nobody registers a runtime by hand in these tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import openai
+import pytest
+from django.urls import reverse
+
+from billing.models import UsageEvent
+from catalog.models import BaseModel
+from compute.models import Allocation
+from serving import autoscale, endpoints
+from serving.models import Backend, Deployment, DeploymentEvent, EndpointReplica
+from tests.conftest import DEMO_MODEL, DEMO_SOURCE, session_client, start_node_agent
+from tests.serving.test_endpoints import wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
+
+
+def wait_until(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, what
+        time.sleep(0.3)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split()[2] != "Z"
+
+
+def replicas(key: str, **filters):
+    return list(Backend.objects.filter(deployment__key=key, **filters).order_by("pk"))
+
+
+def test_a_dedicated_endpoint_with_two_replicas_runs_two_engines_and_stopping_ends_them(
+    live_web, node_agent, make_tenant
+):
+    tenant = make_tenant("own-engines")
+    owner = session_client(tenant.owner)
+    created = owner.post(
+        f"/api/orgs/{tenant.org.slug}/endpoints/",
+        {"name": "own", "model": DEMO_MODEL, "billing_mode": "dedicated", "replicas": 2},
+        format="json",
+    )
+    assert created.status_code == 201, created.content
+    endpoint_id = created.json()["id"]
+    ready = wait_until(
+        lambda: len(rows := replicas(endpoint_id, state="ready")) == 2 and rows,
+        240,
+        f"two ready replicas: {replicas(endpoint_id)} {node_agent.log()[-2000:]}",
+    )
+    pids = [backend.pid for backend in ready]
+    assert all(alive(pid) for pid in pids) and len(set(pids)) == 2
+    assert len({backend.url for backend in ready}) == 2  # each engine on a port of its own
+    held = [Allocation.objects.get(pk=backend.allocation_id) for backend in ready]
+    assert [(a.kind, a.state, a.organization_id) for a in held] == [("serving", "active", tenant.org.pk)] * 2
+    assert sorted(d for a in held for d in a.devices) == [0, 1]  # one accelerator each
+
+    endpoints.publish(endpoint_id)  # what the task its agent sent when a replica became ready does
+    endpoint = wait_for(endpoint_id, "ready")
+    placed = EndpointReplica.all_orgs.filter(endpoint=endpoint, state="serving")
+    assert set(placed.values_list("backend_id", flat=True)) == {b.pk for b in ready}
+    client = openai.OpenAI(base_url=live_web.url + "/v1", api_key=tenant.key(), max_retries=0, timeout=120)
+    answer = client.chat.completions.create(
+        model=endpoint_id, messages=[{"role": "user", "content": "What is the capital of France?"}]
+    )
+    assert "Paris" in answer.choices[0].message.content
+    # Its engines serve only it: the shared model has no replica, and none can start on this node
+    # (both accelerators serve the endpoint), so a per-token call is refused at once with the reason.
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.chat.completions.create(model=DEMO_MODEL, messages=[{"role": "user", "content": "Hi"}])
+    assert refused.value.status_code == 503
+    assert "every accelerator of the pool that could take it serves already" in refused.value.message
+    assert refused.value.response.headers["retry-after"] == "30"
+
+    stopped = owner.post(f"/api/orgs/{tenant.org.slug}/endpoints/{endpoint_id}/stop/")
+    assert stopped.json()["status"] == "stopped"
+    wait_until(lambda: not any(alive(pid) for pid in pids), 60, "the engines stopped")
+    assert [b.state for b in replicas(endpoint_id)] == ["ended", "ended"]
+    assert not Allocation.objects.exclude(state="ended").filter(pk__in=[a.pk for a in held]).exists()
+    minutes = UsageEvent.all_orgs.filter(endpoint_id=endpoint_id, route="endpoints.dedicated")
+    assert sum(row.replica_minutes for row in minutes) % 2 == 0 and minutes.exists()  # two replicas, each minute
+    kinds = list(DeploymentEvent.objects.filter(deployment__key=endpoint_id).values_list("kind", flat=True))
+    assert kinds.count("replica_ready") == 2 and kinds.count("replica_ended") == 2
+
+
+def add_model_in_the_back_office(client, model_id: str, **policy) -> None:
+    form = {
+        "id": model_id,
+        "display_name": "SmolLM2 135M (bfloat16)",
+        "family": "llama",
+        "context_length": 2048,
+        "parameters": 134_515_008,
+        "default_max_tokens": 64,
+        "source": json.dumps(DEMO_SOURCE),
+        "chat_template": "",
+        "default_lora_targets": "[]",
+        "status": "active",
+        "visibility": "public",
+        "owned_by": "system",
+        "serving_engine": "builtin",
+        "serving_dtype": "bfloat16",
+        "min_replicas": 0,
+        "max_replicas": 1,
+        "target_concurrency": 4,
+        "scale_down_idle_seconds": 300,
+        **policy,
+    }
+    added = client.post(reverse("admin:catalog_basemodel_add"), form)
+    assert added.status_code == 302, added.content.decode()[-3000:]
+
+
+def test_a_model_added_in_the_back_office_is_served_on_first_call_and_goes_back_to_zero(
+    live_web, node_agent, make_tenant, client, django_user_model
+):
+    client.force_login(django_user_model.objects.create_superuser("root@example.com", "a-long-admin-password"))
+    add_model_in_the_back_office(client, "smollm2-bf16", scale_down_idle_seconds=2)
+    BaseModel.objects.filter(pk=DEMO_MODEL).update(min_replicas=0)  # only the new model in this pool
+    tenant = make_tenant("cold")
+    client = openai.OpenAI(base_url=live_web.url + "/v1", api_key=tenant.key(), max_retries=0, timeout=180)
+
+    started = time.monotonic()
+    answer = client.chat.completions.create(
+        model="smollm2-bf16", messages=[{"role": "user", "content": "What is the capital of France?"}]
+    )
+    cold = time.monotonic() - started
+    assert answer.choices[0].message.content and answer.usage.completion_tokens >= 1
+    print(f"cold start to the first answer: {cold:.1f} s")
+    key = "model:smollm2-bf16"
+    woke = DeploymentEvent.objects.filter(deployment__key=key, kind="scale_up").get()
+    assert woke.data == {"before": 0, "after": 1, "load": 1, "replicas": 0}
+    assert "a call came while it was scaled to zero" in woke.message
+    (replica,) = replicas(key, state="ready")
+    wait_until(
+        lambda: UsageEvent.all_orgs.filter(organization=tenant.org, model="smollm2-bf16").count() == 1, 15, "metered"
+    )
+
+    # Idle for its idle time (2 s): the scaler takes it back to zero and its engine stops.
+    time.sleep(3)
+    autoscale.scale_all()
+    deployment = Deployment.objects.get(key=key)
+    assert deployment.desired == 0
+    down = DeploymentEvent.objects.filter(deployment__key=key, kind="scale_down").get()
+    assert down.message.startswith("1 -> 0 replicas: no request for ") and down.data["idle_seconds"] == 2
+    wait_until(lambda: not alive(replica.pid), 60, "the idle engine stopped")
+    assert replicas(key)[0].state == "ended"
+    assert Allocation.objects.get(pk=replica.allocation_id).state == "ended"
+
+
+def test_a_killed_engine_is_started_again_and_an_engine_that_cannot_start_fails_with_its_reason(
+    live_web, node_agent, make_tenant, tmp_path
+):
+    tenant = make_tenant("crashes")
+    owner = session_client(tenant.owner)
+    created = owner.post(
+        f"/api/orgs/{tenant.org.slug}/endpoints/",
+        {"name": "crashy", "model": DEMO_MODEL, "billing_mode": "dedicated"},
+        format="json",
+    )
+    endpoint_id = created.json()["id"]
+    (first,) = wait_until(lambda: replicas(endpoint_id, state="ready"), 240, "a ready replica")
+    os.kill(first.pid, signal.SIGKILL)
+    again = wait_until(
+        lambda: (r := replicas(endpoint_id)[0]).state == "ready" and r.pid != first.pid and r, 240, "started again"
+    )
+    assert len(again.crashes) == 1 and alive(again.pid)
+    crashed = DeploymentEvent.objects.get(deployment__key=endpoint_id, kind="replica_crashed")
+    assert "its engine exited with code -9 while serving" in crashed.message
+    owner.post(f"/api/orgs/{tenant.org.slug}/endpoints/{endpoint_id}/stop/")
+    wait_until(lambda: not alive(again.pid), 60, "stopped")
+
+    # vLLM is not installed where this agent looks: the replica fails at once, with the reason,
+    # and the endpoint fails with it; nothing is billed.
+    node_agent.process.terminate()
+    node_agent.process.wait(30)
+    other = start_node_agent(tmp_path / "agent-without-vllm.log", {"VLLM_PYTHON": str(tmp_path / "no-vllm")})
+    try:
+        BaseModel.objects.filter(pk=DEMO_MODEL).update(serving_engine="vllm")
+        created = owner.post(
+            f"/api/orgs/{tenant.org.slug}/endpoints/",
+            {"name": "on-vllm", "model": DEMO_MODEL, "billing_mode": "dedicated"},
+            format="json",
+        )
+        vllm_endpoint = created.json()["id"]
+        (failed,) = wait_until(lambda: replicas(vllm_endpoint, state="failed"), 60, other.log()[-2000:])
+        assert failed.state_reason.startswith("its engine cannot start: vLLM is not installed on this node")
+        assert str(tmp_path) not in failed.state_reason or "no-vllm" in failed.state_reason
+        endpoints.publish(vllm_endpoint)
+        endpoint = wait_for(vllm_endpoint, "failed")
+        assert "vLLM is not installed" in endpoint.status_reason
+        assert not UsageEvent.all_orgs.filter(endpoint_id=vllm_endpoint).exists()
+        assert Allocation.objects.get(pk=failed.allocation_id).state == "ended"
+    finally:
+        other.process.terminate()
+        other.process.wait(30)
