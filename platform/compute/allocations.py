@@ -162,22 +162,9 @@ def hold_for_replica(
     mine = next((a for a in allocations if a.holder == holder), None)
     if mine is not None:
         return ReplicaRoom(mine, [a.holder for a in allocations if a.preempt_requested_at and a.kind == Kind.TRAINING])
-    quota = (
-        OrganizationCompute.objects.select_for_update()  # one organization's holds are counted one at a time
-        .filter(organization_id=organization_id)
-        .values_list("max_accelerators", flat=True)
-        .first()
-    )
-    if quota is not None:
-        holding = live().filter(organization_id=organization_id).values_list("devices", flat=True)
-        held = sum(len(devices) for devices in holding)
-        if held + accelerators > quota:
-            return ReplicaRoom(
-                None,
-                [],
-                f"the organization's quota of {quota} accelerators at once is in use ({held} held, by training "
-                "and serving alike)",
-            )
+    refused = quota_refusal(organization_id, accelerators, lock=True)
+    if refused:
+        return ReplicaRoom(None, [], refused)
     serving = {d for a in allocations if a.kind == Kind.SERVING for d in a.devices}
     training = [a for a in allocations if a.kind == Kind.TRAINING]
     open_devices = [d for d in range(node.accelerator_count) if d not in serving]
@@ -220,6 +207,24 @@ def hold_for_replica(
         )
     asked = [a.holder for a in stopping + victims if not set(a.devices).isdisjoint(devices)]
     return ReplicaRoom(allocation, asked)
+
+
+def quota_refusal(organization_id: int | None, accelerators: int, *, lock: bool = False) -> str:
+    """Why the organization may not hold `accelerators` more ('' if it may). With `lock`, its
+    settings row is locked, so that its holds are counted one at a time."""
+    if organization_id is None:
+        return ""
+    rows = OrganizationCompute.objects.filter(organization_id=organization_id)
+    quota = (rows.select_for_update() if lock else rows).values_list("max_accelerators", flat=True).first()
+    if quota is None:
+        return ""
+    held = sum(len(d) for d in live().filter(organization_id=organization_id).values_list("devices", flat=True))
+    if held + accelerators <= quota:
+        return ""
+    return (
+        f"the organization's quota of {quota} accelerators at once is in use ({held} held, by training and "
+        "serving alike)"
+    )
 
 
 def devices_of(holder: str) -> list[int] | None:

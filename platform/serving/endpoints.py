@@ -19,7 +19,9 @@ from django.utils import timezone
 
 from billing import services as billing
 from catalog import selectors as catalog
+from compute import allocations
 from serving import dedicated, deployments, replica_client
+from serving import replicas as replica_rows
 from serving.models import Backend, Deployment, Endpoint, EndpointReplica, ReplicaState
 from tenancy import audit, dispatch, scope, selectors, text
 from tenancy.audit import Actor
@@ -119,9 +121,18 @@ def _check_settings(organization_id: int, values: dict) -> dict:
 
 
 def _check_affordable(organization_id: int, model: str, base_model: str, billing_mode: str, replicas: int) -> None:
-    """A dedicated endpoint starts only if its first minute can be paid for."""
+    """A dedicated endpoint starts only if its first minute can be paid for, and its replicas fit
+    the organization's compute quota."""
     if billing_mode != Endpoint.Billing.DEDICATED:
         return
+    refused = allocations.quota_refusal(organization_id, replicas * replica_rows.ACCELERATORS)
+    if refused:
+        raise EndpointError(
+            f"A dedicated endpoint's {replicas} replicas each hold an accelerator, and {refused}.",
+            "compute_quota_exceeded",
+            "replicas",
+            429,
+        )
     reason = dedicated.unpaid_reason(organization_id, model, base_model, replicas)
     if reason is not None:
         raise EndpointError(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 
 import openai
@@ -208,3 +209,56 @@ def test_a_killed_engine_is_started_again_and_an_engine_that_cannot_start_fails_
     finally:
         other.process.terminate()
         other.process.wait(30)
+
+
+def test_load_above_target_adds_a_replica_and_calm_takes_it_away(live_web, node_agent, make_tenant, settings):
+    """The demo model's shared deployment at one replica, target one request each: eight callers
+    at once keep the load above target, so a second engine starts and serves; once they are done
+    and the idle time has passed, one replica drains and ends."""
+    settings.SERVING_SCALE_UP_AFTER_SECONDS = 2
+    BaseModel.objects.filter(pk=DEMO_MODEL).update(
+        min_replicas=1, max_replicas=2, target_concurrency=1, scale_down_idle_seconds=4
+    )
+    key = f"model:{DEMO_MODEL}"
+    autoscale.scale_all()
+    (first,) = wait_until(lambda: replicas(key, state="ready"), 240, node_agent.log()[-2000:])
+    tenant = make_tenant("load")
+    client = openai.OpenAI(base_url=live_web.url + "/v1", api_key=tenant.key(), max_retries=0, timeout=300)
+    streamed = []
+
+    def caller():
+        stream = client.chat.completions.create(
+            model=DEMO_MODEL,
+            messages=[{"role": "user", "content": "Tell me a long story."}],
+            stream=True,
+            max_tokens=160,
+            temperature=1,
+        )
+        streamed.append(sum(1 for _ in stream))
+
+    callers = [threading.Thread(target=caller) for _ in range(8)]
+    for thread in callers:
+        thread.start()
+    deadline = time.monotonic() + 240
+    while len(replicas(key, state="ready")) < 2:
+        assert time.monotonic() < deadline, (replicas(key), Deployment.objects.get(key=key).observed)
+        autoscale.scale_all()
+        time.sleep(1)
+    up = DeploymentEvent.objects.get(deployment__key=key, kind="scale_up")
+    assert up.data["before"] == 1 and up.data["after"] == 2 and up.data["replicas"] == 1
+    assert up.data["load"] > up.data["target"] == 1
+    for thread in callers:
+        thread.join(300)
+    assert len(streamed) == 8
+
+    second = next(b for b in replicas(key, state="ready") if b.pk != first.pk)
+    answer = openai.OpenAI(base_url=second.url + "/v1", api_key=second.api_key, max_retries=0).chat.completions
+    assert answer.create(model=DEMO_MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2).choices
+    deadline = time.monotonic() + 120
+    while len(replicas(key, state="ready")) > 1:
+        assert time.monotonic() < deadline, Deployment.objects.get(key=key).observed
+        autoscale.scale_all()
+        time.sleep(1)
+    down = DeploymentEvent.objects.get(deployment__key=key, kind="scale_down")
+    assert down.data["before"] == 2 and down.data["after"] == 1
+    wait_until(lambda: len(replicas(key, state="ended")) == 1, 60, "one replica ended")
