@@ -79,6 +79,8 @@ def endpoint(request, access, endpoint_id: str):
         metrics=endpoint_metrics.metrics(organization_id, found.pk),
         chart=chart,
         base_url=request.build_absolute_uri("/v1"),
+        own_replicas=list(serving.own_replicas(found.pk)) if found.billing_mode == Endpoint.Billing.DEDICATED else [],
+        events=list(serving.deployment_events(found.pk)),
     )
     if request.htmx:
         return render(request, "frontend/endpoint_status.html", context)

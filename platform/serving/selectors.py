@@ -38,3 +38,17 @@ def deployments():
     from serving.models import Deployment
 
     return Deployment.objects.select_related("base_model", "endpoint").order_by("key")
+
+
+def own_replicas(endpoint_id: str):
+    """A dedicated endpoint's own replicas, live ones first, then the last that ended."""
+    from serving.models import Backend
+
+    return Backend.objects.filter(deployment__key=endpoint_id).order_by("ended_at", "-created_at")[:10]
+
+
+def deployment_events(key: str, limit: int = 20):
+    """A deployment's last scaling decisions and replica changes, newest first."""
+    from serving.models import DeploymentEvent
+
+    return DeploymentEvent.objects.filter(deployment__key=key).order_by("-created_at", "-id")[:limit]

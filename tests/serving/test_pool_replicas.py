@@ -175,7 +175,23 @@ def test_a_killed_engine_is_started_again_and_an_engine_that_cannot_start_fails_
     )
     endpoint_id = created.json()["id"]
     (first,) = wait_until(lambda: replicas(endpoint_id, state="ready"), 240, "a ready replica")
-    os.kill(first.pid, signal.SIGKILL)
+    endpoints.publish(endpoint_id)
+    wait_for(endpoint_id, "ready")
+    # Killed mid-stream: the stream ends with an OpenAI error, billed for what was generated.
+    client = openai.OpenAI(base_url=live_web.url + "/v1", api_key=tenant.key(), max_retries=0, timeout=120)
+    stream = client.chat.completions.create(
+        model=endpoint_id, messages=[{"role": "user", "content": "Tell me a long story."}], stream=True, max_tokens=200
+    )
+    received = 0
+    with pytest.raises(openai.APIError, match="The model server went away mid-stream"):
+        for chunk in stream:
+            received += bool(chunk.choices and chunk.choices[0].delta.content)
+            if received == 5:
+                os.kill(first.pid, signal.SIGKILL)
+    row = wait_until(
+        lambda: UsageEvent.all_orgs.filter(endpoint_id=endpoint_id, route="chat.completions").first(), 20, "metered"
+    )
+    assert 5 <= row.completion_tokens < 200 and row.outcome != "ok"
     again = wait_until(
         lambda: (r := replicas(endpoint_id)[0]).state == "ready" and r.pid != first.pid and r, 240, "started again"
     )
