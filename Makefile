@@ -74,6 +74,7 @@ bench: setup
 	$(PY) bench/ledger_ingest.py
 	$(PY) bench/gateway_budgets.py
 	$(PY) bench/pool_simulator.py
+	$(PY) bench/serving_engines.py
 
 clean:
 	rm -rf $(VENV) var frontend/node_modules $(VENDOR)

