@@ -300,9 +300,9 @@ class AgentProcess:
         return self.log_path.read_text()
 
 
-def start_node_agent(log_path: Path, extra_env: dict | None = None) -> AgentProcess:
+def start_node_agent(log_path: Path, extra_env: dict | None = None, prefix: list[str] | None = None) -> AgentProcess:
     """A real node agent (`manage.py node_agent`) on the test database: it runs the engines the
-    pool places on this host's node."""
+    pool places on this host's node (`prefix` runs it elsewhere, e.g. in a network namespace)."""
     env = {
         **os.environ,
         "DATABASE_URL": _database_url(),
@@ -315,7 +315,7 @@ def start_node_agent(log_path: Path, extra_env: dict | None = None) -> AgentProc
         **(extra_env or {}),
     }
     process = subprocess.Popen(
-        [sys.executable, "manage.py", "node_agent"],
+        [*(prefix or []), sys.executable, "manage.py", "node_agent"],
         cwd=REPO,
         env=env,
         stdout=log_path.open("a"),

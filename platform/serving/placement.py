@@ -1,8 +1,8 @@
 """Where a new replica goes: a live node whose agent runs, that is not draining, whose
 accelerators have the memory the model needs (weights in the serving type and the KV budget), with
-an accelerator that no other replica holds. Preferred: a node that has the model's weights in its
-cache (no download or conversion before the first token), then one that runs fewer replicas of the
-same deployment (a node's loss takes fewer of them), then the one with the most free accelerators."""
+an accelerator that no other replica holds. Preferred: a node that runs fewer replicas of the same
+deployment (a node's loss takes fewer of them), then one that has the model's weights in its cache
+(no conversion before the first token), then the one with the most free accelerators."""
 
 from __future__ import annotations
 
@@ -54,6 +54,6 @@ def choose(deployment: Deployment, need_bytes: int) -> Node | str:
 
     def rank(node: Node):
         cached = deployment.base_model_id in (node.cached_models or [])
-        return (not cached, mine.get(node.pk, 0), -(node.accelerator_count - serving.get(node.pk, 0)), node.name)
+        return (mine.get(node.pk, 0), not cached, -(node.accelerator_count - serving.get(node.pk, 0)), node.name)
 
     return min(open_nodes, key=rank)
