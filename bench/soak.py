@@ -4,8 +4,8 @@ Starts the whole platform as `make run` does (`manage.py run`: web, workers, bea
 model's runtime) on the database and Redis of the environment, then for a set time drives mixed
 traffic from several organizations and keys — plain and streamed calls, clients that hang up early
 or read slowly, organizations on tight prepaid budgets, uploads and fine-tuning jobs — while it
-SIGKILLs the web process, the workers, beat and the runtime, and restarts PostgreSQL and Redis, at
-random moments. Then, with every fault over and the books drained, it checks:
+SIGKILLs the web process, the workers, beat, the node agent and the demo model's engine, and
+restarts PostgreSQL and Redis, at random moments. Then, with every fault over and the books drained, it checks:
 
 - every call the clients saw answered has exactly one ledger row, with the tokens the model server
   reported in the answer (lost rows, duplicates, token mismatches);
@@ -43,6 +43,7 @@ PROGRAMS = {  # what identifies each of `manage.py run`'s processes in its comma
     "worker": "-Q default",
     "gpu": "-Q gpu",
     "beat": " beat ",
+    "agent": "node_agent",
     "runtime": "serving.runtime",
 }
 SERVICE_FAULTS = ("postgres", "redis")
@@ -111,10 +112,12 @@ class Platform:
                 self.process.wait()
 
     def pid_of(self, program: str) -> int | None:
-        """The main process of one of the supervisor's programs (its direct child)."""
-        out = subprocess.run(
-            ["ps", "-o", "pid=,args=", "--ppid", str(self.process.pid)], capture_output=True, text=True
-        ).stdout
+        """The main process of one of the supervisor's programs (its direct child), or for the
+        runtime, the demo model's engine (which the node agent started)."""
+        scope = ["-e"] if program == "runtime" else ["--ppid", str(self.process.pid)]
+        out = subprocess.run(["ps", "-o", "pid=,args=", *scope], capture_output=True, text=True).stdout
+        if program == "runtime":
+            out = "\n".join(line for line in out.splitlines() if str(self.var_dir) in line)
         for line in out.splitlines():
             pid, _, args = line.strip().partition(" ")
             if PROGRAMS[program] in f" {args} ":
@@ -331,9 +334,7 @@ def settle(platform: Platform, tally: Tally, tenants: list[dict], wait_seconds: 
     deadline = time.monotonic() + wait_seconds
     while time.monotonic() < deadline:
         close_old_connections()
-        live = FineTuningJob.all_orgs.filter(pk__in=tally.jobs).exclude(
-            status__in=["succeeded", "failed", "cancelled"]
-        )
+        live = FineTuningJob.all_orgs.filter(pk__in=tally.jobs).exclude(status__in=["succeeded", "failed", "cancelled"])
         spooled = [p for p in (platform.var_dir / "metering").glob("*.jsonl") if p.stat().st_size]
         if not live.exists() and not spooled:
             break

@@ -16,6 +16,7 @@ import logging
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from catalog.models import BaseModel
@@ -114,10 +115,13 @@ def _fits_fewer_since(deployment: Deployment, load: float, now: datetime) -> dat
     return datetime.fromisoformat(since) if since else now
 
 
+@transaction.atomic
 def converge(deployment: Deployment, now: datetime | None = None) -> str:
     """Bring the replicas to the desired count. Returns why wanted replicas are not placed ('' if
-    they are)."""
+    they are). Under the deployment's row lock: the scaler, a call waking the model and an
+    endpoint's change may converge it at once, and must not place one replica twice."""
     now = now or timezone.now()
+    deployment = Deployment.objects.select_for_update(of=("self",)).select_related("base_model").get(pk=deployment.pk)
     replicas.lost(deployment)
     live = list(replicas.live(deployment).order_by("created_at", "pk"))
     reason = ""

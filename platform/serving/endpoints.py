@@ -374,6 +374,8 @@ def publish(endpoint_id: str) -> Endpoint:
     with transaction.atomic():
         endpoint = _locked(endpoint_id)
         if endpoint.status not in (S.CREATING, S.DEPLOYING):
+            if endpoint.status in (S.READY, S.FAILED) and dedicated.is_dedicated(endpoint):
+                transaction.on_commit(lambda: place_new_replicas(endpoint))  # another own replica is ready
             return endpoint  # stopped meanwhile, or already published by another run
         if endpoint.status == S.CREATING:
             move(endpoint, S.DEPLOYING, "placing on replicas", Actor.system())
@@ -452,6 +454,16 @@ def place(endpoint: Endpoint, backend: Backend) -> replica_client.Outcome:
         },
     )
     return outcome
+
+
+def place_new_replicas(endpoint: Endpoint) -> int:
+    """A dedicated endpoint's own ready replicas that do not serve it yet are probed and join its
+    route (one became ready after the endpoint did, or replaced one whose node was lost)."""
+    placed = set(EndpointReplica.all_orgs.filter(endpoint=endpoint).values_list("backend_id", flat=True))
+    fresh = [backend for backend in candidates(endpoint) if backend.pk not in placed]
+    for backend in fresh:
+        place(endpoint, backend)
+    return len(fresh)
 
 
 def unpublish(endpoint_id: str) -> None:

@@ -44,6 +44,8 @@ def reconcile() -> dict[str, str]:
                 endpoints.place(endpoint, backend)
         for placement in placements:
             _check(endpoint, placement, served_by)
+        if endpoint.billing_mode == Endpoint.Billing.DEDICATED:
+            endpoints.place_new_replicas(endpoint)
         outcome[endpoint.pk] = endpoints.follow_replicas(endpoint.pk)
         if endpoint.billing_mode == Endpoint.Billing.DEDICATED and outcome[endpoint.pk] == S.READY:
             capacity.lend_idle(endpoint)

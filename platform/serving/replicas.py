@@ -53,6 +53,7 @@ def on_node(node_id: int):
     )
 
 
+@transaction.atomic
 def add(deployment: Deployment) -> Backend | str:
     """Place one more replica: a node with room and memory for it (placement), its accelerators
     held in the pool. Returns the replica, or why none could be placed."""
@@ -72,29 +73,29 @@ def add(deployment: Deployment) -> Backend | str:
     )
     if room.allocation is None:
         return room.refused or f"no accelerator of node {node.name} is free for it"
-    with transaction.atomic():
-        backend = Backend.objects.create(
-            name=name,
-            url=f"http://{node.address}:0",  # the port is the agent's to choose when it starts the engine
-            engine=deployment.engine,
-            base_model=base,
-            served_model_name=base.pk,
-            api_key=secrets.token_urlsafe(24),
-            node=node,
-            deployment=deployment,
-            allocation=room.allocation,
-            state=R.STARTING,
-            healthy=False,
-        )
-        waiting = f", after training steps aside ({', '.join(room.preempting)})" if room.preempting else ""
-        deployments.event(
-            deployment,
-            "replica_placed",
-            f"replica {name} placed on {node.name} {room.allocation.devices}{waiting}",
-            node=node.name,
-            devices=room.allocation.devices,
-            memory_bytes=need,
-        )
+    # The allocation and its replica row commit together (a process that dies between holds nothing).
+    backend = Backend.objects.create(
+        name=name,
+        url=f"http://{node.address}:0",  # the port is the agent's to choose when it starts the engine
+        engine=deployment.engine,
+        base_model=base,
+        served_model_name=base.pk,
+        api_key=secrets.token_urlsafe(24),
+        node=node,
+        deployment=deployment,
+        allocation=room.allocation,
+        state=R.STARTING,
+        healthy=False,
+    )
+    waiting = f", after training steps aside ({', '.join(room.preempting)})" if room.preempting else ""
+    deployments.event(
+        deployment,
+        "replica_placed",
+        f"replica {name} placed on {node.name} {room.allocation.devices}{waiting}",
+        node=node.name,
+        devices=room.allocation.devices,
+        memory_bytes=need,
+    )
     return backend
 
 
@@ -106,7 +107,7 @@ def may_start(backend: Backend) -> bool:
 
 @transaction.atomic
 def launched(backend_id: int, *, pid: int, port: int) -> None:
-    backend = Backend.objects.select_for_update().select_related("node").get(pk=backend_id)
+    backend = Backend.objects.select_for_update(of=("self",)).select_related("node").get(pk=backend_id)
     backend.pid, backend.url = pid, f"http://{backend.node.address}:{port}"
     backend.started_at = timezone.now()
     backend.save(update_fields=["pid", "url", "started_at"])

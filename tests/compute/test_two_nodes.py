@@ -1,23 +1,34 @@
 """Two nodes on one machine: two network namespaces, each a host with its own address and its own
 node agent, reaching the database and Redis through relays. A two-replica deployment lands on both
 nodes, the gateway (in this namespace) reaches both; killing one node's agent and everything it
-runs moves its replica to the other node within a bound, while the model keeps answering."""
+runs moves its replica to the other node within a bound, while the model keeps answering; a
+fine-tune on a node that dies resumes on the other node from its last checkpoint."""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 
 import httpx
 import pytest
+from django.conf import settings as django_settings
 
 from catalog.models import BaseModel
 from compute import allocations
+from compute.models import Allocation
+from compute.processes import celery_worker as worker_argv
+from fine_tuning import jobs, services
+from fine_tuning.models import Checkpoint, FineTuningJob, JobEvent
 from serving import autoscale, engine_load
 from serving.models import Backend
+from tenancy import scope
+from tenancy.audit import Actor
 from tests import netns
-from tests.conftest import DEMO_MODEL, _database_url, start_node_agent
+from tests.conftest import DEMO_MODEL, REPO, _database_url, start_node_agent
+from tests.fine_tuning.test_jobs import FAST, fact_upload
+from tests.serving.test_pool_replicas import wait_until
 
 pytestmark = [
     pytest.mark.slow,
@@ -102,3 +113,82 @@ def test_replicas_spread_over_two_nodes_and_move_when_one_dies(live_web, two_hos
     print(f"replica moved from node-1 to node-2 in {moved:.1f} s; {len(answers)} calls meanwhile")
     assert answers == [200] * len(answers)  # the model kept answering
     assert Backend.objects.get(pk=on_node_1.pk).state == "ended"
+
+
+def gpu_worker(host, name: str, queue: str, default_queue: str, log_path) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "DATABASE_URL": host.reachable(_database_url()),
+        "VAR_DIR": str(django_settings.VAR_DIR),
+        "PYTHONPATH": f"{REPO / 'platform'}{os.pathsep}{REPO}",
+        "COMPUTE_NODE_NAME": name,
+        "COMPUTE_CPU_ACCELERATORS": "2",
+        "WORKER_HEARTBEAT_SECONDS": "2",
+        "FINE_TUNING_QUEUE": queue,
+        "FINE_TUNING_LEASE_SECONDS": "6",
+        "FINE_TUNING_CHECKPOINT_EVERY": "2",
+    }
+    if os.environ.get("REDIS_URL"):
+        env["REDIS_URL"] = host.reachable(os.environ["REDIS_URL"])
+    argv = worker_argv([queue, default_queue], name=f"{name}-{os.getpid()}@%h", pool="solo")
+    return subprocess.Popen(
+        [*host.prefix(), *argv],
+        cwd=REPO,
+        env=env,
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def test_a_job_on_a_node_that_dies_resumes_on_the_other_node(two_hosts, make_tenant, settings, tmp_path):
+    from maas.celery import app
+
+    hosts, _ = two_hosts
+    queue, default_queue = f"gpu-nodes-{os.getpid()}", f"default-nodes-{os.getpid()}"
+    settings.FINE_TUNING_QUEUE, settings.FINE_TUNING_LEASE_SECONDS = queue, 6
+    tenant = make_tenant("nodes")
+    upload = fact_upload()
+    with scope.organization(tenant.org.pk):
+        file = services.upload_file(organization_id=tenant.org.pk, uploaded=upload, purpose="fine-tune", actor=Actor())
+        file = services.validate_file(file.pk)
+        app.conf.task_always_eager, app.conf.task_default_queue = False, default_queue
+        first = gpu_worker(hosts[0], "node-1", queue, default_queue, tmp_path / "worker-1.log")
+        second = None
+        try:
+            job = jobs.create(
+                organization_id=tenant.org.pk,
+                model=DEMO_MODEL,
+                training_file=file.pk,
+                seed=3,
+                hyperparameters=FAST | {"n_epochs": 4},
+                actor=Actor(),
+            )
+            wait_until(lambda: Checkpoint.all_orgs.filter(job_id=job.pk).exists(), 120, "the first checkpoint")
+            assert Allocation.objects.get(holder=job.pk, state="active").node.name == "node-1"
+            os.killpg(first.pid, signal.SIGKILL)  # node 1 dies: its worker and trainer, without warning
+            first.wait(10)
+            second = gpu_worker(hosts[1], "node-2", queue, default_queue, tmp_path / "worker-2.log")
+            wait_until(
+                lambda: jobs.requeue_expired() or None, 30, "the lease to run out and the job to be queued again"
+            )
+            allocations.reap_nodes()
+            done = wait_until(
+                lambda: FineTuningJob.all_orgs.filter(pk=job.pk, status__in=FineTuningJob.FINISHED).first(),
+                300,
+                (tmp_path / "worker-2.log").read_text()[-2000:],
+            )
+        finally:
+            app.conf.task_always_eager, app.conf.task_default_queue = True, "default"
+            for worker in (first, second):
+                if worker is not None and worker.poll() is None:
+                    os.killpg(worker.pid, signal.SIGTERM)
+                    worker.wait(30)
+    assert done.status == "succeeded", done.error
+    assert done.attempts == 2
+    ran_on = Allocation.objects.filter(holder=job.pk).order_by("created_at").values_list("node__name", flat=True)
+    assert list(ran_on) == ["node-1", "node-2"]
+    started = [
+        m for m in JobEvent.all_orgs.filter(job=done).values_list("message", flat=True) if m.startswith("Training ")
+    ]
+    assert "resuming after step" in started[0]  # newest first: the run on node 2 went on from node 1's checkpoint

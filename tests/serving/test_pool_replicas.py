@@ -72,13 +72,14 @@ def test_a_dedicated_endpoint_with_two_replicas_runs_two_engines_and_stopping_en
     assert [(a.kind, a.state, a.organization_id) for a in held] == [("serving", "active", tenant.org.pk)] * 2
     assert sorted(d for a in held for d in a.devices) == [0, 1]  # one accelerator each
 
-    endpoints.publish(endpoint_id)  # what the task its agent sent when a replica became ready does
+    for _ in ready:  # what the tasks its agent sent as each replica became ready do
+        endpoints.publish(endpoint_id)
     endpoint = wait_for(endpoint_id, "ready")
     placed = EndpointReplica.all_orgs.filter(endpoint=endpoint, state="serving")
     assert set(placed.values_list("backend_id", flat=True)) == {b.pk for b in ready}
     client = openai.OpenAI(base_url=live_web.url + "/v1", api_key=tenant.key(), max_retries=0, timeout=120)
     answer = client.chat.completions.create(
-        model=endpoint_id, messages=[{"role": "user", "content": "What is the capital of France?"}]
+        model=endpoint_id, messages=[{"role": "user", "content": "What is the capital of France?"}], temperature=0
     )
     assert "Paris" in answer.choices[0].message.content
     # Its engines serve only it: the shared model has no replica, and none can start on this node
@@ -278,3 +279,33 @@ def test_load_above_target_adds_a_replica_and_calm_takes_it_away(live_web, node_
     down = DeploymentEvent.objects.get(deployment__key=key, kind="scale_down")
     assert down.data["before"] == 2 and down.data["after"] == 1
     wait_until(lambda: len(replicas(key, state="ended")) == 1, 60, "one replica ended")
+
+
+def test_a_per_token_endpoint_outlives_the_replicas_under_it(live_web, node_agent, make_tenant):
+    """Published per token, an endpoint is served wherever its model is: when the model's replica
+    ends (scaled to zero here; a restart alike), reconciling does not fail the endpoint (no
+    endpoint.failed in its audit log), and its next call starts a replica and is answered."""
+    from serving import reconcile
+    from tenancy.models import AuditLog
+
+    BaseModel.objects.filter(pk=DEMO_MODEL).update(min_replicas=1, scale_down_idle_seconds=1)
+    key = f"model:{DEMO_MODEL}"
+    autoscale.scale_all()
+    (shared,) = wait_until(lambda: replicas(key, state="ready"), 240, node_agent.log()[-2000:])
+    tenant = make_tenant("per-token")
+    owner = session_client(tenant.owner)
+    created = owner.post(f"/api/orgs/{tenant.org.slug}/endpoints/", {"name": "pt", "model": DEMO_MODEL}, format="json")
+    endpoint_id = created.json()["id"]
+    wait_for(endpoint_id, "ready")
+
+    BaseModel.objects.filter(pk=DEMO_MODEL).update(min_replicas=0)
+    time.sleep(2)
+    autoscale.scale_all()
+    wait_until(lambda: Backend.objects.get(pk=shared.pk).state == "ended", 60, "the replica ended")
+    assert reconcile.reconcile()[endpoint_id] == "ready"
+    assert not AuditLog.all_orgs.filter(organization=tenant.org, action="endpoint.failed").exists()
+
+    client = openai.OpenAI(base_url=live_web.url + "/v1", api_key=tenant.key(), max_retries=0, timeout=180)
+    answer = client.chat.completions.create(model=endpoint_id, messages=[{"role": "user", "content": "Hi"}])
+    assert answer.choices[0].message.content
+    assert len(replicas(key, state="ready")) == 1  # started for the call
