@@ -149,6 +149,7 @@ def test_a_job_on_a_node_that_dies_resumes_on_the_other_node(two_hosts, make_ten
     settings.FINE_TUNING_QUEUE, settings.FINE_TUNING_LEASE_SECONDS = queue, 6
     tenant = make_tenant("nodes")
     upload = fact_upload()
+    upload.sha256 = "0" * 64  # what the upload view computes while the body arrives
     with scope.organization(tenant.org.pk):
         file = services.upload_file(organization_id=tenant.org.pk, uploaded=upload, purpose="fine-tune", actor=Actor())
         file = services.validate_file(file.pk)
