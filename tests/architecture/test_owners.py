@@ -13,6 +13,10 @@ OWNERS = {
     "Payment": {"billing/paying.py"},
     "Reservation": {"billing/budgets.py"},
     "Allocation": {"platform/compute/allocations.py"},
+    "Deployment": {"platform/serving/deployments.py"},
+    "DeploymentEvent": {"platform/serving/deployments.py"},
+    # The pool's replicas change state in serving.replicas; hand-registered ones in serving.services.
+    "Backend": {"platform/serving/replicas.py", "platform/serving/services.py"},
 }
 WRITES = {"update", "create", "delete", "bulk_create", "bulk_update", "update_or_create", "get_or_create"}
 
