@@ -449,7 +449,7 @@ def claim_next(worker: str, node) -> FineTuningJob | None:
                 .filter(pk=decision.chosen.id, status=Status.QUEUED)
                 .first()
             )
-            if job is not None and _take(job, worker, node):
+            if job is not None and _take(job, worker, node, decision.gang):
                 return job
         passed.add(decision.chosen.id)  # taken meanwhile by another node's worker
 
@@ -471,17 +471,24 @@ def claim(job_id: str, worker: str, node) -> bool:
         return _take(job, worker, node)
 
 
-def _take(job: FineTuningJob, worker: str, node) -> bool:
-    """Accelerators of the node, then the lease (the caller holds the node's and the job's locks)."""
+def _take(job: FineTuningJob, worker: str, node, gang: list[tuple[str, int]] | None = None) -> bool:
+    """Accelerators of the node (of every node of its gang, for a job too large for one), then the
+    lease (the caller holds the node's and the job's locks)."""
     now = timezone.now()
-    held = allocations.hold_for_training(
-        node,
-        holder=job.pk,
-        organization_id=job.organization_id,
-        accelerators=job.accelerators,
-        memory_bytes=job.memory_bytes,
-        now=now,
-    )
+    if gang:
+        taken = allocations.hold_gang(
+            node, gang, holder=job.pk, organization_id=job.organization_id, memory_bytes=job.memory_bytes, now=now
+        )
+        held = taken[0] if taken else None
+    else:
+        held = allocations.hold_for_training(
+            node,
+            holder=job.pk,
+            organization_id=job.organization_id,
+            accelerators=job.accelerators,
+            memory_bytes=job.memory_bytes,
+            now=now,
+        )
     if held is None:
         return False
     job.status, job.lease_owner, job.lease_expires_at = Status.RUNNING, worker, now + _lease()

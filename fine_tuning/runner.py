@@ -22,7 +22,7 @@ from django.core.files.storage import default_storage
 
 from compute import allocations, worker_signals
 from compute import services as compute
-from compute.processes import die_with_parent
+from compute.processes import die_with_parent, trainer_across
 from compute.processes import trainer as trainer_argv
 from fine_tuning import jobs, retention
 from fine_tuning.hyperparameters import BASE_LEARNING_RATE
@@ -72,12 +72,24 @@ def write_config(job: FineTuningJob) -> Path:
     return path
 
 
-def _spawn(*args: str, processes: int = 1, devices: list[int] | None = None) -> subprocess.Popen:
+def trainer_env() -> dict[str, str]:
+    """The environment a trainer runs in, here or on another node of its job (given to its agent)."""
     root = Path(settings.REPO_DIR)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "platform"), str(root)])}
+    env = {"PYTHONPATH": os.pathsep.join([str(root / "platform"), str(root)])}
+    if settings.COMPUTE_NODE_INTERFACE:  # where gloo reaches the other nodes of a job across nodes
+        env["GLOO_SOCKET_IFNAME"] = settings.COMPUTE_NODE_INTERFACE
+    return env
+
+
+def _spawn(
+    *args: str, processes: int = 1, devices: list[int] | None = None, launcher: list[str] | None = None
+) -> subprocess.Popen:
+    root = Path(settings.REPO_DIR)
+    env = {**os.environ, **trainer_env()}
     if devices is not None and compute.this_node().accelerator != "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in devices)  # the accelerators allocated to it
-    launcher = trainer_argv(processes)  # data-parallel: one trainer per accelerator (trainer/distributed.py)
+    # Data-parallel: one trainer per accelerator (trainer/distributed.py), on one node or several.
+    launcher = launcher or trainer_argv(processes)
     # The trainer dies with the worker: a killed worker must not leave a trainer writing the
     # job's checkpoints while another worker resumes it.
     return subprocess.Popen(
@@ -117,6 +129,24 @@ def start_trainer(config: Path, processes: int = 1, devices: list[int] | None = 
         except OSError:
             warm.kill()
     return _spawn("--config", str(config))
+
+
+def start_gang(config: Path, gang: list) -> subprocess.Popen:
+    """A job across nodes: this (the leading) node's torchrun, and on every other node of its gang
+    the same command with that node's rank, for its agent to run (the agents start it within a
+    second; torchrun waits for every node at its rendezvous)."""
+    leader = gang[0]
+    with socket.socket() as probe:  # the rendezvous' port, on the address the other nodes reach
+        probe.bind((leader.node.address, 0))
+        port = probe.getsockname()[1]
+    each = len(leader.devices)
+
+    def across(rank: int) -> list[str]:
+        return trainer_across(each, nodes=len(gang), rank=rank, master=leader.node.address, port=port)
+
+    for rank, allocation in enumerate(gang[1:], start=1):
+        allocations.set_launch(allocation.pk, [*across(rank), "--config", str(config)], trainer_env())
+    return _spawn("--config", str(config), launcher=across(0), devices=list(leader.devices))
 
 
 def _pump(stream, lines: queue.Queue) -> None:
@@ -167,7 +197,11 @@ def _run_claimed(job: FineTuningJob, worker: str) -> str:
         job.organization_id,
         "Fine-tuning job resumed from its last checkpoint" if resumed else "Fine-tuning job started",
     )
-    process = start_trainer(write_config(job), job.accelerators, allocations.devices_of(job.pk))
+    gang = allocations.gang_of(job.pk)
+    if len(gang) > 1:
+        process = start_gang(write_config(job), gang)
+    else:
+        process = start_trainer(write_config(job), job.accelerators, allocations.devices_of(job.pk))
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=_pump, args=(process.stdout, lines), daemon=True).start()
     stderr_tail: deque[str] = deque(maxlen=50)  # the last lines, for a failure message

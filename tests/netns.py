@@ -1,6 +1,6 @@
-"""Hosts for tests that cross a network: Linux network namespaces joined to this one by veth
-pairs (`ip netns`, as root), each with an address of its own, and relays on the host side so that
-processes inside reach the database and Redis this machine runs on loopback."""
+"""Hosts for tests that cross a network: Linux network namespaces (`ip netns`, as root), each with
+an address of its own on one bridged subnet (veth pairs into a bridge here), and relays on this
+side so that processes inside reach the database and Redis this machine runs on loopback."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ class Host:
     namespace: str
     address: str  # inside the namespace
     gateway: str  # this side of the veth pair
+    interface: str  # the namespace's end of the pair (where gloo talks to the other hosts)
     relays: list[TcpGate] = field(default_factory=list)
 
     def prefix(self) -> list[str]:
@@ -48,19 +49,36 @@ class Host:
         return urlunsplit(parts._replace(netloc=f"{auth}{self.gateway}:{relay.port}"))
 
 
-def make_host(index: int) -> Host:
+@dataclass
+class Network:
+    """A bridge on this side joining the hosts, as a switch joins machines of one subnet: they
+    reach each other directly, and this namespace (the web process, the relays) at `gateway`."""
+
+    bridge: str
+    gateway: str = "10.77.0.1"
+
+
+def make_network() -> Network:
+    network = Network(f"mb{os.getpid() % 100000}")
+    _ip("link", "add", "name", network.bridge, "type", "bridge")
+    _ip("addr", "add", f"{network.gateway}/24", "dev", network.bridge)
+    _ip("link", "set", network.bridge, "up")
+    return network
+
+
+def make_host(network: Network, index: int) -> Host:
     tag = f"m{os.getpid() % 100000}h{index}"
     namespace, outside, inside = f"maas-{tag}", f"{tag}o", f"{tag}i"
-    host = Host(index, namespace, f"10.77.{index}.2", f"10.77.{index}.1")
+    host = Host(index, namespace, f"10.77.0.{index + 1}", network.gateway, inside)
     _ip("netns", "add", namespace)
     _ip("link", "add", outside, "type", "veth", "peer", "name", inside)
     _ip("link", "set", inside, "netns", namespace)
-    _ip("addr", "add", f"{host.gateway}/24", "dev", outside)
+    _ip("link", "set", outside, "master", network.bridge)
     _ip("link", "set", outside, "up")
     _ip("netns", "exec", namespace, "ip", "addr", "add", f"{host.address}/24", "dev", inside)
     _ip("netns", "exec", namespace, "ip", "link", "set", inside, "up")
     _ip("netns", "exec", namespace, "ip", "link", "set", "lo", "up")
-    _ip("netns", "exec", namespace, "ip", "route", "add", "default", "via", host.gateway)
+    _ip("netns", "exec", namespace, "ip", "route", "add", "default", "via", network.gateway)
     return host
 
 
@@ -68,3 +86,7 @@ def remove(host: Host) -> None:
     for relay in host.relays:
         relay.shut()
     subprocess.run(["ip", "netns", "del", host.namespace], capture_output=True)  # its veth end goes with it
+
+
+def remove_network(network: Network) -> None:
+    subprocess.run(["ip", "link", "del", network.bridge], capture_output=True)

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from compute import policy
@@ -227,6 +228,69 @@ def quota_refusal(organization_id: int | None, accelerators: int, *, lock: bool 
     )
 
 
+def member(holder: str, rank: int) -> str:
+    """The holder of a job's accelerators on the rank-th node of its gang (0: the node that leads)."""
+    return holder if rank == 0 else f"{holder}/{rank}"
+
+
+def _of(holder: str) -> Q:
+    """A holder's allocations: its own and, for a job across nodes, those of its gang."""
+    return Q(holder=holder) | Q(holder__startswith=f"{holder}/")
+
+
+def hold_gang(
+    leader: Node, members: list[tuple[str, int]], *, holder: str, organization_id: int, memory_bytes: int, now
+) -> list[Allocation] | None:
+    """Accelerators of every node of a gang at once (the leader's row locked by the caller), or none:
+    a node another claim holds is skipped rather than waited for (two leaders locking each other's
+    nodes would deadlock), and then nothing is taken."""
+    names = [name for name, _ in members]
+    others = {
+        n.name: n for n in Node.objects.select_for_update(skip_locked=True).filter(name__in=names).exclude(pk=leader.pk)
+    }
+    nodes = {leader.name: leader, **others}
+    if set(nodes) != set(names):
+        return None
+    try:
+        with transaction.atomic():
+            taken = []
+            for rank, (name, count) in enumerate(members):
+                allocation = hold_for_training(
+                    nodes[name],
+                    holder=member(holder, rank),
+                    organization_id=organization_id,
+                    accelerators=count,
+                    memory_bytes=memory_bytes,
+                    now=now,
+                )
+                if allocation is None:
+                    raise _NoRoom
+                taken.append(allocation)
+            return taken
+    except _NoRoom:
+        return None
+
+
+class _NoRoom(Exception):
+    pass
+
+
+def gang_of(holder: str) -> list[Allocation]:
+    """A job's live allocations, the leading node's first."""
+    rows = list(live().filter(_of(holder)).select_related("node"))
+    return sorted(rows, key=lambda a: (a.holder != holder, a.holder))
+
+
+def set_launch(allocation_id: int, argv: list[str], env: dict[str, str]) -> None:
+    """What the allocation's node agent is to run for it."""
+    Allocation.objects.filter(pk=allocation_id).update(launch={"argv": argv, "env": env})
+
+
+def launches_on(node_id: int):
+    """The active allocations of a node that its agent runs processes for."""
+    return live().filter(node_id=node_id, state=State.ACTIVE).exclude(launch={})
+
+
 def devices_of(holder: str) -> list[int] | None:
     """The accelerators the holder's live allocation holds (None without one)."""
     row = live().filter(holder=holder).values_list("devices", flat=True).first()
@@ -235,7 +299,7 @@ def devices_of(holder: str) -> list[int] | None:
 
 def preempt_reason(holder: str) -> str | None:
     """Why the holder's training is asked to stop, or None if it is not."""
-    row = live().filter(holder=holder, kind=Kind.TRAINING).exclude(preempt_requested_at=None).first()
+    row = live().filter(_of(holder), kind=Kind.TRAINING).exclude(preempt_requested_at=None).first()
     return row.preempt_reason if row else None
 
 
@@ -244,7 +308,7 @@ def release(holder: str, reason: str, *, prefix: bool = False) -> int:
     """End the holder's allocations (with `prefix`: of every holder starting so); pending replicas
     that now have their accelerators become active and are told so, and idle GPU workers are woken.
     Returns how many ended."""
-    rows = list(live().filter(**{"holder__startswith" if prefix else "holder": holder}))
+    rows = list(live().filter(Q(holder__startswith=holder) if prefix else _of(holder)))
     if not rows:
         return 0
     now = timezone.now()

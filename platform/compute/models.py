@@ -80,6 +80,12 @@ class Allocation(models.Model):
         null=True, blank=True, help_text="Serving: no calls since then; lendable after COMPUTE_LEND_IDLE_SECONDS."
     )
     notify = models.CharField(max_length=200, blank=True, help_text="Celery task sent the holder once active.")
+    launch = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='What its node\'s agent runs for it, {"argv": [...], "env": {...}}: the processes of a job '
+        "across nodes on the nodes that do not lead it.",
+    )
     preempt_requested_at = models.DateTimeField(null=True, blank=True)
     preempt_reason = models.CharField(max_length=300, blank=True)
     created_at = models.DateTimeField(default=timezone.now)

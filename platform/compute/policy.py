@@ -70,6 +70,9 @@ class Decision:
     chosen: Request | None = None
     node: str | None = None
     waiting: dict[str, Wait] = field(default_factory=dict)  # request id -> why it waits
+    # A request too large for any one node: every node it trains on and how many accelerators of
+    # each (the claiming node first; it leads). Empty for a request on one node.
+    gang: list[tuple[str, int]] = field(default_factory=list)
 
 
 def order(requests: Iterable[Request], tenants: Mapping) -> list[Request]:
@@ -112,11 +115,33 @@ def _could_ever_fit(node: NodeFree, request: Request) -> bool:
     return node.schedulable and node.memory_bytes >= request.memory_bytes and node.total >= request.accelerators
 
 
+def gang(
+    nodes: list[NodeFree], request: Request, *, using: str = "free", lead: str | None = None
+) -> list[tuple[str, int]]:
+    """The fewest nodes that together hold the request's accelerators, the same number on each
+    (one launcher per node starts as many processes as every other), with the memory it needs;
+    with `lead`, that node among them, first. `using` "total" asks whether it could ever fit.
+    Empty when there is no such set."""
+    able = [n for n in nodes if n.schedulable and n.memory_bytes >= request.memory_bytes and getattr(n, using) > 0]
+    for count in range(2, len(able) + 1):
+        if request.accelerators % count:
+            continue
+        each = request.accelerators // count
+        members = sorted((n for n in able if getattr(n, using) >= each), key=lambda n: (getattr(n, using), n.name))
+        if lead is not None:
+            if lead not in {n.name for n in members}:
+                continue
+            members.sort(key=lambda n: n.name != lead)  # stable: the rest keep the tightest-first order
+        if len(members) >= count:
+            return [(n.name, each) for n in members[:count]]
+    return []
+
+
 def _why_waiting(request: Request, nodes: list[NodeFree]) -> Wait:
     need = f"{request.accelerators} accelerator{'s' if request.accelerators != 1 else ''}"
     if request.memory_bytes:
         need += f" with {_gib(request.memory_bytes)} each"
-    if not any(_could_ever_fit(node, request) for node in nodes):
+    if not any(_could_ever_fit(node, request) for node in nodes) and not gang(nodes, request, using="total"):
         largest = max(nodes, key=lambda n: (n.memory_bytes, n.total), default=None)
         have = (
             f"the largest node has {largest.total} of {_gib(largest.memory_bytes)}" if largest else "the pool is empty"
@@ -163,6 +188,14 @@ def choose(
         if fitting:
             decision.chosen, decision.node = request, fitting[0].name  # the tightest fit keeps big holes open
             return decision
+        if not any(_could_ever_fit(n, request) for n in nodes) and gang(open_nodes, request):
+            # Too large for any one node: gang-scheduled over several, all of them at once or not at
+            # all, led by the node that claims it.
+            members = gang(open_nodes, request, lead=on)
+            if members:
+                decision.chosen, decision.node, decision.gang = request, members[0][0], members
+                return decision
+            continue  # a gang without this node: the other nodes' workers take it
         holdable = [n for n in open_nodes if _could_ever_fit(n, request)]
         if explain:
             reason = _why_waiting(request, nodes)

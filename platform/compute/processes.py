@@ -37,6 +37,15 @@ def trainer(processes: int = 1) -> list[str]:
     return [*launcher, "-m", "fine_tuning.trainer"]
 
 
+def trainer_across(processes: int, *, nodes: int, rank: int, master: str, port: int) -> list[str]:
+    """The argv prefix of one node's part of a job across `nodes` nodes: torchrun with a static
+    rendezvous at the leading node (rank 0, where the first process reports and checkpoints),
+    `processes` trainers on this node."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--node-rank={rank}"]
+    launcher += [f"--nproc-per-node={processes}", f"--master-addr={master}", f"--master-port={port}"]
+    return [*launcher, "-m", "fine_tuning.trainer"]
+
+
 def die_with_parent(sig: int = signal.SIGKILL):
     """A Popen preexec_fn: the kernel sends the child `sig` when its parent dies without cleaning
     up (Linux PR_SET_PDEATHSIG; a no-op elsewhere)."""

@@ -292,6 +292,9 @@ COMPUTE_NODE_NAME = env.get("COMPUTE_NODE_NAME", "")
 COMPUTE_CPU_ACCELERATORS = env.integer("COMPUTE_CPU_ACCELERATORS", 2)
 # The address this node's engines listen on and the gateway reaches them at.
 COMPUTE_NODE_ADDRESS = env.get("COMPUTE_NODE_ADDRESS", "127.0.0.1")
+# The network interface of that address, for the gloo traffic of a job across nodes (empty: gloo
+# picks by the hostname).
+COMPUTE_NODE_INTERFACE = env.get("COMPUTE_NODE_INTERFACE", "")
 COMPUTE_FAIR_SHARE_WINDOW_SECONDS = env.integer("COMPUTE_FAIR_SHARE_WINDOW_SECONDS", 24 * 3600)
 COMPUTE_RESERVE_AFTER_SECONDS = env.integer("COMPUTE_RESERVE_AFTER_SECONDS", 3600)
 COMPUTE_LEND_IDLE_SECONDS = env.integer("COMPUTE_LEND_IDLE_SECONDS", 300)

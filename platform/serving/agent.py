@@ -31,6 +31,7 @@ from django.db import close_old_connections
 from catalog.loader import SourceError, resolve_source
 from catalog.loader.load import cached_weights
 from catalog.models import BaseModel
+from compute import allocations
 from compute import services as compute
 from serving import engine_load, engines, replica_client, replicas
 from serving.launcher import Handle, Launcher, LocalLauncher, log_tail
@@ -52,6 +53,8 @@ class NodeAgent:
         self.launched_at: dict[int, float] = {}
         self.not_before: dict[int, float] = {}
         self.draining_since: dict[int, float] = {}
+        self.launched: dict[int, Handle] = {}  # allocation id -> its process (a job led elsewhere)
+        self.exited: set[int] = set()
         self.stopping = threading.Event()
         self.node = compute.register_agent(self.address)
         self._beat_at = 0.0
@@ -80,12 +83,43 @@ class NodeAgent:
             self._stop(pk)  # ended, failed or removed elsewhere
         for backend in rows.values():
             self._tend(backend, now)
+        self._tend_launches()
+
+    def _tend_launches(self) -> None:
+        """The processes this node runs for a job that another node leads: started once, stopped
+        when the job's allocation here ends (a run that exits is not started again: the leading
+        node's run decides what the job does next)."""
+        wanted = {a.pk: a for a in allocations.launches_on(self.node.pk)}
+        for pk in [pk for pk in self.launched if pk not in wanted]:
+            self.launcher.stop(self.launched.pop(pk), STOP_GRACE_SECONDS)
+        for pk, allocation in wanted.items():
+            handle = self.launched.get(pk)
+            if handle is not None:
+                if self.launcher.exit_code(handle) is not None and pk not in self.exited:
+                    self.exited.add(pk)
+                    log.info("%s's run on this node exited with %s", allocation.holder, self.launcher.exit_code(handle))
+                continue
+            env = dict(allocation.launch.get("env") or {})
+            if self.node.accelerator != "cpu":
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in allocation.devices)
+            else:
+                env["OMP_NUM_THREADS"] = str(engines.threads_for(allocation.devices, self.node.accelerator_count))
+            if settings.COMPUTE_NODE_INTERFACE:
+                env["GLOO_SOCKET_IFNAME"] = settings.COMPUTE_NODE_INTERFACE
+            folder = settings.VAR_DIR / "trainers"
+            folder.mkdir(parents=True, exist_ok=True)
+            log_path = folder / f"{allocation.holder.replace('/', '-')}.log"
+            spec = engines.EngineSpec(allocation.holder, list(allocation.launch["argv"]), env, log_path)
+            self.launched[pk] = self.launcher.start(spec, 0)
+            log.info("%s: started its part on this node (pid %s)", allocation.holder, self.launched[pk].pid)
 
     def shutdown(self) -> None:
         """A clean stop: every engine stops and its replica ends (the pool takes the accelerators back)."""
         for pk in list(self.handles):
             self._stop(pk)
             replicas.ended(pk, "its node agent stopped")
+        for handle in self.launched.values():
+            self.launcher.stop(handle, STOP_GRACE_SECONDS)
         compute.agent_stopped(self.node.pk)
 
     # -- one replica ---------------------------------------------------------------------------

@@ -6,20 +6,24 @@ fine-tune on a node that dies resumes on the other node from its last checkpoint
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 from django.conf import settings as django_settings
 
-from catalog.models import BaseModel
+from catalog.models import BaseModel, FineTunedModel
 from compute import allocations
 from compute.models import Allocation
 from compute.processes import celery_worker as worker_argv
-from fine_tuning import jobs, services
+from compute.processes import trainer as trainer_argv
+from fine_tuning import jobs, retention, services
 from fine_tuning.models import Checkpoint, FineTuningJob, JobEvent
 from serving import autoscale, engine_load
 from serving.models import Backend
@@ -39,19 +43,19 @@ KEY = f"model:{DEMO_MODEL}"
 MOVE_BOUND_SECONDS = 90  # three missed heartbeats (2 s each), the reap, and a new engine's start
 
 
-@pytest.fixture
-def two_hosts(tmp_path, settings):
-    settings.WORKER_HEARTBEAT_SECONDS = 2  # as the agents': a silent node is reaped after 6 s
-    hosts, agents = [], []
+@contextlib.contextmanager
+def hosts_with_agents(tmp_path, accelerators: int):
+    hosts, agents, network = [], [], netns.make_network()
     try:
         for index in (1, 2):
-            host = netns.make_host(index)
+            host = netns.make_host(network, index)
             hosts.append(host)
             env = {
                 "DATABASE_URL": host.reachable(_database_url()),
                 "COMPUTE_NODE_NAME": f"node-{index}",
                 "COMPUTE_NODE_ADDRESS": host.address,
-                "COMPUTE_CPU_ACCELERATORS": "2",
+                "COMPUTE_NODE_INTERFACE": host.interface,
+                "COMPUTE_CPU_ACCELERATORS": str(accelerators),
                 "WORKER_HEARTBEAT_SECONDS": "2",
             }
             if os.environ.get("REDIS_URL"):
@@ -65,6 +69,23 @@ def two_hosts(tmp_path, settings):
                 agent.process.wait(30)
         for host in hosts:
             netns.remove(host)
+        netns.remove_network(network)
+
+
+@pytest.fixture
+def two_hosts(tmp_path, settings):
+    """Two hosts offering two CPU accelerators each."""
+    settings.WORKER_HEARTBEAT_SECONDS = 2  # as the agents': a silent node is reaped after 6 s
+    with hosts_with_agents(tmp_path, 2) as both:
+        yield both
+
+
+@pytest.fixture
+def two_small_hosts(tmp_path, settings):
+    """Two hosts offering one CPU accelerator each."""
+    settings.WORKER_HEARTBEAT_SECONDS = 2
+    with hosts_with_agents(tmp_path, 1) as both:
+        yield both
 
 
 def ready_replicas() -> list[Backend]:
@@ -115,14 +136,15 @@ def test_replicas_spread_over_two_nodes_and_move_when_one_dies(live_web, two_hos
     assert Backend.objects.get(pk=on_node_1.pk).state == "ended"
 
 
-def gpu_worker(host, name: str, queue: str, default_queue: str, log_path) -> subprocess.Popen:
+def gpu_worker(host, name: str, queue: str, default_queue: str, log_path, accelerators: int = 2) -> subprocess.Popen:
     env = {
         **os.environ,
         "DATABASE_URL": host.reachable(_database_url()),
         "VAR_DIR": str(django_settings.VAR_DIR),
         "PYTHONPATH": f"{REPO / 'platform'}{os.pathsep}{REPO}",
         "COMPUTE_NODE_NAME": name,
-        "COMPUTE_CPU_ACCELERATORS": "2",
+        "COMPUTE_NODE_INTERFACE": host.interface,
+        "COMPUTE_CPU_ACCELERATORS": str(accelerators),
         "WORKER_HEARTBEAT_SECONDS": "2",
         "FINE_TUNING_QUEUE": queue,
         "FINE_TUNING_LEASE_SECONDS": "6",
@@ -141,6 +163,17 @@ def gpu_worker(host, name: str, queue: str, default_queue: str, log_path) -> sub
     )
 
 
+def create_job(tenant, **options):
+    """A fine-tune of the demo model on a validated file, created as the API creates it."""
+    upload = fact_upload()
+    upload.sha256 = "0" * 64  # what the upload view computes while the body arrives
+    file = services.upload_file(organization_id=tenant.org.pk, uploaded=upload, purpose="fine-tune", actor=Actor())
+    file = services.validate_file(file.pk)
+    return jobs.create(
+        organization_id=tenant.org.pk, model=DEMO_MODEL, training_file=file.pk, seed=3, actor=Actor(), **options
+    )
+
+
 def test_a_job_on_a_node_that_dies_resumes_on_the_other_node(two_hosts, make_tenant, settings, tmp_path):
     from maas.celery import app
 
@@ -148,23 +181,12 @@ def test_a_job_on_a_node_that_dies_resumes_on_the_other_node(two_hosts, make_ten
     queue, default_queue = f"gpu-nodes-{os.getpid()}", f"default-nodes-{os.getpid()}"
     settings.FINE_TUNING_QUEUE, settings.FINE_TUNING_LEASE_SECONDS = queue, 6
     tenant = make_tenant("nodes")
-    upload = fact_upload()
-    upload.sha256 = "0" * 64  # what the upload view computes while the body arrives
     with scope.organization(tenant.org.pk):
-        file = services.upload_file(organization_id=tenant.org.pk, uploaded=upload, purpose="fine-tune", actor=Actor())
-        file = services.validate_file(file.pk)
         app.conf.task_always_eager, app.conf.task_default_queue = False, default_queue
         first = gpu_worker(hosts[0], "node-1", queue, default_queue, tmp_path / "worker-1.log")
         second = None
         try:
-            job = jobs.create(
-                organization_id=tenant.org.pk,
-                model=DEMO_MODEL,
-                training_file=file.pk,
-                seed=3,
-                hyperparameters=FAST | {"n_epochs": 4},
-                actor=Actor(),
-            )
+            job = create_job(tenant, hyperparameters=FAST | {"n_epochs": 4})
             wait_until(lambda: Checkpoint.all_orgs.filter(job_id=job.pk).exists(), 120, "the first checkpoint")
             assert Allocation.objects.get(holder=job.pk, state="active").node.name == "node-1"
             os.killpg(first.pid, signal.SIGKILL)  # node 1 dies: its worker and trainer, without warning
@@ -193,3 +215,57 @@ def test_a_job_on_a_node_that_dies_resumes_on_the_other_node(two_hosts, make_ten
         m for m in JobEvent.all_orgs.filter(job=done).values_list("message", flat=True) if m.startswith("Training ")
     ]
     assert "resuming after step" in started[0]  # newest first: the run on node 2 went on from node 1's checkpoint
+
+
+def test_a_job_larger_than_any_node_trains_across_both_and_learns_what_one_node_would(
+    two_small_hosts, make_tenant, settings, tmp_path
+):
+    """Two accelerators asked, one per node: the job is gang-scheduled over both nodes (both
+    allocations taken together), node 1's worker leads torchrun's rendezvous and node 2's agent
+    runs its part; the adapter is the one two processes on one node make, to float rounding."""
+    from maas.celery import app
+    from tests.fine_tuning.test_distributed import EXACT, relative_difference
+
+    hosts, agents = two_small_hosts
+    queue, default_queue = f"gpu-gang-{os.getpid()}", f"default-gang-{os.getpid()}"
+    settings.FINE_TUNING_QUEUE = queue
+    tenant = make_tenant("gang")
+    with scope.organization(tenant.org.pk):
+        app.conf.task_always_eager, app.conf.task_default_queue = False, default_queue
+        leader = gpu_worker(hosts[0], "node-1", queue, default_queue, tmp_path / "worker-1.log", accelerators=1)
+        try:
+            job = create_job(tenant, hyperparameters=FAST | {"n_epochs": 2, "lora_dropout": 0}, accelerators=2)
+            done = wait_until(
+                lambda: FineTuningJob.all_orgs.filter(pk=job.pk, status__in=FineTuningJob.FINISHED).first(),
+                400,
+                (tmp_path / "worker-1.log").read_text()[-2000:] + agents[1].log()[-1500:],
+            )
+        finally:
+            app.conf.task_always_eager, app.conf.task_default_queue = True, "default"
+            os.killpg(leader.pid, signal.SIGTERM)
+            leader.wait(30)
+    assert done.status == "succeeded", done.error
+    held = Allocation.objects.filter(holder__startswith=job.pk).order_by("holder")
+    assert [(a.holder, a.node.name, a.devices, a.state) for a in held] == [
+        (job.pk, "node-1", [0], "ended"),
+        (f"{job.pk}/1", "node-2", [0], "ended"),
+    ]
+    assert held[0].started_at == held[1].started_at  # taken together
+    assert "--node-rank=1" in held[1].launch["argv"] and "started its part" in agents[1].log()
+
+    # The same run on one node, two processes: the same adapter.
+    config = json.loads((retention.work_dir(job.pk) / "config.json").read_text())
+    config["output_dir"] = str(tmp_path / "one-node")
+    (tmp_path / "one-node.json").write_text(json.dumps(config))
+    one_node = subprocess.run(
+        [*trainer_argv(2), "--config", str(tmp_path / "one-node.json")],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": f"{REPO / 'platform'}{os.pathsep}{REPO}"},
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert one_node.returncode == 0, one_node.stderr[-3000:]
+    done_line = json.loads([line for line in one_node.stdout.splitlines() if '"done"' in line][-1])
+    tuned = django_settings.ADAPTER_STORE / FineTunedModel.all_orgs.get(pk=done.fine_tuned_model).adapter_path
+    assert relative_difference(Path(done_line["adapter_dir"]), tuned) < EXACT
