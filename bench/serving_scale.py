@@ -47,13 +47,13 @@ def django_setup(var_dir: Path) -> None:
     django.setup()
 
 
-def ready_replicas() -> int:
+def ready_replicas(states=("ready",)) -> int:
     from django.db import close_old_connections
 
     from serving.models import Backend
 
     close_old_connections()
-    return Backend.objects.filter(deployment__key=f"model:{MODEL}", state="ready").count()
+    return Backend.objects.filter(deployment__key=f"model:{MODEL}", state__in=states).count()
 
 
 def api_key(var_dir: Path) -> str:
@@ -76,7 +76,8 @@ async def cold_start(url: str, key: str) -> float:
     from catalog.models import BaseModel
 
     await sync_to_async(lambda: BaseModel.objects.filter(pk=MODEL).update(min_replicas=0, scale_down_idle_seconds=5))()
-    while await sync_to_async(ready_replicas)():  # the scaler takes it to zero after 5 s idle
+    # The scaler takes it to zero after 5 s idle; the last replica drains and ends.
+    while await sync_to_async(ready_replicas)(("starting", "ready", "draining")):
         await asyncio.sleep(1)
     started = time.perf_counter()
     headers = {"Authorization": f"Bearer {key}"}
@@ -147,6 +148,7 @@ def main() -> None:
         django_setup(var_dir)
         key = api_key(var_dir)
         step = asyncio.run(load_step(platform.url, key))
+        print(json.dumps(step, indent=2), flush=True)
         cold = asyncio.run(cold_start(platform.url, key))
     finally:
         platform.stop()
