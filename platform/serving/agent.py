@@ -153,8 +153,8 @@ class NodeAgent:
                 count=self.node.accelerator_count,
             )
         except engines.EngineUnavailable as error:
-            log.warning("replica %s cannot start: %s", backend.name, error)
-            replicas.failed(backend.pk, f"its engine cannot start: {error}")
+            log.warning("replica %s cannot start: %s (%s)", backend.name, error.reason, error.detail)
+            replicas.failed(backend.pk, f"its engine cannot start: {error.reason}")
             return
         handle = self.launcher.start(spec, port)
         self.handles[backend.pk], self.logs[backend.pk] = handle, str(spec.log_path or "")

@@ -17,7 +17,11 @@ from serving.models import Backend
 
 
 class EngineUnavailable(Exception):
-    """The engine cannot start on this node (what is missing, for the operator and the tenant)."""
+    """The engine cannot start on this node: `reason` for the tenant, `detail` (paths) for the operator."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason)
+        self.reason, self.detail = reason, detail
 
 
 @dataclass
@@ -65,7 +69,7 @@ def spec(backend: Backend, *, port: int, host: str, devices: list[int], accelera
 def _vllm(backend: Backend, port: int, host: str, dtype: str) -> list[str]:
     python = Path(settings.VLLM_PYTHON)
     if not python.exists():
-        raise EngineUnavailable(f"vLLM is not installed on this node (no {python}; `make vllm` installs it)")
+        raise EngineUnavailable("vLLM is not installed on this node", f"no {python}; `make vllm` installs it")
     # Our wrapper converts a GGUF model's weights once, then becomes vLLM's server (exec).
     argv = [sys.executable, "-m", "serving.engine_vllm", str(python)]
     argv += ["--model-source", json.dumps(backend.base_model.source), "--cache-dir", str(settings.MODEL_CACHE_DIR)]
