@@ -138,6 +138,8 @@ class NodeAgent:
             self._crashed(backend, "its node agent restarted", now, count=False)
         elif backend.state == R.DRAINING:
             self._drain(backend, handle, now)
+        else:
+            self.draining_since.pop(backend.pk, None)  # taken back while draining: its deadline starts over
 
     def _launch(self, backend: Backend, now: float) -> None:
         if not replicas.may_start(backend) or now < self.not_before.get(backend.pk, 0):

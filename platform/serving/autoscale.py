@@ -126,6 +126,13 @@ def converge(deployment: Deployment, now: datetime | None = None) -> str:
     live = list(replicas.live(deployment).order_by("created_at", "pk"))
     reason = ""
     if len(live) < deployment.desired:
+        # A replica still draining is taken back before a new one is placed: its engine is up, and
+        # its accelerator may be the only one free (a call right after a scale to zero).
+        draining = Backend.objects.filter(deployment=deployment, state=R.DRAINING).order_by("-pk")
+        for backend in draining[: deployment.desired - len(live)]:
+            if replicas.take_back(backend.pk):
+                live.append(backend)
+    if len(live) < deployment.desired:
         recent = (
             Backend.objects.filter(deployment=deployment, state=R.FAILED, ended_at__gte=now - RETRY_FAILED)
             .order_by("-ended_at")

@@ -212,6 +212,18 @@ def drain(backend_id: int, reason: str) -> bool:
 
 
 @transaction.atomic
+def take_back(backend_id: int) -> bool:
+    """A draining replica serves again (it is wanted after all, and its engine still runs)."""
+    backend = Backend.objects.select_for_update().get(pk=backend_id)
+    if backend.state != R.DRAINING or backend.pid is None:
+        return False
+    backend.state, backend.healthy, backend.state_reason = R.READY, True, ""
+    backend.save(update_fields=["state", "healthy", "state_reason"])
+    deployments.event(backend.deployment, "replica_taken_back", f"replica {backend.name} serves again")
+    return True
+
+
+@transaction.atomic
 def ended(backend_id: int, reason: str) -> None:
     backend = Backend.objects.select_for_update().get(pk=backend_id)
     if backend.state in (R.ENDED, R.FAILED):

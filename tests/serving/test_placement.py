@@ -10,7 +10,7 @@ from billing.models import UsageEvent
 from catalog.models import BaseModel
 from compute import services as compute
 from compute.models import Allocation, OrganizationCompute
-from serving import autoscale, deployments
+from serving import autoscale, deployments, replicas
 from serving.models import Backend, Endpoint
 from tests.conftest import DEMO_MODEL, session_client
 
@@ -60,3 +60,21 @@ def test_replicas_beyond_the_compute_quota_are_refused_naming_it(make_tenant):
     assert error["code"] == "compute_quota_exceeded" and error["param"] == "replicas"
     assert "quota of 1 accelerators at once is in use (0 held" in error["message"]
     assert not Endpoint.all_orgs.filter(organization=tenant.org).exists() and not Allocation.objects.exists()
+
+
+def test_a_draining_replica_is_taken_back_before_a_new_one_is_placed():
+    """A call right after a scale to zero finds the last replica draining, its engine still up and
+    its accelerator the one free: the replica serves again rather than the call being refused."""
+    compute.register_agent("127.0.0.1")
+    BaseModel.objects.filter(pk=DEMO_MODEL).update(min_replicas=0)
+    deployment = deployments.for_model(BaseModel.objects.get(pk=DEMO_MODEL))
+    assert autoscale.cold_start(DEMO_MODEL) == ""
+    (backend,) = Backend.objects.filter(deployment=deployment)
+    replicas.launched(backend.pk, pid=12345, port=18000)
+    replicas.ready(backend.pk)
+    deployments.scale(deployment.key, 0, "no request")
+    autoscale.converge(deployment)
+    assert Backend.objects.get(pk=backend.pk).state == "draining"
+    assert autoscale.cold_start(DEMO_MODEL) == ""  # a call comes
+    assert list(Backend.objects.filter(deployment=deployment).values_list("pk", "state")) == [(backend.pk, "ready")]
+    assert Allocation.objects.get(pk=backend.allocation_id).state == "active"
