@@ -172,9 +172,7 @@ def _charge_saved_card(
     customer = _customer(organization_id, provider)
     if not customer.payment_method_id:
         raise PayingError("Save a card first.", "no_payment_method", "payment_method", status=402)
-    payment = _new_payment(
-        organization_id, kind=kind, provider=provider.name, amount=amount, invoice=invoice, key=key
-    )
+    payment = _new_payment(organization_id, kind=kind, provider=provider.name, amount=amount, invoice=invoice, key=key)
     if payment is None:
         return _earlier(organization_id, key, kind, amount, invoice)
     audit.record(
@@ -439,9 +437,7 @@ def collect_invoice(invoice_id: int) -> Invoice:
     return invoice
 
 
-def retry_invoice_payment(
-    invoice_id: int, *, organization_id: int, actor: Actor, idempotency_key: str = ""
-) -> Payment:
+def retry_invoice_payment(invoice_id: int, *, organization_id: int, actor: Actor, idempotency_key: str = "") -> Payment:
     """Pay an open invoice now, with the saved card. Under the invoice's row lock (a second click
     waits, then finds it paid): an invoice the provider holds and nobody paid yet is paid there —
     the provider's own collection and this one are then one payment, never two; otherwise (it was

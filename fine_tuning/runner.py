@@ -73,12 +73,10 @@ def write_config(job: FineTuningJob) -> Path:
 
 
 def trainer_env() -> dict[str, str]:
-    """The environment a trainer runs in, here or on another node of its job (given to its agent)."""
+    """The environment a trainer runs in, here or on another node of its job (given to that
+    node's agent, which adds its own devices and network interface)."""
     root = Path(settings.REPO_DIR)
-    env = {"PYTHONPATH": os.pathsep.join([str(root / "platform"), str(root)])}
-    if settings.COMPUTE_NODE_INTERFACE:  # where gloo reaches the other nodes of a job across nodes
-        env["GLOO_SOCKET_IFNAME"] = settings.COMPUTE_NODE_INTERFACE
-    return env
+    return {"PYTHONPATH": os.pathsep.join([str(root / "platform"), str(root)])}
 
 
 def _spawn(
@@ -86,6 +84,8 @@ def _spawn(
 ) -> subprocess.Popen:
     root = Path(settings.REPO_DIR)
     env = {**os.environ, **trainer_env()}
+    if settings.COMPUTE_NODE_INTERFACE:  # where gloo reaches the other nodes of a job across nodes
+        env["GLOO_SOCKET_IFNAME"] = settings.COMPUTE_NODE_INTERFACE
     if devices is not None and compute.this_node().accelerator != "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in devices)  # the accelerators allocated to it
     # Data-parallel: one trainer per accelerator (trainer/distributed.py), on one node or several.

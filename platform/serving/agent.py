@@ -100,11 +100,8 @@ class NodeAgent:
                     log.info("%s's run on this node exited with %s", allocation.holder, self.launcher.exit_code(handle))
                 continue
             env = dict(allocation.launch.get("env") or {})
-            if self.node.accelerator != "cpu":
-                env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in allocation.devices)
-            else:
-                env["OMP_NUM_THREADS"] = str(engines.threads_for(allocation.devices, self.node.accelerator_count))
-            if settings.COMPUTE_NODE_INTERFACE:
+            env.update(engines.device_env(allocation.devices, self.node.accelerator, self.node.accelerator_count))
+            if settings.COMPUTE_NODE_INTERFACE:  # this node's, not the leading node's
                 env["GLOO_SOCKET_IFNAME"] = settings.COMPUTE_NODE_INTERFACE
             folder = settings.VAR_DIR / "trainers"
             folder.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,6 @@ from django.utils import timezone
 from billing.models import UsageEvent
 from billing.reports import COMPLETION_ROUTES
 from compute import allocations
-from serving import replicas
 from serving.models import Backend, Endpoint, ReplicaState
 
 
@@ -29,5 +28,5 @@ def lend_idle(endpoint: Endpoint, now: datetime | None = None) -> list[str]:
     asked = []
     own = Backend.objects.filter(deployment__key=endpoint.pk, state=ReplicaState.READY).values_list("name", flat=True)
     for name in own:
-        asked += allocations.set_idle(replicas.holder(name), None if called else (last or now))
+        asked += allocations.set_idle(name, None if called else (last or now))
     return asked

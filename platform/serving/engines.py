@@ -38,15 +38,18 @@ def threads_for(devices: list[int], accelerator_count: int) -> int:
     return max(1, cores * max(1, len(devices)) // max(1, accelerator_count))
 
 
+def device_env(devices: list[int], accelerator: str, count: int) -> dict[str, str]:
+    """What binds a process to its allocation: its GPUs, or on a CPU node its share of the cores."""
+    if accelerator != "cpu":
+        return {"CUDA_VISIBLE_DEVICES": ",".join(str(d) for d in devices)}
+    return {"OMP_NUM_THREADS": str(threads_for(devices, count))}
+
+
 def spec(backend: Backend, *, port: int, host: str, devices: list[int], accelerator: str, count: int) -> EngineSpec:
     base = backend.base_model
     on_cpu = accelerator == "cpu"
-    env = {"PYTHONUNBUFFERED": "1"}
+    env = {"PYTHONUNBUFFERED": "1", **device_env(devices, accelerator, count)}
     threads = threads_for(devices, count) if on_cpu else None
-    if not on_cpu:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in devices)
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
     log_dir = settings.VAR_DIR / "engines"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{backend.name}.log"

@@ -37,11 +37,6 @@ PUBLISH_TASK = "serving.tasks.publish_endpoint"
 CRASH_WINDOW = timedelta(minutes=10)
 
 
-def holder(backend_name: str) -> str:
-    """Its allocation's holder: the replica's name (the endpoint id or the model's, and a suffix)."""
-    return backend_name
-
-
 def live(deployment: Deployment):
     return Backend.objects.filter(deployment=deployment, state__in=LIVE)
 
@@ -65,7 +60,7 @@ def add(deployment: Deployment) -> Backend | str:
     name = f"{slugify(deployment.key.replace(':', '-'))[:60]}-{secrets.token_hex(3)}"
     room = allocations.hold_for_replica(
         node.pk,
-        holder=holder(name),
+        holder=name,  # its allocation is held under the replica's name
         organization_id=deployment.organization_id,
         accelerators=ACCELERATORS,
         memory_bytes=need,
@@ -152,7 +147,7 @@ def crashed(backend_id: int, reason: str, now: datetime | None = None) -> str:
         backend.state, backend.state_reason = R.FAILED, reason[:500]
         backend.ended_at = now
         backend.save()
-        allocations.release(holder(backend.name), f"replica failed: {reason}")
+        allocations.release(backend.name, f"replica failed: {reason}")
         deployments.event(
             backend.deployment, "replica_failed", f"replica {backend.name} failed: {reason}", crashes=len(recent)
         )
@@ -190,7 +185,7 @@ def failed(backend_id: int, reason: str) -> None:
     backend.state, backend.state_reason, backend.healthy, backend.pid = R.FAILED, reason[:500], False, None
     backend.ended_at = timezone.now()
     backend.save()
-    allocations.release(holder(backend.name), f"replica failed: {reason}")
+    allocations.release(backend.name, f"replica failed: {reason}")
     deployments.event(backend.deployment, "replica_failed", f"replica {backend.name} failed: {reason}")
 
 
@@ -235,7 +230,7 @@ def _end(backend: Backend, reason: str, now: datetime) -> str:
     backend.state, backend.healthy, backend.enabled, backend.pid = R.ENDED, False, False, None
     backend.ended_at, backend.state_reason = now, reason[:500]
     backend.save()
-    allocations.release(holder(backend.name), f"replica ended: {reason}")
+    allocations.release(backend.name, f"replica ended: {reason}")
     deployments.event(backend.deployment, "replica_ended", f"replica {backend.name} ended: {reason}")
     return R.ENDED
 

@@ -229,11 +229,10 @@ def test_a_killed_engine_is_started_again_and_an_engine_that_cannot_start_fails_
         other.process.wait(30)
 
 
-def test_load_above_target_adds_a_replica_and_calm_takes_it_away(live_web, node_agent, make_tenant, settings):
+def test_load_above_target_adds_a_replica_and_calm_takes_it_away(live_web, node_agent, make_tenant):
     """The demo model's shared deployment at one replica, target one request each: eight callers
     at once keep the load above target, so a second engine starts and serves; once they are done
     and the idle time has passed, one replica drains and ends."""
-    settings.SERVING_SCALE_UP_AFTER_SECONDS = 2
     BaseModel.objects.filter(pk=DEMO_MODEL).update(
         min_replicas=1, max_replicas=2, target_concurrency=1, scale_down_idle_seconds=4
     )
