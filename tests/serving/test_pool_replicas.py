@@ -92,8 +92,8 @@ def test_a_dedicated_endpoint_with_two_replicas_runs_two_engines_and_stopping_en
 
     stopped = owner.post(f"/api/orgs/{tenant.org.slug}/endpoints/{endpoint_id}/stop/")
     assert stopped.json()["status"] == "stopped"
-    wait_until(lambda: not any(alive(pid) for pid in pids), 60, "the engines stopped")
-    assert [b.state for b in replicas(endpoint_id)] == ["ended", "ended"]
+    wait_until(lambda: [b.state for b in replicas(endpoint_id)] == ["ended", "ended"], 60, "both replicas ended")
+    assert not any(alive(pid) for pid in pids)
     assert not Allocation.objects.exclude(state="ended").filter(pk__in=[a.pk for a in held]).exists()
     minutes = UsageEvent.all_orgs.filter(endpoint_id=endpoint_id, route="endpoints.dedicated")
     assert sum(row.replica_minutes for row in minutes) % 2 == 0 and minutes.exists()  # two replicas, each minute
@@ -159,8 +159,8 @@ def test_a_model_added_in_the_back_office_is_served_on_first_call_and_goes_back_
     assert deployment.desired == 0
     down = DeploymentEvent.objects.filter(deployment__key=key, kind="scale_down").get()
     assert down.message.startswith("1 -> 0 replicas: no request for ") and down.data["idle_seconds"] == 2
-    wait_until(lambda: not alive(replica.pid), 60, "the idle engine stopped")
-    assert replicas(key)[0].state == "ended"
+    wait_until(lambda: replicas(key)[0].state == "ended", 60, "the idle replica ended")
+    assert not alive(replica.pid)
     assert Allocation.objects.get(pk=replica.allocation_id).state == "ended"
 
 
