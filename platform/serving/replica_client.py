@@ -1,6 +1,7 @@
 """What the control plane asks of a model server, in the protocol our runtime and vLLM (started
 with --enable-lora) both speak: load and unload a LoRA adapter, list what it serves, and probe it
-with a real one-token generation. Synchronous (Celery tasks and the reconciler call it)."""
+with a real one-token generation (an embedding model: a real embedding). Synchronous (Celery tasks
+and the reconciler call it)."""
 
 from __future__ import annotations
 
@@ -75,23 +76,38 @@ def served_models(backend: Backend) -> set[str] | None:
         return None
 
 
-def probe_generation(backend: Backend, *, model: str) -> Outcome:
-    """A real one-token completion of `model` (the base model's served name or an adapter's)."""
+def _generated(answer: dict) -> bool:
+    return answer["usage"]["completion_tokens"] >= 1
+
+
+def _embedded(answer: dict) -> bool:
+    vector = answer["data"][0]["embedding"]
+    return bool(vector) and all(isinstance(x, float) for x in vector)
+
+
+def probe(backend: Backend, *, model: str) -> Outcome:
+    """A real one-token completion of `model` (the base model's served name or an adapter's), or
+    for an embedding model a real embedding."""
+    if backend.base_model.kind == "embedding":
+        path, body, what, check = "/v1/embeddings", {"input": "Hi", "encoding_format": "float"}, "embedding", _embedded
+    else:
+        path, body, what = (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1},
+            "generation",
+        )
+        check = _generated
     try:
         response = httpx.post(
-            f"{backend.url}/v1/chat/completions",
-            json={"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1},
-            headers=_headers(backend),
-            timeout=TIMEOUT,
+            backend.url + path, json={"model": model, **body}, headers=_headers(backend), timeout=TIMEOUT
         )
     except httpx.HTTPError as error:
         return _failure(error, PROBE_FAILED)
     if response.status_code != 200:
-        return _failure(f"a test generation answered {response.status_code}: {response.text[:300]}", PROBE_FAILED)
+        return _failure(f"a test {what} answered {response.status_code}: {response.text[:300]}", PROBE_FAILED)
     try:
-        usage = response.json()["usage"]
-        if usage["completion_tokens"] < 1:
-            return _failure("a test generation produced no token", PROBE_FAILED)
-    except (ValueError, KeyError, TypeError):
-        return _failure("a test generation answered something that is not a completion", PROBE_FAILED)
+        if not check(response.json()):
+            return _failure(f"a test {what} produced nothing", PROBE_FAILED)
+    except (ValueError, KeyError, TypeError, IndexError):
+        return _failure(f"a test {what} answered something that is not one", PROBE_FAILED)
     return Outcome(True)

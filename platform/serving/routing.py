@@ -45,6 +45,7 @@ class Route:
     context_length: int = 0
     default_max_tokens: int = 1024  # the cap sent upstream when a request sets no max_tokens
     endpoint: EndpointSettings | None = None  # set when the id named a published endpoint
+    kind: str = "chat"  # what the model serves: "chat" (generation) | "embedding"
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ def _load(organization_id: int, model_id: str) -> Route:
         adapter,
         base.context_length,
         base.default_max_tokens,
+        kind=base.kind,
     )
 
 

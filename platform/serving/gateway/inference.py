@@ -66,7 +66,7 @@ def _sse(payload: dict) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
-def _body(request) -> dict:
+def request_body(request) -> dict:
     try:
         raw = request.body
     except RequestDataTooBig:
@@ -99,7 +99,7 @@ def _prompt_bound(checked: validation.Checked) -> int:
     return len(checked.prompt_text.encode()) + 8 * len(messages) + 64
 
 
-async def _admit(request_id: str, principal, route: routing.Route, served: str, checked, cap: int, grant):
+async def admit(request_id: str, principal, route: routing.Route, served: str, prompt_tokens: int, cap: int, grant):
     """Billing's admission (billing.admission): priced, and its worst case held, before anything is
     forwarded. A refusal gives the rate-limit reservation back."""
     try:
@@ -109,7 +109,7 @@ async def _admit(request_id: str, principal, route: routing.Route, served: str, 
             api_key_id=principal.key_id,
             model=served,
             base_model=route.base_model,
-            prompt_tokens=_prompt_bound(checked),
+            prompt_tokens=prompt_tokens,
             completion_tokens=cap,
             # A dedicated endpoint runs processes of its own, paid for by the replica-minute: its
             # calls are metered (tokens in the ledger) but not priced per token.
@@ -149,15 +149,24 @@ def _completion_cap(checked: validation.Checked, route: routing.Route, prompt_es
     return cap
 
 
-async def _open(route: routing.Route, payload: dict, path: str, meter: Meter):
-    """The first replica's answer that is not a server failure; anything that fails before a byte
-    reached the client (connection refused or reset, timeout, a 5xx) moves on to the next one."""
-    failure = None
-    for replica in routing.attempt_order(route):
+def _generation_body(route: routing.Route, payload: dict):
+    def body_of(replica: routing.Replica) -> dict:
         body = dict(payload, model=route.upstream_model or replica.upstream_model)
         body["stream_options"] = {"include_usage": True}
         if replica.engine in ("builtin", "vllm"):
             body["stream_options"]["continuous_usage_stats"] = True
+        return body
+
+    return body_of
+
+
+async def open_upstream(route: routing.Route, path: str, meter: Meter, body_of):
+    """The first replica's answer that is not a server failure; anything that fails before a byte
+    reached the client (connection refused or reset, timeout, a 5xx) moves on to the next one.
+    `body_of(replica)` is what that replica is sent."""
+    failure = None
+    for replica in routing.attempt_order(route):
+        body = body_of(replica)
         headers = {"Authorization": f"Bearer {replica.api_key}"} if replica.api_key else {}
         # Our runtime knows the request by the gateway's id, to say what it generated if the client leaves.
         meter.replica = replica
@@ -174,7 +183,7 @@ async def _open(route: routing.Route, payload: dict, path: str, meter: Meter):
             meter.replica = None
             continue
         if response.status >= 500:
-            failure = await _error_of(response)
+            failure = await error_of(response)
             log.warning("replica %s answered %s: %s", replica.name, response.status, failure["error"]["message"])
             meter.replica = None
             continue
@@ -198,7 +207,7 @@ async def _open(route: routing.Route, payload: dict, path: str, meter: Meter):
     )
 
 
-async def _error_of(response) -> dict:
+async def error_of(response) -> dict:
     """An upstream error answer as an OpenAI error body, whatever the upstream sent."""
     try:
         raw = await response.read()
@@ -234,7 +243,7 @@ def _finish(response, *, cleanly: bool) -> None:
 
 async def _upstream_error(response, meter: Meter) -> HttpResponse:
     status = response.status if response.status < 500 else 502
-    payload = await _error_of(response)
+    payload = await error_of(response)
     meter.close(status, Outcome.REJECTED if status < 500 else Outcome.UPSTREAM_ERROR)
     return json_response(payload, status)
 
@@ -378,56 +387,79 @@ def _endpoint_cap(checked: validation.Checked, route: routing.Route, asked: str 
     return dataclasses.replace(checked, max_tokens=cap)
 
 
-async def _proxy(request, endpoint: str, path: str):
-    principal = await authenticate(request, Scope.INFERENCE)
-    body = _body(request)
+async def route_for(principal, model: str, kind: str) -> routing.Route:
+    """The model's route, or the error a caller of an API for another kind of model gets."""
     try:
-        route = await routing.resolve(principal.organization_id, body["model"])
+        route = await routing.resolve(principal.organization_id, model)
     except routing.ModelNotFound:
         raise GatewayError(
             404,
-            f"The model '{body['model']}' does not exist or you do not have access to it.",
+            f"The model '{model}' does not exist or you do not have access to it.",
             param="model",
             code="model_not_found",
         ) from None
+    if route.kind != kind:
+        use = "/v1/embeddings" if route.kind == "embedding" else "/v1/chat/completions or /v1/completions"
+        raise GatewayError(
+            400,
+            f"The model '{model}' is {'an embedding' if route.kind == 'embedding' else 'a text-generation'} model: "
+            f"call {use}.",
+            param="model",
+            code="model_not_supported",
+        )
+    return route
+
+
+async def serving_route(principal, model: str, route: routing.Route) -> routing.Route:
+    """The route with a replica in it: a model scaled to zero (or whose replicas all failed) is
+    scaled up and waited for; else 503 with retry-after and the reason."""
+    cannot_start = ""
+    if not route.replicas and (
+        route.endpoint is None or (route.endpoint.status == "ready" and not route.endpoint.dedicated)
+    ):
+        route, cannot_start = await _cold_start(principal.organization_id, model, route)
+    if route.replicas:
+        return route
+    why, retry = "", MODEL_UNAVAILABLE_RETRY_SECONDS
+    if cannot_start:
+        why, retry = f" None can start: {cannot_start}.", COLD_START_RETRY_SECONDS
+    elif route.endpoint is not None and route.endpoint.status != "ready":
+        why = f" The endpoint is {route.endpoint.status}" + (
+            f": {route.endpoint.status_reason}." if route.endpoint.status_reason else "."
+        )
+    raise GatewayError(
+        503,
+        f"No server is serving the model '{model}' right now.{why}",
+        code="model_unavailable",
+        error_type="server_error",
+        headers={"retry-after": str(retry)},
+    )
+
+
+async def _proxy(request, endpoint: str, path: str):
+    principal = await authenticate(request, Scope.INFERENCE)
+    body = request_body(request)
+    route = await route_for(principal, body["model"], "chat")
     asked = next((key for key in ("max_completion_tokens", "max_tokens") if body.get(key) is not None), None)
     if route.endpoint is not None:
         body = _endpoint_body(body, route, principal, endpoint)
     checked = validation.check(body, endpoint)
     if route.endpoint is not None:
         checked = _endpoint_cap(checked, route, asked)
-    cannot_start = ""
-    if not route.replicas and (
-        route.endpoint is None or (route.endpoint.status == "ready" and not route.endpoint.dedicated)
-    ):
-        route, cannot_start = await _cold_start(principal.organization_id, body["model"], route)
-    if not route.replicas:
-        why, retry = "", MODEL_UNAVAILABLE_RETRY_SECONDS
-        if cannot_start:
-            why, retry = f" None can start: {cannot_start}.", COLD_START_RETRY_SECONDS
-        elif route.endpoint is not None and route.endpoint.status != "ready":
-            why = f" The endpoint is {route.endpoint.status}" + (
-                f": {route.endpoint.status_reason}." if route.endpoint.status_reason else "."
-            )
-        raise GatewayError(
-            503,
-            f"No server is serving the model '{checked.model}' right now.{why}",
-            code="model_unavailable",
-            error_type="server_error",
-            headers={"retry-after": str(retry)},
-        )
+    route = await serving_route(principal, checked.model, route)
     prompt_estimate = _prompt_estimate(checked)
     cap = _completion_cap(checked, route, prompt_estimate)
     served = route.endpoint.model if route.endpoint is not None else checked.model  # what is priced and metered
     grant = await ratelimit.acquire(principal, prompt_estimate + cap, route.endpoint)
-    admitted = await _admit(request.request_id, principal, route, served, checked, cap, grant)
+    admitted = await admit(request.request_id, principal, route, served, _prompt_bound(checked), cap, grant)
     meter = Meter(request.request_id, principal, endpoint, served, route.base_model, checked.stream, grant, admitted)
     meter.prompt_estimate = prompt_estimate
     meter.completion_cap = cap
     meter.endpoint_id = route.endpoint.id if route.endpoint is not None else ""
     try:
         try:
-            response = await _open(route, {**checked.forward, "stream": True, "max_tokens": cap}, path, meter)
+            payload = {**checked.forward, "stream": True, "max_tokens": cap}
+            response = await open_upstream(route, path, meter, _generation_body(route, payload))
         except asyncio.CancelledError:  # the client left before the model server's headers came
             meter.abandon()
             raise

@@ -13,6 +13,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m serving.runtime", description=__doc__)
     parser.add_argument("--model-source", required=True, help="JSON source spec of the base model (see catalog.loader)")
     parser.add_argument("--served-model-name", required=True, help="The model id clients ask for")
+    parser.add_argument(
+        "--task", default="generate", choices=["generate", "embed"], help="Chat and completions, or embeddings"
+    )
     parser.add_argument("--cache-dir", default=os.environ.get("MODEL_CACHE_DIR", "var/models"))
     parser.add_argument("--adapter-root", default=None, help="Only adapters under this directory can be loaded")
     parser.add_argument("--max-loras", type=int, default=8, help="Adapters kept loaded (least recently used leave)")
@@ -48,6 +51,8 @@ def main(argv=None) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.task == "embed":
+        return serve_embeddings(args)
     template = Path(args.chat_template).read_text() if args.chat_template else None
     loaded = load_model(
         json.loads(args.model_source),
@@ -68,6 +73,23 @@ def main(argv=None) -> None:
     )
     uvicorn.run(build_app(state), host=args.host, port=args.port, log_level="info", access_log=False)
     engine.stop()
+
+
+def serve_embeddings(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from catalog.loader import load_encoder
+    from serving.runtime.embedder import Embedder, max_length_of, read_pooling
+    from serving.runtime.embedding_app import EmbeddingState, build_embedding_app
+
+    loaded = load_encoder(json.loads(args.model_source), dtype=args.dtype, device=args.device)
+    logging.getLogger("serving.runtime").info("loaded %s in %.1fs", args.served_model_name, loaded.seconds)
+    max_length = min(args.max_model_len or 10**9, max_length_of(loaded.weights_dir, loaded.model))
+    embedder = Embedder(loaded.model, loaded.tokenizer, read_pooling(loaded.weights_dir), max_length=max_length)
+    embedder.start()
+    state = EmbeddingState(embedder=embedder, served_model=args.served_model_name, api_key=args.api_key)
+    uvicorn.run(build_embedding_app(state), host=args.host, port=args.port, log_level="info", access_log=False)
+    embedder.stop()
 
 
 if __name__ == "__main__":

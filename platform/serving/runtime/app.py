@@ -85,15 +85,24 @@ async def json_object(request: Request) -> dict:
     return body
 
 
+def is_authorized(request: Request, api_key: str | None) -> bool:
+    if api_key is None:
+        return True
+    supplied = request.headers.get("authorization", "")
+    return hmac.compare_digest(supplied.encode(), f"Bearer {api_key}".encode())
+
+
+def unauthorized() -> JSONResponse:
+    return error(401, "Missing or wrong runtime API key.", code="invalid_api_key")
+
+
+async def prometheus(request: Request) -> Response:
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
 def build_app(state: RuntimeState) -> Starlette:
     def authorized(request: Request) -> bool:
-        if state.api_key is None:
-            return True
-        supplied = request.headers.get("authorization", "")
-        return hmac.compare_digest(supplied.encode(), f"Bearer {state.api_key}".encode())
-
-    def unauthorized() -> JSONResponse:
-        return error(401, "Missing or wrong runtime API key.", code="invalid_api_key")
+        return is_authorized(request, state.api_key)
 
     def resolve_model(name: str) -> str:
         if name == state.served_model:
@@ -299,9 +308,6 @@ def build_app(state: RuntimeState) -> Starlette:
             },
             status_code=200 if alive else 503,
         )
-
-    async def prometheus(request: Request) -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     state.started = int(time.time())
     return Starlette(

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+
+class ProtocolError(ValueError):
+    """A request that does not follow the protocol: a 400 naming the parameter (dotted, with
+    indexes: `input[3]`)."""
+
+    def __init__(self, message: str, param: str | None = None, code: str = "invalid_value"):
+        super().__init__(message)
+        self.message, self.param, self.code = message, param, code
+
+
+def param_of(location: tuple) -> str | None:
+    parts = ""
+    for part in location:
+        parts += f"[{part}]" if isinstance(part, int) else (f".{part}" if parts else str(part))
+    return parts or None
+
+
+def from_validation(error: ValidationError) -> ProtocolError:
+    """pydantic's first complaint, in OpenAI's words: what is wrong and with which parameter."""
+    first = error.errors(include_url=False)[0]
+    param = param_of(tuple(first.get("loc") or ()))
+    if first["type"] == "extra_forbidden":
+        return ProtocolError(f"Unrecognized request argument supplied: {param}", param, "unknown_parameter")
+    if first["type"] == "missing":
+        return ProtocolError(f"Missing required parameter: '{param}'.", param, "missing_required_parameter")
+    message = first["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    return ProtocolError(f"Invalid '{param}': {message}" if param else message, param)
