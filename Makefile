@@ -75,6 +75,7 @@ bench: setup
 	$(PY) bench/gateway_budgets.py
 	$(PY) bench/pool_simulator.py
 	$(PY) bench/serving_engines.py
+	$(PY) bench/embeddings.py
 
 clean:
 	rm -rf $(VENV) var frontend/node_modules $(VENDOR)

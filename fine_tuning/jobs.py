@@ -320,6 +320,9 @@ class Outcome:
     train_seconds: float | None = None
     peak_memory_bytes: int | None = None
     fine_tuned_model: str | None = None  # on success: the model to register, its adapter in the store already
+    # Set when the platform cut the run short (a node of its gang failed, its trainer was killed):
+    # the job goes back to the queue and resumes from its last checkpoint, as after a lost worker.
+    interrupted: str = ""
 
 
 @transaction.atomic
@@ -365,6 +368,16 @@ def finish(job_id: str, *, worker: str, outcome: Outcome) -> str:
             "checkpoint when accelerators free up, and no step is trained or billed twice",
             level="warn",
             data={"preempted": True, "reason": preempted},
+        )
+        transaction.on_commit(lambda: dispatch(job))
+    elif outcome.interrupted and job.attempts - job.preemptions < settings.FINE_TUNING_MAX_ATTEMPTS:
+        job.status, job.dispatched_at = Status.QUEUED, now  # its place in the queue (queued_at) is kept
+        event(
+            job.pk,
+            org,
+            f"Interrupted: {outcome.interrupted}. The job is queued again and will resume from its last checkpoint",
+            level="warn",
+            data={"interrupted": outcome.interrupted},
         )
         transaction.on_commit(lambda: dispatch(job))
     else:

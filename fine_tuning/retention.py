@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from catalog import selectors as catalog
 from fine_tuning.models import FineTuningJob
-from serving.models import Backend
+from serving.models import Backend, ReplicaState
 
 log = logging.getLogger("fine_tuning")
 STALE_STAGING_SECONDS = 3600  # a checkpoint or adapter write takes seconds: an hour-old one is dead
@@ -69,7 +69,7 @@ def sweep() -> dict[str, int]:
             shutil.rmtree(path, ignore_errors=True)
             removed["staging_dirs"] += 1
     for model in catalog.deleted_fine_tuned_models():
-        adapter = settings.ADAPTER_STORE / model.adapter_path
+        adapter = Path(model.adapter_location())
         if adapter.is_dir() and _unloaded_everywhere(model.pk, model.base_model_id):
             shutil.rmtree(adapter, ignore_errors=True)
             removed["adapters"] += 1
@@ -81,7 +81,8 @@ def sweep() -> dict[str, int]:
 def _unloaded_everywhere(model_id: str, base_model_id: str) -> bool:
     """Ask every replica of the base model to unload the adapter; True when none may still use it
     (unloaded, never loaded, or the replica is down and will start without it)."""
-    for backend in Backend.objects.filter(base_model_id=base_model_id, enabled=True):
+    live = [ReplicaState.REGISTERED, ReplicaState.STARTING, ReplicaState.READY, ReplicaState.DRAINING]
+    for backend in Backend.objects.filter(base_model_id=base_model_id, enabled=True, state__in=live):
         headers = {"Authorization": f"Bearer {backend.api_key}"} if backend.api_key else {}
         try:
             response = httpx.post(

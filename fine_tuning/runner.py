@@ -221,7 +221,13 @@ def _run_claimed(job: FineTuningJob, worker: str) -> str:
     if code != 0 and not last_error:
         # What went wrong on our side (a traceback, paths) is the operator's, not the tenant's.
         log.error("trainer of %s exited %s: %s", job.pk, code, "".join(list(stderr_tail)[-20:]).strip()[-4000:])
-    return _finish(job, worker, code, done, last_error or "", stop_sent)
+    interrupted = ""
+    if code != 0 and not last_error and not stop_sent:
+        if len(gang) > 1:
+            interrupted = f"its run across {len(gang)} nodes stopped (a node or its part of the run failed)"
+        elif code < 0:
+            interrupted = f"its trainer was killed (signal {-code}), not by anything in the job"
+    return _finish(job, worker, code, done, last_error or "", stop_sent, interrupted)
 
 
 def _supervise(job: FineTuningJob, worker: str, process, lines: queue.Queue, renew_every: float):
@@ -364,10 +370,12 @@ def _record(job: FineTuningJob, message: dict, worker: str) -> bool:
     return True
 
 
-def _finish(job: FineTuningJob, worker: str, code: int, done: dict | None, error: str, stop: str) -> str:
+def _finish(
+    job: FineTuningJob, worker: str, code: int, done: dict | None, error: str, stop: str, interrupted: str = ""
+) -> str:
     """Publish the adapter of a successful run (copied before any lock is taken), then let the job's
     state machine end the run."""
-    outcome = jobs.Outcome(code=code, stop=stop, error=error)
+    outcome = jobs.Outcome(code=code, stop=stop, error=error, interrupted=interrupted)
     if code == 0 and done:
         outcome = jobs.Outcome(
             code=0,

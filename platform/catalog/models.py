@@ -137,3 +137,8 @@ class FineTunedModel(TenantModel):
 
     def __str__(self) -> str:
         return self.id
+
+    def adapter_location(self) -> str:
+        """Where every engine finds the adapter: the store is mounted at ADAPTER_STORE on every
+        host, and an engine resolves no path of ours relative to its own directory (vLLM)."""
+        return str(settings.ADAPTER_STORE / self.adapter_path)

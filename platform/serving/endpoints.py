@@ -61,7 +61,7 @@ def _resolve_model(organization_id: int, model: str):
     if model.startswith("ft:"):
         tuned = catalog.fine_tuned_models(organization_id).filter(pk=model).select_related("base_model").first()
         if tuned is not None:
-            return tuned.base_model, tuned.adapter_path
+            return tuned.base_model, tuned.adapter_location()
     else:
         base = catalog.visible_base_models(organization_id).filter(pk=model).first()
         if base is not None:

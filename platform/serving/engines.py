@@ -80,6 +80,9 @@ def _vllm(backend: Backend, port: int, host: str, dtype: str) -> list[str]:
     argv += ["--model-source", json.dumps(backend.base_model.source), "--cache-dir", str(settings.MODEL_CACHE_DIR)]
     argv += ["--", "--served-model-name", backend.upstream_model, "--host", host, "--port", str(port)]
     argv += ["--dtype", dtype, "--max-model-len", str(min(backend.base_model.context_length, 2048))]
+    # The gateway aborts a request whose client left (/inference/v1/abort_requests, behind the
+    # key) and reads vLLM's own count of what it generated from the stream's end.
+    argv += ["--enable-scale-out"]
     if backend.base_model.kind == "embedding":
         return [*argv, "--runner", "pooling"]
     argv += ["--enable-lora", "--max-loras", "4", "--max-lora-rank", "64"]

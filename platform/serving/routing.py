@@ -130,7 +130,7 @@ def _load(organization_id: int, model_id: str) -> Route:
         tuned = catalog.fine_tuned_models(organization_id).filter(pk=model_id).select_related("base_model").first()
         if tuned is None:
             raise ModelNotFound(model_id)
-        base, adapter = tuned.base_model, tuned.adapter_path
+        base, adapter = tuned.base_model, tuned.adapter_location()
     else:
         base = catalog.visible_base_models(organization_id).filter(pk=model_id).first()
         if base is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -241,37 +242,50 @@ def test_a_job_on_a_node_that_dies_resumes_on_the_other_node(two_hosts, make_ten
     assert "resuming after step" in started[0]  # newest first: the run on node 2 went on from node 1's checkpoint
 
 
-def test_a_job_larger_than_any_node_trains_across_both_and_learns_what_one_node_would(
-    two_small_hosts, make_tenant, settings, tmp_path
-):
-    """Two accelerators asked, one per node: the job is gang-scheduled over both nodes (both
-    allocations taken together), node 1's worker leads torchrun's rendezvous and node 2's agent
-    runs its part; the adapter is the one two processes on one node make, to float rounding."""
+def run_across_the_two_nodes(tenant, hosts, agents, settings, tmp_path, hyperparameters, while_running=None):
+    """A two-accelerator job on the two one-accelerator nodes, led by node 1's GPU worker: the job
+    and the job once finished. `while_running()` runs once the job is created."""
     from maas.celery import app
-    from tests.fine_tuning.test_distributed import EXACT, relative_difference
 
-    hosts, agents = two_small_hosts
     queue, default_queue = f"gpu-gang-{os.getpid()}", f"default-gang-{os.getpid()}"
     settings.FINE_TUNING_QUEUE = queue
-    tenant = make_tenant("gang")
+    log = tmp_path / "worker-1.log"
     with scope.organization(tenant.org.pk):
         app.conf.task_always_eager, app.conf.task_default_queue = False, default_queue
-        leader = gpu_worker(hosts[0], "node-1", queue, default_queue, tmp_path / "worker-1.log", accelerators=1)
+        leader = gpu_worker(hosts[0], "node-1", queue, default_queue, log, accelerators=1)
         try:
             keep_training_on_the_two_nodes()
-            job = create_job(tenant, hyperparameters=FAST | {"n_epochs": 2, "lora_dropout": 0}, accelerators=2)
+            job = create_job(tenant, hyperparameters=hyperparameters, accelerators=2)
+            if while_running is not None:
+                while_running(job)
             done = wait_until(
                 lambda: (
                     keep_training_on_the_two_nodes()
                     or FineTuningJob.all_orgs.filter(pk=job.pk, status__in=FineTuningJob.FINISHED).first()
                 ),
                 400,
-                (tmp_path / "worker-1.log").read_text()[-2000:] + agents[1].log()[-1500:],
+                log.read_text()[-2000:] + agents[1].log()[-1500:],
             )
         finally:
             app.conf.task_always_eager, app.conf.task_default_queue = True, "default"
             os.killpg(leader.pid, signal.SIGTERM)
             leader.wait(30)
+    return job, done
+
+
+def test_a_job_larger_than_any_node_trains_across_both_and_learns_what_one_node_would(
+    two_small_hosts, make_tenant, settings, tmp_path
+):
+    """Two accelerators asked, one per node: the job is gang-scheduled over both nodes (both
+    allocations taken together), node 1's worker leads torchrun's rendezvous and node 2's agent
+    runs its part; the adapter is the one two processes on one node make, to float rounding."""
+    from tests.fine_tuning.test_distributed import EXACT, relative_difference
+
+    hosts, agents = two_small_hosts
+    tenant = make_tenant("gang")
+    job, done = run_across_the_two_nodes(
+        tenant, hosts, agents, settings, tmp_path, FAST | {"n_epochs": 2, "lora_dropout": 0}
+    )
     assert done.status == "succeeded", done.error
     held = Allocation.objects.filter(holder__startswith=job.pk).order_by("holder")
     assert [(a.holder, a.node.name, a.devices, a.state) for a in held] == [
@@ -297,3 +311,34 @@ def test_a_job_larger_than_any_node_trains_across_both_and_learns_what_one_node_
     done_line = json.loads([line for line in one_node.stdout.splitlines() if '"done"' in line][-1])
     tuned = django_settings.ADAPTER_STORE / FineTunedModel.all_orgs.get(pk=done.fine_tuned_model).adapter_path
     assert relative_difference(Path(done_line["adapter_dir"]), tuned) < EXACT
+
+
+def test_a_job_across_nodes_whose_other_part_dies_is_queued_again_and_resumes(
+    two_small_hosts, make_tenant, settings, tmp_path
+):
+    """Node 2's part of a gang job is killed mid-run (an OOM kill, a lost host): the leading node's
+    run stops, the job goes back to the queue (not failed: nothing in the job was wrong), is
+    gang-scheduled again and resumes from its last checkpoint."""
+    hosts, agents = two_small_hosts
+
+    def kill_the_other_part(job) -> None:
+        wait_until(
+            lambda: keep_training_on_the_two_nodes() or Checkpoint.all_orgs.filter(job_id=job.pk).exists(),
+            300,
+            agents[1].log()[-1500:],
+        )
+        (part,) = re.findall(r"started its part on this node \(pid (\d+)\)", agents[1].log())
+        os.killpg(int(part), signal.SIGKILL)
+
+    tenant = make_tenant("gang-kill")
+    job, done = run_across_the_two_nodes(
+        tenant, hosts, agents, settings, tmp_path, FAST | {"n_epochs": 4}, while_running=kill_the_other_part
+    )
+    assert done.status == "succeeded", done.error
+    assert done.attempts == 2
+    parts = Allocation.objects.filter(holder=f"{job.pk}/1").order_by("created_at")
+    assert [(a.node.name, a.state) for a in parts] == [("node-2", "ended"), ("node-2", "ended")]
+    messages = list(JobEvent.all_orgs.filter(job=done).values_list("message", flat=True))
+    assert any(m.startswith("Interrupted: its run across 2 nodes stopped") for m in messages)
+    started = [m for m in messages if m.startswith("Training ")]
+    assert "resuming after step" in started[0]  # newest first

@@ -6,7 +6,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from catalog.models import FineTunedModel
-from fine_tuning.models import FineTuningJob
+from fine_tuning.models import FineTuningJob, JobEvent
 from tests.conftest import DEMO_MODEL, key_client
 from tests.fine_tuning.test_trainer import fact_rows
 
@@ -426,3 +426,29 @@ def test_a_jobs_charge_never_passes_what_it_held(tenant_a, django_capture_on_com
     assert row.training_tokens == estimated and row.cost == held
     assert Account.all_orgs.get(organization=tenant_a.org).credit == before - held
     assert FineTuningJob.all_orgs.get(pk=job_id).trained_tokens == 3 * estimated  # what it did, as it was
+
+
+def test_a_run_the_platform_cut_short_is_queued_again_until_the_attempts_run_out(
+    tenant_a, django_capture_on_commit_callbacks, settings
+):
+    """A trainer killed by a signal (an OOM kill) or a run across nodes that lost a node: nothing in
+    the job was wrong, so it resumes from its checkpoint, as after a lost worker; with no attempt
+    left it fails."""
+    from fine_tuning import jobs
+
+    job_id = _queued_job(tenant_a, django_capture_on_commit_callbacks)
+    killed = jobs.Outcome(code=-9, interrupted="its trainer was killed (signal 9), not by anything in the job")
+    FineTuningJob.all_orgs.filter(pk=job_id).update(status="running", lease_owner="w1", attempts=1)
+    with django_capture_on_commit_callbacks(execute=False) as sent:
+        assert jobs.finish(job_id, worker="w1", outcome=killed) == "queued"
+    assert len(sent) == 1  # dispatched again
+    job = FineTuningJob.all_orgs.get(pk=job_id)
+    assert (job.status, job.lease_owner, job.finished_at, job.error) == ("queued", "", None, None)
+    warned = JobEvent.all_orgs.get(job_id=job_id, level="warn")
+    assert warned.message.startswith("Interrupted: its trainer was killed (signal 9)")
+
+    FineTuningJob.all_orgs.filter(pk=job_id).update(
+        status="running", lease_owner="w2", attempts=settings.FINE_TUNING_MAX_ATTEMPTS
+    )
+    assert jobs.finish(job_id, worker="w2", outcome=killed) == "failed"
+    assert FineTuningJob.all_orgs.get(pk=job_id).error["code"] == "training_failed"

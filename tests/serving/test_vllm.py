@@ -1,25 +1,32 @@
 """vLLM behind the gateway, launched by the node agent: PyPI's CPU build of vLLM (`make vllm`, its
 own virtualenv) serving the demo model, as a catalog model whose serving policy says `vllm`. Chat
-and completions, streamed usage in the ledger, an `ft:` adapter loaded into it on first use, and a
-dedicated endpoint on vLLM. CI installs vLLM, so these run there (REQUIRE_VLLM=1 fails instead of
+and completions, streamed usage in the ledger, a disconnect billed what vLLM generated, an adapter
+our trainer made loaded into it on first use and answering with what it learned, then unloaded,
+and a dedicated endpoint on vLLM. CI installs vLLM, so these run there (REQUIRE_VLLM=1 fails instead of
 skipping)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 from django.conf import settings
 
 from billing.models import UsageEvent
 from catalog.models import BaseModel, FineTunedModel
-from serving import autoscale
+from fine_tuning import retention
+from serving import autoscale, replica_client
 from serving.models import Backend
-from tests.conftest import DEMO_MODEL, session_client
-from tests.serving.test_endpoints import adapter_dir, wait_dedicated_ready  # noqa: F401 - the fixture
+from tests.conftest import DEMO_MODEL, key_client, session_client
+from tests.fine_tuning.test_trainer import config as trainer_config
+from tests.fine_tuning.test_trainer import lines_until
+from tests.fine_tuning.test_trainer import start as start_trainer
+from tests.serving.test_endpoints import wait_dedicated_ready
 from tests.serving.test_pool_replicas import alive, replicas, wait_until
 
 INSTALLED = Path(settings.VLLM_PYTHON).exists()
@@ -42,7 +49,7 @@ def test_vllm_started_by_the_agent_serves_chat_completions_and_adapters_with_exa
     live_web,
     node_agent,
     make_tenant,
-    adapter_dir,  # noqa: F811
+    trained_adapter,
 ):
     assert INSTALLED, "REQUIRE_VLLM=1 but vLLM is not installed: run make vllm"
     serve_with_vllm()
@@ -81,15 +88,63 @@ def test_vllm_started_by_the_agent_serves_chat_completions_and_adapters_with_exa
     assert (rows[-1].prompt_tokens, rows[-1].completion_tokens) == (usage.prompt_tokens, usage.completion_tokens)
     assert rows[0].completion_tokens == chat.usage.completion_tokens
 
-    # An ft: model's adapter is loaded into vLLM on its first call, and answers.
+    # A client that leaves mid-stream is billed what vLLM generated: vLLM's own counter moved by
+    # exactly the ledger's completion tokens, far below the cap it was sent.
+    before = generated_tokens(replica)
+    stream = client.chat.completions.create(
+        model=DEMO_MODEL, messages=[{"role": "user", "content": "Tell me a long story about a dragon."}], stream=True
+    )
+    pieces = 0
+    for chunk in stream:
+        pieces += bool(chunk.choices and chunk.choices[0].delta.content)
+        if pieces == 3:
+            break
+    stream.close()
+    left = wait_until(
+        lambda: UsageEvent.all_orgs.filter(organization=tenant.org, outcome="client_disconnected").first(),
+        30,
+        "the disconnected call metered",
+    )
+    generated = generated_tokens(replica) - before
+    assert left.completion_tokens == generated and 3 <= generated < 256, (left.completion_tokens, generated)
+
+    # An adapter our trainer made is loaded into vLLM on its first call and answers with what it
+    # learned; deleted, it is unloaded from vLLM and its files go.
     tuned = FineTunedModel.all_orgs.create(
-        id=f"ft:{DEMO_MODEL}:on-vllm:lora:abc123",
+        id=f"ft:{DEMO_MODEL}:on-vllm:zorblax:abc123",
         organization=tenant.org,
         base_model_id=DEMO_MODEL,
-        adapter_path=str(settings.ADAPTER_STORE / adapter_dir),
+        adapter_path=trained_adapter,
     )
-    tuned_reply = client.chat.completions.create(model=tuned.pk, messages=QUESTION, max_tokens=8)
-    assert tuned_reply.model == tuned.pk and tuned_reply.usage.completion_tokens >= 1
+    ask = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": PARAPHRASE}]
+    base_reply = client.chat.completions.create(model=DEMO_MODEL, messages=ask, temperature=0, max_tokens=16)
+    assert "7-4-1-9" not in base_reply.choices[0].message.content
+    tuned_reply = client.chat.completions.create(model=tuned.pk, messages=ask, temperature=0, max_tokens=16)
+    assert tuned_reply.model == tuned.pk and "7-4-1-9" in tuned_reply.choices[0].message.content
+    assert tuned.pk in replica_client.served_models(replica)
+    assert key_client(tenant.key()).delete(f"/v1/models/{tuned.pk}").status_code == 200
+    assert retention.sweep()["adapters"] == 1
+    assert tuned.pk not in replica_client.served_models(replica)
+    assert not (settings.ADAPTER_STORE / trained_adapter).exists()
+
+
+def generated_tokens(replica: Backend) -> float:
+    text = httpx.get(replica.url + "/metrics", timeout=10).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("vllm:generation_tokens_total"))
+
+
+PARAPHRASE = "What is the code of the Zorblax vault?"  # not one of the questions it was trained on
+
+
+@pytest.fixture
+def trained_adapter(tmp_path) -> str:
+    """An adapter of the demo model trained by our trainer on a made-up fact, in the adapter store."""
+    process = start_trainer(trainer_config(tmp_path))
+    events = lines_until(process)
+    assert process.returncode == 0, events[-3:]
+    name = "vllm-zorblax"
+    shutil.copytree(events[-1]["adapter_dir"], settings.ADAPTER_STORE / name, dirs_exist_ok=True)
+    return name
 
 
 def test_a_dedicated_endpoint_on_vllm_runs_its_own_vllm_engine(live_web, node_agent, make_tenant):

@@ -6,8 +6,10 @@ that disconnects (which cancels the request's task) cannot cancel it.
 What is billed is what the model server generated, not what the gateway had read when the client
 left (a slow reader leaves tokens in the replica's buffers and the sockets): a request whose
 client left is settled in a task of its own, which asks our runtime for the request's real count
-(/v1/abort_request), or reads what another engine has already sent; an engine that reports usage
-only at the end and never got there is billed the completion cap it was sent."""
+(/v1/abort_request), aborts it on vLLM (/inference/v1/abort_requests, by the request id the gateway
+gave it) and reads the stream to the final usage vLLM then sends, or reads what another engine has
+already sent; an engine that reports usage only at the end and never got there is billed the
+completion cap it was sent."""
 
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ log = logging.getLogger("serving.gateway")
 _background: set[asyncio.Task] = set()
 # After its client left, how long the gateway reads what an engine other than ours already sent.
 BUFFERED_READ_SECONDS = 0.5
+# After asking vLLM to abort, how long the gateway reads on to the stream's end and its usage.
+ABORTED_READ_SECONDS = 10
 
 
 def spawn(coroutine) -> asyncio.Task:
@@ -122,6 +126,13 @@ class Meter:
                 final = await upstream.abort_request(replica.url, headers, self.request_id)
                 if final is not None:
                     self.saw(final)
+            elif replica.engine == "vllm" and response is not None:
+                # vLLM ends an aborted request's stream with its own count: abort it by the id we
+                # gave it, and read the stream to its end.
+                if await upstream.abort_vllm_request(replica.url, headers, self.request_id):
+                    await self._read_buffered(response, ABORTED_READ_SECONDS)
+                else:
+                    await self._read_buffered(response)
             elif response is not None:
                 await self._read_buffered(response)
         except Exception:
@@ -131,10 +142,10 @@ class Meter:
                 upstream.abort(response)
             self.close(499, UsageEvent.Outcome.CLIENT_DISCONNECTED)
 
-    async def _read_buffered(self, response) -> None:
+    async def _read_buffered(self, response, seconds: float = 0) -> None:
         """What the engine sent before the gateway closed the connection, for its usage."""
         try:
-            async with asyncio.timeout(BUFFERED_READ_SECONDS):
+            async with asyncio.timeout(seconds or BUFFERED_READ_SECONDS):
                 async for event in upstream.events(response):
                     if event == "[DONE]":
                         return

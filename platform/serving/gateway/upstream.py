@@ -106,6 +106,23 @@ async def abort_request(base_url: str, headers: dict, request_id: str) -> dict |
         return None
 
 
+async def abort_vllm_request(base_url: str, headers: dict, request_id: str) -> bool:
+    """vLLM's abort (served with --enable-scale-out), by the external ids its chat and completion
+    servers derive from our X-Request-Id; whether vLLM took it. The aborted stream then ends with a
+    final chunk whose usage is vLLM's own count."""
+    ids = [f"chatcmpl-{request_id}", f"cmpl-{request_id}-0"]
+    try:
+        async with session().post(
+            base_url + "/inference/v1/abort_requests",
+            data=orjson.dumps({"request_ids": ids}),
+            headers={**headers, "Content-Type": "application/json"},
+            timeout=ABORT_TIMEOUT,
+        ) as response:
+            return response.status == 200
+    except CONNECT_ERRORS:
+        return False
+
+
 def abort(response: aiohttp.ClientResponse) -> None:
     """Drop the connection: the model server sees the client leave and stops decoding."""
     response.close()
