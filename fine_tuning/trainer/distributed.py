@@ -8,6 +8,7 @@ saves the adapter. Started alone, the trainer is a world of one and nothing here
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -57,6 +58,24 @@ class World:
     def close(self) -> None:
         if self.size > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def die_with_launcher() -> None:
+    """torchrun starts its workers in sessions of their own, so nothing that kills torchrun (its
+    node agent or GPU worker dying, a SIGKILL to its process group) reaches them: each worker asks
+    the kernel to kill it when its launcher dies (Linux PR_SET_PDEATHSIG), and leaves at once if it
+    is gone already. A trainer started directly is its supervisor's child and needs none of this."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    launcher = os.getppid()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        return
+    if os.getppid() != launcher:  # it died before the request took effect
+        os._exit(1)
 
 
 def join() -> World:

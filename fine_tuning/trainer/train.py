@@ -320,6 +320,7 @@ def main(argv=None) -> int:
         "(a warm trainer: a job starts without paying for Python imports)",
     )
     args = parser.parse_args(argv)
+    distributed.die_with_launcher()
     config_path = args.config
     if args.wait:
         import peft  # noqa: F401

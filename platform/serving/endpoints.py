@@ -23,21 +23,14 @@ from compute import allocations
 from serving import dedicated, deployments, replica_client
 from serving import replicas as replica_rows
 from serving.models import Backend, Deployment, Endpoint, EndpointReplica, ReplicaState
+from serving.protocol import ProtocolError, generation
 from tenancy import audit, dispatch, scope, selectors, text
 from tenancy.audit import Actor
 from tenancy.services import ServiceError
 
 S = Endpoint.Status
 # Generation parameters an endpoint may default; the caller's own value wins.
-DEFAULTABLE = {
-    "temperature": (int, float),
-    "top_p": (int, float),
-    "max_tokens": (int,),
-    "presence_penalty": (int, float),
-    "frequency_penalty": (int, float),
-    "seed": (int,),
-    "stop": (str, list),
-}
+DEFAULTABLE = frozenset({"temperature", "top_p", "max_tokens", "presence_penalty", "frequency_penalty", "seed", "stop"})
 MAX_REPLICAS = 16
 
 
@@ -80,13 +73,14 @@ def _check_settings(organization_id: int, values: dict) -> dict:
         defaults = values["defaults"] or {}
         if not isinstance(defaults, dict):
             raise EndpointError("defaults is an object of generation parameters.", param="defaults")
-        for key, value in defaults.items():
-            kinds = DEFAULTABLE.get(key)
-            if kinds is None:
+        for key in defaults:
+            if key not in DEFAULTABLE:
                 allowed = ", ".join(sorted(DEFAULTABLE))
                 raise EndpointError(f"defaults cannot set '{key}' (allowed: {allowed}).", param="defaults")
-            if isinstance(value, bool) or not isinstance(value, kinds):
-                raise EndpointError(f"defaults.{key} has the wrong type.", param="defaults")
+        try:  # what a caller could send itself: checked by the protocol the gateway parses calls with
+            generation.parse_chat({"model": "-", "messages": [{"role": "user", "content": "-"}], **defaults})
+        except ProtocolError as problem:
+            raise EndpointError(f"defaults.{problem.param}: {problem.message}", param="defaults") from None
         clean["defaults"] = defaults
     if "system_prompt" in values:
         prompt = values["system_prompt"] or ""

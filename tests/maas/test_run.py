@@ -138,15 +138,20 @@ def test_run_starts_everything_and_ctrl_c_stops_everything(tmp_path):
         assert signed_in.status_code == 302 and signed_in.headers["location"] == "/"
 
         # The README's examples, literally, right after the banner: no retry, no 503.
-        (tmp_path / "hello.py").write_text(readme_block("Any OpenAI client works unchanged", "python"))
+        # hello.py, then the embeddings lines that follow it (the embedding model starts on that call).
+        hello = readme_block("Any OpenAI client works unchanged", "python")
+        hello += readme_block("The catalog also has an embedding model", "python")
+        (tmp_path / "hello.py").write_text(hello)
         script = readme_block("Then, in another shell", "sh") + f"\n.venv/bin/python {tmp_path / 'hello.py'}\n"
         shell = ["bash", "-e", "-o", "pipefail", "-c", script]
         done = subprocess.run(shell, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-3000:]
         printed = done.stdout.replace(" ", "")  # curl's two answers, then what hello.py printed
-        assert '{"object":"list","data":[{"id":"smollm2-135m-instruct"' in printed, done.stdout
+        assert printed.startswith('{"object":"list","data":[{"id":"all-minilm-l6-v2"'), done.stdout
+        assert '{"id":"smollm2-135m-instruct"' in printed, done.stdout
         assert '"object":"chat.completion"' in printed and '"finish_reason":' in printed, done.stdout
-        assert "Paris" in done.stdout.splitlines()[-1], done.stdout
+        assert "Paris" in done.stdout.splitlines()[-2], done.stdout
+        assert done.stdout.splitlines()[-1] == "[384, 384, 384] 9", done.stdout
         assert " ERROR " not in (tmp_path / "run.log").read_text()
         engine_port = int(re.search(r"agent \| .*engine started \(pid \d+, port (\d+)\)", text).group(1))
         assert httpx.get(f"http://127.0.0.1:{engine_port}/v1/models", timeout=10).status_code == 401  # secret set

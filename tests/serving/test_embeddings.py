@@ -56,7 +56,7 @@ def test_embeddings_through_the_sdk_metered_exactly_and_bad_input_named(live_web
         return caught.value
 
     too_long = refused(input=["fine", "word " * 300])
-    assert too_long.status_code == 400 and too_long.body["param"] == "input[1]"
+    assert too_long.status_code == 400 and too_long.body["param"] == "input.1"
     assert "reads at most 256" in too_long.message
     shorter = refused(dimensions=64)
     assert shorter.status_code == 400 and shorter.body["param"] == "dimensions"

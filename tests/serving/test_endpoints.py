@@ -172,6 +172,18 @@ def test_access_list_and_other_organizations(live_web, runtime_server, make_tena
         f"/api/orgs/{tenant.org.slug}/endpoints/", {"model": DEMO_MODEL, "defaults": {"logprobs": True}}, format="json"
     )
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "defaults"
+    # A default a caller could not send either is refused when it is saved, not on every call.
+    hot = owner.post(
+        f"/api/orgs/{tenant.org.slug}/endpoints/",
+        {"model": DEMO_MODEL, "name": "hot", "defaults": {"temperature": 5}},
+        format="json",
+    )
+    assert hot.status_code == 400 and hot.json()["error"]["param"] == "defaults"
+    assert "defaults.temperature" in hot.json()["error"]["message"]
+    embedding = owner.post(
+        f"/api/orgs/{tenant.org.slug}/endpoints/", {"model": "all-minilm-l6-v2", "name": "vectors"}, format="json"
+    )
+    assert embedding.status_code == 400 and embedding.json()["error"]["code"] == "model_not_supported"
     missing = owner.post(f"/api/orgs/{tenant.org.slug}/endpoints/", {"model": "no-such-model"}, format="json")
     assert missing.status_code == 400 and missing.json()["error"]["code"] == "model_not_found"
 

@@ -350,25 +350,15 @@ async def _assemble(response, meter: Meter, model: str, endpoint: str) -> HttpRe
     return json_response(body)
 
 
-def _endpoint_body(body: dict, route: routing.Route, principal, api_route: str) -> dict:
-    """A published endpoint's rules that come before validation: its access list, then its
-    defaults (the caller's own value of a parameter wins) and its system prompt (chat: the first
-    message, before the caller's own system messages). The merged body is validated as a whole."""
-    settings_ = route.endpoint
-    if settings_.allowed_key_ids and str(principal.key_id or "") not in settings_.allowed_key_ids:
+def _endpoint_access(route: routing.Route, principal) -> None:
+    """A published endpoint's access list, before anything else of the request is looked at."""
+    if route.endpoint.allowed_key_ids and str(principal.key_id or "") not in route.endpoint.allowed_key_ids:
         raise GatewayError(
             403,
-            f"This API key may not call the endpoint '{settings_.id}'.",
+            f"This API key may not call the endpoint '{route.endpoint.id}'.",
             code="endpoint_access_denied",
             error_type="permission_error",
         )
-    merged = dict(body)
-    for key, value in settings_.defaults:
-        if merged.get(key) is None:
-            merged[key] = value
-    if settings_.system_prompt and api_route == CHAT and isinstance(merged.get("messages"), list):
-        merged["messages"] = [{"role": "system", "content": settings_.system_prompt}, *merged["messages"]]
-    return merged
 
 
 def _endpoint_cap(checked: validation.Checked, route: routing.Route, asked: str | None) -> validation.Checked:
@@ -440,10 +430,13 @@ async def _proxy(request, endpoint: str, path: str):
     principal = await authenticate(request, Scope.INFERENCE)
     body = request_body(request)
     route = await route_for(principal, body["model"], "chat")
-    asked = next((key for key in ("max_completion_tokens", "max_tokens") if body.get(key) is not None), None)
     if route.endpoint is not None:
-        body = _endpoint_body(body, route, principal, endpoint)
-    checked = validation.check(body, endpoint)
+        _endpoint_access(route, principal)
+    parsed = validation.parse(body, endpoint)
+    asked = parsed.completion_cap()[1]  # the caller's own, before the endpoint's defaults
+    if route.endpoint is not None:
+        parsed = validation.with_endpoint(parsed, dict(route.endpoint.defaults), route.endpoint.system_prompt)
+    checked = validation.checked(parsed)
     if route.endpoint is not None:
         checked = _endpoint_cap(checked, route, asked)
     route = await serving_route(principal, checked.model, route)

@@ -51,6 +51,13 @@ class EmbeddingsRequest(BaseModel):
             return [list(self.input)]
         return list(self.input)
 
+    def place(self, index: int) -> tuple[str, str]:
+        """Item `index` as a message names it (`input[2]`) and as the error's param (`input.2`);
+        plain `input` when the request has one input."""
+        if isinstance(self.input, str) or isinstance(self.input[0], int):
+            return "input", "input"
+        return f"input[{index}]", f"input.{index}"
+
     def forward(self, model: str) -> dict:
         """What is sent to the model server: only what was parsed, under the server's model name."""
         body = {"model": model, "input": self.input, "encoding_format": self.encoding_format}
@@ -75,14 +82,14 @@ def parse(body: dict) -> EmbeddingsRequest:
     except ValidationError as error:
         raise from_validation(error) from None
     for index, item in enumerate(request.items()):
-        where = "input" if isinstance(request.input, str) or isinstance(request.input[0], int) else f"input[{index}]"
+        where, param = request.place(index)
         if isinstance(item, str):
             if not item:
-                raise ProtocolError(f"Invalid '{where}': an empty string has no embedding.", where)
+                raise ProtocolError(f"Invalid '{where}': an empty string has no embedding.", param)
             if len(item) > MAX_INPUT_CHARS:
-                raise ProtocolError(f"Invalid '{where}': at most {MAX_INPUT_CHARS} characters.", where)
+                raise ProtocolError(f"Invalid '{where}': at most {MAX_INPUT_CHARS} characters.", param)
         elif any(token < 0 for token in item):
-            raise ProtocolError(f"Invalid '{where}': token ids are not negative.", where)
+            raise ProtocolError(f"Invalid '{where}': token ids are not negative.", param)
     return request
 
 

@@ -5,7 +5,7 @@ from pydantic import ValidationError
 
 class ProtocolError(ValueError):
     """A request that does not follow the protocol: a 400 naming the parameter (dotted, with
-    indexes: `input[3]`)."""
+    indexes: `input.3`)."""
 
     def __init__(self, message: str, param: str | None = None, code: str = "invalid_value"):
         super().__init__(message)
@@ -13,10 +13,8 @@ class ProtocolError(ValueError):
 
 
 def param_of(location: tuple) -> str | None:
-    parts = ""
-    for part in location:
-        parts += f"[{part}]" if isinstance(part, int) else (f".{part}" if parts else str(part))
-    return parts or None
+    """The parameter as errors name it: dotted, indexes included (`messages.0.content`)."""
+    return ".".join(str(part) for part in location) or None
 
 
 def from_validation(error: ValidationError) -> ProtocolError:
