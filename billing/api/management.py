@@ -139,10 +139,18 @@ class CompletionsUsageView(OrgScopedViewSet):
     model = UsageEvent
     permissions = {"*": P.BILLING_VIEW}
     costs = False
+    usage_of = "completions"
 
     @extend_schema(parameters=USAGE_PARAMETERS, responses=OpenApiTypes.OBJECT, summary="Usage or costs in buckets")
     def retrieve(self, request, org):
-        return Response(usage.page(request.query_params, self.organization.pk, costs=self.costs))
+        page = usage.page(request.query_params, self.organization.pk, costs=self.costs, usage_of=self.usage_of)
+        return Response(page)
+
+
+class EmbeddingsUsageView(CompletionsUsageView):
+    """The organization's embeddings usage in buckets, as /v1/organization/usage/embeddings."""
+
+    usage_of = "embeddings"
 
 
 class CostsView(CompletionsUsageView):

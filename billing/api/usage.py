@@ -2,6 +2,7 @@
 (scope billing:read) and under /api/orgs/{org}/billing/ for the console.
 
 GET …/usage/completions: tokens and requests of chat and text completions per bucket.
+GET …/usage/embeddings: input tokens and requests of embeddings per bucket.
 GET …/costs: money per bucket, over every route (fine-tuning included). `amount.value` is a JSON
 number as OpenAI sends it; `amount.exact` (our extension) is the same amount as an exact decimal
 string, which is what to add up.
@@ -67,7 +68,12 @@ def _next_token(bucket: int | None) -> str | None:
     return None if bucket is None else base64.urlsafe_b64encode(f"bucket:{bucket}".encode()).decode().rstrip("=")
 
 
-def parse(params, organization_id: int, *, costs: bool) -> tuple[reports.Query, int, int | None, bool]:
+ROUTES = {"completions": reports.COMPLETION_ROUTES, "embeddings": reports.EMBEDDING_ROUTES}
+
+
+def parse(
+    params, organization_id: int, *, costs: bool, usage_of: str = "completions"
+) -> tuple[reports.Query, int, int | None, bool]:
     """The query, the page's bucket limit, the page cursor and whether line items were asked for."""
     unknown = sorted({name.removesuffix("[]") for name in params} - KNOWN)
     if unknown:
@@ -105,7 +111,7 @@ def parse(params, organization_id: int, *, costs: bool) -> tuple[reports.Query, 
         end=end,
         width=reports.WIDTHS[width_name],
         group_by=tuple(dimensions),
-        routes=None if costs else reports.COMPLETION_ROUTES,
+        routes=None if costs else ROUTES[usage_of],
         models=tuple(_list(params, "models")),
         api_key_ids=tuple(keys),
     )
@@ -138,9 +144,14 @@ def _dimensions(query: reports.Query, group: tuple) -> dict:
     return fields
 
 
-def usage_page(query: reports.Query, limit: int, page: int | None) -> dict:
+def usage_page(query: reports.Query, limit: int, page: int | None, usage_of: str = "completions") -> dict:
     def results(window, group, sums):
         values = dict(zip(SUMS, sums, strict=True))
+        common = {"num_model_requests": values["requests"], "user_id": None, **_dimensions(window, group)}
+        if usage_of == "embeddings":
+            return [
+                {"object": "organization.usage.embeddings.result", "input_tokens": values["prompt_tokens"], **common}
+            ]
         return [
             {
                 "object": "organization.usage.completions.result",
@@ -149,10 +160,8 @@ def usage_page(query: reports.Query, limit: int, page: int | None) -> dict:
                 "input_cached_tokens": 0,
                 "input_audio_tokens": 0,
                 "output_audio_tokens": 0,
-                "num_model_requests": values["requests"],
-                "user_id": None,
                 "batch": None,
-                **_dimensions(window, group),
+                **common,
             }
         ]
 
@@ -177,7 +186,7 @@ def costs_page(query: reports.Query, limit: int, page: int | None, line_items: b
     return _page(query, limit, page, results)
 
 
-def page(params, organization_id: int, *, costs: bool) -> dict:
+def page(params, organization_id: int, *, costs: bool, usage_of: str = "completions") -> dict:
     """One page of either API, from the request's query parameters."""
-    query, limit, cursor, line_items = parse(params, organization_id, costs=costs)
-    return costs_page(query, limit, cursor, line_items) if costs else usage_page(query, limit, cursor)
+    query, limit, cursor, line_items = parse(params, organization_id, costs=costs, usage_of=usage_of)
+    return costs_page(query, limit, cursor, line_items) if costs else usage_page(query, limit, cursor, usage_of)

@@ -1,5 +1,6 @@
-"""/v1/organization/usage/completions and /v1/organization/costs for an API key with the
-billing:read scope (OpenAI serves these to admin keys): the key's own organization only."""
+"""/v1/organization/usage/completions, /v1/organization/usage/embeddings and /v1/organization/costs
+for an API key with the billing:read scope (OpenAI serves these to admin keys): the key's own
+organization only."""
 
 from __future__ import annotations
 
@@ -16,9 +17,15 @@ class CompletionsUsageView(KeyScopedMixin, APIView):
     model = UsageEvent
     required_scope = Scope.BILLING_READ
     costs = False
+    usage_of = "completions"
 
     def get(self, request):
-        return Response(usage.page(request.query_params, self.principal.organization_id, costs=self.costs))
+        organization_id = self.principal.organization_id
+        return Response(usage.page(request.query_params, organization_id, costs=self.costs, usage_of=self.usage_of))
+
+
+class EmbeddingsUsageView(CompletionsUsageView):
+    usage_of = "embeddings"
 
 
 class CostsView(CompletionsUsageView):

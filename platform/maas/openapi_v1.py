@@ -505,5 +505,8 @@ def paths() -> dict:
                 params=USAGE_PARAMS,
             )
         },
+        "/v1/organization/usage/embeddings": {
+            "get": _op("Embeddings usage", {"200": _json(BUCKET_PAGE)}, tag="usage", params=USAGE_PARAMS)
+        },
         "/v1/organization/costs": {"get": _op("Costs", {"200": _json(BUCKET_PAGE)}, tag="usage", params=COST_PARAMS)},
     }

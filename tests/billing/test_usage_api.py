@@ -42,7 +42,7 @@ def _write(tenant, rng: random.Random, count: int, keys: list[str], prices: dict
                 tenant.org.pk,
                 f"{tag}-{n}",
                 api_key_id=None if training else rng.choice([*keys, None]),
-                route="fine_tuning.jobs" if training else rng.choice(["chat.completions", "completions"]),
+                route="fine_tuning.jobs" if training else rng.choice(["chat.completions", "completions", "embeddings"]),
                 model=model,
                 prompt_tokens=0 if training else rng.randint(1, 500),
                 completion_tokens=0 if training else rng.randint(0, 300),
@@ -138,6 +138,27 @@ def test_completions_usage_equals_the_ledger(ledger, width, start, end, group_by
                 result["output_tokens"],
             ]
     assert {b: {g: v[:3] for g, v in groups.items()} for b, groups in want.items()} == got
+
+
+@pytest.mark.parametrize(("width", "start", "end", "group_by"), WINDOWS[:3])
+def test_embeddings_usage_equals_the_ledger(ledger, width, start, end, group_by):
+    tenant, _ = ledger
+    client = key_client(tenant.key(scopes=[Scope.BILLING_READ]))
+    params = {"start_time": start, "end_time": end, "bucket_width": width, "group_by": list(group_by), "limit": 5}
+    buckets = all_pages(client, "/v1/organization/usage/embeddings", params)
+    seconds = {"1m": 60, "1h": HOUR, "1d": DAY}[width]
+    want = expected(tenant.org, start, end, seconds, group_by, {"embeddings"})
+    got: dict = defaultdict(dict)
+    for bucket in buckets:
+        for result in bucket["results"]:
+            assert result["object"] == "organization.usage.embeddings.result" and "output_tokens" not in result
+            got[bucket["start_time"] - bucket["start_time"] % seconds][tuple(result[d] for d in group_by)] = [
+                result["num_model_requests"],
+                result["input_tokens"],
+            ]
+    assert want and {b: {g: v[:2] for g, v in groups.items()} for b, groups in want.items()} == got
+    console = session_client(tenant.owner).get(f"/api/orgs/{tenant.org.slug}/billing/usage/embeddings/", params)
+    assert console.status_code == 200 and console.json()["data"][0]["object"] == "bucket"
     assert buckets[0]["start_time"] == start and buckets[-1]["end_time"] == end
     assert len({b["start_time"] for b in buckets}) == len(buckets)  # each bucket once across the pages
     assert sum(v[0] for groups in got.values() for v in groups.values()) > 0
@@ -240,11 +261,11 @@ def test_another_organization_sees_nothing(ledger, tenant_b):
     tenant, keys = ledger
     params = {"start_time": NOW - 4 * DAY, "end_time": NOW + 1, "group_by": ["model", "api_key_id"]}
     outsider = key_client(tenant_b.key(scopes=[Scope.BILLING_READ]))
-    for url in ("/v1/organization/usage/completions", "/v1/organization/costs"):
+    for url in ("/v1/organization/usage/completions", "/v1/organization/usage/embeddings", "/v1/organization/costs"):
         buckets = all_pages(outsider, url, {**params, "api_key_ids": keys[0]})
         assert buckets and all(b["results"] == [] for b in buckets)
     b_owner = session_client(tenant_b.owner)
-    for path in ("usage/completions/", "costs/"):
+    for path in ("usage/completions/", "usage/embeddings/", "costs/"):
         assert b_owner.get(f"/api/orgs/{tenant.org.slug}/billing/{path}", params).status_code == 404
 
 
