@@ -16,8 +16,9 @@ from tenancy.roles import Permission as P
 
 @org_page(P.MODELS_USE)
 def playground(request, access):
-    """Chat with any model or ready endpoint of the organization. The page calls the gateway itself
-    (/v1/chat/completions, streamed), as the member's console key: the session stands for it."""
+    """Chat with any model or ready endpoint of the organization, and compare texts with an
+    embedding model. The page calls the gateway itself (/v1/chat/completions, streamed, and
+    /v1/embeddings), as the member's console key: the session stands for it."""
     organization_id = access.organization.pk
     choices = [m.pk for m in catalog.visible_base_models(organization_id).filter(kind="chat")]
     choices += [m.pk for m in catalog.fine_tuned_models(organization_id)]
@@ -29,6 +30,7 @@ def playground(request, access):
         endpoints=ready,
         chosen=request.GET.get("model", ""),
         console_header=console_auth.HEADER,
+        embedding_models=[m.pk for m in catalog.visible_base_models(organization_id).filter(kind="embedding")],
     )
     return render(request, "frontend/playground.html", context)
 

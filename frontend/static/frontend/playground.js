@@ -131,3 +131,101 @@
     conversation.textContent = "";
   });
 })();
+
+// Compare texts: embeds each line with an embedding model (one /v1/embeddings call as the console
+// key), then ranks every pair by cosine similarity and shows the call's tokens and cost.
+(function () {
+  "use strict";
+  var form = document.getElementById("compare");
+  if (!form) return;
+  var result = document.getElementById("cmp-result");
+  var send = document.getElementById("cmp-send");
+
+  function cosine(a, b) {
+    var dot = 0, na = 0, nb = 0;
+    for (var i = 0; i < a.length; i++) { dot += a[i] * b[i]; na += a[i] * a[i]; nb += b[i] * b[i]; }
+    return dot / Math.sqrt(na * nb);
+  }
+
+  function line(text, className) {
+    var item = document.createElement("p");
+    item.className = className;
+    item.textContent = text;
+    result.appendChild(item);
+    return item;
+  }
+
+  function table(texts, vectors) {
+    var pairs = [];
+    for (var i = 0; i < texts.length; i++) {
+      for (var j = i + 1; j < texts.length; j++) pairs.push([cosine(vectors[i], vectors[j]), texts[i], texts[j]]);
+    }
+    pairs.sort(function (x, y) { return y[0] - x[0]; });
+    var grid = document.createElement("table");
+    grid.setAttribute("data-testid", "similarities");
+    var head = grid.insertRow();
+    ["Similarity", "Text", "Text"].forEach(function (name) {
+      var cell = document.createElement("th");
+      cell.scope = "col";
+      cell.textContent = name;
+      head.appendChild(cell);
+    });
+    pairs.forEach(function (pair) {
+      var row = grid.insertRow();
+      row.insertCell().textContent = pair[0].toFixed(3);
+      row.insertCell().textContent = pair[1];
+      row.insertCell().textContent = pair[2];
+    });
+    var wrap = document.createElement("div");
+    wrap.className = "table-wrap";
+    wrap.appendChild(grid);
+    result.appendChild(wrap);
+  }
+
+  function showUsage(requestId, attempt) {
+    var url = form.dataset.usageUrl.replace("REQUEST_ID", encodeURIComponent(requestId));
+    fetch(url, { credentials: "same-origin" }).then(function (response) {
+      if (response.status === 202) {
+        if (attempt < 40) setTimeout(function () { showUsage(requestId, attempt + 1); }, 250);
+        return null;
+      }
+      return response.ok ? response.json() : null;
+    }).then(function (usage) {
+      if (!usage) return;
+      line(usage.prompt_tokens + " tokens · cost " + usage.cost + " " + usage.currency.toUpperCase() + " · " +
+        usage.latency_ms + " ms", "muted usage").setAttribute("data-testid", "compare-usage");
+    });
+  }
+
+  form.addEventListener("submit", function (event) {
+    event.preventDefault();
+    var texts = form.elements.texts.value.split("\n").map(function (t) { return t.trim(); })
+      .filter(function (t) { return t; });
+    result.textContent = "";
+    if (texts.length < 2 || texts.length > 8) {
+      line("Write 2 to 8 texts, one per line.", "error").setAttribute("role", "alert");
+      return;
+    }
+    var match = document.cookie.match(/(?:^|; )csrftoken=([^;]+)/);
+    var headers = { "Content-Type": "application/json", "X-CSRFToken": match ? decodeURIComponent(match[1]) : "" };
+    headers[form.dataset.header] = form.dataset.organization;
+    send.disabled = true;
+    var waiting = line("Embedding… (a model with no replica running starts one first)", "muted");
+    var body = { model: form.elements.model.value, input: texts, encoding_format: "float" };
+    fetch("/v1/embeddings", { method: "POST", credentials: "same-origin", headers: headers, body: JSON.stringify(body) })
+      .then(function (response) {
+        var requestId = response.headers.get("x-request-id");
+        return response.json().then(function (answer) {
+          waiting.remove();
+          if (!response.ok) {
+            line((answer.error && answer.error.message) || ("HTTP " + response.status), "error").setAttribute("role", "alert");
+            return;
+          }
+          table(texts, answer.data.map(function (item) { return item.embedding; }));
+          if (requestId) showUsage(requestId, 0);
+        });
+      })
+      .catch(function (error) { waiting.remove(); line("The request failed: " + error, "error"); })
+      .finally(function () { send.disabled = false; });
+  });
+})();
