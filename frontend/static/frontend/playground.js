@@ -58,6 +58,41 @@
     return value === "" ? null : Number(value);
   }
 
+  var stop = document.getElementById("pg-stop");
+  var code = document.getElementById("pg-code");
+  var running = null; // the AbortController of the reply being generated
+
+  // A JSON value as a Python literal (JSON's string escapes are Python's too).
+  function python(value) {
+    if (value === null) return "None";
+    if (value === true) return "True";
+    if (value === false) return "False";
+    if (Array.isArray(value)) return "[" + value.map(python).join(", ") + "]";
+    if (typeof value === "object") {
+      return "{" + Object.keys(value).map(function (k) { return JSON.stringify(k) + ": " + python(value[k]); }).join(", ") + "}";
+    }
+    return JSON.stringify(value);
+  }
+
+  // The call just made, as a customer would write it: the official SDK and curl.
+  function showCode(body) {
+    var base = window.location.origin + "/v1";
+    var call = { model: body.model, messages: body.messages };
+    if (body.temperature !== undefined) call.temperature = body.temperature;
+    if (body.max_tokens !== undefined) call.max_tokens = body.max_tokens;
+    var args = Object.keys(call).map(function (key) { return "    " + key + "=" + python(call[key]) + ","; });
+    code.querySelector("[data-lang=python]").textContent = [
+      "from openai import OpenAI", "",
+      'client = OpenAI(base_url="' + base + '", api_key="YOUR_KEY")',
+      "reply = client.chat.completions.create(", args.join("\n"), ")",
+      "print(reply.choices[0].message.content)"
+    ].join("\n");
+    code.querySelector("[data-lang=curl]").textContent = "curl " + base + "/chat/completions \\\n" +
+      '  -H "Authorization: Bearer $KEY" -H "Content-Type: application/json" \\\n' +
+      "  -d '" + JSON.stringify(call).replace(/'/g, "'\\''") + "'";
+    code.hidden = false;
+  }
+
   form.addEventListener("submit", function (event) {
     event.preventDefault();
     var message = form.elements.message.value.trim();
@@ -69,6 +104,8 @@
     var reply = bubble("assistant", "");
     var text = reply.querySelector(".text");
     text.setAttribute("data-testid", "reply");
+    var status = note(reply, "generating…", false);
+    status.setAttribute("data-testid", "reply-status");
     var body = {
       model: form.elements.model.value,
       messages: (system ? [{ role: "system", content: system }] : []).concat(history),
@@ -78,14 +115,22 @@
     var temperature = number("temperature"), maxTokens = number("max_tokens");
     if (temperature !== null) body.temperature = temperature;
     if (maxTokens !== null) body.max_tokens = maxTokens;
+    showCode(body);
     var headers = { "Content-Type": "application/json", "X-CSRFToken": csrfToken() };
     headers[form.dataset.header] = form.dataset.organization;
     send.disabled = true;
-    fetch("/v1/chat/completions", { method: "POST", credentials: "same-origin", headers: headers, body: JSON.stringify(body) })
+    stop.hidden = false;
+    running = new AbortController();
+    var answer = "";
+    var requestId = null;
+    fetch("/v1/chat/completions", {
+      method: "POST", credentials: "same-origin", headers: headers, body: JSON.stringify(body), signal: running.signal
+    })
       .then(function (response) {
-        var requestId = response.headers.get("x-request-id");
+        requestId = response.headers.get("x-request-id");
         if (!response.ok) {
           return response.json().then(function (error) {
+            status.remove();
             note(reply, (error.error && error.error.message) || ("HTTP " + response.status), true);
             history.pop();
           });
@@ -93,10 +138,15 @@
         var reader = response.body.getReader();
         var decoder = new TextDecoder();
         var pending = "";
-        var answer = "";
+        var finish = null;
         function pump() {
           return reader.read().then(function (chunk) {
             if (chunk.done) {
+              status.remove();
+              if (finish === "length") {
+                note(reply, "Cut off: the reply reached its token limit (raise Max tokens for longer replies).", false)
+                  .setAttribute("data-testid", "reply-cut-off");
+              }
               history.push({ role: "assistant", content: answer });
               if (requestId) showUsage(reply, requestId, 0);
               return;
@@ -113,7 +163,8 @@
                 if (parsed.error) { note(reply, parsed.error.message, true); return; }
                 (parsed.choices || []).forEach(function (choice) {
                   var piece = choice.delta && choice.delta.content;
-                  if (piece) { answer += piece; text.textContent = answer; }
+                  if (piece) { answer += piece; text.textContent = answer; status.textContent = "generating…"; }
+                  if (choice.finish_reason) finish = choice.finish_reason;
                 });
               });
             });
@@ -122,8 +173,28 @@
         }
         return pump();
       })
-      .catch(function (error) { note(reply, "The request failed: " + error, true); history.pop(); })
-      .finally(function () { send.disabled = false; form.elements.message.focus(); });
+      .catch(function (error) {
+        status.remove();
+        if (error.name === "AbortError") {
+          // Stopped by the member: the gateway stops the model and bills what it generated.
+          note(reply, "Stopped.", false).setAttribute("data-testid", "reply-stopped");
+          history.push({ role: "assistant", content: answer });
+          if (requestId) showUsage(reply, requestId, 0);
+          return;
+        }
+        note(reply, "The request failed: " + error, true);
+        history.pop();
+      })
+      .finally(function () {
+        running = null;
+        stop.hidden = true;
+        send.disabled = false;
+        form.elements.message.focus();
+      });
+  });
+
+  stop.addEventListener("click", function () {
+    if (running) running.abort();
   });
 
   document.getElementById("pg-reset").addEventListener("click", function () {

@@ -1,0 +1,73 @@
+"""The playground in Chromium, against a replica the pool started: a reply shows "generating…"
+until it ends, a reply cut off by its token limit says so, Stop ends a long reply (billed for
+what was generated), and "View code" shows the call as the official SDK would make it — code
+that runs as shown."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from billing.models import UsageEvent
+from tests.conftest import DEMO_MODEL, PASSWORD, REPO
+from tests.serving.test_pool_replicas import replicas, wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
+
+
+def test_the_playground_marks_cut_off_replies_stops_and_shows_code_that_runs(
+    watched, node_agent, make_tenant, live_web
+):
+    from serving import autoscale
+
+    autoscale.scale_all()  # the demo model's one replica
+    wait_until(lambda: replicas(f"model:{DEMO_MODEL}", state="ready"), 240, node_agent.log()[-2000:])
+    tenant = make_tenant("playing")
+    page = watched.page
+    page.goto("/sign-in/")
+    page.get_by_label("Email").fill(tenant.owner.email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"**/orgs/{tenant.org.slug}/")
+    page.get_by_role("link", name="Playground").click()
+
+    assert page.get_by_role("button", name="Stop").is_hidden() and page.locator("#pg-code").is_hidden()
+    page.get_by_label("Model or endpoint").select_option(DEMO_MODEL)
+    page.get_by_label("Max tokens").fill("5")
+    page.get_by_label("Your message").fill("Say hello.")
+    page.get_by_role("button", name="Send").click()
+    page.get_by_test_id("reply-usage").wait_for()
+    assert page.get_by_test_id("reply-cut-off").inner_text().startswith("Cut off: the reply reached its token limit")
+    assert page.get_by_test_id("reply-status").count() == 0  # "generating…" went with the end of the reply
+    watched.shot("cut off")
+
+    page.get_by_text("View code for this call").click()
+    shown = page.locator("#pg-code [data-lang=python]").inner_text()
+    assert f'model="{DEMO_MODEL}"' in shown and "max_tokens=5," in shown
+    assert f"curl {live_web.url}/v1/chat/completions" in page.locator("#pg-code [data-lang=curl]").inner_text()
+    ran = subprocess.run(
+        [sys.executable, "-c", shown.replace("YOUR_KEY", tenant.key())], cwd=REPO, capture_output=True, text=True
+    )
+    assert ran.returncode == 0 and ran.stdout.strip(), ran.stderr[-2000:]
+
+    page.get_by_label("Max tokens").fill("")
+    page.get_by_role("button", name="New conversation").click()
+    page.get_by_label("Your message").fill("Tell me a long story about a dragon and a knight.")
+    page.get_by_role("button", name="Send").click()
+    status = page.get_by_test_id("reply-status")
+    status.wait_for()
+    assert status.inner_text() == "generating…"
+    page.wait_for_function("document.querySelector('[data-testid=reply]').textContent.length > 20")
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_test_id("reply-stopped").wait_for()
+    page.get_by_test_id("reply-usage").wait_for()
+    watched.shot("stopped")
+    stopped = wait_until(
+        lambda: UsageEvent.all_orgs.filter(organization=tenant.org, outcome="client_disconnected").first(),
+        20,
+        "the stopped reply metered",
+    )
+    assert 1 <= stopped.completion_tokens < 256  # what was generated, not the default cap
+    assert page.get_by_role("button", name="Stop").is_hidden()
