@@ -98,3 +98,14 @@ def watched(browser, live_web, request):
     context.close()
     assert not page.foreign, f"requests left the machine: {page.foreign}"
     assert not page.errors, f"the browser reported errors: {page.errors}"
+
+
+def sign_in(page, tenant) -> None:
+    """Sign the tenant's owner in through the sign-in page, and land on the organization."""
+    from tests.conftest import PASSWORD
+
+    page.goto("/sign-in/")
+    page.get_by_label("Email").fill(tenant.owner.email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"**/orgs/{tenant.org.slug}/")

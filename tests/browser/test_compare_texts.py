@@ -8,7 +8,8 @@ import pytest
 
 from billing.models import UsageEvent
 from catalog.models import BaseModel
-from tests.conftest import DEMO_MODEL, PASSWORD
+from tests.browser.conftest import sign_in
+from tests.conftest import DEMO_MODEL
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 
@@ -17,11 +18,7 @@ def test_compare_texts_ranks_the_pairs_by_meaning(watched, node_agent, make_tena
     BaseModel.objects.filter(pk=DEMO_MODEL).update(min_replicas=0)  # only the embedding model runs here
     tenant = make_tenant("compare")
     page = watched.page
-    page.goto("/sign-in/")
-    page.get_by_label("Email").fill(tenant.owner.email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(f"**/orgs/{tenant.org.slug}/")
+    sign_in(page, tenant)
     page.get_by_role("link", name="Playground").click()
     page.get_by_label("Embedding model").select_option("all-minilm-l6-v2")
     page.get_by_label("Texts").fill("a cat\n\na kitten\na car")  # the blank line is ignored

@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from billing.models import UsageEvent
-from tests.conftest import DEMO_MODEL, PASSWORD, REPO
+from tests.browser.conftest import sign_in
+from tests.conftest import DEMO_MODEL, REPO
 from tests.serving.test_pool_replicas import replicas, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
@@ -26,11 +27,7 @@ def test_the_playground_marks_cut_off_replies_stops_and_shows_code_that_runs(
     wait_until(lambda: replicas(f"model:{DEMO_MODEL}", state="ready"), 240, node_agent.log()[-2000:])
     tenant = make_tenant("playing")
     page = watched.page
-    page.goto("/sign-in/")
-    page.get_by_label("Email").fill(tenant.owner.email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(f"**/orgs/{tenant.org.slug}/")
+    sign_in(page, tenant)
     page.get_by_role("link", name="Playground").click()
 
     assert page.get_by_role("button", name="Stop").is_hidden() and page.locator("#pg-code").is_hidden()
