@@ -25,7 +25,7 @@ from billing.rollups import SUMS, meter_sums, unit_prices
 
 WIDTHS = {"1m": 60, "1h": 3600, "1d": 86400}
 DIMENSIONS = ("model", "api_key_id", "endpoint_id")
-COMPLETION_ROUTES = ("chat.completions", "completions")
+COMPLETION_ROUTES = ("chat.completions", "completions", "responses")
 EMBEDDING_ROUTES = ("embeddings",)
 DEDICATED_ROUTE = "endpoints.dedicated"  # a dedicated endpoint's replica-minutes
 HOUR = 3600

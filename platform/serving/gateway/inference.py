@@ -428,7 +428,13 @@ async def serving_route(principal, model: str, route: routing.Route) -> routing.
 
 async def _proxy(request, endpoint: str, path: str):
     principal = await authenticate(request, Scope.INFERENCE)
-    body = request_body(request)
+    return await serve_generation(request, principal, request_body(request), endpoint, path)
+
+
+async def serve_generation(request, principal, body: dict, endpoint: str, path: str, metered_as: str = ""):
+    """A chat or text completion, from the parsed body to the answer (assembled, or a RelayResponse
+    streaming the engine's chunks); `metered_as` names the API route in the ledger when it is not
+    `endpoint` (the Responses API is served as chat)."""
     route = await route_for(principal, body["model"], "chat")
     if route.endpoint is not None:
         _endpoint_access(route, principal)
@@ -445,7 +451,9 @@ async def _proxy(request, endpoint: str, path: str):
     served = route.endpoint.model if route.endpoint is not None else checked.model  # what is priced and metered
     grant = await ratelimit.acquire(principal, prompt_estimate + cap, route.endpoint)
     admitted = await admit(request.request_id, principal, route, served, _prompt_bound(checked), cap, grant)
-    meter = Meter(request.request_id, principal, endpoint, served, route.base_model, checked.stream, grant, admitted)
+    meter = Meter(
+        request.request_id, principal, metered_as or endpoint, served, route.base_model, checked.stream, grant, admitted
+    )
     meter.prompt_estimate = prompt_estimate
     meter.completion_cap = cap
     meter.endpoint_id = route.endpoint.id if route.endpoint is not None else ""

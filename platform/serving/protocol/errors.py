@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 from pydantic import ValidationError
 
 
@@ -17,10 +19,21 @@ def param_of(location: tuple) -> str | None:
     return ".".join(str(part) for part in location) or None
 
 
+# pydantic names the member of a union it tried in the location (`input.str`, `input.list[...]`):
+# those are not parameters.
+UNION_MEMBER = re.compile(r"^(str|int|float|bool|none|.*\[.*\]|constrained-.*|function-.*|json-or-python.*)$")
+
+
+def _location(error: dict) -> tuple:
+    return tuple(part for part in error.get("loc") or () if not (isinstance(part, str) and UNION_MEMBER.match(part)))
+
+
 def from_validation(error: ValidationError) -> ProtocolError:
-    """pydantic's first complaint, in OpenAI's words: what is wrong and with which parameter."""
-    first = error.errors(include_url=False)[0]
-    param = param_of(tuple(first.get("loc") or ()))
+    """pydantic's most specific complaint, in OpenAI's words: what is wrong and with which
+    parameter (for a union, the member that got furthest)."""
+    errors = error.errors(include_url=False)
+    first = max(errors, key=lambda e: len(_location(e)))
+    param = param_of(_location(first))
     if first["type"] == "extra_forbidden":
         return ProtocolError(f"Unrecognized request argument supplied: {param}", param, "unknown_parameter")
     if first["type"] == "missing":

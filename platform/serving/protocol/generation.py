@@ -33,6 +33,19 @@ class StreamOptions(Strict):
     continuous_usage_stats: bool | None = None  # vLLM's: usage in every chunk (the gateway asks engines for it)
 
 
+def text_or_parts(value, kinds: tuple[str, ...]):
+    """A message's content: a string, or a non-empty list of text parts of these types. One
+    complaint naming the content, rather than one per member of the union."""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"must be a string or a non-empty list of {' or '.join(kinds)} parts")
+    for part in value:
+        if not isinstance(part, dict) or part.get("type") not in kinds or not isinstance(part.get("text"), str):
+            raise ValueError(f"only {' and '.join(kinds)} parts are supported")
+    return value
+
+
 class TextPart(Strict):
     type: Literal["text"]
     text: str
@@ -47,15 +60,7 @@ class Message(Strict):
     @field_validator("content", mode="before")
     @classmethod
     def _text_or_parts(cls, value):
-        # One complaint naming the content, rather than one per member of the union.
-        if isinstance(value, str):
-            return value
-        if not isinstance(value, list) or not value:
-            raise ValueError("must be a string or a non-empty list of text parts")
-        for part in value:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise ValueError("only text parts are supported")
-        return value
+        return text_or_parts(value, ("text",))
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)

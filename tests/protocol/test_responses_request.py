@@ -1,0 +1,69 @@
+"""A Responses API request as the protocol parses it, and the chat request it is served as."""
+
+from __future__ import annotations
+
+import pytest
+
+from serving.protocol import ProtocolError
+from serving.protocol import responses as protocol
+
+
+def test_a_response_request_becomes_the_chat_request_it_is_served_as():
+    request = protocol.parse(
+        {
+            "model": "m",
+            "instructions": "Be brief.",
+            "input": [
+                {"type": "message", "role": "user", "content": "Hi"},
+                {"role": "assistant", "content": [{"type": "output_text", "text": "Hello", "annotations": []}]},
+                {"role": "user", "content": [{"type": "input_text", "text": "Again"}]},
+            ],
+            "max_output_tokens": 9,
+            "temperature": 0,
+            "store": True,  # accepted; nothing is stored
+            "tool_choice": "auto",
+            "text": {"format": {"type": "text"}},
+        }
+    )
+    assert request.to_chat() == {
+        "model": "m",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"},
+            {"role": "user", "content": "Again"},
+        ],
+        "stream": False,
+        "max_tokens": 9,
+        "temperature": 0.0,
+    }
+    plain = protocol.parse({"model": "m", "input": "Hi", "stream": True}).to_chat()
+    assert plain == {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "stream": True}
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "code"),
+    [
+        ({"previous_response_id": "resp_1"}, "previous_response_id", "unsupported_parameter"),
+        ({"tools": [{"type": "function", "name": "f"}]}, "tools", "unsupported_parameter"),
+        ({"tool_choice": "required"}, "tool_choice", "unsupported_parameter"),
+        ({"text": {"format": {"type": "json_schema"}}}, "text", "unsupported_parameter"),
+        ({"background": True}, "background", "unsupported_parameter"),
+        ({"input": [{"type": "function_call", "name": "f"}]}, "input", "invalid_value"),
+        ({"input": [{"role": "user", "content": [{"type": "input_image"}]}]}, "input.0.content", "invalid_value"),
+        ({"input": []}, "input", "invalid_value"),
+        ({"max_output_tokens": 0}, "max_output_tokens", "invalid_value"),
+        ({"frequency_penalty": 1}, "frequency_penalty", "unknown_parameter"),
+    ],
+)
+def test_what_is_not_served_is_refused_by_name(extra, param, code):
+    with pytest.raises(ProtocolError) as refused:
+        protocol.parse({"model": "m", "input": "Hi", **extra})
+    assert (refused.value.param, refused.value.code) == (param, code), refused.value.message
+
+
+def test_a_cut_off_answer_is_incomplete_with_its_reason():
+    request = protocol.parse({"model": "m", "input": "Hi"})
+    done = protocol.response_object(request, "resp_1", finish_reason="length", usage=protocol.usage_of({}))
+    assert (done["status"], done["incomplete_details"]) == ("incomplete", {"reason": "max_output_tokens"})
+    assert protocol.response_object(request, "resp_1", finish_reason="stop")["incomplete_details"] is None
