@@ -15,7 +15,13 @@ def test_a_response_request_becomes_the_chat_request_it_is_served_as():
             "instructions": "Be brief.",
             "input": [
                 {"type": "message", "role": "user", "content": "Hi"},
-                {"role": "assistant", "content": [{"type": "output_text", "text": "Hello", "annotations": []}]},
+                {
+                    "type": "message",
+                    "id": "msg_1",
+                    "status": "completed",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": "Hello", "annotations": [], "logprobs": []}],
+                },
                 {"role": "user", "content": [{"type": "input_text", "text": "Again"}]},
             ],
             "max_output_tokens": 9,

@@ -24,7 +24,8 @@ from serving.protocol.generation import MAX_MESSAGES, Strict, Tokens, text_or_pa
 class ContentPart(Strict):
     type: Literal["input_text", "output_text"]
     text: str
-    annotations: list | None = None  # an earlier answer's output_text, sent back as input
+    annotations: list | None = None  # an earlier answer's output_text, sent back as input,
+    logprobs: list | None = None  # with what came with it
 
 
 class InputMessage(Strict):
@@ -59,6 +60,7 @@ class ResponsesRequest(Strict):
     truncation: Literal["disabled", "auto"] | None = None
     include: list[str] | None = None
     prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
     safety_identifier: str | None = None
     service_tier: str | None = None
     # Refused unless off, with a message naming what is missing.
