@@ -167,3 +167,44 @@ def test_a_dedicated_endpoint_on_vllm_runs_its_own_vllm_engine(live_web, node_ag
     owner.post(f"/api/orgs/{tenant.org.slug}/endpoints/{endpoint_id}/stop/")
     wait_until(lambda: Backend.objects.get(pk=own.pk).state == "ended", 90, "its replica ended")
     assert not alive(own.pid)
+
+
+def test_the_embedding_model_on_vllm_embeds_as_our_runtime_does(live_web, node_agent, make_tenant):
+    """The catalog's embedding model with `serving_engine: vllm`: the agent starts vLLM's pooling
+    runner, and /v1/embeddings answers the vectors our runtime's embedder makes, metered by vLLM's
+    own count."""
+    from catalog.loader import load_encoder
+    from serving.runtime.embedder import Embedder, max_length_of, read_pooling
+
+    assert INSTALLED, "REQUIRE_VLLM=1 but vLLM is not installed: run make vllm"
+    model = BaseModel.objects.get(pk="all-minilm-l6-v2")
+    loaded = load_encoder(model.source)
+    embedder = Embedder(
+        loaded.model,
+        loaded.tokenizer,
+        read_pooling(loaded.weights_dir),
+        max_length=max_length_of(loaded.weights_dir, loaded.model),
+    )
+    texts = ["cat", "kitten", "car"]
+    embedder.start()
+    try:
+        ours = embedder.submit([embedder.token_ids(text) for text in texts]).result(60)
+    finally:
+        embedder.stop()
+
+    BaseModel.objects.filter(pk=DEMO_MODEL).update(min_replicas=0)
+    BaseModel.objects.filter(pk=model.pk).update(serving_engine="vllm", min_replicas=1)
+    autoscale.scale_all()
+    key = f"model:{model.pk}"
+    (replica,) = wait_until(
+        lambda: replicas(key, state="ready"), 600, f"a vLLM replica: {replicas(key)} {node_agent.log()[-3000:]}"
+    )
+    assert replica.engine == "vllm"
+    tenant = make_tenant("vllm-embeds")
+    client = openai.OpenAI(base_url=live_web.url + "/v1", api_key=tenant.key(), max_retries=0, timeout=120)
+    answer = client.embeddings.create(model=model.pk, input=texts)
+    assert answer.usage.prompt_tokens == 9
+    for mine, theirs in zip(ours, (item.embedding for item in answer.data), strict=True):
+        assert max(abs(a - b) for a, b in zip(mine, theirs, strict=True)) < 1e-4
+    row = wait_until(lambda: UsageEvent.all_orgs.filter(organization=tenant.org).first(), 20, "metered")
+    assert (row.route, row.backend, row.prompt_tokens, row.cost) == ("embeddings", replica.name, 9, 9 * 20)
