@@ -1,9 +1,11 @@
 """The OpenAPI description of the OpenAI-compatible API under /v1/, merged into the management
-API's document (maas.schema). Written by hand: the gateway's views are plain async views, and the
-shapes are OpenAI's, which the official SDK relies on. Request bodies say what the gateway
-accepts (serving.gateway.validation is the authority); responses say what it returns."""
+API's document (maas.schema). Request bodies are generated from the wire protocol the gateway
+parses with (maas.openapi_protocol); responses, in OpenAI's shapes that the official SDK relies
+on, are written here."""
 
 from __future__ import annotations
+
+from maas import openapi_protocol
 
 
 def _ref(name: str) -> dict:
@@ -21,65 +23,6 @@ USAGE = {
     "type": "object",
     "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
     "properties": {k: {"type": "integer"} for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
-}
-SAMPLING = {
-    "temperature": {"type": "number", "minimum": 0, "maximum": 2, "nullable": True},
-    "top_p": {"type": "number", "minimum": 0, "maximum": 1, "nullable": True},
-    "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2, "nullable": True},
-    "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2, "nullable": True},
-    "seed": {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1, "nullable": True},
-    "stop": {
-        "nullable": True,
-        "oneOf": [
-            {"type": "string", "maxLength": 500},
-            {"type": "array", "maxItems": 4, "items": {"type": "string", "maxLength": 500}},
-        ],
-    },
-    "logit_bias": {
-        "type": "object",
-        "nullable": True,
-        "maxProperties": 300,
-        "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
-    },
-    "n": {"type": "integer", "enum": [1], "nullable": True},
-    "stream": {"type": "boolean", "nullable": True},
-    "stream_options": {
-        "type": "object",
-        "nullable": True,
-        "properties": {"include_usage": {"type": "boolean"}},
-        "additionalProperties": False,
-    },
-    "max_tokens": {"type": "integer", "minimum": 1, "nullable": True},
-    "user": {"type": "string", "maxLength": 256},
-    "metadata": {
-        "type": "object",
-        "maxProperties": 16,
-        "additionalProperties": {"type": "string", "maxLength": 512},
-        "nullable": True,
-    },
-}
-MESSAGE = {
-    "type": "object",
-    "required": ["role", "content"],
-    "additionalProperties": False,
-    "properties": {
-        "role": {"type": "string", "enum": ["system", "developer", "user", "assistant"]},
-        "content": {
-            "oneOf": [
-                {"type": "string"},
-                {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {
-                        "type": "object",
-                        "required": ["type", "text"],
-                        "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}},
-                    },
-                },
-            ]
-        },
-        "name": {"type": "string"},
-    },
 }
 SSE_EVENT = {
     "type": "object",
@@ -146,32 +89,6 @@ SCHEMAS = {
         "type": "object",
         "required": ["id", "object", "deleted"],
         "properties": {"id": {"type": "string"}, "object": {"type": "string"}, "deleted": {"type": "boolean"}},
-    },
-    "ChatCompletionRequest": {
-        "type": "object",
-        "required": ["model", "messages"],
-        "additionalProperties": False,
-        "properties": {
-            "model": {"type": "string", "minLength": 1, "example": "smollm2-135m-instruct"},
-            "messages": {"type": "array", "minItems": 1, "maxItems": 2048, "items": MESSAGE},
-            "max_completion_tokens": {"type": "integer", "minimum": 1, "nullable": True},
-            **SAMPLING,
-        },
-    },
-    "CompletionRequest": {
-        "type": "object",
-        "required": ["model", "prompt"],
-        "additionalProperties": False,
-        "properties": {
-            "model": {"type": "string", "minLength": 1, "example": "smollm2-135m-instruct"},
-            "prompt": {
-                "oneOf": [
-                    {"type": "string", "minLength": 1},
-                    {"type": "array", "minItems": 1, "maxItems": 1, "items": {"type": "string", "minLength": 1}},
-                ]
-            },
-            **SAMPLING,
-        },
     },
     "ChatCompletion": {
         "type": "object",
@@ -298,6 +215,50 @@ SCHEMAS = {
             "metrics": {"type": "object"},
         },
     },
+    "EmbeddingList": {
+        "type": "object",
+        "required": ["object", "data", "model", "usage"],
+        "properties": {
+            "object": {"type": "string", "enum": ["list"]},
+            "data": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["object", "index", "embedding"],
+                    "properties": {
+                        "object": {"type": "string", "enum": ["embedding"]},
+                        "index": {"type": "integer"},
+                        "embedding": {
+                            "description": "Floats, or with `encoding_format: base64` little-endian float32 in base64.",
+                            "oneOf": [{"type": "array", "items": NUMBER}, {"type": "string"}],
+                        },
+                    },
+                },
+            },
+            "model": {"type": "string"},
+            "usage": {
+                "type": "object",
+                "required": ["prompt_tokens", "total_tokens"],
+                "properties": {"prompt_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}},
+            },
+        },
+    },
+    "Response": {
+        "type": "object",
+        "description": "A Responses API answer (stateless: never stored).",
+        "required": ["id", "object", "created_at", "status", "model", "output"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"type": "string", "enum": ["response"]},
+            "created_at": {"type": "integer"},
+            "status": {"type": "string", "enum": ["completed", "incomplete", "failed", "in_progress"]},
+            "model": {"type": "string"},
+            "output": {"type": "array", "items": {"type": "object"}},
+            "usage": {"type": "object", "nullable": True},
+            "incomplete_details": {"type": "object", "nullable": True},
+        },
+    },
+    **openapi_protocol.schemas(),
 }
 
 
@@ -417,6 +378,15 @@ def paths() -> dict:
         },
         "/v1/chat/completions": _generation("Create a chat completion", "ChatCompletionRequest", "ChatCompletion"),
         "/v1/completions": _generation("Create a completion", "CompletionRequest", "Completion"),
+        "/v1/embeddings": {
+            "post": _op(
+                "Create embeddings",
+                {"200": _json(_ref("EmbeddingList"))},
+                tag="inference",
+                body=_json_body("EmbeddingsRequest"),
+            )
+        },
+        "/v1/responses": _generation("Create a response", "ResponsesRequest", "Response"),
         "/v1/files": {
             "get": _op(
                 "List files",

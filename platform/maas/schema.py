@@ -20,6 +20,8 @@ INFERENCE_ERRORS = {
     "503": "No model server can take the request right now (the model may be loading): see `retry-after`.",
 }
 
+INFERENCE_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
+
 
 def management_api_only(endpoints):
     """The DRF views under /api/; /v1/ is described by hand (maas.openapi_v1)."""
@@ -31,7 +33,7 @@ def add_v1_and_errors(result, generator, request, public):
     result.setdefault("components", {}).setdefault("schemas", {}).update(openapi_v1.SCHEMAS)
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
     for path, operations in result["paths"].items():
-        extra = {**ERRORS, **(INFERENCE_ERRORS if path in ("/v1/chat/completions", "/v1/completions") else {})}
+        extra = {**ERRORS, **(INFERENCE_ERRORS if path in INFERENCE_PATHS else {})}
         for operation in operations.values():
             if not isinstance(operation, dict) or "responses" not in operation:
                 continue

@@ -109,6 +109,11 @@ def test_openapi_schema_is_valid_and_complete(tmp_path):
     schema = (tmp_path / "schema.yaml").read_text()
     for path in ("/api/orgs/{org}/keys/", "/api/orgs/{org}/members/{id}/", "/api/orgs/{org}/invitations/"):
         assert f"  {path}:" in schema
+    for path in ("/v1/chat/completions", "/v1/embeddings", "/v1/responses", "/v1/organization/usage/embeddings"):
+        assert f"  {path}:" in schema
+    # The /v1 request bodies come from the wire protocol's models: what the gateway parses.
+    for name in ("ChatCompletionRequest", "EmbeddingsRequest", "ResponsesRequest", "StreamOptions", "InputMessage"):
+        assert f"    {name}:" in schema
 
 
 def test_stripe_needs_its_keys(tmp_path):
