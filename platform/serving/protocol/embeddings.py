@@ -7,9 +7,18 @@ from __future__ import annotations
 
 import base64
 import struct
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+)
 
 from serving.protocol.errors import ProtocolError, from_validation
 
@@ -22,7 +31,29 @@ class EmbeddingsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: StrictStr = Field(min_length=1, max_length=256)
-    input: StrictStr | list[StrictStr] | TokenIds | list[TokenIds]
+    input: Annotated[
+        StrictStr | list[StrictStr] | TokenIds | list[TokenIds],
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string", "minLength": 1, "maxLength": MAX_INPUT_CHARS},
+                    {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": MAX_INPUTS,
+                        "items": {"type": "string", "minLength": 1},
+                    },
+                    {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}},
+                    {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": MAX_INPUTS,
+                        "items": {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}},
+                    },
+                ]
+            }
+        ),
+    ]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: StrictInt | None = Field(default=None, ge=1, le=65536)
     user: StrictStr | None = Field(default=None, max_length=256)

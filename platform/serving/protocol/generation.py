@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
 
 from serving.protocol.errors import ProtocolError, from_validation
 
@@ -21,6 +21,35 @@ MAX_LOGIT_BIAS = 300
 INT64 = (-(2**63), 2**63 - 1)
 Int64 = Annotated[int, Field(ge=INT64[0], le=INT64[1])]
 Tokens = Annotated[int, Field(ge=1, le=2**31)]
+
+
+TEXT_FORMAT = {
+    "type": "object",
+    "required": ["type"],
+    "properties": {"type": {"type": "string", "enum": ["text"]}},
+    "additionalProperties": False,
+    "description": "Only text for now.",
+}
+
+
+def bounded(*, min_items: int = 0, max_items: int = 0, min_length: int = 0):
+    """What a before-validator checks of a union's members, said in the schema pydantic writes
+    (a callable, so the members' own schemas and references stay pydantic's)."""
+
+    def extra(schema: dict) -> None:
+        for member in schema.get("anyOf", [schema]):
+            if member.get("type") == "array":
+                member.update({"minItems": min_items} if min_items else {})
+                member.update({"maxItems": max_items} if max_items else {})
+            elif member.get("type") == "string" and min_length:
+                member["minLength"] = min_length
+
+    return extra
+
+
+def off(value) -> dict:
+    """The document's word for a parameter the platform does not act on yet: only its "off" value."""
+    return {"enum": [value], "nullable": True, "description": "Only this value for now."}
 
 
 class Strict(BaseModel):
@@ -53,7 +82,7 @@ class TextPart(Strict):
 
 class Message(Strict):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    content: str | list[TextPart] = Field(json_schema_extra=bounded(min_items=1))
     name: str | None = None
     refusal: str | None = None
 
@@ -87,13 +116,54 @@ class Generation(Strict):
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     seed: Int64 | None = None
-    stop: str | list[str] | None = None
-    logit_bias: dict[str, float] | None = None
-    n: int | None = None
-    logprobs: Any = None  # checked by `unsupported`, whose message says what is possible
+    stop: Annotated[
+        str | list[str] | None,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string", "maxLength": MAX_STOP_CHARS},
+                    {"type": "array", "maxItems": 4, "items": {"type": "string", "maxLength": MAX_STOP_CHARS}},
+                    {"type": "null"},
+                ]
+            }
+        ),
+    ] = None
+    logit_bias: Annotated[
+        dict[str, float] | None,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {
+                        "type": "object",
+                        "maxProperties": MAX_LOGIT_BIAS,
+                        "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
+                        "description": "Token ids (decimal strings) to biases.",
+                    },
+                    {"type": "null"},
+                ]
+            }
+        ),
+    ] = None
+    # What the platform does not do yet: documented as the values that mean "off" (`unsupported`).
+    n: Annotated[int | None, WithJsonSchema(off(1))] = None
+    logprobs: Annotated[Any, WithJsonSchema(off(False))] = None
     # Accepted because they do not change the answer, and not forwarded.
     user: str | None = Field(None, max_length=256)
-    metadata: dict[str, str] | None = None
+    metadata: Annotated[
+        dict[str, str] | None,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {
+                        "type": "object",
+                        "maxProperties": 16,
+                        "additionalProperties": {"type": "string", "maxLength": 512},
+                    },
+                    {"type": "null"},
+                ]
+            }
+        ),
+    ] = None
     store: bool | None = None
     service_tier: str | None = None
     prompt_cache_key: str | None = None
@@ -150,13 +220,15 @@ class Generation(Strict):
 class ChatCompletionRequest(Generation):
     messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: Tokens | None = None
-    top_logprobs: Any = None
-    tools: Any = None
-    tool_choice: Any = None
+    top_logprobs: Annotated[Any, WithJsonSchema(off(0))] = None
+    tools: Annotated[Any, WithJsonSchema({"type": "array", "maxItems": 0, "description": "Not supported yet."})] = None
+    tool_choice: Annotated[Any, WithJsonSchema(off("none"))] = None
     parallel_tool_calls: bool | None = None
-    functions: Any = None
-    function_call: Any = None
-    response_format: Any = None
+    functions: Annotated[Any, WithJsonSchema({"type": "array", "maxItems": 0, "description": "Not supported yet."})] = (
+        None
+    )
+    function_call: Annotated[Any, WithJsonSchema(off("none"))] = None
+    response_format: Annotated[Any, WithJsonSchema(TEXT_FORMAT)] = None
 
     def completion_cap(self) -> tuple[int | None, str | None]:
         """What the caller asked the completion to be at most, and which parameter said it."""
@@ -172,9 +244,9 @@ class ChatCompletionRequest(Generation):
 
 class CompletionRequest(Generation):
     prompt: str | list[str]
-    echo: Any = None
-    suffix: Any = None
-    best_of: Any = None
+    echo: Annotated[Any, WithJsonSchema(off(False))] = None
+    suffix: Annotated[Any, WithJsonSchema(off(""))] = None
+    best_of: Annotated[Any, WithJsonSchema(off(1))] = None
 
     @field_validator("prompt", mode="before")
     @classmethod

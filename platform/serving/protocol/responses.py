@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, WithJsonSchema, field_validator
 
 from serving.protocol.errors import ProtocolError, from_validation
-from serving.protocol.generation import MAX_MESSAGES, Strict, Tokens, text_or_parts
+from serving.protocol.generation import MAX_MESSAGES, TEXT_FORMAT, Strict, Tokens, bounded, off, text_or_parts
+
+NONE_YET = {"type": "array", "maxItems": 0, "description": "Not supported yet."}
+NOT_STORED = {"enum": [None], "nullable": True, "description": "Nothing is stored here."}
 
 
 class ContentPart(Strict):
@@ -46,7 +49,9 @@ class InputMessage(Strict):
 
 class ResponsesRequest(Strict):
     model: str = Field(min_length=1, max_length=256)
-    input: str | list[InputMessage]
+    input: str | list[InputMessage] = Field(
+        json_schema_extra=bounded(min_items=1, max_items=MAX_MESSAGES, min_length=1)
+    )
     instructions: str | None = None
     max_output_tokens: Tokens | None = None
     temperature: float | None = Field(None, ge=0, le=2)
@@ -64,16 +69,16 @@ class ResponsesRequest(Strict):
     safety_identifier: str | None = None
     service_tier: str | None = None
     # Refused unless off, with a message naming what is missing.
-    tools: Any = None
-    tool_choice: Any = None
-    text: Any = None
+    tools: Annotated[Any, WithJsonSchema(NONE_YET)] = None
+    tool_choice: Annotated[Any, WithJsonSchema({"enum": ["none", "auto"], "nullable": True})] = None
+    text: Annotated[Any, WithJsonSchema({"type": "object", "properties": {"format": TEXT_FORMAT}})] = None
     reasoning: Any = None
-    top_logprobs: Any = None
-    previous_response_id: Any = None
-    conversation: Any = None
-    background: Any = None
-    max_tool_calls: Any = None
-    prompt: Any = None
+    top_logprobs: Annotated[Any, WithJsonSchema(off(0))] = None
+    previous_response_id: Annotated[Any, WithJsonSchema(NOT_STORED)] = None
+    conversation: Annotated[Any, WithJsonSchema(NOT_STORED)] = None
+    background: Annotated[Any, WithJsonSchema(off(False))] = None
+    max_tool_calls: Annotated[Any, WithJsonSchema(NOT_STORED)] = None
+    prompt: Annotated[Any, WithJsonSchema(NOT_STORED)] = None
 
     @field_validator("input", mode="before")
     @classmethod
@@ -123,9 +128,9 @@ def parse(body: dict) -> ResponsesRequest:
         request = ResponsesRequest.model_validate(body)
     except ValidationError as error:
         raise from_validation(error) from None
-    for key, (off, message) in REFUSED.items():
+    for key, (values, message) in REFUSED.items():
         value = getattr(request, key)
-        if not any(value == o and isinstance(value, bool) == isinstance(o, bool) for o in off):
+        if not any(value == o and isinstance(value, bool) == isinstance(o, bool) for o in values):
             raise ProtocolError(message, key, "unsupported_parameter")
     return request
 
