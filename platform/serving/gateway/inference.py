@@ -46,10 +46,10 @@ class RelayResponse(StreamingHttpResponse):
 
     def __init__(self, relay, **kwargs):
         super().__init__(relay, **kwargs)
-        self._relay = relay
+        self.relay = relay  # the generator itself, for a caller that re-shapes the stream (Responses API)
 
     async def __aiter__(self):
-        async with contextlib.aclosing(self._relay):
+        async with contextlib.aclosing(self.relay):
             async for part in self.streaming_content:
                 yield part
 

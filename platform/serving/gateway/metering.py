@@ -126,15 +126,13 @@ class Meter:
                 final = await upstream.abort_request(replica.url, headers, self.request_id)
                 if final is not None:
                     self.saw(final)
-            elif replica.engine == "vllm" and response is not None:
-                # vLLM ends an aborted request's stream with its own count: abort it by the id we
-                # gave it, and read the stream to its end.
-                if await upstream.abort_vllm_request(replica.url, headers, self.request_id):
-                    await self._read_buffered(response, ABORTED_READ_SECONDS)
-                else:
-                    await self._read_buffered(response)
             elif response is not None:
-                await self._read_buffered(response)
+                # vLLM ends an aborted request's stream with its own count: abort it by the id we
+                # gave it, and read the stream to its end; another engine's buffered events only.
+                aborted = replica.engine == "vllm" and await upstream.abort_vllm_request(
+                    replica.url, headers, self.request_id
+                )
+                await self._read_buffered(response, ABORTED_READ_SECONDS if aborted else BUFFERED_READ_SECONDS)
         except Exception:
             log.exception("could not learn what %s generated", self.request_id)
         finally:
@@ -142,10 +140,10 @@ class Meter:
                 upstream.abort(response)
             self.close(499, UsageEvent.Outcome.CLIENT_DISCONNECTED)
 
-    async def _read_buffered(self, response, seconds: float = 0) -> None:
+    async def _read_buffered(self, response, seconds: float) -> None:
         """What the engine sent before the gateway closed the connection, for its usage."""
         try:
-            async with asyncio.timeout(seconds or BUFFERED_READ_SECONDS):
+            async with asyncio.timeout(seconds):
                 async for event in upstream.events(response):
                     if event == "[DONE]":
                         return

@@ -37,7 +37,7 @@ async def create_response(request):
     response_id, message_id = protocol.new_ids()
     if parsed.stream:
         result = inference.RelayResponse(
-            _events(answer._relay, parsed, response_id, message_id), content_type="text/event-stream"
+            _events(answer.relay, parsed, response_id, message_id), content_type="text/event-stream"
         )
         result["Cache-Control"] = "no-cache"
         result["X-Accel-Buffering"] = "no"

@@ -86,16 +86,18 @@ async def load_adapter(base_url: str, headers: dict, *, name: str, path: str) ->
 ABORT_TIMEOUT = aiohttp.ClientTimeout(total=15)
 
 
+def _abort_call(url: str, body: dict, headers: dict):
+    """A short control call to a replica (JSON body, ABORT_TIMEOUT), as an async context manager."""
+    return session().post(
+        url, data=orjson.dumps(body), headers={**headers, "Content-Type": "application/json"}, timeout=ABORT_TIMEOUT
+    )
+
+
 async def abort_request(base_url: str, headers: dict, request_id: str) -> dict | None:
     """Our runtime's /v1/abort_request: stop the request and answer the usage it really generated;
     nothing, if the replica never heard of it; None when it cannot say (gone, or too slow)."""
     try:
-        async with session().post(
-            base_url + "/v1/abort_request",
-            data=orjson.dumps({"request_id": request_id}),
-            headers={**headers, "Content-Type": "application/json"},
-            timeout=ABORT_TIMEOUT,
-        ) as response:
+        async with _abort_call(base_url + "/v1/abort_request", {"request_id": request_id}, headers) as response:
             if response.status == 404:
                 return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
             if response.status != 200:
@@ -110,14 +112,9 @@ async def abort_vllm_request(base_url: str, headers: dict, request_id: str) -> b
     """vLLM's abort (served with --enable-scale-out), by the external ids its chat and completion
     servers derive from our X-Request-Id; whether vLLM took it. The aborted stream then ends with a
     final chunk whose usage is vLLM's own count."""
-    ids = [f"chatcmpl-{request_id}", f"cmpl-{request_id}-0"]
+    ids = {"request_ids": [f"chatcmpl-{request_id}", f"cmpl-{request_id}-0"]}
     try:
-        async with session().post(
-            base_url + "/inference/v1/abort_requests",
-            data=orjson.dumps({"request_ids": ids}),
-            headers={**headers, "Content-Type": "application/json"},
-            timeout=ABORT_TIMEOUT,
-        ) as response:
+        async with _abort_call(base_url + "/inference/v1/abort_requests", ids, headers) as response:
             return response.status == 200
     except CONNECT_ERRORS:
         return False
