@@ -76,6 +76,7 @@ bench: setup
 	$(PY) bench/pool_simulator.py
 	$(PY) bench/serving_engines.py
 	$(PY) bench/embeddings.py
+	$(PY) bench/structured_outputs.py
 
 clean:
 	rm -rf $(VENV) var frontend/node_modules $(VENDOR)

@@ -176,7 +176,10 @@ def main() -> None:
     for row in rows:
         for figure in ("c1_tok_s", "c8_tok_s", "c8_8_adapters_tok_s"):
             row[f"{figure}_vs_builtin_fp32"] = round(row[figure] / reference[figure], 2)
-    result = {"threads": THREADS, "max_tokens": MAX_TOKENS, "engines": rows}
+    from catalog.loader import resolve_dtype
+
+    # What --dtype auto would choose on this CPU (the default stays float32: bench/README.md says why).
+    result = {"threads": THREADS, "max_tokens": MAX_TOKENS, "auto_dtype": resolve_dtype("auto"), "engines": rows}
     print(json.dumps(result, indent=2))
     (ROOT / "bench" / "results" / "serving_engines.json").write_text(json.dumps(result, indent=2) + "\n")
 

@@ -56,7 +56,7 @@ def _at(ts: int) -> datetime:
 
 
 def bucket_starts(start: int, end: int, width: int) -> list[int]:
-    return list(range(_floor(start, width), end, width))
+    return list(range(_floor(start, width), end, width)) if end > start else []
 
 
 @contextmanager

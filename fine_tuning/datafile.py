@@ -114,7 +114,9 @@ def parse_line(number: int, raw: bytes) -> object:
     if not text.strip():
         return None
     try:
-        value = json.loads(text)
+        # Without its line break: an error at the line's end is at its last column, not at column 1 of
+        # the next line (json counts columns per line).
+        value = json.loads(text.rstrip("\r\n"))
     except json.JSONDecodeError as exc:
         if number == 1 and text.lstrip().startswith("["):
             raise BadLine(
@@ -126,6 +128,23 @@ def parse_line(number: int, raw: bytes) -> object:
     if not _nests_within(value, MAX_NESTING):
         raise BadLine("too_deeply_nested", f"the JSON nests deeper than {MAX_NESTING} levels")
     return value
+
+
+def parsed_lines(stream: BinaryIO, report: Report, max_line_bytes: int) -> Iterator[tuple[int, object]]:
+    """(line number, value) for each line that parses; a line too long or not JSON goes to the
+    report instead, and blank lines are tolerated."""
+    for number, raw in read_lines(stream, max_line_bytes):
+        report.lines = number
+        if raw is None:
+            report.error(number, "line_too_long", f"the line is longer than {max_line_bytes // (1 << 20)} MB")
+            continue
+        try:
+            value = parse_line(number, raw)
+        except BadLine as problem:
+            report.error(number, problem.code, problem.message)
+            continue
+        if value is not None:
+            yield number, value
 
 
 def _nests_within(value, limit: int) -> bool:
@@ -224,18 +243,7 @@ def validate(
     formats_seen: dict[str, int] = {}
     token_counts: list[int] = []
     nonblank = 0
-    for number, raw in read_lines(stream, max_line_bytes):
-        report.lines = number
-        if raw is None:
-            report.error(number, "line_too_long", f"the line is longer than {max_line_bytes // (1 << 20)} MB")
-            continue
-        try:
-            example = parse_line(number, raw)
-        except BadLine as problem:
-            report.error(number, problem.code, problem.message)
-            continue
-        if example is None:
-            continue  # blank lines are tolerated
+    for number, example in parsed_lines(stream, report, max_line_bytes):
         nonblank += 1
         if isinstance(example, list):
             report.error(number, "json_array_not_jsonl", "a JSON array; use JSONL: one JSON object per line")

@@ -35,6 +35,7 @@ from fine_tuning import queue, retention
 from fine_tuning.models import DatasetVersion, File, FineTuningJob, JobEvent
 from tenancy import audit
 from tenancy.audit import Actor
+from tenancy.errors import NotFound
 from tenancy.models import Organization
 from tenancy.services import Conflict, ServiceError
 
@@ -72,7 +73,7 @@ def _training_file(organization_id: int, file_id, param: str) -> File:
         raise ServiceError(f"'{param}' must be a file id.", "invalid_file", param)
     row = File.all_orgs.filter(pk=file_id, organization_id=organization_id, deleted_at=None).first()
     if row is None:
-        raise ServiceError(f"No such file: {file_id}.", "file_not_found", param)
+        raise NotFound(f"No such file: {file_id}.", "file_not_found", param)
     if row.purpose != File.Purpose.FINE_TUNE:
         raise ServiceError(f"File {file_id} has purpose {row.purpose!r}, not 'fine-tune'.", "invalid_file", param)
     if row.status == File.Status.UPLOADED:
@@ -98,7 +99,7 @@ def _method_hyperparameters(method, legacy) -> tuple[dict, dict]:
 def _fine_tunable(organization_id: int, model) -> BaseModel:
     base = catalog.visible_base_models(organization_id).filter(pk=model).first() if isinstance(model, str) else None
     if base is None:
-        raise ServiceError(
+        raise NotFound(
             f"The model '{model}' does not exist or you do not have access to it.", "model_not_found", "model"
         )
     if not base.fine_tunable or base.status != BaseModel.Status.ACTIVE:

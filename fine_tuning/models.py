@@ -20,10 +20,12 @@ def new_dataset_version_id() -> str:
 
 
 class File(TenantModel):
-    """An uploaded file (OpenAI's FileObject). Training data is validated line by line at upload."""
+    """An uploaded file (OpenAI's FileObject). Training data and batch requests are validated line
+    by line at upload."""
 
     class Purpose(models.TextChoices):
         FINE_TUNE = "fine-tune", "Fine-tuning data"
+        BATCH = "batch", "Batch API requests"
 
     class Status(models.TextChoices):
         UPLOADED = "uploaded", "Uploaded, validation pending"

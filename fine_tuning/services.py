@@ -16,12 +16,12 @@ from django.utils import timezone
 
 from catalog.loader import load_tokenizer
 from catalog.models import BaseModel
-from fine_tuning import datafile
+from fine_tuning import batchfile, datafile
 from fine_tuning.models import Dataset, DatasetVersion, File, new_file_id
 from tenancy import audit, scope, shared_store, text
 from tenancy import services as tenancy_services
 from tenancy.audit import Actor
-from tenancy.errors import Conflict, ServiceError, TooManyRequests
+from tenancy.errors import Conflict, NotFound, ServiceError, TooManyRequests
 
 log = logging.getLogger("fine_tuning")
 
@@ -41,8 +41,9 @@ def upload_file(*, organization_id: int, uploaded, purpose: str, actor: Actor) -
             "purpose",
         )
     name = Path(uploaded.name or "upload.jsonl").name[:255]
-    if purpose == File.Purpose.FINE_TUNE and not name.lower().endswith(".jsonl"):
-        raise ServiceError(f"Fine-tuning files must be .jsonl, got {name!r}.", "invalid_file_format", "file")
+    if not name.lower().endswith(".jsonl"):
+        what = "Fine-tuning" if purpose == File.Purpose.FINE_TUNE else "Batch input"
+        raise ServiceError(f"{what} files must be .jsonl, got {name!r}.", "invalid_file_format", "file")
     _count_upload(organization_id)
     quota = tenancy_services.lock_for_storage(organization_id)
     used = File.objects.filter(deleted_at=None).aggregate(n=Sum("bytes"))["n"] or 0
@@ -138,15 +139,19 @@ def validate_file(file_id: str) -> File:
     row = File.objects.get(pk=file_id)
     if row.status != File.Status.UPLOADED:
         return row
-    model = reference_model()
+    # Training data is measured against the reference model's tokenizer; batch requests name their own models.
+    model = reference_model() if row.purpose == File.Purpose.FINE_TUNE else None
     try:
         with default_storage.open(row.storage_key, "rb") as stream:
-            report = datafile.validate(
-                stream,
-                tokenizer=_tokenizer(model.pk),
-                max_tokens_per_example=model.context_length,
-                max_line_bytes=settings.FINE_TUNING_MAX_LINE_BYTES,
-            )
+            if row.purpose == File.Purpose.BATCH:
+                report = batchfile.validate(stream, max_line_bytes=settings.FINE_TUNING_MAX_LINE_BYTES)
+            else:
+                report = datafile.validate(
+                    stream,
+                    tokenizer=_tokenizer(model.pk),
+                    max_tokens_per_example=model.context_length,
+                    max_line_bytes=settings.FINE_TUNING_MAX_LINE_BYTES,
+                )
     except Exception:  # a file must never stay "uploaded" forever: it ends in error, with a reason
         # The exception (paths, internals) is for the operator's log; the tenant reads what to do.
         log.exception("validating %s failed", file_id)
@@ -165,7 +170,7 @@ def validate_file(file_id: str) -> File:
         status_details=details,
         format=report.format,
         validated_at=timezone.now(),
-        report={**report.as_dict(), "reference_model": model.pk},
+        report={**report.as_dict(), "reference_model": model.pk} if model else report.as_dict(),
     )
     return File.objects.get(pk=file_id)
 
@@ -175,7 +180,7 @@ def validate_file(file_id: str) -> File:
 def delete_file(file_id: str, *, organization_id: int, actor: Actor) -> File:
     row = File.objects.select_for_update().filter(pk=file_id, deleted_at=None).first()
     if row is None:
-        raise ServiceError("No such file.", "not_found")
+        raise NotFound("No such file.", "not_found")
     if DatasetVersion.objects.filter(file=row).exists():
         raise Conflict(
             "The file is a dataset version; it is kept for the record of what was trained.", "file_in_dataset"
@@ -213,7 +218,13 @@ def add_dataset_version(
         raise ServiceError("No such dataset.", "not_found")
     file = File.objects.filter(pk=file_id, deleted_at=None).first()
     if file is None:
-        raise ServiceError(f"No such file: {file_id}.", "file_not_found", "file_id")
+        raise NotFound(f"No such file: {file_id}.", "file_not_found", "file_id")
+    if file.purpose != File.Purpose.FINE_TUNE:
+        raise ServiceError(
+            f"The file {file_id} holds {file.get_purpose_display().lower()}; a dataset holds training data.",
+            "invalid_file",
+            "file_id",
+        )
     if file.status != File.Status.PROCESSED:
         raise ServiceError(
             f"The file {file_id} is {file.status}; only validated files can be dataset versions.",

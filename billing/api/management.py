@@ -10,7 +10,7 @@ from rest_framework import exceptions, mixins, serializers
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from billing import budgets, money, paying, services
+from billing import budgets, money, paying, reports, services
 from billing import selectors as billing_selectors
 from billing.api import usage
 from billing.models import (
@@ -122,14 +122,20 @@ class NotificationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgS
 
 USAGE_PARAMETERS = [
     ORG_PARAMETER,
-    OpenApiParameter("start_time", int, required=True, description="Unix seconds, inclusive."),
-    OpenApiParameter("end_time", int, description="Unix seconds, exclusive; default now."),
+    OpenApiParameter("start_time", usage.TIME, required=True, description="Unix seconds, inclusive."),
+    OpenApiParameter("end_time", usage.TIME, description="Unix seconds, exclusive; default now."),
     OpenApiParameter("bucket_width", str, enum=["1m", "1h", "1d"], description="Default 1d."),
-    OpenApiParameter("group_by", str, many=True, description="model, api_key_id, endpoint_id (costs: line_item)."),
+    OpenApiParameter("group_by", str, many=True, enum=[*reports.DIMENSIONS, "project_id"]),
     OpenApiParameter("models", str, many=True),
-    OpenApiParameter("api_key_ids", str, many=True),
-    OpenApiParameter("limit", int, description="Buckets per page."),
-    OpenApiParameter("page", str, description="next_page of the previous page."),
+    OpenApiParameter("api_key_ids", OpenApiTypes.UUID, many=True),
+    OpenApiParameter("limit", usage.LIMIT, description="Buckets per page (at most 1440 of 1m, 168 of 1h, 31 of 1d)."),
+    OpenApiParameter("page", usage.PAGE),
+]
+
+
+COST_PARAMETERS = [
+    *(p for p in USAGE_PARAMETERS if p.name != "group_by"),
+    OpenApiParameter("group_by", str, many=True, enum=[*reports.DIMENSIONS, "project_id", "line_item"]),
 ]
 
 
@@ -157,6 +163,10 @@ class CostsView(CompletionsUsageView):
     """The organization's costs in buckets, as /v1/organization/costs."""
 
     costs = True
+
+    @extend_schema(parameters=COST_PARAMETERS, responses=OpenApiTypes.OBJECT, summary="Costs in buckets")
+    def retrieve(self, request, org):
+        return super().retrieve(request, org)
 
 
 class InvoiceLineSerializer(serializers.ModelSerializer):

@@ -15,8 +15,6 @@ project here), models and api_key_ids filters, limit (buckets per page) and page
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import time
 
@@ -26,6 +24,12 @@ from billing import money, reports
 from billing.rollups import SUMS
 from tenancy import selectors
 
+LATEST_TIME = 253402300799  # 9999-12-31T23:59:59Z: what a date holds
+TIME = {"type": "integer", "minimum": 0, "maximum": LATEST_TIME}  # start_time and end_time, in the document
+MOST_BUCKETS = 1440  # a page's most (of 1m buckets: a day)
+LIMIT = {"type": "integer", "minimum": 1, "maximum": MOST_BUCKETS}
+PAGE = {"type": "string", "pattern": "^[0-9]{1,12}$", "description": "next_page of the previous page."}
+KEY_IDS = {"type": "string", "format": "uuid"}
 LIMITS = {"1m": (60, 1440), "1h": (24, 168), "1d": (7, 31)}
 COSTS_DAY_LIMITS = (7, 180)
 KNOWN = {"start_time", "end_time", "bucket_width", "group_by", "limit", "page", "models", "api_key_ids"}
@@ -44,7 +48,7 @@ def _list(params, name: str) -> list[str]:
 
 def _integer(params, name: str, default: int | None = None) -> int | None:
     raw = params.get(name)
-    if raw in (None, ""):
+    if raw is None:
         return default
     try:
         return int(raw)
@@ -53,19 +57,17 @@ def _integer(params, name: str, default: int | None = None) -> int | None:
 
 
 def _page_token(raw: str | None) -> int | None:
-    if not raw:
+    """next_page is the first bucket of the next page (unix seconds): any such number is a page,
+    clamped to the query's range, so a cursor cannot be invalid, only past the end."""
+    if raw is None:
         return None
-    try:
-        text = base64.urlsafe_b64decode(raw.encode() + b"=" * (-len(raw) % 4)).decode()
-        if text.startswith("bucket:"):
-            return int(text.removeprefix("bucket:"))
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        pass
-    raise _invalid("page", "This is not a page cursor from next_page.")
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:
+        raise _invalid("page", "This is not a page cursor from next_page.")
+    return int(raw)
 
 
 def _next_token(bucket: int | None) -> str | None:
-    return None if bucket is None else base64.urlsafe_b64encode(f"bucket:{bucket}".encode()).decode().rstrip("=")
+    return None if bucket is None else str(bucket)
 
 
 ROUTES = {"completions": reports.COMPLETION_ROUTES, "embeddings": reports.EMBEDDING_ROUTES}
@@ -82,17 +84,18 @@ def parse(
     if start is None:
         raise _invalid("start_time", "start_time is required (unix seconds, inclusive).")
     end = _integer(params, "end_time", int(time.time()))
-    if start < 0 or end < 0:
-        raise _invalid("start_time" if start < 0 else "end_time", "Times are unix seconds, not negative.")
-    if end <= start:
-        raise _invalid("end_time", "end_time must be after start_time.")
+    for name, value in (("start_time", start), ("end_time", end)):
+        if not 0 <= value <= LATEST_TIME:
+            raise _invalid(name, f"Times are unix seconds from 0 to {LATEST_TIME} (9999-12-31), got {value}.")
+    end = max(end, start)  # a range that ends before it starts holds no time: an empty page, as for any empty range
     width_name = params.get("bucket_width") or "1d"
     if width_name not in reports.WIDTHS:
         raise _invalid("bucket_width", f"bucket_width is one of 1m, 1h, 1d (got '{width_name}').")
     default, most = COSTS_DAY_LIMITS if costs and width_name == "1d" else LIMITS[width_name]
     limit = _integer(params, "limit", default)
-    if not 1 <= limit <= most:
-        raise _invalid("limit", f"limit for bucket_width {width_name} is 1 to {most} (got {limit}).")
+    if not 1 <= limit <= MOST_BUCKETS:
+        raise _invalid("limit", f"limit is 1 to {MOST_BUCKETS} buckets (got {limit}).")
+    limit = min(limit, most)  # a page of a wider bucket holds fewer; next_page goes on from there
     allowed = set(reports.DIMENSIONS) | {"project_id"} | ({"line_item"} if costs else set())
     group_by = _list(params, "group_by")
     for name in group_by:
@@ -101,7 +104,7 @@ def parse(
     line_items = "line_item" in group_by
     dimensions = [d for d in reports.DIMENSIONS if d in group_by or (d == "model" and line_items)]
     keys = []
-    for raw in _list(params, "api_key_ids"):
+    for raw in params.getlist("api_key_ids") + params.getlist("api_key_ids[]"):  # each a key id, as documented
         if selectors.key_id(raw) is None:
             raise _invalid("api_key_ids", f"'{raw}' is not an API key id.")
         keys.append(selectors.key_id(raw))

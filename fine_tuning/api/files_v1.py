@@ -69,7 +69,7 @@ class FilesView(KeyScopedMixin, APIView):
             raise exceptions.ValidationError({"file": ["Upload the file as the multipart field 'file'."]})
         purpose = request.data.get("purpose")
         if not purpose:
-            raise exceptions.ValidationError({"purpose": ["'purpose' is required (use 'fine-tune')."]})
+            raise exceptions.ValidationError({"purpose": ["'purpose' is required (use 'fine-tune' or 'batch')."]})
         row = services.upload_file(
             organization_id=self.principal.organization_id, uploaded=uploaded, purpose=purpose, actor=self.actor
         )
@@ -96,6 +96,8 @@ class FileDetailView(KeyScopedMixin, APIView):
 
 
 class FileContentView(FileDetailView):
+    http_method_names = ["get", "head", "options"]  # not the detail's DELETE: 405 and an Allow that says so
+
     def get(self, request, file_id: str):
         row = self._row(file_id)
         return FileResponse(
@@ -104,6 +106,3 @@ class FileContentView(FileDetailView):
             as_attachment=True,
             filename=row.filename,
         )
-
-    def delete(self, request, file_id: str):
-        raise exceptions.MethodNotAllowed("DELETE")

@@ -146,9 +146,7 @@ class JobView(KeyScopedMixin, APIView):
 
 class JobActionView(JobView):
     action_name = ""
-
-    def get(self, request, job_id: str):
-        raise exceptions.MethodNotAllowed("GET")
+    http_method_names = ["post", "options"]  # not the job's GET: 405 and an Allow that says so
 
     def post(self, request, job_id: str):
         job = self.job(job_id)

@@ -10,6 +10,7 @@ from rest_framework.response import Response
 from fine_tuning import services
 from fine_tuning.models import Dataset, DatasetVersion, File
 from tenancy.api.scoping import ORG_PARAMETER, OrgScopedViewSet
+from tenancy.api.serializers import StrictCharField, name_field
 from tenancy.roles import Permission as P
 
 org_param = extend_schema(parameters=[ORG_PARAMETER])
@@ -35,6 +36,9 @@ class FileSerializer(serializers.ModelSerializer):
 
 
 class DatasetSerializer(serializers.ModelSerializer):
+    name = name_field(max_length=100)
+    description = StrictCharField(required=False, allow_blank=True, max_length=10_000)
+
     class Meta:
         model = Dataset
         fields = ["id", "name", "description", "created_at"]
@@ -51,8 +55,8 @@ class DatasetVersionSerializer(serializers.ModelSerializer):
 
 
 class NewVersionSerializer(serializers.Serializer):
-    file_id = serializers.CharField(max_length=40)
-    note = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
+    file_id = StrictCharField(max_length=40)
+    note = StrictCharField(max_length=500, required=False, allow_blank=True, default="")
 
 
 @org_param

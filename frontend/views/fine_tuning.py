@@ -132,7 +132,9 @@ def _fine_tune_form(access, data=None, initial_file: str | None = None) -> FineT
     tunable = [m.pk for m in catalog.visible_base_models(organization_id) if m.fine_tunable]
     ready = [
         (f.pk, f"{f.filename} ({f.pk}, {f.report.get('examples', 0)} examples)")
-        for f in fine_tuning_selectors.files(organization_id).filter(status=File.Status.PROCESSED)[:200]
+        for f in fine_tuning_selectors.files(organization_id).filter(
+            status=File.Status.PROCESSED, purpose=File.Purpose.FINE_TUNE
+        )[:200]
     ]
     return FineTuneForm(data, models=tunable, files=ready, initial={"training_file": initial_file})
 

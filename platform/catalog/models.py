@@ -15,6 +15,15 @@ model_id_validator = RegexValidator(
 )
 
 
+# The optional generation features a model may lack; a request using one the model does not
+# support is a 400 naming the parameter (serving.protocol.generation.FEATURES are the same names).
+GENERATION_FEATURES = ("tools", "response_format", "logprobs")
+
+
+def every_generation_feature() -> list[str]:
+    return list(GENERATION_FEATURES)
+
+
 class BaseModel(models.Model):
     """A hosted base model: what `/v1/models` lists and what fine-tunes start from."""
 
@@ -49,6 +58,12 @@ class BaseModel(models.Model):
         "sends an explicit cap, so rate limits and reservations hold.",
     )
     source = models.JSONField(help_text='Where the weights are, e.g. {"format": "gguf", "path": "/models/x.gguf"}.')
+    features = models.JSONField(
+        default=every_generation_feature,
+        blank=True,
+        help_text=f"What a text-generation model supports of {', '.join(GENERATION_FEATURES)} "
+        "(both engines serve all of them; take one out for an upstream that does not).",
+    )
     chat_template = models.TextField(blank=True, help_text="Jinja chat template; empty means the model's own.")
     fine_tunable = models.BooleanField(default=False)
     default_lora_targets = models.JSONField(
@@ -69,9 +84,17 @@ class BaseModel(models.Model):
     )
     serving_dtype = models.CharField(
         max_length=16,
-        choices=[("float32", "float32"), ("bfloat16", "bfloat16"), ("float16", "float16")],
+        choices=[
+            ("auto", "auto: bfloat16 where the hardware computes in it natively, else float32"),
+            ("float32", "float32"),
+            ("bfloat16", "bfloat16"),
+            ("float16", "float16"),
+        ],
         default="float32",
-        help_text="The weights' type in its replicas.",
+        help_text=(
+            "The weights' type in its replicas; auto is decided on the node that serves it. float32 keeps a row's "
+            "greedy answer the same whatever else is in its batch; bfloat16 does not."
+        ),
     )
     min_replicas = models.PositiveSmallIntegerField(
         default=0, help_text="Replicas always running; 0: the first call starts one, and idle it stops."
@@ -106,6 +129,8 @@ class BaseModel(models.Model):
             isinstance(t, str) for t in self.default_lora_targets
         ):
             raise ValidationError({"default_lora_targets": "A list of module names."})
+        if not isinstance(self.features, list) or not set(self.features) <= set(GENERATION_FEATURES):
+            raise ValidationError({"features": f"A list of: {', '.join(GENERATION_FEATURES)}."})
         if self.min_replicas > self.max_replicas:
             raise ValidationError({"min_replicas": "At most max_replicas."})
         if self.kind == self.Kind.EMBEDDING and self.fine_tunable:
@@ -117,7 +142,7 @@ class BaseModel(models.Model):
         catalog: fits any)."""
         if not self.parameters:
             return 0
-        width = 4 if self.serving_dtype == "float32" else 2
+        width = 2 if self.serving_dtype in ("bfloat16", "float16") else 4  # "auto" may be float32 on the node
         kv = settings.SERVING_KV_BUDGET_BYTES if self.kind == self.Kind.CHAT else 0
         return int(self.parameters * width * 1.2) + kv
 

@@ -8,7 +8,7 @@ from django.utils import timezone
 from catalog.models import FineTunedModel
 from tenancy import audit
 from tenancy.audit import Actor
-from tenancy.services import ServiceError
+from tenancy.errors import NotFound
 
 
 @transaction.atomic
@@ -19,7 +19,7 @@ def delete_fine_tuned_model(model_id: str, *, organization_id: int, actor: Actor
         .first()
     )
     if row is None:
-        raise ServiceError(
+        raise NotFound(
             f"The model '{model_id}' does not exist or you do not have access to it.", "model_not_found", "model"
         )
     row.deleted_at = timezone.now()

@@ -39,6 +39,8 @@ def _openapi(node):
         else:
             node["anyOf"] = rest
         node["nullable"] = True
+        if "enum" in node and None not in node["enum"]:  # 3.0: a nullable enum lists null itself
+            node["enum"] = [*node["enum"], None]
     if node.get("default") is None:
         node.pop("default", None)
     return node

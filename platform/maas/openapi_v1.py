@@ -5,6 +5,7 @@ on, are written here."""
 
 from __future__ import annotations
 
+from billing.api import usage
 from maas import openapi_protocol
 
 
@@ -179,8 +180,8 @@ SCHEMAS = {
         "type": "object",
         "required": ["model", "training_file"],
         "properties": {
-            "model": {"type": "string", "example": "smollm2-135m-instruct"},
-            "training_file": {"type": "string"},
+            "model": {"type": "string", "minLength": 1, "example": "smollm2-135m-instruct"},
+            "training_file": {"type": "string", "minLength": 1},
             "validation_file": NULLABLE_STRING,
             "suffix": {"type": "string", "nullable": True, "maxLength": 64},
             "seed": NULLABLE_INT,
@@ -270,14 +271,14 @@ def _query(name: str, schema: dict, required: bool = False, many: bool = False) 
 
 
 USAGE_PARAMS = [
-    _query("start_time", {"type": "integer", "minimum": 0}, required=True),
-    _query("end_time", {"type": "integer", "minimum": 0}),
+    _query("start_time", usage.TIME, required=True),
+    _query("end_time", usage.TIME),
     _query("bucket_width", {"type": "string", "enum": ["1m", "1h", "1d"]}),
     _query("group_by", {"type": "string", "enum": ["model", "api_key_id", "endpoint_id", "project_id"]}, many=True),
     _query("models", {"type": "string"}, many=True),
-    _query("api_key_ids", {"type": "string", "format": "uuid"}, many=True),
-    _query("limit", {"type": "integer", "minimum": 1}),
-    _query("page", {"type": "string"}),
+    _query("api_key_ids", usage.KEY_IDS, many=True),
+    _query("limit", usage.LIMIT),
+    _query("page", usage.PAGE),
 ]
 COST_PARAMS = [
     *[p for p in USAGE_PARAMS if p["name"] != "group_by"],
@@ -407,7 +408,7 @@ def paths() -> dict:
                                 "required": ["file", "purpose"],
                                 "properties": {
                                     "file": {"type": "string", "format": "binary"},
-                                    "purpose": {"type": "string", "enum": ["fine-tune"]},
+                                    "purpose": {"type": "string", "enum": ["fine-tune", "batch"]},
                                 },
                             }
                         }

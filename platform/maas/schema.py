@@ -39,4 +39,14 @@ def add_v1_and_errors(result, generator, request, public):
                 continue
             for status, description in extra.items():
                 operation["responses"].setdefault(status, {"description": description, "content": error})
+            for parameter in operation.get("parameters", []):
+                _no_nul(parameter.get("schema", {}))
     return result
+
+
+def _no_nul(schema: dict) -> None:
+    """maas.body_limits refuses a URL with a NUL: every free string in one says so."""
+    if schema.get("type") == "array":
+        _no_nul(schema.get("items", {}))
+    elif schema.get("type") == "string" and not {"enum", "pattern", "format"} & set(schema):
+        schema["pattern"] = "^[^\\u0000]*$"

@@ -411,11 +411,9 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["tenancy.api.permissions.SignedInOrKey"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PARSER_CLASSES": [
-        "tenancy.api.parsers.BoundedJSONParser",
-        "rest_framework.parsers.FormParser",
-        "rest_framework.parsers.MultiPartParser",
-    ],
+    # JSON only (the file upload names its own parser): one body format, the one the document
+    # describes; a form's strings ("56", "") cannot mean what the JSON types say.
+    "DEFAULT_PARSER_CLASSES": ["tenancy.api.parsers.BoundedJSONParser"],
     "DEFAULT_PAGINATION_CLASS": "tenancy.api.pagination.CursorPagination",
     "EXCEPTION_HANDLER": "tenancy.api.errors.exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",

@@ -60,7 +60,7 @@ def _resolve_model(organization_id: int, model: str):
         if base is not None:
             return base, None
     raise EndpointError(
-        f"The model '{model}' does not exist or you do not have access to it.", "model_not_found", "model"
+        f"The model '{model}' does not exist or you do not have access to it.", "model_not_found", "model", 404
     )
 
 
@@ -100,7 +100,9 @@ def _check_settings(organization_id: int, values: dict) -> dict:
         known = selectors.organization_key_ids(organization_id, ids)
         unknown = [i for i in ids if selectors.key_id(i) not in known]
         if unknown:
-            raise EndpointError(f"No API key '{unknown[0]}' in this organization.", param="allowed_key_ids")
+            raise EndpointError(
+                f"No API key '{unknown[0]}' in this organization.", "key_not_found", "allowed_key_ids", 404
+            )
         clean["allowed_key_ids"] = sorted(known)
     if "billing_mode" in values:
         if values["billing_mode"] not in Endpoint.Billing.values:
@@ -264,7 +266,9 @@ def update(endpoint_id: str, *, organization_id: int, changes: dict, actor: Acto
     """Change an endpoint's settings (not its model). A new replica count re-deploys it."""
     endpoint = _locked(endpoint_id, organization_id)
     if "model" in changes and changes["model"] != endpoint.model:
-        raise EndpointError("An endpoint's model cannot change: publish another endpoint.", param="model")
+        raise EndpointError(  # what the endpoint is, not a bad value: a conflict with its state
+            "An endpoint's model cannot change: publish another endpoint.", "model_immutable", "model", 409
+        )
     clean = _check_settings(organization_id, {k: v for k, v in changes.items() if k != "model"})
     if "name" in clean and clean["name"] != endpoint.name:
         taken = Endpoint.all_orgs.filter(organization_id=organization_id, name=clean["name"], deleted_at=None)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from catalog.loader import resolve_dtype
 from serving.models import Backend
 
 
@@ -57,6 +58,8 @@ def spec(backend: Backend, *, port: int, host: str, devices: list[int], accelera
     root = Path(settings.REPO_DIR)
     env["PYTHONPATH"] = os.pathsep.join([str(root / "platform"), str(root)])
     if backend.engine == Backend.Engine.VLLM:
+        # vLLM's own "auto" means the checkpoint's type; ours, the fastest on this node's hardware.
+        dtype = resolve_dtype(dtype, "cpu" if on_cpu else "cuda")
         return EngineSpec(backend.name, _vllm(backend, port, host, dtype), {**env, **_vllm_env(backend)}, log_path)
     argv = [sys.executable, "-m", "serving.runtime", "--model-source", json.dumps(base.source)]
     argv += ["--served-model-name", backend.upstream_model, "--cache-dir", str(settings.MODEL_CACHE_DIR)]

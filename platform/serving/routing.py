@@ -46,6 +46,7 @@ class Route:
     default_max_tokens: int = 1024  # the cap sent upstream when a request sets no max_tokens
     endpoint: EndpointSettings | None = None  # set when the id named a published endpoint
     kind: str = "chat"  # what the model serves: "chat" (generation) | "embedding"
+    features: frozenset[str] = frozenset()  # of catalog.models.GENERATION_FEATURES
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,7 @@ def _load(organization_id: int, model_id: str) -> Route:
         base.context_length,
         base.default_max_tokens,
         kind=base.kind,
+        features=frozenset(base.features),
     )
 
 

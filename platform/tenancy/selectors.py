@@ -93,11 +93,13 @@ def administrator_emails(organization_id: int) -> list[str]:
 
 
 def key_id(value) -> str | None:
-    """An API key id in its canonical form (a UUID's text), or None if the value is not one."""
+    """An API key id in its canonical form (a UUID's text, as the API document's `uuid` format
+    says: hyphenated, in either case), or None if the value is not one."""
     try:
-        return str(uuid.UUID(str(value)))
+        canonical = str(uuid.UUID(str(value)))
     except ValueError:
         return None
+    return canonical if canonical == str(value).lower() else None
 
 
 def organization_key_ids(organization_id: int, values) -> set[str]:

@@ -241,9 +241,9 @@ def test_filters_by_model_and_key(ledger):
     [
         ({}, "start_time"),
         ({"start_time": "yesterday"}, "start_time"),
-        ({"start_time": 100, "end_time": 50}, "end_time"),
+        ({"start_time": 100, "end_time": 253402300800}, "end_time"),
         ({"start_time": 100, "bucket_width": "1w"}, "bucket_width"),
-        ({"start_time": 100, "bucket_width": "1h", "limit": 169}, "limit"),
+        ({"start_time": 100, "bucket_width": "1h", "limit": 1441}, "limit"),
         ({"start_time": 100, "group_by": "user_id"}, "group_by"),
         ({"start_time": 100, "api_key_ids": "nope"}, "api_key_ids"),
         ({"start_time": 100, "page": "not-a-cursor"}, "page"),
@@ -313,3 +313,21 @@ def test_readers_stay_exact_while_a_rollup_pass_runs(make_tenant, monkeypatch):
         reads.append(sum(v[0] for groups in found.values() for v in groups.values()))
     assert set(reads) == {2000} and len(reads) > 3
     assert UsageEvent.all_orgs.filter(rolled_up=False).count() == 0
+
+
+def test_a_range_that_ends_before_it_starts_is_an_empty_page(tenant_a):
+    client = key_client(tenant_a.key(scopes=[Scope.BILLING_READ]))
+    for path in ("/v1/organization/usage/completions", "/v1/organization/costs"):
+        response = client.get(path, {"start_time": NOW, "end_time": NOW - 86400})
+        assert response.status_code == 200, response.content
+        assert response.json()["data"] == [] and response.json()["has_more"] is False
+    # A limit past what a page of that bucket width holds is that many: the next page goes on.
+    ten_days_ago = (NOW // 86400 - 10) * 86400
+    wide = client.get(
+        "/v1/organization/usage/completions", {"start_time": ten_days_ago, "bucket_width": "1d", "limit": 100}
+    )
+    assert wide.status_code == 200 and len(wide.json()["data"]) == 11, wide.content  # and today's
+    hourly = client.get(
+        "/v1/organization/usage/completions", {"start_time": NOW - 10 * 86400, "bucket_width": "1h", "limit": 1000}
+    )
+    assert len(hourly.json()["data"]) == 168 and hourly.json()["has_more"] is True

@@ -68,3 +68,63 @@ def test_the_playground_marks_cut_off_replies_stops_and_shows_code_that_runs(
     )
     assert 1 <= stopped.completion_tokens < 256  # what was generated, not the default cap
     assert page.get_by_role("button", name="Stop").is_hidden()
+
+
+WEATHER_TOOL = (
+    '[{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", '
+    '"properties": {"city": {"type": "string"}}, "required": ["city"]}}}]'
+)
+
+
+def test_json_mode_and_a_tool_round_trip_in_the_playground(watched, node_agent, make_tenant):
+    import json
+
+    from serving import autoscale
+
+    autoscale.scale_all()
+    wait_until(lambda: replicas(f"model:{DEMO_MODEL}", state="ready"), 240, node_agent.log()[-2000:])
+    tenant = make_tenant("structured-playing")
+    page = watched.page
+    sign_in(page, tenant)
+    page.get_by_role("link", name="Playground").click()
+    page.get_by_label("Model or endpoint").select_option(DEMO_MODEL)
+
+    page.get_by_label("Answer format").select_option("json_schema")
+    page.get_by_label("JSON schema").fill(
+        '{"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]'
+    )
+    page.get_by_label("Your message").fill("Name a city.")
+    page.get_by_role("button", name="Send").click()
+    assert page.get_by_role("alert").inner_text().startswith("The JSON schema is not valid JSON")
+    page.get_by_label("JSON schema").fill(
+        '{"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}'
+    )
+    page.get_by_role("button", name="Send").click()
+    page.get_by_test_id("reply-usage").wait_for()
+    answer = json.loads(page.get_by_test_id("reply").inner_text())
+    assert isinstance(answer["city"], str)
+    watched.shot("json schema")
+
+    page.get_by_role("button", name="New conversation").click()
+    page.get_by_label("Answer format").select_option("text")
+    page.get_by_text("Tools (function definitions").click()
+    page.get_by_label("Tools (a JSON list)").fill(WEATHER_TOOL)
+    page.get_by_label("Tool choice").select_option("required")
+    page.get_by_label("Your message").fill("What is the weather in Paris?")
+    page.get_by_role("button", name="Send").click()
+    page.get_by_test_id("reply-usage").wait_for()
+    called = page.get_by_test_id("reply").inner_text()
+    assert called.startswith("Calls get_weather(") and json.loads(called[len("Calls get_weather(") : -1])["city"]
+    assert page.locator("#pg-message-label").inner_text().startswith("Result of get_weather")
+    watched.shot("tool call")
+
+    # "none" for the answer: under "auto" the demo model may call the tool again (CI saw it), and
+    # this step checks the result goes back and is answered, not what the model chooses.
+    page.get_by_label("Tool choice").select_option("none")
+    page.get_by_label("Result of get_weather").fill('{"sky": "sunny", "temperature": 21}')
+    page.get_by_role("button", name="Send").click()
+    # A text answer may run to the default 256 tokens: longer than the 20 s default wait on a busy CPU.
+    page.get_by_test_id("reply-usage").nth(1).wait_for(timeout=120_000)
+    assert page.get_by_test_id("reply").nth(1).inner_text().strip()  # it answers from the result
+    assert page.locator("#pg-message-label").inner_text() == "Your message"
+    watched.shot("tool result answered")

@@ -115,6 +115,12 @@ def test_each_defect_is_named_on_its_line(name, tokenizer):
     assert report.summary().startswith(f"line {line}: " if line else report.errors[0].message)
 
 
+def test_a_truncated_line_is_reported_at_the_column_where_it_breaks_off(tokenizer):
+    truncated = '{"messages": [{"role": "user"'
+    report = datafile.validate(io.BytesIO(with_line(5, truncated)), tokenizer=tokenizer)
+    assert f"at column {len(truncated) + 1})" in report.errors[0].message  # not column 1 of the line break
+
+
 def test_corpus_has_fifteen_distinct_defects():
     assert len({code for _, _, code in CORPUS.values()}) >= 15
 

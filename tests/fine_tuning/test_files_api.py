@@ -78,7 +78,7 @@ def test_bad_uploads_are_refused_clearly(upload, settings):
     assert wrong_type.status_code == 400 and wrong_type.json()["error"]["param"] == "file"
     no_purpose = upload.client.post("/v1/files", {"file": training_file()}, format="multipart")
     assert no_purpose.status_code == 400 and no_purpose.json()["error"]["param"] == "purpose"
-    bad_purpose = upload(purpose="batch")
+    bad_purpose = upload(purpose="assistants")
     assert bad_purpose.status_code == 400 and bad_purpose.json()["error"]["code"] == "invalid_purpose"
     settings.FILE_UPLOAD_MAX_BYTES = 100
     too_big = upload()

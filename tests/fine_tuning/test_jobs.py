@@ -143,8 +143,9 @@ def test_bad_job_requests_are_refused_at_create(tenant_a, tenant_b, django_captu
         )
 
     cases = [
-        (create(model="gpt-4o"), 400, "model_not_found", "model"),
-        (create(training_file="file-nope"), 400, "file_not_found", "training_file"),
+        # What is not there (or is another organization's) is a 404, as any reference to it.
+        (create(model="gpt-4o"), 404, "model_not_found", "model"),
+        (create(training_file="file-nope"), 404, "file_not_found", "training_file"),
         (create(training_file=few["id"]), 400, "invalid_file", "training_file"),
         (create(hyperparameters={"n_epochs": 0}), 400, "invalid_hyperparameters", "hyperparameters.n_epochs"),
         (create(hyperparameters={"lora_r": "big"}), 400, "invalid_hyperparameters", "hyperparameters.lora_r"),
@@ -153,7 +154,7 @@ def test_bad_job_requests_are_refused_at_create(tenant_a, tenant_b, django_captu
         (create(method={"type": "dpo"}), 400, "invalid_method", "method"),
         (
             theirs.post("/v1/fine_tuning/jobs", {"model": DEMO_MODEL, "training_file": good["id"]}, format="json"),
-            400,
+            404,
             "file_not_found",
             "training_file",
         ),

@@ -42,14 +42,56 @@ def test_what_is_forwarded_is_only_what_was_parsed():
     assert (completion.prompt, completion.completion_cap()) == ("Once", (3, "max_tokens"))
 
 
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
 @pytest.mark.parametrize(
     ("extra", "param", "code"),
     [
-        ({"n": 2}, "n", "unsupported_parameter"),
+        ({"n": 9}, "n", "invalid_value"),
         ({"n": True}, "n", "invalid_value"),  # true is not 1
-        ({"logprobs": True}, "logprobs", "unsupported_parameter"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "unsupported_parameter"),
-        ({"response_format": {"type": "json_object"}}, "response_format", "unsupported_parameter"),
+        ({"logprobs": 1}, "logprobs", "invalid_value"),
+        ({"top_logprobs": 2}, "top_logprobs", "invalid_value"),  # without logprobs
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", "invalid_value"),
+        ({"tools": [{"type": "function", "function": {"name": "f g"}}]}, "tools.0.function.name", "invalid_value"),
+        ({"tools": [WEATHER, WEATHER]}, "tools", "invalid_value"),
+        (
+            {"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "f"}}},
+            "tool_choice",
+            "invalid_value",
+        ),
+        ({"tool_choice": "required"}, "tool_choice", "invalid_value"),  # no tools to choose from
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "objekt"}}}]},
+            "tools.0.function.parameters.type",
+            "invalid_value",
+        ),
+        ({"tools": [WEATHER], "functions": [WEATHER["function"]]}, "functions", "invalid_value"),
+        ({"response_format": {"type": "json_schema"}}, "response_format.json_schema", "missing_required_parameter"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"minLength": -1}}}},
+            "response_format.json_schema.schema.minLength",
+            "invalid_value",
+        ),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"enum": list(range(2001))}},
+                }
+            },
+            "response_format.json_schema.schema",
+            "schema_too_large",
+        ),
+        ({"response_format": {"type": "xml"}}, "response_format.type", "invalid_value"),
+        ({"messages": [{"role": "tool", "content": "sunny"}]}, "messages.0", "invalid_value"),  # no tool_call_id
+        ({"messages": [{"role": "user", "content": "x", "tool_calls": []}]}, "messages.0", "invalid_value"),
         ({"temperature": "hot"}, "temperature", "invalid_value"),
         ({"temperature": 2.5}, "temperature", "invalid_value"),
         ({"top_p": -1e-300}, "top_p", "invalid_value"),
@@ -93,3 +135,77 @@ def test_a_bad_completion_request_names_its_parameter(body, param):
     with pytest.raises(ProtocolError) as refused:
         protocol.parse_completion(body)
     assert refused.value.param == param
+
+
+def test_tools_and_formats_become_one_constraint():
+    request = protocol.parse_chat({**CHAT, "tools": [WEATHER], "tool_choice": "required"})
+    constraint = request.constraint()
+    assert (constraint.kind, constraint.required, constraint.parallel) == ("tools", True, False)
+    assert [f.name for f in constraint.functions] == ["get_weather"]
+    assert request.tool_fields() == {"tools": [WEATHER], "tool_choice": "required"}
+    auto = protocol.parse_chat({**CHAT, "tools": [WEATHER], "parallel_tool_calls": True}).constraint()
+    assert (auto.required, auto.parallel) == (False, True)
+    assert protocol.parse_chat({**CHAT, "tools": [WEATHER], "tool_choice": "none"}).constraint() is None
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    shaped = {"type": "json_schema", "json_schema": {"name": "out", "schema": schema, "strict": True}}
+    formatted = protocol.parse_chat({**CHAT, "response_format": shaped})
+    assert formatted.constraint().schema == schema
+    assert formatted.tool_fields() == {"response_format": shaped}  # forwarded as sent ("schema", not "schema_")
+    assert protocol.parse_chat({**CHAT, "response_format": {"type": "json_object"}}).constraint().schema == {
+        "type": "object"
+    }
+
+
+def test_legacy_functions_are_tools_with_ids_by_position():
+    request = protocol.parse_chat(
+        {
+            "model": "m",
+            "messages": [
+                {"role": "user", "content": "Weather?"},
+                {"role": "assistant", "content": None, "function_call": {"name": "get_weather", "arguments": "{}"}},
+                {"role": "function", "name": "get_weather", "content": "sunny"},
+            ],
+            "functions": [WEATHER["function"]],
+            "function_call": {"name": "get_weather"},
+        }
+    )
+    assert request.conversation()[1:] == [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+            ],
+        },
+        {"role": "tool", "content": "sunny", "tool_call_id": "call_1", "name": "get_weather"},
+    ]
+    assert request.tool_fields() == {
+        "tools": [WEATHER],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "parallel_tool_calls": False,
+    }
+    assert request.constraint().legacy
+
+
+def test_the_features_a_request_uses_are_the_ones_the_catalog_names():
+    # The catalog sits below the protocol's users and cannot import it: the two lists are kept
+    # equal here, and each feature a request can use is one of them.
+    from catalog.models import GENERATION_FEATURES
+
+    assert protocol.FEATURES == GENERATION_FEATURES
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    used = protocol.parse_chat(
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": "x"}],
+            "tools": [tool],
+            "response_format": {"type": "json_object"},
+            "logprobs": True,
+        }
+    ).features()
+    assert used == {"tools": "tools", "response_format": "response_format", "logprobs": "logprobs"}
+    plain = protocol.parse_chat({"model": "m", "messages": [{"role": "user", "content": "x"}]})
+    assert plain.features() == {}
+    assert protocol.parse_completion({"model": "m", "prompt": "x", "logprobs": 0}).features() == {
+        "logprobs": "logprobs"
+    }

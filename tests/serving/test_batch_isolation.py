@@ -180,8 +180,8 @@ def test_a_row_that_fails_ends_alone_and_the_batch_goes_on(engine):
     other, other_sink = request(engine, "beta")
     engine.submit(broken)
     engine.submit(other)
-    kind, message = broken_sink.events.get(timeout=60)
-    assert kind == "error" and "could not generate" in message
+    kind, message, status = broken_sink.events.get(timeout=60)
+    assert kind == "error" and "could not generate" in message and status == 500
     assert {BASE: first_sink.result(), "beta": other_sink.result()} == expected
     assert alone(engine, "alpha")[1] == "length"  # still serving, the failed row's adapter included
 

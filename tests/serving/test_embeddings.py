@@ -63,8 +63,8 @@ def test_embeddings_through_the_sdk_metered_exactly_and_bad_input_named(live_web
     empty = refused(input=[])
     assert empty.status_code == 400 and empty.body["param"] == "input"
     wrong_api = refused(model=DEMO_MODEL)
-    assert wrong_api.status_code == 400 and "call /v1/chat/completions" in wrong_api.message
-    with pytest.raises(openai.BadRequestError, match="is an embedding model: call /v1/embeddings"):
+    assert wrong_api.status_code == 404 and "call /v1/chat/completions" in wrong_api.message
+    with pytest.raises(openai.NotFoundError, match="is an embedding model: call /v1/embeddings"):
         client.chat.completions.create(model=EMBEDDING_MODEL, messages=[{"role": "user", "content": "Hi"}])
     # Nothing refused was charged: the one charged row is the first call (and the two after it).
     charged = UsageEvent.all_orgs.filter(organization=tenant.org).exclude(cost=0)

@@ -185,7 +185,7 @@ def test_access_list_and_other_organizations(live_web, runtime_server, make_tena
     )
     assert embedding.status_code == 400 and embedding.json()["error"]["code"] == "model_not_supported"
     missing = owner.post(f"/api/orgs/{tenant.org.slug}/endpoints/", {"model": "no-such-model"}, format="json")
-    assert missing.status_code == 400 and missing.json()["error"]["code"] == "model_not_found"
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
 
 
 def test_a_restarted_replica_gets_its_endpoint_back_without_anyone_acting(make_tenant, adapter_dir, tmp_path):

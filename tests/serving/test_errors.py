@@ -47,7 +47,7 @@ def test_numbers_past_what_the_database_holds_are_a_400_not_a_500(tenant_a):
         "key limit": owner.put(f"{base}/billing/key-limits/{key_id}/", {"monthly_limit": "99999999999"}, format="json"),
         "account limit": owner.patch(f"{base}/billing/account/", {"monthly_limit": "9999999999"}, format="json"),
         "usage": key.get("/v1/organization/usage/completions?start_time=300000000000"),
-        "costs": owner.get(f"{base}/billing/costs/?start_time=300000000000"),
+        "costs": owner.get(f"{base}/billing/costs/?start_time=0&end_time=300000000000"),
         **{
             field: owner.post(f"{base}/endpoints/", {"model": DEMO_MODEL, "name": field, field: 2**40}, format="json")
             for field in ("rpm_limit", "tpm_limit", "max_tokens_cap")

@@ -40,12 +40,12 @@ def test_only_understood_parameters_reach_any_engine(live_web, key):
     register("provider", provider)
     base = {"model": DEMO_MODEL, "messages": SAY}
     refused = {
-        "n": {"n": 2},
+        "n": {"n": 9},
         "best_of": {"best_of": 2},
         "chat_template": {"chat_template": "{{ evil }}"},
         "guided_json": {"guided_json": {}},
-        "logprobs": {"logprobs": True},
-        "tools": {"tools": [{"type": "function", "function": {"name": "f"}}]},
+        "logprobs": {"logprobs": 1},
+        "tools.0.function.parameters": {"tools": [{"type": "function", "function": {"name": "f", "parameters": []}}]},
         "temperature": {"temperature": "hot"},
         "seed": {"seed": 2**63},
         "messages.0.content": {"messages": [{"role": "user", "content": {"nested": "x"}}]},
@@ -275,3 +275,28 @@ def test_usage_the_spool_cannot_take_is_kept_and_new_requests_are_refused(make_t
     assert again.status_code == 200
     billing.drain_outbox()
     assert UsageEvent.all_orgs.filter(request_id=again["x-request-id"]).exists()
+
+
+def test_a_feature_the_catalog_says_a_model_lacks_is_a_400_naming_the_parameter(live_web, key):
+    from catalog.models import BaseModel
+
+    provider = Upstream("plain-provider", words=3, delay=0)
+    register("plain-provider", provider)
+    BaseModel.objects.filter(pk=DEMO_MODEL).update(features=["logprobs"])  # an upstream with neither tools nor JSON
+    base = {"model": DEMO_MODEL, "messages": SAY}
+    weather = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
+    lacking = {
+        "tools": {"tools": [weather]},
+        "functions": {"functions": [{"name": "weather", "parameters": {"type": "object"}}]},
+        "response_format": {"response_format": {"type": "json_object"}},
+    }
+    for param, extra in lacking.items():
+        response = post(live_web, key, {**base, **extra})
+        assert response.status_code == 400, (param, response.text)
+        error = response.json()["error"]
+        assert (error["param"], error["code"]) == (param, "unsupported_parameter"), response.text
+        assert DEMO_MODEL in error["message"]
+    assert provider.requests == []
+    # What it supports, and a plain text format, still go through.
+    for extra in ({"logprobs": True}, {"response_format": {"type": "text"}}):
+        assert post(live_web, key, {**base, **extra}).status_code == 200

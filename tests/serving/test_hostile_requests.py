@@ -32,8 +32,45 @@ HOSTILE = [
     {"messages": [{"role": "user", "content": "\U0001f600" * 50 + "\u0000"}]},
     {"max_tokens": 1, "stream": True},
     {"stream": True, "stream_options": {"include_usage": True}, "temperature": 1e-200},
+    # Grammars beside the victim's row: a huge enum, a schema that recurses into itself, a forced
+    # call on eight rows.
+    {
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "e", "schema": {"enum": ["v" * 40 + str(i) for i in range(2000)]}},
+        }
+    },
+    {
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "r", "schema": {"type": "object", "properties": {"a": {"$ref": "#"}}}},
+        },
+        "temperature": 2,
+    },
+    {
+        "tools": [
+            {
+                "type": "function",
+                "function": {
+                    "name": "f",
+                    "parameters": {"type": "object", "properties": {"x": {"type": "string", "pattern": "(a|aa)*b"}}},
+                },
+            }
+        ],
+        "tool_choice": "required",
+        "n": 8,
+    },
 ]
-INVALID = [{"n": 2}, {"temperature": 2.5}, {"top_p": -1e-300}, {"logit_bias": {"99999999": 1}}, {"max_tokens": 0}]
+# A schema whose every value is infinite: the grammar hits its limit mid-answer, a 400 for its sender.
+ENDLESS = {"type": "object", "properties": {"a": {"$ref": "#"}}, "required": ["a"]}
+INVALID = [
+    {"response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": ENDLESS}}, "max_tokens": 4000},
+    {"n": 9},
+    {"temperature": 2.5},
+    {"top_p": -1e-300},
+    {"logit_bias": {"99999999": 1}},
+    {"max_tokens": 0},
+]
 
 
 def stream_text(url: str, key: str) -> str:

@@ -94,13 +94,16 @@ def test_errors_map_to_the_sdk_exceptions(stack, django_capture_on_commit_callba
         client.chat.completions.create(model="no-such-model", messages=QUESTION)
     assert missing.value.code == "model_not_found"
     with pytest.raises(openai.BadRequestError) as bad:
-        client.chat.completions.create(model=DEMO_MODEL, messages=QUESTION, n=2)
+        client.chat.completions.create(model=DEMO_MODEL, messages=QUESTION, n=9)
     assert bad.value.param == "n"
     with pytest.raises(openai.BadRequestError) as tools:
         client.chat.completions.create(
-            model=DEMO_MODEL, messages=QUESTION, tools=[{"type": "function", "function": {"name": "f"}}]
+            model=DEMO_MODEL,
+            messages=QUESTION,
+            tools=[{"type": "function", "function": {"name": "f"}}],
+            tool_choice={"type": "function", "function": {"name": "g"}},
         )
-    assert tools.value.param == "tools"
+    assert tools.value.param == "tool_choice"
     with pytest.raises(openai.AuthenticationError):
         sdk(web, "sk-" + "x" * 43).chat.completions.create(model=DEMO_MODEL, messages=QUESTION)
     scoped = sdk(web, tenant.key(scopes=["models:read"]))

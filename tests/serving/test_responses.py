@@ -100,9 +100,12 @@ def test_a_streamed_response_is_the_event_sequence_the_sdk_assembles(stack):  # 
     ("extra", "param"),
     [
         ({"previous_response_id": "resp_123"}, "previous_response_id"),
-        ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools"),
-        ({"text": {"format": {"type": "json_object"}}}, "text"),
-        ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, "input"),
+        (
+            {"tools": [{"type": "function", "name": "f", "parameters": {"type": "objekt"}}]},
+            "tools.0.parameters.type",
+        ),
+        ({"text": {"format": {"type": "json_schema"}}}, "text.format.name"),
+        ({"input": [{"type": "file_search_call", "id": "c"}]}, "input"),
         ({"temperature": 3}, "temperature"),
         ({"max_output_tokens": 0}, "max_output_tokens"),
         ({"input": ""}, "input"),

@@ -59,6 +59,36 @@
   }
 
   var stop = document.getElementById("pg-stop");
+  var invalid = document.getElementById("pg-invalid");
+  var messageLabel = document.getElementById("pg-message-label");
+  var pendingCalls = []; // the last reply's tool calls: the next message answers them
+
+  form.elements.format.addEventListener("change", function () {
+    document.getElementById("pg-schema-field").hidden = form.elements.format.value !== "json_schema";
+  });
+
+  // The answer format and tools as request fields, or a message saying what is not valid JSON.
+  function structured() {
+    var fields = {}, format = form.elements.format.value;
+    if (format === "json_object") fields.response_format = { type: "json_object" };
+    if (format === "json_schema") {
+      try {
+        fields.response_format = { type: "json_schema", json_schema: { name: "answer", schema: JSON.parse(form.elements.schema.value) } };
+      } catch (error) { return "The JSON schema is not valid JSON: " + error.message; }
+    }
+    var tools = form.elements.tools.value.trim();
+    if (tools) {
+      try { fields.tools = JSON.parse(tools); } catch (error) { return "The tools are not valid JSON: " + error.message; }
+      fields.tool_choice = form.elements.tool_choice.value;
+    }
+    return fields;
+  }
+
+  function askForResults(calls) {
+    pendingCalls = calls;
+    messageLabel.textContent = calls.length ? "Result of " + calls.map(function (c) { return c.function.name; }).join(", ") +
+      " (sent as the tool's answer)" : "Your message";
+  }
   var code = document.getElementById("pg-code");
   var running = null; // the AbortController of the reply being generated
 
@@ -80,12 +110,14 @@
     var call = { model: body.model, messages: body.messages };
     if (body.temperature !== undefined) call.temperature = body.temperature;
     if (body.max_tokens !== undefined) call.max_tokens = body.max_tokens;
+    ["response_format", "tools", "tool_choice"].forEach(function (key) { if (body[key] !== undefined) call[key] = body[key]; });
     var args = Object.keys(call).map(function (key) { return "    " + key + "=" + python(call[key]) + ","; });
     code.querySelector("[data-lang=python]").textContent = [
       "from openai import OpenAI", "",
       'client = OpenAI(base_url="' + base + '", api_key="YOUR_KEY")',
       "reply = client.chat.completions.create(", args.join("\n"), ")",
-      "print(reply.choices[0].message.content)"
+      call.tools ? "print(reply.choices[0].message.content, reply.choices[0].message.tool_calls)"
+        : "print(reply.choices[0].message.content)"
     ].join("\n");
     code.querySelector("[data-lang=curl]").textContent = "curl " + base + "/chat/completions \\\n" +
       '  -H "Authorization: Bearer $KEY" -H "Content-Type: application/json" \\\n' +
@@ -97,9 +129,19 @@
     event.preventDefault();
     var message = form.elements.message.value.trim();
     if (!message) return;
+    var fields = structured();
+    invalid.hidden = typeof fields !== "string";
+    if (typeof fields === "string") { invalid.textContent = fields; return; }
     var system = form.elements.system.value.trim();
-    history.push({ role: "user", content: message });
-    bubble("user", message);
+    var before = history.length, answered = pendingCalls;
+    if (pendingCalls.length) { // the member's message is the result of every call the model made
+      pendingCalls.forEach(function (call) { history.push({ role: "tool", tool_call_id: call.id, content: message }); });
+      bubble("user", "Result: " + message);
+    } else {
+      history.push({ role: "user", content: message });
+      bubble("user", message);
+    }
+    askForResults([]);
     form.elements.message.value = "";
     var reply = bubble("assistant", "");
     var text = reply.querySelector(".text");
@@ -115,6 +157,7 @@
     var temperature = number("temperature"), maxTokens = number("max_tokens");
     if (temperature !== null) body.temperature = temperature;
     if (maxTokens !== null) body.max_tokens = maxTokens;
+    Object.keys(fields).forEach(function (key) { body[key] = fields[key]; });
     showCode(body);
     var headers = { "Content-Type": "application/json", "X-CSRFToken": csrfToken() };
     headers[form.dataset.header] = form.dataset.organization;
@@ -122,7 +165,20 @@
     stop.hidden = false;
     running = new AbortController();
     var answer = "";
+    var calls = []; // the reply's tool calls, their arguments joined from the stream's fragments
     var requestId = null;
+    function showCalls() {
+      text.textContent = (answer ? answer + "\n" : "") + calls.map(function (c) {
+        return "Calls " + c.function.name + "(" + c.function.arguments + ")";
+      }).join("\n");
+    }
+    function remember() {
+      var turn = { role: "assistant", content: answer || null };
+      if (calls.length) turn.tool_calls = calls;
+      else turn.content = answer;
+      history.push(turn);
+      askForResults(calls);
+    }
     fetch("/v1/chat/completions", {
       method: "POST", credentials: "same-origin", headers: headers, body: JSON.stringify(body), signal: running.signal
     })
@@ -132,7 +188,8 @@
           return response.json().then(function (error) {
             status.remove();
             note(reply, (error.error && error.error.message) || ("HTTP " + response.status), true);
-            history.pop();
+            history.length = before;
+            askForResults(answered);
           });
         }
         var reader = response.body.getReader();
@@ -147,7 +204,7 @@
                 note(reply, "Cut off: the reply reached its token limit (raise Max tokens for longer replies).", false)
                   .setAttribute("data-testid", "reply-cut-off");
               }
-              history.push({ role: "assistant", content: answer });
+              remember();
               if (requestId) showUsage(reply, requestId, 0);
               return;
             }
@@ -164,6 +221,14 @@
                 (parsed.choices || []).forEach(function (choice) {
                   var piece = choice.delta && choice.delta.content;
                   if (piece) { answer += piece; text.textContent = answer; status.textContent = "generating…"; }
+                  ((choice.delta && choice.delta.tool_calls) || []).forEach(function (fragment) {
+                    var call = calls[fragment.index] = calls[fragment.index] ||
+                      { id: fragment.id, type: "function", function: { name: "", arguments: "" } };
+                    var fn = fragment.function || {};
+                    call.function.name += fn.name || "";
+                    call.function.arguments += fn.arguments || "";
+                    showCalls();
+                  });
                   if (choice.finish_reason) finish = choice.finish_reason;
                 });
               });
@@ -178,12 +243,14 @@
         if (error.name === "AbortError") {
           // Stopped by the member: the gateway stops the model and bills what it generated.
           note(reply, "Stopped.", false).setAttribute("data-testid", "reply-stopped");
-          history.push({ role: "assistant", content: answer });
+          calls = [];
+          remember();
           if (requestId) showUsage(reply, requestId, 0);
           return;
         }
         note(reply, "The request failed: " + error, true);
-        history.pop();
+        history.length = before;
+        askForResults(answered);
       })
       .finally(function () {
         running = null;
@@ -200,6 +267,7 @@
   document.getElementById("pg-reset").addEventListener("click", function () {
     history = [];
     conversation.textContent = "";
+    askForResults([]);
   });
 })();
 

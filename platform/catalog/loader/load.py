@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from catalog.loader.dtypes import resolve_dtype
 from catalog.loader.source import ModelSource, SourceError, resolve_source
 
 CACHE_LAYOUT_VERSION = "1"
@@ -90,12 +91,13 @@ def load_model(
     device: str = "cpu",
     chat_template: str | None = None,
 ) -> LoadedModel:
+    """`dtype` may be "auto": the fastest type on this machine (catalog.loader.dtypes)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.perf_counter()
     source = _as_source(spec)
-    torch_dtype = getattr(torch, dtype)
+    torch_dtype = getattr(torch, resolve_dtype(dtype, device))
     weights = cached_weights(source, cache_root)
     common = {"local_files_only": True, "trust_remote_code": False}
     if weights is not None:
@@ -134,7 +136,9 @@ def load_encoder(spec: dict | ModelSource, *, dtype: str = "float32", device: st
         raise SourceError("An embedding model must come as a safetensors directory")
     common = {"local_files_only": True, "trust_remote_code": False}
     tokenizer = AutoTokenizer.from_pretrained(source.path, **common)
-    model = AutoModel.from_pretrained(source.path, dtype=getattr(torch, dtype), use_safetensors=True, **common)
+    model = AutoModel.from_pretrained(
+        source.path, dtype=getattr(torch, resolve_dtype(dtype, device)), use_safetensors=True, **common
+    )
     model.to(device)
     model.eval()
     return LoadedModel(model, tokenizer, source, source.path, False, time.perf_counter() - started)

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
-from rest_framework import mixins, serializers
+from rest_framework import exceptions, mixins, serializers
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from serving import endpoint_metrics, endpoints, selectors
 from serving.models import Endpoint, EndpointReplica
 from tenancy.api.scoping import ORG_PARAMETER, OrgScopedViewSet
+from tenancy.api.serializers import OneLine
 from tenancy.roles import Permission as P
 
 SETTINGS = [
@@ -43,7 +44,17 @@ class EndpointSerializer(serializers.ModelSerializer):
         model = Endpoint
         fields = ["id", "model", "status", "status_reason", *SETTINGS, "placements", "created_at", "updated_at"]
         read_only_fields = ["id", "status", "status_reason", "placements", "created_at", "updated_at"]
-        extra_kwargs = {"defaults": {"required": False}, "allowed_key_ids": {"required": False}}
+        extra_kwargs = {
+            "defaults": {"required": False},
+            "allowed_key_ids": {"required": False},
+            "name": {"validators": [OneLine()]},
+            # The bounds serving.endpoints checks, stated in the document.
+            **{
+                field: {"min_value": 1, "max_value": endpoints.INT32}
+                for field in ("rpm_limit", "tpm_limit", "max_tokens_cap")
+            },
+            "replicas": {"min_value": 1, "max_value": endpoints.MAX_REPLICAS},
+        }
 
     def get_placements(self, endpoint) -> list[dict]:
         return PlacementSerializer(endpoint.placements.all(), many=True).data
@@ -76,7 +87,9 @@ class EndpointViewSet(
         return selectors.live_endpoints(self.organization.pk)
 
     def _raw(self) -> dict:
-        return self.request.data if isinstance(self.request.data, dict) else {}
+        if not isinstance(self.request.data, dict):
+            raise exceptions.ValidationError("The body is a JSON object of the endpoint's settings.")
+        return self.request.data
 
     def create(self, request, *args, **kwargs):
         body = self._raw()

@@ -84,6 +84,11 @@ def request_body(request) -> dict:
     return body
 
 
+# What a runtime adds to the prompt to describe tools, beyond their definitions (the fallback's
+# instructions are about 120 tokens): held, never under-counted.
+TOOL_INSTRUCTIONS_TOKENS = 256
+
+
 def _prompt_estimate(checked: validation.Checked) -> int:
     """Prompt tokens, over-estimated from the UTF-8 size (about four bytes a token in English) plus
     the chat template's few tokens per message; corrected to the real count afterwards."""
@@ -96,7 +101,8 @@ def _prompt_bound(checked: validation.Checked) -> int:
     never makes more tokens than UTF-8 bytes; the template adds a few per message and a default
     system prompt. The reservation holds this; the charge is the real count."""
     messages = checked.forward.get("messages") or [None]
-    return len(checked.prompt_text.encode()) + 8 * len(messages) + 64
+    tools = TOOL_INSTRUCTIONS_TOKENS if checked.forward.get("tools") else 0
+    return len(checked.prompt_text.encode()) + 8 * len(messages) + 64 + tools
 
 
 async def admit(request_id: str, principal, route: routing.Route, served: str, prompt_tokens: int, cap: int, grant):
@@ -248,11 +254,8 @@ async def _upstream_error(response, meter: Meter) -> HttpResponse:
     return json_response(payload, status)
 
 
-def _text_of(choice: dict, endpoint: str) -> str | None:
-    return (choice.get("delta") or {}).get("content") if endpoint == CHAT else choice.get("text")
-
-
-async def _relay(response, meter: Meter, model: str, endpoint: str, include_usage: bool):
+async def _relay(response, meter: Meter, checked: validation.Checked, endpoint: str):
+    model, include_usage = checked.model, checked.include_usage
     outcome, status = Outcome.CLIENT_DISCONNECTED, 200
     try:
         async for event in upstream.events(response):
@@ -270,7 +273,9 @@ async def _relay(response, meter: Meter, model: str, endpoint: str, include_usag
                 if include_usage and event.get("usage"):
                     yield _sse({**event, "model": model})
                 continue
-            pieces = sum(1 for choice in choices if isinstance(choice, dict) and _text_of(choice, endpoint))
+            pieces = sum(answers.pieces(choice, endpoint == CHAT) for choice in choices if isinstance(choice, dict))
+            if checked.legacy_functions:
+                event = answers.as_legacy_functions(event)
             if pieces:
                 meter.first_token()
                 meter.relayed += pieces
@@ -297,8 +302,9 @@ async def _relay(response, meter: Meter, model: str, endpoint: str, include_usag
             _finish(response, cleanly=outcome == Outcome.OK)
 
 
-async def _assemble(response, meter: Meter, model: str, endpoint: str) -> HttpResponse:
-    parts, first, finish, error, complete, gone = [], None, None, None, False, False
+async def _assemble(response, meter: Meter, checked: validation.Checked, endpoint: str) -> HttpResponse:
+    first, error, complete, gone = None, None, False, False
+    assembly = answers.Assembly(chat=endpoint == CHAT)
     try:
         async for event in upstream.events(response):
             if event == "[DONE]":
@@ -309,13 +315,13 @@ async def _assemble(response, meter: Meter, model: str, endpoint: str) -> HttpRe
                 break
             first = first or event
             meter.saw(event.get("usage"))
+            if checked.legacy_functions:
+                event = answers.as_legacy_functions(event)
             for choice in event.get("choices") or []:
-                piece = _text_of(choice, endpoint)
-                if piece:
+                pieces = assembly.add(choice) if isinstance(choice, dict) else 0
+                if pieces:
                     meter.first_token()
-                    meter.relayed += 1
-                    parts.append(piece)
-                finish = choice.get("finish_reason") or finish
+                    meter.relayed += pieces
     except asyncio.CancelledError:  # our client went away: charge what was generated, stop the server
         gone = True
         meter.abandon(response)
@@ -329,22 +335,20 @@ async def _assemble(response, meter: Meter, model: str, endpoint: str) -> HttpRe
         if not gone:
             _finish(response, cleanly=complete)
     if error is not None or first is None or not complete:
-        meter.close(502, Outcome.UPSTREAM_ERROR)
-        return json_response(error or server_error("The model server sent no complete answer."), 502)
+        # The engine refusing to go on with what the caller asked (a schema past its limits) is the
+        # caller's 400; anything else is the model server's failure.
+        status = 400 if (error or {}).get("error", {}).get("type") == "invalid_request_error" else 502
+        meter.close(status, Outcome.UPSTREAM_ERROR)
+        return json_response(error or server_error("The model server sent no complete answer."), status)
     meter.close(200, Outcome.OK)
-    usage = {
-        "prompt_tokens": meter.prompt_tokens,
-        "completion_tokens": meter.completion_tokens,
-        "total_tokens": meter.prompt_tokens + meter.completion_tokens,
-    }
+    usage = answers.usage(meter.prompt_tokens, meter.completion_tokens)
     chat = endpoint == CHAT
     body = answers.completion(
         chat=chat,
         id=first.get("id") or f"{'chatcmpl' if chat else 'cmpl'}-{meter.request_id}",
         created=first.get("created") or int(meter.wall_started),
-        model=model,
-        text="".join(parts),
-        finish_reason=finish,
+        model=checked.model,
+        choices=assembly.choices(),
         usage=usage,
     )
     return json_response(body)
@@ -390,8 +394,9 @@ async def route_for(principal, model: str, kind: str) -> routing.Route:
         ) from None
     if route.kind != kind:
         use = "/v1/embeddings" if route.kind == "embedding" else "/v1/chat/completions or /v1/completions"
+        # No such model for this API: a 404, as OpenAI answers a chat call to a model that does not chat.
         raise GatewayError(
-            400,
+            404,
             f"The model '{model}' is {'an embedding' if route.kind == 'embedding' else 'a text-generation'} model: "
             f"call {use}.",
             param="model",
@@ -439,6 +444,14 @@ async def serve_generation(request, principal, body: dict, endpoint: str, path: 
     if route.endpoint is not None:
         _endpoint_access(route, principal)
     parsed = validation.parse(body, endpoint)
+    for feature, param in parsed.features().items():
+        if feature not in route.features:
+            raise GatewayError(
+                400,
+                f"The model '{body['model']}' does not support '{param}'.",
+                param=param,
+                code="unsupported_parameter",
+            )
     asked = parsed.completion_cap()[1]  # the caller's own, before the endpoint's defaults
     if route.endpoint is not None:
         parsed = validation.with_endpoint(parsed, dict(route.endpoint.defaults), route.endpoint.system_prompt)
@@ -449,13 +462,16 @@ async def serve_generation(request, principal, body: dict, endpoint: str, path: 
     prompt_estimate = _prompt_estimate(checked)
     cap = _completion_cap(checked, route, prompt_estimate)
     served = route.endpoint.model if route.endpoint is not None else checked.model  # what is priced and metered
-    grant = await ratelimit.acquire(principal, prompt_estimate + cap, route.endpoint)
-    admitted = await admit(request.request_id, principal, route, served, _prompt_bound(checked), cap, grant)
+    # Each of n choices may generate the cap: the reservation holds all of them.
+    grant = await ratelimit.acquire(principal, prompt_estimate + cap * checked.choices, route.endpoint)
+    admitted = await admit(
+        request.request_id, principal, route, served, _prompt_bound(checked), cap * checked.choices, grant
+    )
     meter = Meter(
         request.request_id, principal, metered_as or endpoint, served, route.base_model, checked.stream, grant, admitted
     )
     meter.prompt_estimate = prompt_estimate
-    meter.completion_cap = cap
+    meter.completion_cap = cap * checked.choices
     meter.endpoint_id = route.endpoint.id if route.endpoint is not None else ""
     try:
         try:
@@ -468,13 +484,13 @@ async def serve_generation(request, principal, body: dict, endpoint: str, path: 
             result = await _upstream_error(response, meter)
         elif checked.stream:
             result = RelayResponse(
-                _relay(response, meter, checked.model, endpoint, checked.include_usage),
+                _relay(response, meter, checked, endpoint),
                 content_type="text/event-stream",
             )
             result["Cache-Control"] = "no-cache"
             result["X-Accel-Buffering"] = "no"
         else:
-            result = await _assemble(response, meter, checked.model, endpoint)
+            result = await _assemble(response, meter, checked, endpoint)
     except GatewayError:
         raise
     except Exception:  # whatever failed, the books close and the caller gets an OpenAI error

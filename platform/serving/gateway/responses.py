@@ -44,13 +44,12 @@ async def create_response(request):
     else:
         completion = orjson.loads(answer.content)
         choice = completion["choices"][0]
-        text = choice["message"]["content"] or ""
         result = inference.json_response(
             protocol.response_object(
                 parsed,
                 response_id,
                 created=completion.get("created"),
-                output=[protocol.message_item(message_id, text)],
+                output=protocol.output_of(choice["message"], message_id),
                 usage=protocol.usage_of(completion["usage"]),
                 finish_reason=choice.get("finish_reason"),
             )
@@ -67,29 +66,86 @@ def _event(kind: str, sequence: list, **fields) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
 
 
+class _Output:
+    """The Response's output items as the chat stream makes them: a message when text comes, a
+    function call item per tool call, each opened and closed with its events."""
+
+    def __init__(self, message_id: str, sequence: list):
+        self.message_id, self.sequence = message_id, sequence
+        self.items: list[dict] = []  # in output order
+        self.text: list[str] = []
+        self.message_at: int | None = None
+        self.calls: dict[int, int] = {}  # the chat tool call's index -> its output index
+
+    def event(self, kind: str, **fields) -> bytes:
+        return _event(kind, self.sequence, **fields)
+
+    def text_delta(self, piece: str):
+        if self.message_at is None:
+            self.message_at = len(self.items)
+            self.items.append(protocol.message_item(self.message_id, "", "in_progress"))
+            yield self.event("response.output_item.added", output_index=self.message_at, item=self.items[-1])
+            yield self.event("response.content_part.added", part=self._part(""), **self._where())
+        if piece:
+            self.text.append(piece)
+            yield self.event("response.output_text.delta", delta=piece, logprobs=[], **self._where())
+
+    def call_delta(self, call: dict):
+        index = call.get("index", 0)
+        function = call.get("function") or {}
+        if index not in self.calls:
+            self.calls[index] = len(self.items)
+            item = protocol.function_call_item(call.get("id") or "", function.get("name") or "", "", "in_progress")
+            self.items.append(item)
+            yield self.event("response.output_item.added", output_index=self.calls[index], item=item)
+        at = self.calls[index]
+        fragment = function.get("arguments") or ""
+        if fragment:
+            self.items[at]["arguments"] += fragment
+            yield self.event(
+                "response.function_call_arguments.delta", item_id=self.items[at]["id"], output_index=at, delta=fragment
+            )
+
+    def close(self):
+        for at, item in enumerate(self.items):
+            if at == self.message_at:
+                whole = "".join(self.text)
+                yield self.event("response.output_text.done", text=whole, logprobs=[], **self._where())
+                yield self.event("response.content_part.done", part=self._part(whole), **self._where())
+                self.items[at] = protocol.message_item(self.message_id, whole)
+            else:
+                yield self.event(
+                    "response.function_call_arguments.done",
+                    item_id=item["id"],
+                    output_index=at,
+                    name=item["name"],
+                    arguments=item["arguments"],
+                )
+                item["status"] = "completed"
+            yield self.event("response.output_item.done", output_index=at, item=self.items[at])
+
+    def _part(self, text: str) -> dict:
+        return {"type": "output_text", "text": text, "annotations": []}
+
+    def _where(self) -> dict:
+        return {"item_id": self.message_id, "output_index": self.message_at, "content_index": 0}
+
+
 async def _events(chat_stream, parsed: protocol.ResponsesRequest, response_id: str, message_id: str):
     """The chat relay's chunks as the Responses API's event sequence. Closing this closes the
     relay, which closes the books (a client that leaves is billed what was generated)."""
-    created, sequence, text, finish, usage = int(time.time()), [-1], [], None, None
+    created, sequence, finish, usage = int(time.time()), [-1], None, None
+    output = _Output(message_id, sequence)
 
     def response(status: str, **extra) -> dict:
-        output = [protocol.message_item(message_id, "".join(text))] if status != "in_progress" else []
+        items = output.items if status != "in_progress" else []
         return protocol.response_object(
-            parsed, response_id, created=created, status=status, output=output, finish_reason=finish, **extra
+            parsed, response_id, created=created, status=status, output=items, finish_reason=finish, **extra
         )
 
-    where = {"item_id": message_id, "output_index": 0, "content_index": 0}
     async with contextlib.aclosing(chat_stream):
         yield _event("response.created", sequence, response=response("in_progress"))
         yield _event("response.in_progress", sequence, response=response("in_progress"))
-        yield _event(
-            "response.output_item.added",
-            sequence,
-            output_index=0,
-            item=protocol.message_item(message_id, "", "in_progress"),
-        )
-        part = {"type": "output_text", "text": "", "annotations": []}
-        yield _event("response.content_part.added", sequence, part=part, **where)
         async for raw in chat_stream:
             data = raw.removeprefix(b"data: ").strip()
             if data == b"[DONE]":
@@ -103,18 +159,20 @@ async def _events(chat_stream, parsed: protocol.ResponsesRequest, response_id: s
                 return
             usage = chunk.get("usage") or usage
             for choice in chunk.get("choices") or []:
-                piece = (choice.get("delta") or {}).get("content")
-                if piece:
-                    text.append(piece)
-                    yield _event("response.output_text.delta", sequence, delta=piece, logprobs=[], **where)
+                delta = choice.get("delta") or {}
+                if delta.get("content"):
+                    for event in output.text_delta(delta["content"]):
+                        yield event
+                for call in delta.get("tool_calls") or ():
+                    for event in output.call_delta(call):
+                        yield event
                 finish = choice.get("finish_reason") or finish
         else:
             return  # the relay ended without [DONE]: it has sent its error event already
-        whole = "".join(text)
-        yield _event("response.output_text.done", sequence, text=whole, logprobs=[], **where)
-        yield _event("response.content_part.done", sequence, part={**part, "text": whole}, **where)
-        yield _event(
-            "response.output_item.done", sequence, output_index=0, item=protocol.message_item(message_id, whole)
-        )
+        if not output.items:  # an empty answer is still a message
+            for event in output.text_delta(""):
+                yield event
+        for event in output.close():
+            yield event
         final = response("completed", usage=protocol.usage_of(usage or {}))
         yield _event(f"response.{final['status']}", sequence, response=final)

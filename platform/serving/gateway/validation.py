@@ -12,13 +12,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import orjson
+
 from serving.gateway.http import GatewayError
-from serving.protocol import ProtocolError
+from serving.protocol import ProtocolError, structured
 from serving.protocol import generation as protocol
 from tenancy.api.parsers import nests_within
 
 CHAT = "chat.completions"
-MAX_DEPTH = 6  # body → messages → message → content → part → text
+# What the body may nest: a JSON schema's own bound (serving.protocol.structured) inside the
+# envelope of a tool (body → tools → tool → function → parameters) and a little room.
+MAX_DEPTH = structured.MAX_SCHEMA_DEPTH + 8
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,8 @@ class Checked:
     include_usage: bool
     max_tokens: int | None
     prompt_text: str  # what the prompt estimate is computed from
+    choices: int = 1  # n: every choice may generate max_tokens
+    legacy_functions: bool = False  # asked with `functions`: answered with `function_call`
 
 
 def invalid(message: str, param: str | None, code: str = "invalid_value") -> GatewayError:
@@ -60,13 +66,30 @@ def with_endpoint(request: protocol.Generation, defaults: dict, system_prompt: s
 
 def checked(request: protocol.Generation) -> Checked:
     forward = request.sampling()
+    if request.n is not None:
+        forward["n"] = request.n
+    legacy = False
     if isinstance(request, protocol.ChatCompletionRequest):
         forward["messages"] = request.conversation()
-        text = "".join(message["content"] for message in forward["messages"])
+        forward.update(request.tool_fields())
+        if request.logprobs is not None:
+            forward["logprobs"] = request.logprobs
+        if request.top_logprobs is not None:
+            forward["top_logprobs"] = request.top_logprobs
+        # Tool definitions and earlier calls are prompt too (and what a template adds for them).
+        text = "".join(message["content"] or "" for message in forward["messages"])
+        text += orjson.dumps(
+            [forward.get("tools"), [m.get("tool_calls") for m in forward["messages"]], forward.get("response_format")]
+        ).decode()
+        legacy = request.legacy_functions()
     else:
         forward["prompt"] = text = request.prompt
+        if request.logprobs is not None:
+            forward["logprobs"] = request.logprobs
     max_tokens, _ = request.completion_cap()
-    return Checked(request.model, forward, bool(request.stream), request.include_usage(), max_tokens, text)
+    return Checked(
+        request.model, forward, bool(request.stream), request.include_usage(), max_tokens, text, request.n or 1, legacy
+    )
 
 
 def check(body: dict, endpoint: str) -> Checked:

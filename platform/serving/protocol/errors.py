@@ -3,6 +3,7 @@ from __future__ import annotations
 import re
 
 from pydantic import ValidationError
+from pydantic_core import PydanticCustomError
 
 
 class ProtocolError(ValueError):
@@ -21,11 +22,16 @@ def param_of(location: tuple) -> str | None:
 
 # pydantic names the member of a union it tried in the location (`input.str`, `input.list[...]`):
 # those are not parameters.
-UNION_MEMBER = re.compile(r"^(str|int|float|bool|none|.*\[.*\]|constrained-.*|function-.*|json-or-python.*)$")
+UNION_MEMBER = re.compile(r"^(str|int|float|bool|none|<.*>|.*\[.*\]|constrained-.*|function-.*|json-or-python.*)$")
 
 
 def _location(error: dict) -> tuple:
     return tuple(part for part in error.get("loc") or () if not (isinstance(part, str) and UNION_MEMBER.match(part)))
+
+
+def missing(field: str) -> PydanticCustomError:
+    """What a model validator raises for a field that its other fields make required."""
+    return PydanticCustomError("missing_field", "Field required", {"field": field})
 
 
 def from_validation(error: ValidationError) -> ProtocolError:
@@ -33,7 +39,10 @@ def from_validation(error: ValidationError) -> ProtocolError:
     parameter (for a union, the member that got furthest)."""
     errors = error.errors(include_url=False)
     first = max(errors, key=lambda e: len(_location(e)))
-    param = param_of(_location(first))
+    location = _location(first)
+    if first["type"] == "missing_field":
+        location, first = (*location, first["ctx"]["field"]), {**first, "type": "missing"}
+    param = param_of(location)
     if first["type"] == "extra_forbidden":
         return ProtocolError(f"Unrecognized request argument supplied: {param}", param, "unknown_parameter")
     if first["type"] == "missing":

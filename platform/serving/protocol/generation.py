@@ -9,15 +9,21 @@ be reached through the platform. Parameters the platform does not act on yet are
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, WithJsonSchema, field_validator, model_validator
 
-from serving.protocol.errors import ProtocolError, from_validation
+from serving.protocol import structured
+from serving.protocol.base import Strict
+from serving.protocol.errors import ProtocolError, from_validation, missing
+from serving.protocol.structured import Constraint, FunctionDefinition, ResponseFormat, Tool
 
 MAX_MESSAGES = 2048
 MAX_STOP_CHARS = 500
 MAX_LOGIT_BIAS = 300
+MAX_CHOICES = 8
+MAX_TOP_LOGPROBS = 20
 INT64 = (-(2**63), 2**63 - 1)
 Int64 = Annotated[int, Field(ge=INT64[0], le=INT64[1])]
 Tokens = Annotated[int, Field(ge=1, le=2**31)]
@@ -49,11 +55,7 @@ def bounded(*, min_items: int = 0, max_items: int = 0, min_length: int = 0):
 
 def off(value) -> dict:
     """The document's word for a parameter the platform does not act on yet: only its "off" value."""
-    return {"enum": [value], "nullable": True, "description": "Only this value for now."}
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    return {"enum": [value, None], "description": "Only this value (or null) for now."}
 
 
 class StreamOptions(Strict):
@@ -80,18 +82,82 @@ class TextPart(Strict):
     text: str
 
 
+class FunctionCall(Strict):
+    name: str = Field(max_length=64)
+    arguments: str
+
+
+class ToolCall(Strict):
+    id: str = Field(min_length=1, max_length=256)
+    type: Literal["function"]
+    function: FunctionCall
+
+
+def _role_rules(schema: dict) -> None:
+    """What `_role_fields` checks, said in the schema: content (not null) is required but for an
+    assistant message with calls, a tool message names its call, only assistants carry calls."""
+    part = {
+        "type": "object",
+        "properties": {"type": {"enum": ["text"]}, "text": {"type": "string"}},
+        "required": ["type", "text"],
+        "additionalProperties": False,
+    }
+    content = {"anyOf": [{"type": "string"}, {"type": "array", "minItems": 1, "items": part}]}
+    no_calls = {"not": {"anyOf": [{"required": ["tool_calls"]}, {"required": ["function_call"]}]}}
+
+    def role(names: list[str], required: list[str]) -> dict:
+        return {"properties": {"role": {"enum": names}, "content": content}, "required": required, **no_calls}
+
+    schema["anyOf"] = [
+        role(["system", "developer", "user"], ["content"]),
+        role(["tool"], ["content", "tool_call_id"]),
+        role(["function"], ["content", "name"]),
+        {
+            "properties": {"role": {"enum": ["assistant"]}},
+            "anyOf": [
+                {"properties": {"content": content}, "required": ["content"]},
+                {"required": ["tool_calls"]},
+                {"required": ["function_call"]},
+            ],
+        },
+    ]
+
+
 class Message(Strict):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] = Field(json_schema_extra=bounded(min_items=1))
-    name: str | None = None
+    """One message of a conversation. Assistant messages may carry `tool_calls` instead of content;
+    a `tool` message answers one by its `tool_call_id`; `function` is the legacy form of `tool`."""
+
+    model_config = ConfigDict(json_schema_extra=_role_rules)
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[TextPart] | None = Field(None, json_schema_extra=bounded(min_items=1))
+    name: str | None = Field(None, max_length=64)
     refusal: str | None = None
+    tool_calls: list[ToolCall] | None = Field(None, max_length=structured.MAX_TOOLS)
+    tool_call_id: str | None = Field(None, max_length=256)
+    function_call: FunctionCall | None = None  # the legacy form of tool_calls
 
     @field_validator("content", mode="before")
     @classmethod
     def _text_or_parts(cls, value):
-        return text_or_parts(value, ("text",))
+        return value if value is None else text_or_parts(value, ("text",))
+
+    @model_validator(mode="after")
+    def _role_fields(self):
+        calls = self.tool_calls is not None or self.function_call is not None
+        if calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool calls")
+        if self.content is None and not (calls and self.role == "assistant"):
+            raise missing("content")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id it answers")
+        if self.role == "function" and not self.name:
+            raise ValueError("a function message needs the name of the function")
+        return self
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
 
 
@@ -102,6 +168,10 @@ def _stops(value):
     if any(len(s) > MAX_STOP_CHARS for s in stops):
         raise ValueError(f"each stop string may have at most {MAX_STOP_CHARS} characters")
     return value
+
+
+# The optional features a catalog model may lack (catalog.models.BaseModel.features names them).
+FEATURES = ("tools", "response_format", "logprobs")
 
 
 class Generation(Strict):
@@ -144,9 +214,7 @@ class Generation(Strict):
             }
         ),
     ] = None
-    # What the platform does not do yet: documented as the values that mean "off" (`unsupported`).
-    n: Annotated[int | None, WithJsonSchema(off(1))] = None
-    logprobs: Annotated[Any, WithJsonSchema(off(False))] = None
+    n: int | None = Field(None, ge=1, le=MAX_CHOICES)
     # Accepted because they do not change the answer, and not forwarded.
     user: str | None = Field(None, max_length=256)
     metadata: Annotated[
@@ -218,17 +286,30 @@ class Generation(Strict):
 
 
 class ChatCompletionRequest(Generation):
+    model_config = ConfigDict(
+        json_schema_extra=structured.choice_rules(
+            ("tools", "tool_choice"),
+            ("functions", "function_call"),
+            exclusive=(("tools", "tool_choice"), ("functions", "function_call")),
+        )
+    )
+    _constraint: Constraint | None = PrivateAttr(default=None)
+    _checked: bool = PrivateAttr(default=False)
     messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: Tokens | None = None
-    top_logprobs: Annotated[Any, WithJsonSchema(off(0))] = None
-    tools: Annotated[Any, WithJsonSchema({"type": "array", "maxItems": 0, "description": "Not supported yet."})] = None
-    tool_choice: Annotated[Any, WithJsonSchema(off("none"))] = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    tools: list[Tool] | None = Field(None, max_length=structured.MAX_TOOLS)
+    tool_choice: structured.ToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    functions: Annotated[Any, WithJsonSchema({"type": "array", "maxItems": 0, "description": "Not supported yet."})] = (
-        None
-    )
-    function_call: Annotated[Any, WithJsonSchema(off("none"))] = None
-    response_format: Annotated[Any, WithJsonSchema(TEXT_FORMAT)] = None
+    functions: list[FunctionDefinition] | None = Field(None, max_length=structured.MAX_TOOLS)
+    function_call: structured.FunctionCallChoice | None = None
+    response_format: ResponseFormat | None = None
+
+    @field_validator("tools", "functions")
+    @classmethod
+    def _unique(cls, functions):
+        return structured.unique_names(functions)
 
     def completion_cap(self) -> tuple[int | None, str | None]:
         """What the caller asked the completion to be at most, and which parameter said it."""
@@ -238,12 +319,97 @@ class ChatCompletionRequest(Generation):
             return self.max_tokens, "max_tokens"
         return None, None
 
+    def features(self) -> dict[str, str]:
+        """The optional features (FEATURES) this request uses, each with the parameter that asks for it."""
+        used = {}
+        if self.tools or self.functions:
+            used["tools"] = "tools" if self.tools else "functions"
+        if self.response_format is not None and self.response_format.type != "text":
+            used["response_format"] = "response_format"
+        if self.logprobs:
+            used["logprobs"] = "logprobs"
+        return used
+
+    def legacy_functions(self) -> bool:
+        return self.functions is not None or self.function_call is not None
+
+    def constraint(self) -> Constraint | None:
+        """What the answer must be (tools, a JSON schema, both, or nothing), checked once: the
+        schema checks are the costly part of a parse, and the runtime asks again."""
+        if not self._checked:
+            self._constraint, self._checked = self._checked_constraint(), True
+        return self._constraint
+
+    def _checked_constraint(self) -> Constraint | None:
+        answer = structured.response_format_constraint(self.response_format)
+        if self.legacy_functions():
+            if self.tools is not None or self.tool_choice is not None:
+                raise ProtocolError("Use either tools or the legacy functions, not both.", "functions")
+            functions = structured.functions_of(self.functions or [], "functions")
+            tools = structured.tools_constraint(functions, self.function_call, False, "function_call", legacy=True)
+        else:
+            functions = structured.functions_of(self.tools or [], "tools")
+            tools = structured.tools_constraint(functions, self.tool_choice, self.parallel_tool_calls, "tool_choice")
+        if tools is None:
+            return answer
+        return dataclasses.replace(tools, schema=answer.schema if answer is not None else None)
+
     def conversation(self) -> list[dict]:
-        return [{"role": m.role, "content": m.text()} for m in self.messages]
+        """The messages as engines are sent them: text content, tool calls as tool calls (the legacy
+        function_call / function messages become them, with ids by position)."""
+        messages, last_call = [], {}
+        for i, m in enumerate(self.messages):
+            message = {"role": m.role, "content": m.text() if m.content is not None else None}
+            calls = [call.model_dump() for call in m.tool_calls or ()]
+            if m.function_call is not None:
+                calls.append({"id": f"call_{i}", "type": "function", "function": m.function_call.model_dump()})
+                last_call[m.function_call.name] = f"call_{i}"
+            if calls:
+                message["tool_calls"] = calls
+            if m.role == "tool":
+                message["tool_call_id"] = m.tool_call_id
+            if m.role == "function":
+                message.update(role="tool", tool_call_id=last_call.get(m.name, f"call_{m.name}"), name=m.name)
+            elif m.name is not None:
+                message["name"] = m.name
+            messages.append(message)
+        return messages
+
+    def tool_fields(self) -> dict:
+        """What engines are sent of tools and structured outputs (the legacy forms as tools)."""
+        fields = {}
+        if self.legacy_functions():
+            if self.functions:
+                fields["tools"] = [
+                    {"type": "function", "function": f.model_dump(exclude_none=True)} for f in self.functions
+                ]
+                choice = self.function_call
+                if isinstance(choice, structured.NamedFunction):
+                    choice = {"type": "function", "function": {"name": choice.name}}
+                fields["tool_choice"] = choice or "auto"
+                fields["parallel_tool_calls"] = False
+        else:
+            if self.tools is not None:
+                fields["tools"] = [tool.model_dump(exclude_none=True) for tool in self.tools]
+            if self.tool_choice is not None:
+                choice = self.tool_choice
+                fields["tool_choice"] = choice if isinstance(choice, str) else choice.model_dump()
+            if self.parallel_tool_calls is not None:
+                fields["parallel_tool_calls"] = self.parallel_tool_calls
+        if self.response_format is not None:
+            fields["response_format"] = self.response_format.model_dump(exclude_none=True, by_alias=True)
+        return fields
+
+
+def _one_prompt_schema(schema: dict) -> None:
+    text = {"type": "string", "minLength": 1}
+    schema.clear()
+    schema.update({"anyOf": [text, {"type": "array", "minItems": 1, "maxItems": 1, "items": text}]})
 
 
 class CompletionRequest(Generation):
-    prompt: str | list[str]
+    prompt: str | list[str] = Field(json_schema_extra=_one_prompt_schema)
+    logprobs: int | None = Field(None, ge=0, le=5)
     echo: Annotated[Any, WithJsonSchema(off(False))] = None
     suffix: Annotated[Any, WithJsonSchema(off(""))] = None
     best_of: Annotated[Any, WithJsonSchema(off(1))] = None
@@ -260,20 +426,15 @@ class CompletionRequest(Generation):
     def completion_cap(self) -> tuple[int | None, str | None]:
         return (self.max_tokens, "max_tokens") if self.max_tokens is not None else (None, None)
 
+    def features(self) -> dict[str, str]:
+        return {"logprobs": "logprobs"} if self.logprobs is not None else {}
+
 
 # parameter -> (values that mean "off", the message refusing any other)
 UNSUPPORTED = {
-    "n": ((1,), "Only n=1 is supported: request several completions separately."),
-    "best_of": ((1,), "Only best_of=1 is supported."),
-    "logprobs": ((False, 0), "logprobs are not supported."),
-    "top_logprobs": ((0,), "top_logprobs are not supported."),
+    "best_of": ((1,), "Only best_of=1 is supported: use n for several completions."),
     "echo": ((False,), "echo is not supported."),
     "suffix": (("",), "suffix (insertion) is not supported."),
-    "tools": (([],), "Tool calling is not supported."),
-    "tool_choice": (("none",), "Tool calling is not supported."),
-    "functions": (([],), "Function calling is not supported."),
-    "function_call": (("none",), "Function calling is not supported."),
-    "response_format": (({"type": "text"},), "Only response_format {'type': 'text'} is supported."),
 }
 
 
@@ -296,6 +457,10 @@ def _parse(model: type[Generation], body: dict) -> Generation:
     if request.stream_options is not None and not request.stream:
         raise ProtocolError("'stream_options' is only allowed when 'stream' is true.", "stream_options")
     _refuse_unsupported(request)
+    if isinstance(request, ChatCompletionRequest):
+        if request.top_logprobs and not request.logprobs:
+            raise ProtocolError("'top_logprobs' needs 'logprobs' to be true.", "top_logprobs")
+        request.constraint()  # checked here, so a bad schema or tool_choice is a 400 before any engine
     return request
 
 

@@ -8,6 +8,8 @@ import logging
 import os
 from pathlib import Path
 
+from catalog.loader.dtypes import DTYPES
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m serving.runtime", description=__doc__)
@@ -21,7 +23,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-loras", type=int, default=8, help="Adapters kept loaded (least recently used leave)")
     parser.add_argument("--max-batch", type=int, default=32, help="Rows decoded together")
     parser.add_argument("--max-model-len", type=int, default=None, help="Context length (default: the model's)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["auto", *DTYPES],
+        help="The weights' type; auto: bfloat16 where the CPU or GPU computes in it natively, else float32",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--chat-template", default=None, help="A file with a Jinja chat template to use instead")
     parser.add_argument("--host", default="127.0.0.1")
@@ -48,6 +55,7 @@ def main(argv=None) -> None:
     from serving.runtime.adapters import AdapterManager
     from serving.runtime.app import RuntimeState, build_app
     from serving.runtime.engine import Engine
+    from serving.runtime.grammars import Grammars
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -62,14 +70,22 @@ def main(argv=None) -> None:
         chat_template=template,
     )
     logging.getLogger("serving.runtime").info(
-        "loaded %s in %.1fs (from cache: %s)", args.served_model_name, loaded.seconds, loaded.from_cache
+        "loaded %s in %s in %.1fs (from cache: %s)",
+        args.served_model_name,
+        str(loaded.model.dtype).removeprefix("torch."),
+        loaded.seconds,
+        loaded.from_cache,
     )
     max_len = args.max_model_len or getattr(loaded.model.config, "max_position_embeddings", 2048)
     adapters = AdapterManager(loaded.model, Path(args.adapter_root) if args.adapter_root else None, args.max_loras)
     engine = Engine(loaded.model, loaded.tokenizer, adapters, max_batch=args.max_batch, max_model_len=max_len)
     engine.start()
     state = RuntimeState(
-        engine=engine, served_model=args.served_model_name, api_key=args.api_key, max_model_len=max_len
+        engine=engine,
+        served_model=args.served_model_name,
+        api_key=args.api_key,
+        max_model_len=max_len,
+        grammars=Grammars(loaded.tokenizer, loaded.model.config.vocab_size, engine.eos_ids),
     )
     uvicorn.run(build_app(state), host=args.host, port=args.port, log_level="info", access_log=False)
     engine.stop()

@@ -4,6 +4,7 @@ health and Prometheus metrics."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import time
@@ -18,7 +19,9 @@ from starlette.routing import Route
 
 from serving.runtime import answers, metrics
 from serving.runtime.adapters import BASE, AdapterError
+from serving.runtime.choices import Choice
 from serving.runtime.engine import Engine, GenerationRequest
+from serving.runtime.grammars import Grammars
 from serving.runtime.protocol import Parsed, RequestError, parse_chat, parse_completion
 
 # How long a request's real usage is remembered after it ended, for a caller that left before
@@ -33,18 +36,20 @@ class RuntimeState:
     served_model: str
     api_key: str | None
     max_model_len: int
+    grammars: Grammars
     started: int = 0
     # The requests of the last REMEMBER_SECONDS by their caller's id (x-request-id), oldest first.
     requests: OrderedDict = field(default_factory=OrderedDict)
 
-    def remember(self, request_id: str, job: GenerationRequest) -> None:
+    def remember(self, request_id: str, jobs: list[GenerationRequest]) -> None:
+        """A request's jobs (one per choice) under its caller's id."""
         horizon = time.monotonic() - REMEMBER_SECONDS
         while self.requests:
             oldest_at, oldest = next(iter(self.requests.values()))
-            if oldest_at > horizon or not oldest.ended.is_set():
+            if oldest_at > horizon or not all(job.ended.is_set() for job in oldest):
                 break
             self.requests.popitem(last=False)
-        self.requests[request_id] = (time.monotonic(), job)
+        self.requests[request_id] = (time.monotonic(), jobs)
         self.requests.move_to_end(request_id)
 
 
@@ -69,6 +74,32 @@ class AsyncSink:
 
     def unread(self) -> int:
         return self.put_count - self.taken_count
+
+
+async def events_of(jobs: list[GenerationRequest]):
+    """(choice index, event) of several jobs as they come, until each has ended (done or error)."""
+    waiting = {asyncio.ensure_future(job.sink.get()): i for i, job in enumerate(jobs)}
+    try:
+        while waiting:
+            ready, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            for future in sorted(ready, key=waiting.get):
+                index = waiting.pop(future)
+                event = future.result()
+                if event[0] == "token":
+                    waiting[asyncio.ensure_future(jobs[index].sink.get())] = index
+                yield index, event
+    finally:
+        for future in waiting:
+            future.cancel()
+
+
+def failure_of(event: tuple, parsed: Parsed) -> RequestError:
+    """An engine's error event as the error answered: the schema's fault (400, naming its
+    parameter) or the runtime's."""
+    _, message, status = event
+    if status == 400:
+        return RequestError(message, parsed.constraint_param, 400, "schema_limit")
+    return RequestError(message, status=status, code="runtime_error")
 
 
 def error(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
@@ -119,95 +150,121 @@ def build_app(state: RuntimeState) -> Starlette:
             body = await json_object(request)
             parsed = parse(body, state.engine.tokenizer, state.max_model_len)
             adapter = resolve_model(parsed.model)
+            guides = [None] * parsed.n
+            if parsed.constraint is not None:
+                guides = [await state.grammars.guide(parsed.constraint, parsed.constraint_param)]
+                guides += [guides[0].copy() for _ in range(parsed.n - 1)]
         except RequestError as problem:
             return JSONResponse(problem.body(), status_code=problem.status)
-        sink = AsyncSink()
-        job = GenerationRequest(parsed.prompt_ids, parsed.params, sink, adapter=adapter, endpoint=endpoint)
-        state.remember(request.headers.get("x-request-id") or job.id, job)
-        state.engine.submit(job)
+        jobs = []
+        for i, guide in enumerate(guides):
+            params = parsed.params
+            if params.seed is not None and i:  # the choices of one seeded request differ, reproducibly
+                params = dataclasses.replace(params, seed=params.seed + i)
+            jobs.append(
+                GenerationRequest(
+                    parsed.prompt_ids, params, AsyncSink(), adapter=adapter, endpoint=endpoint, guide=guide
+                )
+            )
+        state.remember(request.headers.get("x-request-id") or jobs[0].id, jobs)
+        for job in jobs:  # one after the other: taken into the same prefill, the prompt is computed once
+            state.engine.submit(job)
+        constraint = parsed.constraint
+        required = None if constraint is None or constraint.kind != "tools" else constraint.required
+        choices = [
+            Choice(
+                i,
+                chat=endpoint == "chat",
+                tools_required=required,
+                token_bytes=state.grammars.token_bytes,
+                named=bool(constraint and constraint.named),
+            )
+            for i in range(len(jobs))
+        ]
         if parsed.stream:
             return StreamingResponse(
-                stream(job, sink, parsed, endpoint),
+                stream(jobs, choices, parsed, endpoint),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        return await collect(job, sink, parsed, endpoint)
+        return await collect(jobs, choices, parsed, endpoint)
 
-    async def collect(job, sink, parsed: Parsed, endpoint: str) -> Response:
-        parts = []
+    def usage_of(parsed: Parsed, choices: list[Choice]) -> dict:
+        return answers.usage(len(parsed.prompt_ids), sum(choice.completion_tokens for choice in choices))
+
+    async def collect(jobs, choices: list[Choice], parsed: Parsed, endpoint: str) -> Response:
         try:
-            while True:
-                event = await sink.get()
+            async for index, event in events_of(jobs):
+                choice = choices[index]
                 if event[0] == "token":
-                    parts.append(event[1])
+                    choice.token(event[1], event[2], event[3])
                 elif event[0] == "error":
-                    return error(500, event[1], code="runtime_error")
+                    problem = failure_of(event, parsed)
+                    return JSONResponse(problem.body(), status_code=problem.status)
                 else:
-                    _, reason, usage = event
-                    break
+                    choice.done(event[1], event[2]["completion_tokens"])
         finally:
-            job.cancelled.set()  # a no-op once finished; stops decoding if the client went away
+            for job in jobs:
+                job.cancelled.set()  # a no-op once finished; stops decoding if the client went away
         chat = endpoint == "chat"
         return JSONResponse(
             answers.completion(
                 chat=chat,
-                id=f"{'chatcmpl' if chat else 'cmpl'}-{job.id}",
+                id=f"{'chatcmpl' if chat else 'cmpl'}-{jobs[0].id}",
                 created=int(time.time()),
                 model=parsed.model,
-                text="".join(parts),
-                finish_reason=reason,
-                usage=usage,
+                choices=[choice.whole() for choice in choices],
+                usage=usage_of(parsed, choices),
             )
         )
 
-    async def stream(job, sink, parsed: Parsed, endpoint: str):
+    async def stream(jobs, choices: list[Choice], parsed: Parsed, endpoint: str):
         created = int(time.time())
         chat = endpoint == "chat"
         base = {
-            "id": f"{'chatcmpl' if chat else 'cmpl'}-{job.id}",
+            "id": f"{'chatcmpl' if chat else 'cmpl'}-{jobs[0].id}",
             "object": "chat.completion.chunk" if chat else "text_completion",
             "created": created,
             "model": parsed.model,
         }
-        prompt_tokens = len(parsed.prompt_ids)
 
-        def chunk(delta: dict | str, finish=None, completion: int = 0) -> str:
-            choice = (
-                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-                if chat
-                else {"index": 0, "text": delta, "logprobs": None, "finish_reason": finish}
-            )
-            payload = {**base, "choices": [choice]}
+        def chunk(choice: Choice, delta: dict, finish=None) -> str:
+            logprobs = choice.take_logprobs()
+            if chat:
+                payload = {"index": choice.index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+            else:
+                payload = {"index": choice.index, "text": delta.get("text", ""), "logprobs": logprobs}
+                payload["finish_reason"] = finish
+            event = {**base, "choices": [payload]}
             if parsed.continuous_usage:
-                payload["usage"] = {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion,
-                    "total_tokens": prompt_tokens + completion,
-                }
+                event["usage"] = usage_of(parsed, choices)
             elif parsed.include_usage:
-                payload["usage"] = None
-            return f"data: {json.dumps(payload)}\n\n"
+                event["usage"] = None
+            return f"data: {json.dumps(event)}\n\n"
 
         try:
             if chat:
-                yield chunk({"role": "assistant", "content": ""})
-            while True:
-                event = await sink.get()
+                for choice in choices:
+                    yield chunk(choice, {"role": "assistant", "content": ""})
+            async for index, event in events_of(jobs):
+                choice = choices[index]
                 if event[0] == "token":
-                    yield chunk({"content": event[1]} if chat else event[1], completion=event[2])
+                    for delta in choice.token(event[1], event[2], event[3]):
+                        yield chunk(choice, delta)
                 elif event[0] == "error":
-                    body = RequestError(event[1], status=500, code="runtime_error").body()
-                    yield f"data: {json.dumps(body)}\n\n"
+                    yield f"data: {json.dumps(failure_of(event, parsed).body())}\n\n"
                     break
                 else:
-                    _, reason, usage = event
-                    yield chunk({} if chat else "", finish=reason, completion=usage["completion_tokens"])
-                    if parsed.include_usage or parsed.continuous_usage:
-                        yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n"
-                    break
+                    for delta in choice.done(event[1], event[2]["completion_tokens"]):
+                        yield chunk(choice, delta)
+                    yield chunk(choice, {} if chat else {"text": ""}, finish=choice.finish_reason)
+            else:
+                if parsed.include_usage or parsed.continuous_usage:
+                    yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage_of(parsed, choices)})}\n\n"
             yield "data: [DONE]\n\n"
         finally:
-            job.cancelled.set()  # the client disconnected, or we are done: stop decoding this row
+            for job in jobs:
+                job.cancelled.set()  # the client disconnected, or we are done: stop decoding these rows
 
     async def chat_completions(request: Request) -> Response:
         return await generate(request, "chat")
@@ -286,11 +343,15 @@ def build_app(state: RuntimeState) -> Starlette:
         found = state.requests.get(request_id) if isinstance(request_id, str) else None
         if found is None:
             return error(404, f"No request {request_id!r} is known here.", "request_id", "request_not_found")
-        job = found[1]
-        job.cancelled.set()
-        if not await asyncio.to_thread(job.ended.wait, ABORT_WAIT_SECONDS):
-            return error(504, "The request did not stop in time.", code="abort_timeout")
-        return JSONResponse({"request_id": request_id, "finish_reason": job.finish_reason, "usage": job.usage})
+        jobs = found[1]
+        for job in jobs:
+            job.cancelled.set()
+        deadline = time.monotonic() + ABORT_WAIT_SECONDS
+        for job in jobs:
+            if not await asyncio.to_thread(job.ended.wait, max(0.0, deadline - time.monotonic())):
+                return error(504, "The request did not stop in time.", code="abort_timeout")
+        usage = answers.usage(jobs[0].usage["prompt_tokens"], sum(job.usage["completion_tokens"] for job in jobs))
+        return JSONResponse({"request_id": request_id, "finish_reason": jobs[0].finish_reason, "usage": usage})
 
     async def load_adapter(request: Request) -> Response:
         return await adapter_admin(request, "load")

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from serving.runtime import kvcache, metrics
+from serving.runtime import answers, kvcache, metrics
 from serving.runtime.adapters import BASE, AdapterManager
+from serving.runtime.grammars import GrammarLimit, Guide
 from serving.runtime.sampling import Sampler, SamplingParams
 from serving.runtime.textstream import TextStream
 
@@ -36,8 +37,11 @@ IDLE_WAIT_SECONDS = 0.005  # when every row waits for its reader
 class GenerationRequest:
     prompt_ids: list[int]
     params: SamplingParams
-    sink: object  # has put(event); events: ("token", delta, n) / ("done", reason, usage) / ("error", message)
+    # sink.put(event); events: ("token", delta, n, logprobs) / ("done", reason, usage) / ("error", message, status),
+    # logprobs: [(token, logprob, [(token, logprob), ...]), ...] for the tokens of this delta, or None
+    sink: object
     adapter: str = BASE
+    guide: Guide | None = None  # the grammar constraining the answer
     endpoint: str = "chat"
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -58,6 +62,7 @@ class _Row:
     text: TextStream
     generated: list[int] = field(default_factory=list)
     first_token_seen: bool = False
+    logprobs: list | None = None  # those of tokens whose text has not been sent yet
 
 
 class Engine:
@@ -180,26 +185,37 @@ class Engine:
         rows = []
         for request in requests:  # a request whose sampling state cannot be built fails alone
             try:
-                rows.append(_Row(request, Sampler(request.params), TextStream(self.tokenizer, request.params.stop)))
+                row = _Row(request, Sampler(request.params), TextStream(self.tokenizer, request.params.stop))
+                row.logprobs = [] if request.params.logprobs is not None else None
+                rows.append(row)
             except Exception as error:
                 self._fail(request, error)
         if not rows:
             return
         requests = [row.request for row in rows]
-        length = max(len(r.prompt_ids) for r in requests)
-        ids = torch.full((len(requests), length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(requests), length), dtype=torch.long)
-        for i, request in enumerate(requests):
+        # Identical prompts for one adapter (a request's n choices) are computed once, then copied.
+        keys = [(tuple(r.prompt_ids), r.adapter) for r in requests]
+        distinct = {key: i for i, key in reversed(list(enumerate(keys)))}
+        firsts = sorted(set(distinct.values()))
+        unique = [requests[i] for i in firsts]
+        length = max(len(r.prompt_ids) for r in unique)
+        ids = torch.full((len(unique), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(unique), length), dtype=torch.long)
+        for i, request in enumerate(unique):
             ids[i, length - len(request.prompt_ids) :] = torch.tensor(request.prompt_ids)
             mask[i, length - len(request.prompt_ids) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         try:
-            logits, cache = self._forward(ids, mask, positions, DynamicCache(), [r.adapter for r in requests])
+            logits, cache = self._forward(ids, mask, positions, DynamicCache(), [r.adapter for r in unique])
         except Exception as error:
             # The running batch's cache is untouched until the join below: only the newcomers fail.
             for request in requests:
                 self._fail(request, error)
             return
+        if len(unique) < len(requests):
+            copies = [firsts.index(distinct[key]) for key in keys]
+            mask = kvcache.keep_rows(cache, mask, copies)
+            logits = logits[torch.tensor(copies)]
         for request in requests:
             metrics.PROMPT_TOKENS.inc(len(request.prompt_ids))
         if self.rows:
@@ -251,6 +267,10 @@ class Engine:
             row = self.rows[i]
             try:
                 done = self._step_row(row, logits[offset if offsets else i])
+            except GrammarLimit as limit:  # the caller's schema, not the runtime: a 400, not logged as a fault
+                message = f"The answer's schema cannot be followed further: {limit}"
+                self._fail(row.request, None, message, len(row.generated), status=400)
+                done = True
             except Exception as error:  # sampling or decoding this row failed: end it, keep the others
                 message = f"The runtime could not generate this answer: {error}"
                 self._fail(row.request, error, message, len(row.generated))
@@ -265,7 +285,12 @@ class Engine:
         request = row.request
         if request.cancelled.is_set():
             return self._finish(row, "cancelled")
-        token = row.sampler.choose(logits, row.generated)
+        guide, max_tokens = request.guide, request.params.max_tokens
+        budget = min(max_tokens, self.max_model_len - len(request.prompt_ids)) - len(row.generated)
+        allowed = guide.allowed(logits.shape[-1], budget, max_tokens) if guide is not None else None
+        token = row.sampler.choose(logits, row.generated, allowed)
+        if guide is not None and token not in self.eos_ids:
+            guide.consume(token)
         row.generated.append(token)
         metrics.COMPLETION_TOKENS.inc()
         if not row.first_token_seen:
@@ -273,10 +298,12 @@ class Engine:
             metrics.TIME_TO_FIRST_TOKEN.observe(time.perf_counter() - request.arrived)
         if token in self.eos_ids:
             return self._finish(row, "stop")
+        if row.logprobs is not None:
+            row.logprobs.append(_logprobs(logits, token, request.params.logprobs))
         delta = row.text.add(token)
         if delta:
-            request.sink.put(("token", delta, len(row.generated)))
-        if row.text.stopped:
+            request.sink.put(("token", delta, len(row.generated), self._take_logprobs(row)))
+        if row.text.stopped or (guide is not None and guide.stopped()):
             return self._finish(row, "stop")
         if (
             len(row.generated) >= request.params.max_tokens
@@ -285,11 +312,18 @@ class Engine:
             return self._finish(row, "length")
         return False
 
+    @staticmethod
+    def _take_logprobs(row: _Row) -> list | None:
+        taken = row.logprobs
+        if taken is not None:
+            row.logprobs = []
+        return taken
+
     def _finish(self, row: _Row, reason: str) -> bool:
         if reason != "cancelled":
             rest = row.text.flush()
             if rest:
-                row.request.sink.put(("token", rest, len(row.generated)))
+                row.request.sink.put(("token", rest, len(row.generated), self._take_logprobs(row)))
         self._end(row.request, reason, len(row.generated))
         return True
 
@@ -302,16 +336,29 @@ class Engine:
         request.ended.set()
 
     def _fail(
-        self, request: GenerationRequest, error: Exception | None, message: str | None = None, completion: int = 0
+        self,
+        request: GenerationRequest,
+        error: Exception | None,
+        message: str | None = None,
+        completion: int = 0,
+        status: int = 500,
     ) -> None:
         if error is not None:
             log.exception("request %s failed in the engine", request.id, exc_info=error)
         metrics.REQUESTS.labels(request.endpoint, "error").inc()
         request.usage, request.finish_reason = self._usage(request, completion), "error"
-        request.sink.put(("error", message or f"The runtime could not generate this answer: {error}"))
+        request.sink.put(("error", message or f"The runtime could not generate this answer: {error}", status))
         request.ended.set()
 
     @staticmethod
     def _usage(request: GenerationRequest, completion: int) -> dict:
-        prompt = len(request.prompt_ids)
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        return answers.usage(len(request.prompt_ids), completion)
+
+
+def _logprobs(logits: torch.Tensor, token: int, top: int) -> tuple:
+    """The model's log-probability of the chosen token and of its `top` most likely ones (before
+    sampling parameters or a grammar shaped the choice)."""
+    logprobs = torch.log_softmax(logits.to(torch.float32), dim=-1)
+    best = torch.topk(logprobs, top) if top else None
+    alternatives = list(zip(best.indices.tolist(), best.values.tolist(), strict=True)) if best is not None else []
+    return token, float(logprobs[token]), alternatives

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from serving.protocol import ProtocolError
 from serving.protocol import generation as protocol
+from serving.protocol.structured import Constraint
+from serving.runtime import tool_calls
 from serving.runtime.sampling import SamplingParams
 
 
@@ -30,6 +32,9 @@ class Parsed:
     stream: bool
     include_usage: bool
     continuous_usage: bool
+    n: int = 1
+    constraint: Constraint | None = None
+    constraint_param: str | None = None  # the parameter a grammar failure is blamed on
 
 
 def _logit_bias(request: protocol.Generation, vocab_size: int) -> dict[int, float]:
@@ -64,10 +69,22 @@ def _params(request: protocol.Generation, prompt_len: int, max_model_len: int, v
         presence_penalty=request.presence_penalty or 0.0,
         frequency_penalty=request.frequency_penalty or 0.0,
         logit_bias=_logit_bias(request, vocab_size),
+        logprobs=_logprobs(request),
     )
 
 
-def _parsed(request: protocol.Generation, prompt_ids: list[int], max_model_len: int, vocab_size: int) -> Parsed:
+def _logprobs(request: protocol.Generation) -> int | None:
+    if isinstance(request, protocol.ChatCompletionRequest):
+        return (request.top_logprobs or 0) if request.logprobs else None
+    return request.logprobs
+
+
+def _parsed(
+    request: protocol.Generation, prompt_ids: list[int], max_model_len: int, vocab_size: int, constraint=None
+) -> Parsed:
+    param = None
+    if constraint is not None:
+        param = "tools" if constraint.kind == "tools" else "response_format"
     return Parsed(
         request.model,
         list(prompt_ids),
@@ -75,6 +92,9 @@ def _parsed(request: protocol.Generation, prompt_ids: list[int], max_model_len: 
         bool(request.stream),
         request.include_usage(),
         request.continuous_usage(),
+        request.n or 1,
+        constraint,
+        param,
     )
 
 
@@ -87,15 +107,11 @@ def _protocol(parse, body: dict):
 
 def parse_chat(body: dict, tokenizer, max_model_len: int) -> Parsed:
     request = _protocol(protocol.parse_chat, body)
+    constraint = request.constraint()  # checked by the parse already (and kept)
     # The chat templates we serve know system, user and assistant; a developer message is a system one.
-    conversation = [
-        {"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]}
-        for m in request.conversation()
-    ]
-    prompt_ids = tokenizer.apply_chat_template(
-        conversation, add_generation_prompt=True, tokenize=True, return_dict=False
-    )
-    return _parsed(request, prompt_ids, max_model_len, len(tokenizer))
+    conversation = [{**m, "role": "system" if m["role"] == "developer" else m["role"]} for m in request.conversation()]
+    prompt_ids = tool_calls.prompt_ids(tokenizer, conversation, constraint)
+    return _parsed(request, prompt_ids, max_model_len, len(tokenizer), constraint)
 
 
 def parse_completion(body: dict, tokenizer, max_model_len: int) -> Parsed:

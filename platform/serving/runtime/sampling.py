@@ -29,6 +29,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: dict[int, float] = field(default_factory=dict)
+    logprobs: int | None = None  # None: none reported; k: the chosen token's and the k most likely
 
     @property
     def greedy(self) -> bool:
@@ -49,7 +50,8 @@ class Sampler:
             self.bias_ids = torch.tensor(list(params.logit_bias), dtype=torch.long)
             self.bias_values = torch.tensor(list(params.logit_bias.values()), dtype=torch.float32)
 
-    def choose(self, logits: torch.Tensor, generated: list[int]) -> int:
+    def choose(self, logits: torch.Tensor, generated: list[int], allowed: torch.Tensor | None = None) -> int:
+        """The next token; only among `allowed` (a boolean mask) when a grammar constrains the row."""
         p = self.params
         # A private float32 copy: the batch's logits may be half precision and are shared.
         logits = torch.nan_to_num(logits.to(torch.float32, copy=True), nan=-LOGIT_LIMIT)
@@ -59,6 +61,8 @@ class Sampler:
         if generated and (p.presence_penalty or p.frequency_penalty):
             ids, counts = torch.tensor(generated).unique(return_counts=True)
             logits[ids] -= p.frequency_penalty * counts.float() + p.presence_penalty
+        if allowed is not None:
+            logits.masked_fill_(~allowed, float("-inf"))
         best = int(torch.argmax(logits))
         if p.greedy:
             return best

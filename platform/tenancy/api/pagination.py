@@ -30,7 +30,9 @@ class CursorPagination(BasePagination):
             except (DjangoValidationError, ValueError):
                 anchor = None
             if anchor is None:
-                raise exceptions.ValidationError({"after": [f"No item with id {after!r} in this list."]})
+                # Named an object this list does not hold (another organization's included): a 404, as any
+                # reference to what is not there.
+                raise exceptions.NotFound(f"after: No item with id {after!r} in this list.")
             value = anchor[order_field]
             queryset = queryset.filter(
                 Q(**{f"{order_field}__lt": value}) | Q(**{order_field: value, "pk__lt": anchor["pk"]})

@@ -1,9 +1,39 @@
 from __future__ import annotations
 
+from django.core.validators import RegexValidator
 from rest_framework import serializers
 
+from tenancy import text
+from tenancy.errors import ServiceError
 from tenancy.models import APIKey, AuditLog, Invitation, Membership, Organization
 from tenancy.roles import Role, Scope
+
+
+class OneLine(RegexValidator):
+    """tenancy.text.name's rule on a serializer field, so that the API document states it (as a
+    pattern) and a refusal names the character."""
+
+    def __init__(self):
+        super().__init__(text.one_line_pattern())
+
+    def __call__(self, value):
+        try:
+            text.name(value, required=False, max_length=len(value))
+        except ServiceError as refused:
+            raise serializers.ValidationError(refused.message) from None
+
+
+class StrictCharField(serializers.CharField):
+    """A JSON string, not anything DRF would turn into one (0 would become "0")."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+def name_field(**kwargs) -> serializers.CharField:
+    return StrictCharField(validators=[OneLine()], **kwargs)
 
 
 class UserBriefSerializer(serializers.Serializer):
@@ -21,11 +51,11 @@ class OrganizationSerializer(serializers.ModelSerializer):
 
 class OrganizationCreateSerializer(serializers.Serializer):
     slug = serializers.CharField(max_length=40)
-    name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    name = name_field(max_length=200, required=False, allow_blank=True, default="")
 
 
 class OrganizationUpdateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=200)
+    name = name_field(max_length=200)
 
 
 class MembershipSerializer(serializers.ModelSerializer):
@@ -100,7 +130,7 @@ class APIKeySerializer(serializers.ModelSerializer):
 
 
 class APIKeyCreateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=100)
+    name = name_field(max_length=100)
     scopes = serializers.ListField(
         child=serializers.ChoiceField(choices=[s.value for s in Scope]),
         required=False,

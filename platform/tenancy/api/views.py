@@ -66,8 +66,10 @@ class OrganizationDetailViewSet(OrgScopedViewSet):
 
     @extend_schema(request=s.OrganizationUpdateSerializer, responses=s.OrganizationSerializer)
     def partial_update(self, request, org):
-        body = s.OrganizationUpdateSerializer(data=request.data)
+        body = s.OrganizationUpdateSerializer(data=request.data, partial=True)
         body.is_valid(raise_exception=True)
+        if "name" not in body.validated_data:  # a PATCH changes what it names, and this one names nothing
+            return Response(s.OrganizationSerializer(self.organization).data)
         updated = services.rename_organization(self.organization.pk, name=body.validated_data["name"], actor=self.actor)
         return Response(s.OrganizationSerializer(updated).data)
 
@@ -90,8 +92,10 @@ class MemberViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgScopedV
     @extend_schema(request=s.RoleSerializer, responses=s.MembershipSerializer)
     def partial_update(self, request, org, pk):
         member = self.get_object()
-        body = s.RoleSerializer(data=request.data)
+        body = s.RoleSerializer(data=request.data, partial=True)
         body.is_valid(raise_exception=True)
+        if "role" not in body.validated_data:  # a PATCH changes what it names, and this one names nothing
+            return Response(s.MembershipSerializer(member).data)
         updated = services.change_role(
             member.pk,
             organization_id=self.organization.pk,
