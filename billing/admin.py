@@ -68,6 +68,12 @@ class PriceForm(forms.ModelForm):
         initial=0,
         help_text="Per replica-minute of a dedicated endpoint (empty: 0).",
     )
+    batch_input_per_million = forms.DecimalField(
+        required=False, min_value=0, max_digits=18, decimal_places=3, help_text="Batch API (empty: half the input)."
+    )
+    batch_output_per_million = forms.DecimalField(
+        required=False, min_value=0, max_digits=18, decimal_places=3, help_text="Batch API (empty: half the output)."
+    )
 
     class Meta:
         model = Price
@@ -75,7 +81,13 @@ class PriceForm(forms.ModelForm):
 
     def clean(self):
         data = super().clean()
-        for name in ("input_per_million", "output_per_million", "training_per_million"):
+        for name in (
+            "input_per_million",
+            "output_per_million",
+            "training_per_million",
+            "batch_input_per_million",
+            "batch_output_per_million",
+        ):
             if data.get(name) is not None:
                 try:
                     money.per_token_from_per_million(data[name])
@@ -102,7 +114,17 @@ class PriceAdmin(admin.ModelAdmin):
     """A price is never edited: a change is a new version that takes effect from a moment on."""
 
     form = PriceForm
-    list_display = ["model", "organization", "effective_from", "input", "output", "training", "replica", "created_by"]
+    list_display = [
+        "model",
+        "organization",
+        "effective_from",
+        "input",
+        "output",
+        "training",
+        "replica",
+        "batch",
+        "created_by",
+    ]
     list_filter = ["model"]
     search_fields = ["model", "organization__slug"]
     list_select_related = ["organization", "created_by"]
@@ -123,6 +145,10 @@ class PriceAdmin(admin.ModelAdmin):
     def replica(self, obj: Price) -> str:
         return money.exact(obj.replica_minute)
 
+    @admin.display(description="batch in / out / 1M")
+    def batch(self, obj: Price) -> str:
+        return " / ".join(money.per_million(amount) for amount in obj.batch_amounts)
+
     def has_change_permission(self, request, obj=None):
         return obj is None and super().has_change_permission(request, obj)
 
@@ -138,6 +164,8 @@ class PriceAdmin(admin.ModelAdmin):
             output_per_million=data["output_per_million"],
             training_per_million=data["training_per_million"],
             replica_minute=data["replica_minute"] or 0,
+            batch_input_per_million=data.get("batch_input_per_million"),
+            batch_output_per_million=data.get("batch_output_per_million"),
             effective_from=data["effective_from"],
             note=data["note"],
             actor=Actor.from_request(request),

@@ -21,7 +21,7 @@ from datetime import date, datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Sum
+from django.db.models import F, Q, Sum
 from django.utils import timezone
 
 from billing import budgets, money, rollups
@@ -97,10 +97,11 @@ def _close(organization_id: int, month: date) -> Invoice | None:
 def _lines(organization_id: int, month: date) -> list[dict]:
     rows = (
         UsageRollup.all_orgs.filter(organization_id=organization_id, billing_month=month)
-        .values("model", "price_version")
+        .annotate(batch=Q(route__startswith=rollups.BATCH_ROUTE_PREFIX))
+        .values("model", "price_version", "batch")
         .annotate(*[Sum(name) for _, name, _ in (*METERS, TRAINING, REPLICAS)])
         .annotate(*[Sum(name) for _, _, name in (*METERS, TRAINING, REPLICAS)])
-        .order_by("model", "price_version")
+        .order_by("model", "price_version", "batch")
     )
     lines = []
     for row in rows:
@@ -111,7 +112,7 @@ def _lines(organization_id: int, month: date) -> list[dict]:
             lines.append(
                 {
                     "model": row["model"],
-                    "meter": meter,
+                    "meter": f"batch {meter}" if row["batch"] and meter in ("input", "output") else meter,
                     "quantity": quantity,
                     "amount": amount,
                     "unit_price": amount // quantity,

@@ -26,6 +26,15 @@ class Price(models.Model):
     replica_minute = models.PositiveBigIntegerField(
         default=0, help_text="Nano-units per replica-minute of a dedicated endpoint serving the model."
     )
+    # The Batch API's meter: requests run on idle capacity within a completion window.
+    batch_input_per_token = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Nano-units per prompt token of a batch request; empty: half the input price."
+    )
+    batch_output_per_token = models.PositiveBigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Nano-units per completion token of a batch request; empty: half the output price.",
+    )
     effective_from = models.DateTimeField(default=timezone.now)
     note = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -39,6 +48,15 @@ class Price(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model} from {self.effective_from:%Y-%m-%d %H:%M}"
+
+    @property
+    def batch_amounts(self) -> tuple[int, int]:
+        """What a batch request's prompt and completion tokens cost: the price's own batch amounts,
+        else half the synchronous ones (rounded down to a nano-unit)."""
+        return (
+            self.input_per_token // 2 if self.batch_input_per_token is None else self.batch_input_per_token,
+            self.output_per_token // 2 if self.batch_output_per_token is None else self.batch_output_per_token,
+        )
 
 
 class UsageEvent(TenantModel):
@@ -306,7 +324,7 @@ class InvoiceLine(TenantModel):
 
     invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
     model = models.CharField(max_length=200)
-    meter = models.CharField(max_length=16)  # input | output | training | replica_minutes
+    meter = models.CharField(max_length=16)  # input | output | batch input | batch output | training | replica_minutes
     unit_price = models.PositiveBigIntegerField(help_text="Nano-units per token.")
     quantity = models.PositiveBigIntegerField()
     amount = models.PositiveBigIntegerField()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from django.conf import settings
@@ -28,8 +28,14 @@ from tenancy.detached import run_detached
 log = logging.getLogger("billing.pricing")
 
 
-def _amounts(price: Price) -> tuple[int, int, int, int]:
-    return price.input_per_token, price.output_per_token, price.training_per_token, price.replica_minute
+def _amounts(price: Price) -> tuple[int, ...]:
+    return (
+        price.input_per_token,
+        price.output_per_token,
+        price.training_per_token,
+        price.replica_minute,
+        *price.batch_amounts,
+    )
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,8 @@ class UnitPrice:
     output: int
     training: int
     replica_minute: int = 0  # records spooled before this meter existed carry four amounts
+    batch_input: int = 0  # the batch meter (Price.batch_amounts); records carry what they were charged
+    batch_output: int = 0
 
     def cost(
         self, *, prompt_tokens: int = 0, completion_tokens: int = 0, training_tokens: int = 0, replica_minutes: int = 0
@@ -53,6 +61,10 @@ class UnitPrice:
             + replica_minutes * self.replica_minute
         )
 
+    def for_batch(self) -> UnitPrice:
+        """The same version, charging a batch request's tokens at the batch meter."""
+        return replace(self, input=self.batch_input, output=self.batch_output)
+
     def public(self) -> dict:
         """As /v1/models and the price list show it: per million tokens, exact decimal strings in
         the platform's currency."""
@@ -62,6 +74,8 @@ class UnitPrice:
             "output_per_million": per_million(self.output),
             "training_per_million": per_million(self.training),
             "dedicated_replica_minute": exact(self.replica_minute),
+            "batch_input_per_million": per_million(self.batch_input),
+            "batch_output_per_million": per_million(self.batch_output),
         }
 
 

@@ -21,12 +21,12 @@ from django.db.models import Count, Q, Sum
 from django.db.models.functions import TruncHour, TruncMinute
 
 from billing.models import UsageEvent, UsageRollup
-from billing.rollups import SUMS, meter_sums, unit_prices
+from billing.rollups import BATCH_ROUTE_PREFIX, SUMS, charged, meter_sums, unit_prices
 
 WIDTHS = {"1m": 60, "1h": 3600, "1d": 86400}
-DIMENSIONS = ("model", "api_key_id", "endpoint_id")
-COMPLETION_ROUTES = ("chat.completions", "completions", "responses")
-EMBEDDING_ROUTES = ("embeddings",)
+DIMENSIONS = ("model", "api_key_id", "endpoint_id", "batch")  # batch: whether a Batch API request
+COMPLETION_ROUTES = ("chat.completions", "completions", "responses", "batch.chat.completions", "batch.completions")
+EMBEDDING_ROUTES = ("embeddings", "batch.embeddings")
 DEDICATED_ROUTE = "endpoints.dedicated"  # a dedicated endpoint's replica-minutes
 HOUR = 3600
 
@@ -104,12 +104,17 @@ def _filters(query: Query) -> Q:
     return q
 
 
+def _with_batch(rows, query: Query):
+    return rows.annotate(batch=Q(route__startswith=BATCH_ROUTE_PREFIX)) if "batch" in query.group_by else rows
+
+
 def _from_rollups(query: Query, start: int, end: int):
-    rows = UsageRollup.all_orgs.filter(_filters(query), hour__gte=_at(start), hour__lt=_at(end))
+    rows = _with_batch(UsageRollup.all_orgs.filter(_filters(query), hour__gte=_at(start), hour__lt=_at(end)), query)
     if query.api_key_ids:
         rows = rows.filter(api_key_id__in=query.api_key_ids)
     for row in rows.values("hour", *query.group_by).annotate(*[Sum(name) for name in SUMS]).order_by():
-        yield int(row["hour"].timestamp()), tuple(row[d] for d in query.group_by), [row[f"{n}__sum"] for n in SUMS]
+        group = tuple(_plain(d, row[d]) for d in query.group_by)
+        yield int(row["hour"].timestamp()), group, [row[f"{n}__sum"] for n in SUMS]
 
 
 def _from_ledger(query: Query, full_from: int, full_to: int):
@@ -121,8 +126,9 @@ def _from_ledger(query: Query, full_from: int, full_to: int):
         rows = rows.filter(api_key_id__in=query.api_key_ids)
     slot = TruncMinute("created_at") if query.width < HOUR else TruncHour("created_at")
     grouped = (
-        rows.annotate(slot=slot)
-        .values("slot", "price_id", *query.group_by)
+        _with_batch(rows, query)
+        .annotate(slot=slot)
+        .values("slot", "price_id", "route", *query.group_by)
         .annotate(
             requests=Count("id"),
             prompt=Sum("prompt_tokens"),
@@ -142,13 +148,15 @@ def _from_ledger(query: Query, full_from: int, full_to: int):
             row["completion"],
             row["training"],
             row["replicas"],
-            prices[row["price_id"] or 0],
+            charged(prices[row["price_id"] or 0], row["route"]),
         )
         yield int(row["slot"].timestamp()), group, values
 
 
 def _plain(dimension: str, value) -> str:
     """Ledger values as the rollups store them (a key's id as text, '' for none)."""
+    if dimension == "batch":
+        return bool(value)
     return "" if value is None else str(value)
 
 

@@ -52,16 +52,32 @@ def take_turn() -> None:
         RollupLock.objects.filter(pk=1).update(taken_at=timezone.now())
 
 
-def unit_prices(versions) -> dict[int, tuple[int, int, int, int]]:
-    """Price id -> nano-units per input, output and training token and per replica-minute (0 for free)."""
-    found = {0: (0, 0, 0, 0)}
+BATCH_ROUTE_PREFIX = "batch."  # a Batch API request's ledger route: batch.chat.completions, ...
+
+
+def unit_prices(versions) -> dict[int, tuple[int, ...]]:
+    """Price id -> nano-units per input, output and training token, per replica-minute, and per
+    batch input and output token (0 for free)."""
+    found = {0: (0, 0, 0, 0, 0, 0)}
     wanted = {v for v in versions if v}
     if wanted:
-        for row in Price.objects.filter(pk__in=wanted).values_list(
-            "id", "input_per_token", "output_per_token", "training_per_token", "replica_minute"
-        ):
-            found[row[0]] = row[1:]
+        for price in Price.objects.filter(pk__in=wanted):
+            found[price.pk] = (
+                price.input_per_token,
+                price.output_per_token,
+                price.training_per_token,
+                price.replica_minute,
+                *price.batch_amounts,
+            )
     return found
+
+
+def charged(price: tuple[int, ...], route: str) -> tuple[int, int, int, int]:
+    """What a ledger row of `route` pays per unit of each meter, of its version's amounts: a batch
+    request's tokens at the batch meter."""
+    if route.startswith(BATCH_ROUTE_PREFIX):
+        return price[4], price[5], price[2], price[3]
+    return price[0], price[1], price[2], price[3]
 
 
 def meter_sums(
@@ -126,7 +142,8 @@ def _roll_up_batch() -> int:
         hour = created.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
         key = (org, hour, month, route, model, str(key) if key else "", endpoint or "", price or 0)
         sums = groups[key]
-        for i, value in enumerate(meter_sums(1, prompt, completion, training, replicas, prices[price or 0])):
+        per_unit = charged(prices[price or 0], route)
+        for i, value in enumerate(meter_sums(1, prompt, completion, training, replicas, per_unit)):
             sums[i] += value
     _add(groups)
     UsageEvent.all_orgs.filter(id__in=[e[0] for e in events]).update(rolled_up=True)

@@ -44,12 +44,15 @@ def set_price(
     output_per_million: Decimal | str,
     training_per_million: Decimal | str,
     replica_minute: Decimal | str = "0",
+    batch_input_per_million: Decimal | str | None = None,
+    batch_output_per_million: Decimal | str | None = None,
     effective_from: datetime | None = None,
     note: str = "",
     actor: Actor,
 ) -> Price:
     """A new version of a model's price (the list price, or one organization's own), from
-    `effective_from` (default: now) on. Earlier versions stay, so the past keeps its prices."""
+    `effective_from` (default: now) on. Earlier versions stay, so the past keeps its prices. The
+    batch amounts left None charge a Batch API request half the synchronous ones."""
     now = timezone.now()
     effective_from = effective_from or now
     if effective_from < now - PRICE_BACKDATE_SLACK:
@@ -65,6 +68,12 @@ def set_price(
             )
         }
         per_token["replica_minute"] = money.from_decimal(replica_minute)
+        for name, value in (
+            ("batch_input_per_token", batch_input_per_million),
+            ("batch_output_per_token", batch_output_per_million),
+        ):
+            if value is not None:
+                per_token[name] = money.per_token_from_per_million(value)
     except money.MoneyError as error:
         raise BillingError(str(error), "invalid_request", "price") from None
     if any(v < 0 for v in per_token.values()):
@@ -89,6 +98,8 @@ def set_price(
             "output_per_million": money.per_million(price.output_per_token),
             "training_per_million": money.per_million(price.training_per_token),
             "replica_minute": money.exact(price.replica_minute),
+            "batch_input_per_million": money.per_million(price.batch_amounts[0]),
+            "batch_output_per_million": money.per_million(price.batch_amounts[1]),
             "effective_from": effective_from.isoformat(),
         },
     )

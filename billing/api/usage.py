@@ -9,7 +9,8 @@ string, which is what to add up.
 
 Parameters as OpenAI's: start_time (required, unix seconds, inclusive), end_time (exclusive,
 default now), bucket_width 1m | 1h | 1d (default 1d), group_by (model, api_key_id, and our
-endpoint_id; costs also line_item; project_id is accepted and always null: an organization is one
+endpoint_id and batch (true for Batch API requests, whose tokens are a line item of their own:
+"model, batch input"); costs also line_item; project_id is accepted and always null: an organization is one
 project here), models and api_key_ids filters, limit (buckets per page) and page (next_page).
 """
 
@@ -102,7 +103,8 @@ def parse(
         if name not in allowed:
             raise _invalid("group_by", f"group_by takes {', '.join(sorted(allowed))} (got '{name}').")
     line_items = "line_item" in group_by
-    dimensions = [d for d in reports.DIMENSIONS if d in group_by or (d == "model" and line_items)]
+    # A line item is a model's meter, and batch tokens are a meter of their own.
+    dimensions = [d for d in reports.DIMENSIONS if d in group_by or (d in ("model", "batch") and line_items)]
     keys = []
     for raw in params.getlist("api_key_ids") + params.getlist("api_key_ids[]"):  # each a key id, as documented
         if selectors.key_id(raw) is None:
@@ -144,6 +146,8 @@ def _dimensions(query: reports.Query, group: tuple) -> dict:
     fields = {"project_id": None, "api_key_id": values.get("api_key_id") or None, "model": values.get("model")}
     if "endpoint_id" in query.group_by:
         fields["endpoint_id"] = values["endpoint_id"] or None
+    if "batch" in query.group_by:
+        fields["batch"] = values["batch"]
     return fields
 
 
@@ -175,13 +179,18 @@ def _amount(nanos: int) -> dict:
     return {"value": float(money.to_decimal(nanos)), "currency": money.currency(), "exact": money.exact(nanos)}
 
 
+def _line_item(result: dict, meter: str) -> str:
+    batch = "batch " if result.get("batch") and meter in ("input", "output") else ""
+    return f"{result['model']}, {batch}{meter}"
+
+
 def costs_page(query: reports.Query, limit: int, page: int | None, line_items: bool) -> dict:
     def results(window, group, sums):
         base = {"object": "organization.costs.result", **_dimensions(window, group)}
         if not line_items:
             return [{**base, "amount": _amount(sum(sums[cost] for _, _, cost in METERS)), "line_item": None}]
         return [
-            {**base, "amount": _amount(sums[cost]), "line_item": f"{base['model']}, {meter}"}
+            {**base, "amount": _amount(sums[cost]), "line_item": _line_item(base, meter)}
             for meter, quantity, cost in METERS
             if sums[quantity]
         ]

@@ -60,13 +60,15 @@ SCHEMAS = {
             "pricing": {
                 "type": "object",
                 "description": "Extension: what the calling organization pays, per million tokens and per "
-                "replica-minute of a dedicated endpoint, as exact decimals.",
+                "replica-minute of a dedicated endpoint, as exact decimals; batch_*: a Batch API request's tokens.",
                 "required": [
                     "currency",
                     "input_per_million",
                     "output_per_million",
                     "training_per_million",
                     "dedicated_replica_minute",
+                    "batch_input_per_million",
+                    "batch_output_per_million",
                 ],
                 "properties": {
                     "currency": {"type": "string", "example": "usd"},
@@ -74,6 +76,8 @@ SCHEMAS = {
                     "output_per_million": {"type": "string", "example": "0.2"},
                     "training_per_million": {"type": "string", "example": "1"},
                     "dedicated_replica_minute": {"type": "string", "example": "0.002"},
+                    "batch_input_per_million": {"type": "string", "example": "0.05"},
+                    "batch_output_per_million": {"type": "string", "example": "0.1"},
                 },
             },
         },
@@ -274,7 +278,9 @@ USAGE_PARAMS = [
     _query("start_time", usage.TIME, required=True),
     _query("end_time", usage.TIME),
     _query("bucket_width", {"type": "string", "enum": ["1m", "1h", "1d"]}),
-    _query("group_by", {"type": "string", "enum": ["model", "api_key_id", "endpoint_id", "project_id"]}, many=True),
+    _query(
+        "group_by", {"type": "string", "enum": ["model", "api_key_id", "endpoint_id", "batch", "project_id"]}, many=True
+    ),
     _query("models", {"type": "string"}, many=True),
     _query("api_key_ids", usage.KEY_IDS, many=True),
     _query("limit", usage.LIMIT),
@@ -284,7 +290,7 @@ COST_PARAMS = [
     *[p for p in USAGE_PARAMS if p["name"] != "group_by"],
     _query(
         "group_by",
-        {"type": "string", "enum": ["model", "api_key_id", "endpoint_id", "project_id", "line_item"]},
+        {"type": "string", "enum": ["model", "api_key_id", "endpoint_id", "batch", "project_id", "line_item"]},
         many=True,
     ),
 ]

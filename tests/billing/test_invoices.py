@@ -69,6 +69,19 @@ def last_month_usage(tenant_a):
             created_at=_at(LAST_MONTH, 20),
         )
     )
+    for n in range(4):  # Batch API requests: the same version, at its batch meter (half, by default)
+        services.record_usage(
+            **usage_record(
+                tenant_a.org.pk,
+                f"batch-{n}",
+                route="batch.chat.completions",
+                model="m-chat",
+                prompt_tokens=1000,
+                completion_tokens=201,
+                price=[new[0], 60, 180, 0],
+                created_at=_at(LAST_MONTH, 21, n),
+            )
+        )
     return tenant_a
 
 
@@ -79,9 +92,11 @@ def _ledger_lines(organization, month) -> dict:
         if rollups.month_of(row.created_at) != month:
             continue
         price = prices[row.price_id]
+        batch = "batch " if row.route.startswith("batch.") else ""
+        per_input, per_output = price.batch_amounts if batch else (price.input_per_token, price.output_per_token)
         for meter, tokens, unit in [
-            ("input", row.prompt_tokens, price.input_per_token),
-            ("output", row.completion_tokens, price.output_per_token),
+            (f"{batch}input", row.prompt_tokens, per_input),
+            (f"{batch}output", row.completion_tokens, per_output),
             ("training", row.training_tokens, price.training_per_token),
         ]:
             if tokens:
@@ -102,7 +117,9 @@ def test_the_close_makes_one_invoice_with_the_ledgers_lines_and_total(last_month
         for line in InvoiceLine.all_orgs.filter(invoice=invoice)
     }
     assert lines == _ledger_lines(tenant.org, LAST_MONTH)
-    assert len(lines) == 5  # chat input and output at two prices, and training
+    assert len(lines) == 7  # chat input and output at two prices, batch input and output, and training
+    assert lines[("m-chat", "batch input", 60)] == (4000, 240_000)  # half the version's 120
+    assert lines[("m-chat", "batch output", 180)] == (804, 144_720)
     ledger_total = sum(UsageEvent.all_orgs.filter(organization=tenant.org).values_list("cost", flat=True))
     assert invoice.subtotal == ledger_total == invoice.credits_applied and invoice.amount_due == 0
     # Prepaid: the credit paid as requests settled; the statement takes nothing more.
@@ -110,7 +127,7 @@ def test_the_close_makes_one_invoice_with_the_ledgers_lines_and_total(last_month
 
     assert invoicing.close_due() == []
     assert invoicing.close_month(tenant.org.pk, LAST_MONTH) == invoice
-    assert Invoice.all_orgs.count() == 1 and InvoiceLine.all_orgs.filter(invoice=invoice).count() == 5
+    assert Invoice.all_orgs.count() == 1 and InvoiceLine.all_orgs.filter(invoice=invoice).count() == 7
 
 
 def test_usage_that_arrives_after_the_close_goes_on_the_next_invoice(last_month_usage):
@@ -229,7 +246,7 @@ def test_invoices_through_the_api_and_not_to_others(last_month_usage, tenant_b):
     listed = owner.get(f"/api/orgs/{tenant.org.slug}/billing/invoices/").json()
     assert [i["number"] for i in listed["data"]] == [invoice.number]
     one = owner.get(f"/api/orgs/{tenant.org.slug}/billing/invoices/{invoice.pk}/").json()
-    assert one["subtotal"] == str(money.to_decimal(invoice.subtotal).normalize()) and len(one["lines"]) == 5
+    assert one["subtotal"] == str(money.to_decimal(invoice.subtotal).normalize()) and len(one["lines"]) == 7
     outsider = session_client(tenant_b.owner)
     assert outsider.get(f"/api/orgs/{tenant.org.slug}/billing/invoices/{invoice.pk}/").status_code == 404
     assert outsider.get(f"/api/orgs/{tenant_b.org.slug}/billing/invoices/{invoice.pk}/").status_code == 404

@@ -22,32 +22,40 @@ NOW = int(datetime.now(UTC).timestamp())
 DAY, HOUR = 86400, 3600
 
 
-def _price(model: str, amounts: tuple[int, int, int], days_ago: int) -> list:
+def _price(model: str, amounts: tuple[int, int, int], days_ago: int, batch: tuple[int, int] | None = None) -> dict:
+    """A version, and what a record carries of it: synchronous, or a batch request's (its own batch
+    amounts, else half)."""
     row = Price.objects.create(
         model=model,
         input_per_token=amounts[0],
         output_per_token=amounts[1],
         training_per_token=amounts[2],
+        batch_input_per_token=batch and batch[0],
+        batch_output_per_token=batch and batch[1],
         effective_from=datetime.now(UTC) - timedelta(days=days_ago),
     )
-    return [row.pk, *amounts]
+    return {"sync": [row.pk, *amounts], "batch": [row.pk, *row.batch_amounts, amounts[2]]}
+
+
+ROUTES = ["chat.completions", "completions", "embeddings", "batch.chat.completions", "batch.embeddings"]
 
 
 def _write(tenant, rng: random.Random, count: int, keys: list[str], prices: dict, *, tag: str, oldest: int) -> None:
     for n in range(count):
         model = rng.choice(["m-small", "m-large"])
         training = rng.random() < 0.1
+        route = "fine_tuning.jobs" if training else rng.choice(ROUTES)
         services.record_usage(
             **usage_record(
                 tenant.org.pk,
                 f"{tag}-{n}",
                 api_key_id=None if training else rng.choice([*keys, None]),
-                route="fine_tuning.jobs" if training else rng.choice(["chat.completions", "completions", "embeddings"]),
+                route=route,
                 model=model,
                 prompt_tokens=0 if training else rng.randint(1, 500),
                 completion_tokens=0 if training else rng.randint(0, 300),
                 training_tokens=rng.randint(100, 5000) if training else 0,
-                price=rng.choice(prices[model]),
+                price=rng.choice(prices[model])["batch" if route.startswith("batch.") else "sync"],
                 created_at=datetime.fromtimestamp(NOW - rng.randint(0, oldest), UTC),
             )
         )
@@ -62,7 +70,7 @@ def ledger(tenant_a):
     keys = [str(pk) for pk in APIKey.all_orgs.filter(organization=tenant_a.org).values_list("pk", flat=True)]
     prices = {
         "m-small": [_price("m-small", (100, 200, 50), 9), _price("m-small", (150, 250, 60), 1)],
-        "m-large": [_price("m-large", (1000, 3000, 400), 9), _price("m-large", (900, 2700, 350), 2)],
+        "m-large": [_price("m-large", (1000, 3000, 400), 9), _price("m-large", (900, 2700, 350), 2, batch=(300, 1000))],
     }
     rng = random.Random(7)
     _write(tenant_a, rng, 300, keys, prices, tag="early", oldest=3 * DAY)
@@ -80,14 +88,15 @@ def expected(organization, start: int, end: int, width: int, group_by: tuple, ro
         ts = int(row.created_at.timestamp())
         if not start <= ts < end or (routes and row.route not in routes):
             continue
-        group = tuple(
-            {"model": row.model, "api_key_id": str(row.api_key_id) if row.api_key_id else None}[d] for d in group_by
-        )
+        batch = row.route.startswith("batch.")
+        dimensions = {"model": row.model, "api_key_id": str(row.api_key_id) if row.api_key_id else None, "batch": batch}
+        group = tuple(dimensions[d] for d in group_by)
         sums = found[ts - ts % width][group]
         price = prices[row.price_id]
+        per_input, per_output = price.batch_amounts if batch else (price.input_per_token, price.output_per_token)
         assert row.cost == (
-            row.prompt_tokens * price.input_per_token
-            + row.completion_tokens * price.output_per_token
+            row.prompt_tokens * per_input
+            + row.completion_tokens * per_output
             + row.training_tokens * price.training_per_token
         )
         for i, value in enumerate([1, row.prompt_tokens, row.completion_tokens, row.training_tokens, row.cost]):
@@ -115,6 +124,8 @@ WINDOWS = [
     ("1h", NOW - 30 * HOUR - 17, NOW - 2 * HOUR + 5, ("model", "api_key_id")),
     ("1h", NOW - (NOW % HOUR) - 20 * HOUR, NOW - (NOW % HOUR), ("api_key_id",)),  # aligned to hours
     ("1m", NOW - 5 * HOUR, NOW + 1, ("model",)),
+    ("1h", NOW - 30 * HOUR - 17, NOW + 1, ("model", "batch")),
+    ("1d", NOW - 3 * DAY - 1234, NOW + 1, ("batch",)),
 ]
 
 
@@ -125,7 +136,9 @@ def test_completions_usage_equals_the_ledger(ledger, width, start, end, group_by
     params = {"start_time": start, "end_time": end, "bucket_width": width, "group_by": list(group_by), "limit": 5}
     buckets = all_pages(client, "/v1/organization/usage/completions", params)
     seconds = {"1m": 60, "1h": HOUR, "1d": DAY}[width]
-    want = expected(tenant.org, start, end, seconds, group_by, {"chat.completions", "completions"})
+    want = expected(
+        tenant.org, start, end, seconds, group_by, {"chat.completions", "completions", "batch.chat.completions"}
+    )
     got: dict = defaultdict(dict)
     for bucket in buckets:
         assert bucket["start_time"] >= start and bucket["end_time"] <= end
@@ -147,7 +160,7 @@ def test_embeddings_usage_equals_the_ledger(ledger, width, start, end, group_by)
     params = {"start_time": start, "end_time": end, "bucket_width": width, "group_by": list(group_by), "limit": 5}
     buckets = all_pages(client, "/v1/organization/usage/embeddings", params)
     seconds = {"1m": 60, "1h": HOUR, "1d": DAY}[width]
-    want = expected(tenant.org, start, end, seconds, group_by, {"embeddings"})
+    want = expected(tenant.org, start, end, seconds, group_by, {"embeddings", "batch.embeddings"})
     got: dict = defaultdict(dict)
     for bucket in buckets:
         for result in bucket["results"]:
@@ -198,14 +211,17 @@ def test_cost_line_items_split_each_model_by_meter(ledger):
     want: dict = defaultdict(int)
     for row in UsageEvent.all_orgs.filter(organization=tenant.org):
         price = prices[row.price_id]
-        for meter, tokens, unit in [
-            ("input", row.prompt_tokens, price.input_per_token),
-            ("output", row.completion_tokens, price.output_per_token),
-            ("training", row.training_tokens, price.training_per_token),
-        ]:
+        if row.route.startswith("batch."):
+            meters = [("batch input", row.prompt_tokens, price.batch_amounts[0])]
+            meters.append(("batch output", row.completion_tokens, price.batch_amounts[1]))
+        else:
+            meters = [("input", row.prompt_tokens, price.input_per_token)]
+            meters.append(("output", row.completion_tokens, price.output_per_token))
+        for meter, tokens, unit in [*meters, ("training", row.training_tokens, price.training_per_token)]:
             if tokens:
                 want[f"{row.model}, {meter}"] += tokens * unit
     assert dict(lines) == dict(want)
+    assert "m-large, batch output" in lines and "m-small, batch input" in lines
     assert sum(lines.values()) == sum(UsageEvent.all_orgs.values_list("cost", flat=True))
 
 
@@ -231,7 +247,7 @@ def test_filters_by_model_and_key(ledger):
     results = [r for b in buckets for r in b["results"]]
     assert results and {(r["model"], r["api_key_id"]) for r in results} == {("m-large", keys[0])}
     want = UsageEvent.all_orgs.filter(
-        model="m-large", api_key_id=keys[0], route__in=["chat.completions", "completions"]
+        model="m-large", api_key_id=keys[0], route__in=["chat.completions", "completions", "batch.chat.completions"]
     ).count()
     assert sum(r["num_model_requests"] for r in results) == want
 
