@@ -106,3 +106,10 @@ def validate(stream: BinaryIO, *, max_line_bytes: int = 4 << 20, max_requests: i
     if nonblank == 0 and report.ok:
         report.error(0, "empty_file", "the file is empty")
     return report
+
+
+def requests(stream: BinaryIO, *, max_line_bytes: int = 4 << 20):
+    """(line number, custom_id, url, body) for each request of a file that `validate` accepted."""
+    report = BatchReport()
+    for number, line in parsed_lines(stream, report, max_line_bytes):
+        yield number, line["custom_id"], line["url"], line["body"]

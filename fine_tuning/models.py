@@ -26,6 +26,7 @@ class File(TenantModel):
     class Purpose(models.TextChoices):
         FINE_TUNE = "fine-tune", "Fine-tuning data"
         BATCH = "batch", "Batch API requests"
+        BATCH_OUTPUT = "batch_output", "Batch API results"  # written by the platform, never uploaded
 
     class Status(models.TextChoices):
         UPLOADED = "uploaded", "Uploaded, validation pending"

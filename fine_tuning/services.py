@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import time
 from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
+from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 from django.db.models import Max, Sum
@@ -24,6 +26,7 @@ from tenancy.audit import Actor
 from tenancy.errors import Conflict, NotFound, ServiceError, TooManyRequests
 
 log = logging.getLogger("fine_tuning")
+UPLOAD_PURPOSES = (File.Purpose.FINE_TUNE, File.Purpose.BATCH)
 
 
 def _key_for(organization_id: int, file_id: str) -> str:
@@ -34,9 +37,9 @@ def _key_for(organization_id: int, file_id: str) -> str:
 @transaction.atomic
 def upload_file(*, organization_id: int, uploaded, purpose: str, actor: Actor) -> File:
     """Store an uploaded file (already on disk, hashed) and queue its validation."""
-    if purpose not in File.Purpose.values:
+    if purpose not in UPLOAD_PURPOSES:
         raise ServiceError(
-            f"Unsupported purpose {purpose!r}; use one of: {', '.join(File.Purpose.values)}.",
+            f"Unsupported purpose {purpose!r}; use one of: {', '.join(UPLOAD_PURPOSES)}.",
             "invalid_purpose",
             "purpose",
         )
@@ -79,6 +82,24 @@ def upload_file(*, organization_id: int, uploaded, purpose: str, actor: Actor) -
 
     transaction.on_commit(lambda: validate_file_task.delay(organization_id, file_id))
     return row
+
+
+def store_output(*, organization_id: int, filename: str, content: bytes, purpose: str) -> File:
+    """A file the platform wrote for an organization (a batch's results): stored, and processed as
+    it is (its lines are the platform's own). Call inside the transaction that publishes it."""
+    file_id = new_file_id()
+    key = default_storage.save(_key_for(organization_id, file_id), ContentFile(content))
+    return File.all_orgs.create(
+        id=file_id,
+        organization_id=organization_id,
+        purpose=purpose,
+        filename=filename,
+        bytes=len(content),
+        sha256=hashlib.sha256(content).hexdigest(),
+        storage_key=key,
+        status=File.Status.PROCESSED,
+        validated_at=timezone.now(),
+    )
 
 
 def _upload_counter(organization_id: int) -> str:

@@ -62,6 +62,7 @@ INSTALLED_APPS = [
     "billing",
     "serving",
     "fine_tuning",
+    "batches",
     "frontend",
     "maas",
 ]
@@ -307,6 +308,10 @@ SERVING_SCALE_UP_AFTER_SECONDS = env.integer("SERVING_SCALE_UP_AFTER_SECONDS", 1
 SERVING_COLD_START_WAIT_SECONDS = env.integer("SERVING_COLD_START_WAIT_SECONDS", 90)
 SERVING_DRAIN_SECONDS = env.integer("SERVING_DRAIN_SECONDS", 30)
 SERVING_ENGINE_START_SECONDS = env.integer("SERVING_ENGINE_START_SECONDS", 600)
+# The Batch API's runner (platform/batches): requests in flight per runner process, and how long a
+# claimed request stays its runner's before another may take it (a runner that died).
+BATCH_RUNNER_CONCURRENCY = env.integer("BATCH_RUNNER_CONCURRENCY", 8)
+BATCH_LEASE_SECONDS = env.integer("BATCH_LEASE_SECONDS", 900)
 # A replica whose engine exits this many times within ten minutes fails instead of starting again.
 SERVING_MAX_CRASHES = env.integer("SERVING_MAX_CRASHES", 4)
 # Memory a replica keeps for its KV cache beside its weights (placement adds both).

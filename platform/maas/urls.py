@@ -26,6 +26,7 @@ urlpatterns = [
     # Fine-tuning and billing sit above serving in the layering, so they bring their own /v1/ routes, ahead of
     # the gateway's (which end in a catch-all for unknown URLs).
     path("v1/", include(("fine_tuning.api.urls_v1", "v1-fine-tuning"))),
+    path("v1/", include(("batches.urls", "v1-batches"))),
     path("v1/", include(("billing.api.urls_v1", "v1-billing"))),
     path("v1/", include(("serving.gateway.urls", "v1"))),
     path("billing/webhooks/<slug:provider>/", billing_webhooks.receive, name="billing-webhook"),

@@ -10,6 +10,8 @@ OWNERS = {
     "Endpoint": {"platform/serving/endpoints.py"},
     "EndpointReplica": {"platform/serving/endpoints.py"},
     "Invoice": {"billing/invoicing.py"},
+    "Batch": {"platform/batches/lifecycle.py"},
+    "BatchRequest": {"platform/batches/lifecycle.py"},
     "Payment": {"billing/paying.py"},
     "Reservation": {"billing/budgets.py"},
     "Allocation": {"platform/compute/allocations.py"},

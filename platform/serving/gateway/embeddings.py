@@ -68,7 +68,7 @@ async def embeddings(request):
 async def _exchange(route: routing.Route, parsed: protocol.EmbeddingsRequest, meter: Meter) -> tuple[int, dict]:
     """Send to the first replica that takes it; close the books with what it answered."""
     try:
-        return await _send(route, parsed, meter)
+        return await send(route, parsed, meter)
     except GatewayError:
         raise
     except Exception:
@@ -77,9 +77,12 @@ async def _exchange(route: routing.Route, parsed: protocol.EmbeddingsRequest, me
         return 500, inference.server_error("The gateway failed while handling this request.", "internal_error")
 
 
-async def _send(route: routing.Route, parsed: protocol.EmbeddingsRequest, meter: Meter) -> tuple[int, dict]:
+async def send(
+    route: routing.Route, parsed: protocol.EmbeddingsRequest, meter: Meter, *, priority: str = ""
+) -> tuple[int, dict]:
+    """The replica's answer and status; the meter closed with what it used."""
     response = await inference.open_upstream(
-        route, "/v1/embeddings", meter, lambda replica: parsed.forward(replica.upstream_model)
+        route, "/v1/embeddings", meter, lambda replica: parsed.forward(replica.upstream_model), priority=priority
     )
     if response.status != 200:
         payload = await inference.error_of(response)

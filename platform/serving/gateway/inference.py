@@ -66,7 +66,8 @@ def _sse(payload: dict) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
-def request_body(request) -> dict:
+def request_json(request) -> dict:
+    """The request's JSON object body, or the 400 (413) that says what is wrong with it."""
     try:
         raw = request.body
     except RequestDataTooBig:
@@ -77,6 +78,12 @@ def request_body(request) -> dict:
         raise GatewayError(400, "We could not parse the JSON body of your request.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise GatewayError(400, "The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def request_body(request) -> dict:
+    """An inference request's body: a JSON object naming a model."""
+    body = request_json(request)
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise GatewayError(400, "You must provide a model parameter.", param="model", code="missing_model")
     if "\x00" in body["model"] or len(body["model"]) > 256:
@@ -166,14 +173,17 @@ def _generation_body(route: routing.Route, payload: dict):
     return body_of
 
 
-async def open_upstream(route: routing.Route, path: str, meter: Meter, body_of):
+async def open_upstream(route: routing.Route, path: str, meter: Meter, body_of, *, priority: str = ""):
     """The first replica's answer that is not a server failure; anything that fails before a byte
     reached the client (connection refused or reset, timeout, a 5xx) moves on to the next one.
-    `body_of(replica)` is what that replica is sent."""
+    `body_of(replica)` is what that replica is sent; `priority` "batch" asks our runtime to let
+    interactive requests go first."""
     failure = None
     for replica in routing.attempt_order(route):
         body = body_of(replica)
         headers = {"Authorization": f"Bearer {replica.api_key}"} if replica.api_key else {}
+        if priority:
+            headers["X-Priority"] = priority
         # Our runtime knows the request by the gateway's id, to say what it generated if the client leaves.
         meter.replica = replica
         try:
@@ -302,7 +312,7 @@ async def _relay(response, meter: Meter, checked: validation.Checked, endpoint: 
             _finish(response, cleanly=outcome == Outcome.OK)
 
 
-async def _assemble(response, meter: Meter, checked: validation.Checked, endpoint: str) -> HttpResponse:
+async def assemble(response, meter: Meter, checked: validation.Checked, endpoint: str) -> HttpResponse:
     first, error, complete, gone = None, None, False, False
     assembly = answers.Assembly(chat=endpoint == CHAT)
     try:
@@ -436,11 +446,35 @@ async def _proxy(request, endpoint: str, path: str):
     return await serve_generation(request, principal, request_body(request), endpoint, path)
 
 
-async def serve_generation(request, principal, body: dict, endpoint: str, path: str, metered_as: str = ""):
-    """A chat or text completion, from the parsed body to the answer (assembled, or a RelayResponse
-    streaming the engine's chunks); `metered_as` names the API route in the ledger when it is not
-    `endpoint` (the Responses API is served as chat)."""
-    route = await route_for(principal, body["model"], "chat")
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A generation request as the gateway will send it: validated against its model's route (and
+    an endpoint's rules), with the completion cap sent upstream and what it can cost at most."""
+
+    route: routing.Route
+    checked: validation.Checked
+    prompt_estimate: int
+    cap: int  # per choice
+    served: str  # what is priced and metered: an endpoint's model, else the model called
+
+    @property
+    def prompt_bound(self) -> int:
+        return _prompt_bound(self.checked)
+
+    @property
+    def completion_bound(self) -> int:
+        return self.cap * self.checked.choices  # each of n choices may generate the cap
+
+    def payload(self) -> dict:
+        return {**self.checked.forward, "stream": True, "max_tokens": self.cap}
+
+    def body_of(self):
+        return _generation_body(self.route, self.payload())
+
+
+def plan(principal, route: routing.Route, body: dict, endpoint: str) -> Plan:
+    """Everything the gateway decides about a generation before any replica is involved; raises the
+    GatewayError a caller gets for a request the model or its endpoint refuses."""
     if route.endpoint is not None:
         _endpoint_access(route, principal)
     parsed = validation.parse(body, endpoint)
@@ -458,25 +492,33 @@ async def serve_generation(request, principal, body: dict, endpoint: str, path: 
     checked = validation.checked(parsed)
     if route.endpoint is not None:
         checked = _endpoint_cap(checked, route, asked)
-    route = await serving_route(principal, checked.model, route)
     prompt_estimate = _prompt_estimate(checked)
     cap = _completion_cap(checked, route, prompt_estimate)
-    served = route.endpoint.model if route.endpoint is not None else checked.model  # what is priced and metered
-    # Each of n choices may generate the cap: the reservation holds all of them.
-    grant = await ratelimit.acquire(principal, prompt_estimate + cap * checked.choices, route.endpoint)
-    admitted = await admit(
-        request.request_id, principal, route, served, _prompt_bound(checked), cap * checked.choices, grant
-    )
+    served = route.endpoint.model if route.endpoint is not None else checked.model
+    return Plan(route, checked, prompt_estimate, cap, served)
+
+
+async def serve_generation(request, principal, body: dict, endpoint: str, path: str, metered_as: str = ""):
+    """A chat or text completion, from the parsed body to the answer (assembled, or a RelayResponse
+    streaming the engine's chunks); `metered_as` names the API route in the ledger when it is not
+    `endpoint` (the Responses API is served as chat)."""
+    route = await route_for(principal, body["model"], "chat")
+    planned = plan(principal, route, body, endpoint)
+    checked = planned.checked
+    route = await serving_route(principal, checked.model, route)
+    planned = dataclasses.replace(planned, route=route)
+    prompt_estimate, served, completion = planned.prompt_estimate, planned.served, planned.completion_bound
+    grant = await ratelimit.acquire(principal, prompt_estimate + completion, route.endpoint)
+    admitted = await admit(request.request_id, principal, route, served, planned.prompt_bound, completion, grant)
     meter = Meter(
         request.request_id, principal, metered_as or endpoint, served, route.base_model, checked.stream, grant, admitted
     )
     meter.prompt_estimate = prompt_estimate
-    meter.completion_cap = cap * checked.choices
+    meter.completion_cap = completion
     meter.endpoint_id = route.endpoint.id if route.endpoint is not None else ""
     try:
         try:
-            payload = {**checked.forward, "stream": True, "max_tokens": cap}
-            response = await open_upstream(route, path, meter, _generation_body(route, payload))
+            response = await open_upstream(route, path, meter, planned.body_of())
         except asyncio.CancelledError:  # the client left before the model server's headers came
             meter.abandon()
             raise
@@ -490,7 +532,7 @@ async def serve_generation(request, principal, body: dict, endpoint: str, path: 
             result["Cache-Control"] = "no-cache"
             result["X-Accel-Buffering"] = "no"
         else:
-            result = await _assemble(response, meter, checked, endpoint)
+            result = await assemble(response, meter, checked, endpoint)
     except GatewayError:
         raise
     except Exception:  # whatever failed, the books close and the caller gets an OpenAI error

@@ -52,8 +52,8 @@ class Meter:
     model: str
     base_model: str
     streamed: bool
-    grant: ratelimit.Grant
-    admission: billing.Admission
+    grant: ratelimit.Grant | None  # None: not rate limited (a batch's request)
+    admission: billing.Admission | None  # None: booked by its caller (a batch's request)
     started: float = field(default_factory=time.perf_counter)
     wall_started: float = field(default_factory=time.time)
     backend: str = ""
@@ -75,7 +75,7 @@ class Meter:
             self.prompt_tokens = int(usage.get("prompt_tokens") or self.prompt_tokens)
             self.completion_tokens = int(usage.get("completion_tokens") or self.completion_tokens)
             # A stream that outlives its minute carries its rate-limit reservation along.
-            changes = self.grant.carry_over(self.prompt_tokens + self.completion_tokens)
+            changes = self.grant and self.grant.carry_over(self.prompt_tokens + self.completion_tokens)
             if changes:
                 spawn(ratelimit.apply(changes))
 

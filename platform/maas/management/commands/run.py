@@ -3,7 +3,8 @@
 Migrates, seeds the demo data, then runs: web (uvicorn, ASGI), a Celery worker for the default
 queue, a Celery worker for the gpu queue (concurrency 1, as on a one-GPU host), Celery beat, and
 this host's node agent, which runs the engines of the replicas the pool places here — the demo
-model's first (its serving policy keeps one replica). PORT and VAR_DIR choose the port and the
+model's first (its serving policy keeps one replica) — and the batch runner, which runs the Batch
+API's requests on those replicas. PORT and VAR_DIR choose the port and the
 state directory, so two instances can run side by side (engines take free ports).
 """
 
@@ -80,6 +81,8 @@ class Command(BaseCommand):
                 Program("beat", [*celery, "beat", "-s", str(settings.VAR_DIR / "celerybeat-schedule"), "-l", "INFO"]),
                 # This host's node agent: it runs the engines the pool places here, the demo model's first.
                 Program("agent", [py, "manage.py", "node_agent"], death_signal=signal.SIGTERM),
+                # The Batch API's requests, on the same replicas, after interactive calls.
+                Program("batches", [py, "manage.py", "batch_runner"], death_signal=signal.SIGTERM),
             ]
         url = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}/"  # noqa: S104
         supervisor = Supervisor(programs, env, cwd=repo)
