@@ -98,6 +98,11 @@ class FileDetailView(KeyScopedMixin, APIView):
 class FileContentView(FileDetailView):
     http_method_names = ["get", "head", "options"]  # not the detail's DELETE: 405 and an Allow that says so
 
+    def perform_content_negotiation(self, request, force=False):
+        # The content is the file's bytes whatever the client accepts (the openai SDK asks for
+        # application/binary); errors are rendered as JSON.
+        return super().perform_content_negotiation(request, force=True)
+
     def get(self, request, file_id: str):
         row = self._row(file_id)
         return FileResponse(
