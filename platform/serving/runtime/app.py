@@ -20,7 +20,7 @@ from starlette.routing import Route
 from serving.runtime import answers, metrics
 from serving.runtime.adapters import BASE, AdapterError
 from serving.runtime.choices import Choice
-from serving.runtime.engine import Engine, GenerationRequest
+from serving.runtime.engine import BATCH, INTERACTIVE, Engine, GenerationRequest
 from serving.runtime.grammars import Grammars
 from serving.runtime.protocol import Parsed, RequestError, parse_chat, parse_completion
 
@@ -157,13 +157,21 @@ def build_app(state: RuntimeState) -> Starlette:
         except RequestError as problem:
             return JSONResponse(problem.body(), status_code=problem.status)
         jobs = []
+        # The platform's batch runner marks its requests: they go after interactive ones.
+        priority = BATCH if request.headers.get("x-priority") == "batch" else INTERACTIVE
         for i, guide in enumerate(guides):
             params = parsed.params
             if params.seed is not None and i:  # the choices of one seeded request differ, reproducibly
                 params = dataclasses.replace(params, seed=params.seed + i)
             jobs.append(
                 GenerationRequest(
-                    parsed.prompt_ids, params, AsyncSink(), adapter=adapter, endpoint=endpoint, guide=guide
+                    parsed.prompt_ids,
+                    params,
+                    AsyncSink(),
+                    adapter=adapter,
+                    endpoint=endpoint,
+                    guide=guide,
+                    priority=priority,
                 )
             )
         state.remember(request.headers.get("x-request-id") or jobs[0].id, jobs)

@@ -8,10 +8,17 @@ so the model never changes under a forward pass.
 Decoding follows the reader: a row whose sink holds MAX_UNREAD events its client has not taken
 waits (it stays in the batch, its step masked out) until the client reads again, so a stalled
 client stalls only its own row and nothing piles up for it.
+
+Interactive requests go first: waiting ones are taken before batch (Batch API) ones, and when
+the batch is full, batch rows make room for them at the next step. A row that makes room leaves
+the batch with everything but its keys and values (its sampler, grammar, text and tokens so far),
+and comes back, its keys and values computed again from its prompt and tokens, when there is
+room and no interactive request waits; it then goes on where it was, token for token.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -30,6 +37,7 @@ from serving.runtime.textstream import TextStream
 
 log = logging.getLogger("serving.runtime")
 MAX_UNREAD = 16  # events a row may be ahead of its reader
+INTERACTIVE, BATCH = 0, 1  # request priorities: lower goes first
 IDLE_WAIT_SECONDS = 0.005  # when every row waits for its reader
 
 
@@ -43,6 +51,7 @@ class GenerationRequest:
     adapter: str = BASE
     guide: Guide | None = None  # the grammar constraining the answer
     endpoint: str = "chat"
+    priority: int = INTERACTIVE
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     cancelled: threading.Event = field(default_factory=threading.Event)
     arrived: float = field(default_factory=time.perf_counter)
@@ -73,9 +82,12 @@ class Engine:
         self.max_model_len = max_model_len
         self.eos_ids = self._eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
-        self.waiting: queue.Queue[GenerationRequest] = queue.Queue()
+        # (priority, arrival order, request): interactive first, each class in arrival order
+        self.waiting: queue.PriorityQueue[tuple[int, int, GenerationRequest]] = queue.PriorityQueue()
+        self._arrivals = itertools.count()
         self.commands: queue.Queue[tuple[Future, callable]] = queue.Queue()
         self.rows: list[_Row] = []
+        self.preempted: list[_Row] = []  # batch rows that made room, oldest first
         self.cache = None
         self.mask: torch.Tensor | None = None
         self._stop = threading.Event()
@@ -99,7 +111,7 @@ class Engine:
         self._thread.join(10)
 
     def submit(self, request: GenerationRequest) -> None:
-        self.waiting.put(request)
+        self.waiting.put((request.priority, next(self._arrivals), request))
         metrics.QUEUE_DEPTH.set(self.waiting.qsize())
 
     def call(self, fn) -> Future:
@@ -109,7 +121,7 @@ class Engine:
         return future
 
     def in_use(self) -> set[str]:
-        return {row.request.adapter for row in self.rows}
+        return {row.request.adapter for row in [*self.rows, *self.preempted]}
 
     # --- The loop -------------------------------------------------------------------------------
 
@@ -118,17 +130,20 @@ class Engine:
         while not self._stop.is_set():
             try:
                 self._run_commands()
-                newcomers = self._take_waiting()
+                self._make_room()
+                newcomers, resumed = self._take_waiting()
                 if newcomers:
                     self._prefill(newcomers)
+                if resumed:
+                    self._resume(resumed)
                 if self.rows:
                     self._decode()
             except Exception as error:  # keep serving: fail the requests in flight, not the process
                 log.exception("engine step failed")
-                for row in self.rows:
+                for row in [*self.rows, *self.preempted]:
                     message = f"The runtime failed while generating: {error}"
                     self._fail(row.request, error, message, len(row.generated))
-                self.rows, self.cache, self.mask = [], None, None
+                self.rows, self.preempted, self.cache, self.mask = [], [], None, None
 
     def _run_commands(self) -> None:
         while True:
@@ -142,16 +157,45 @@ class Engine:
                 future.set_exception(error)
             metrics.LOADED_ADAPTERS.set(len(self.adapters.loaded))
 
-    def _take_waiting(self) -> list[GenerationRequest]:
+    def _interactive_waiting(self) -> int:
+        with self.waiting.mutex:
+            return sum(1 for priority, _, _ in self.waiting.queue if priority == INTERACTIVE)
+
+    def _make_room(self) -> None:
+        """Batch rows leave a full batch for the interactive requests that wait (the latest
+        started first: they have the least to compute again)."""
+        cancelled = [row for row in self.preempted if row.request.cancelled.is_set()]
+        for row in cancelled:
+            self.preempted.remove(row)
+            self._finish(row, "cancelled")
+        need = self._interactive_waiting() - (self.max_batch - len(self.rows))
+        if need <= 0:
+            return
+        batch_rows = [i for i, row in enumerate(self.rows) if row.request.priority > INTERACTIVE]
+        leaving = batch_rows[-need:]
+        if not leaving:
+            return
+        self.preempted += [self.rows[i] for i in leaving]
+        self.preempted.sort(key=lambda row: row.request.arrived)
+        metrics.PREEMPTED_ROWS.inc(len(leaving))
+        self._drop(set(leaving))
+
+    def _take_waiting(self) -> tuple[list[GenerationRequest], list[_Row]]:
+        """Requests to start and preempted rows to resume, as many as there is room for:
+        interactive requests first, then preempted rows, then batch requests."""
         taken: list[GenerationRequest] = []
+        resumed: list[_Row] = []
         room = self.max_batch - len(self.rows)
         if room <= 0:
-            return taken
+            return taken, resumed
         try:
-            if not self.rows:
-                taken.append(self.waiting.get(timeout=0.05))
-            while len(taken) < room:
-                taken.append(self.waiting.get_nowait())
+            if not self.rows and not self.preempted:
+                taken.append(self.waiting.get(timeout=0.05)[2])
+            while len(taken) + len(resumed) < room:
+                if self.preempted and not self._interactive_waiting():
+                    resumed.append(self.preempted.pop(0))
+                    continue
+                taken.append(self.waiting.get_nowait()[2])
         except queue.Empty:
             pass
         metrics.QUEUE_DEPTH.set(self.waiting.qsize())
@@ -164,7 +208,7 @@ class Engine:
             else:
                 self.adapters.touch(request.adapter)
                 live.append(request)
-        return live
+        return live, resumed
 
     def _forward(self, input_ids, mask, positions, cache, adapters: list[str]):
         model = self.adapters.model
@@ -198,13 +242,7 @@ class Engine:
         distinct = {key: i for i, key in reversed(list(enumerate(keys)))}
         firsts = sorted(set(distinct.values()))
         unique = [requests[i] for i in firsts]
-        length = max(len(r.prompt_ids) for r in unique)
-        ids = torch.full((len(unique), length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(unique), length), dtype=torch.long)
-        for i, request in enumerate(unique):
-            ids[i, length - len(request.prompt_ids) :] = torch.tensor(request.prompt_ids)
-            mask[i, length - len(request.prompt_ids) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, positions = self._padded([r.prompt_ids for r in unique])
         try:
             logits, cache = self._forward(ids, mask, positions, DynamicCache(), [r.adapter for r in unique])
         except Exception as error:
@@ -225,6 +263,36 @@ class Engine:
         start = len(self.rows)
         self.rows.extend(rows)
         self._advance(logits, range(start, start + len(rows)))
+
+    def _padded(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token ids left-padded to one length, their attention mask and positions."""
+        length = max(len(sequence) for sequence in sequences)
+        ids = torch.full((len(sequences), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), length), dtype=torch.long)
+        for i, sequence in enumerate(sequences):
+            ids[i, length - len(sequence) :] = torch.tensor(sequence)
+            mask[i, length - len(sequence) :] = 1
+        return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+    def _resume(self, rows: list[_Row]) -> None:
+        """Preempted rows back into the batch: the keys and values of their prompt and of every
+        token but the last computed again (the last goes in at the next decode step, as it would
+        have), and nothing sampled here."""
+        from transformers import DynamicCache
+
+        ids, mask, positions = self._padded([row.request.prompt_ids + row.generated[:-1] for row in rows])
+        try:
+            _, cache = self._forward(ids, mask, positions, DynamicCache(), [row.request.adapter for row in rows])
+        except Exception as error:
+            for row in rows:
+                self._fail(row.request, error, None, len(row.generated))
+            return
+        if self.rows:
+            self.mask = kvcache.join(self.cache, self.mask, cache, mask)
+        else:
+            self.cache, self.mask = cache, mask
+        self.rows.extend(rows)
+        metrics.RUNNING.set(len(self.rows))
 
     def _drop(self, finished: set[int]) -> None:
         keep = [i for i in range(len(self.rows)) if i not in finished]

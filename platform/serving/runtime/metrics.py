@@ -20,3 +20,6 @@ BATCH_SIZE = Histogram(
 QUEUE_DEPTH = Gauge("maas_runtime_queue_depth", "Requests waiting to join the batch", registry=registry)
 RUNNING = Gauge("maas_runtime_running_requests", "Requests in the running batch", registry=registry)
 LOADED_ADAPTERS = Gauge("maas_runtime_loaded_adapters", "LoRA adapters loaded", registry=registry)
+PREEMPTED_ROWS = Counter(
+    "maas_runtime_preempted_rows_total", "Batch rows that left a full batch for interactive requests", registry=registry
+)
