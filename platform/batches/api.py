@@ -11,7 +11,7 @@ from batches.models import Batch
 from serving.gateway.http import GatewayError, authenticate, gateway_view
 from serving.gateway.inference import request_json
 from tenancy.audit import Actor
-from tenancy.detached import run_detached
+from tenancy.detached import on_request_thread
 from tenancy.roles import Scope
 
 CREATE_FIELDS = {"input_file_id", "endpoint", "completion_window", "metadata"}
@@ -131,7 +131,7 @@ async def batches(request):
         raise _invalid("'limit' must be an integer.", "limit") from None
     if not 1 <= limit <= 100:
         raise _invalid("'limit' must be between 1 and 100.", "limit")
-    page, more = await run_detached(_page, principal.organization_id, request.GET.get("after"), limit)
+    page, more = await on_request_thread(_page, principal.organization_id, request.GET.get("after"), limit)
     data = [batch_object(b) for b in page]
     return _json(
         {
@@ -147,7 +147,7 @@ async def batches(request):
 @gateway_view("GET")
 async def batch(request, batch_id: str):
     principal = await authenticate(request, Scope.INFERENCE)
-    found = await run_detached(_one, principal.organization_id, batch_id)
+    found = await on_request_thread(_one, principal.organization_id, batch_id)
     if found is None:
         raise _not_found(batch_id)
     return _json(batch_object(found))
@@ -156,7 +156,7 @@ async def batch(request, batch_id: str):
 @gateway_view("POST")
 async def cancel(request, batch_id: str):
     principal = await authenticate(request, Scope.INFERENCE)
-    found = await run_detached(lifecycle.cancel, principal.organization_id, batch_id)
+    found = await on_request_thread(lifecycle.cancel, principal.organization_id, batch_id)
     if found is None:
         raise _not_found(batch_id)
     if found.status not in (Batch.Status.CANCELLING, Batch.Status.CANCELLED):

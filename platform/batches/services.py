@@ -27,7 +27,7 @@ from serving.protocol import ProtocolError
 from serving.protocol import embeddings as embeddings_protocol
 from tenancy import audit
 from tenancy.audit import Actor
-from tenancy.detached import run_detached
+from tenancy.detached import on_request_thread
 from tenancy.errors import ServiceError, render
 
 # The Batch API's endpoints: the ledger route of their calls (a batch's is "batch." + it) and the
@@ -91,7 +91,7 @@ async def prepare(principal, row: File, endpoint: str) -> Prepared:
     """The requests of a validated file, their worst case at the batch price, or the lines'
     errors; raises GatewayError 404 for a model the organization may not call."""
     prepared = Prepared()
-    lines = await run_detached(_read, row)
+    lines = await on_request_thread(_read, row)
     kind = ENDPOINTS[endpoint][1]
     routes: dict[str, routing.Route] = {}
     for _, _, _, body in lines:
@@ -126,7 +126,7 @@ async def create(
     principal, *, input_file_id: str, endpoint: str, completion_window: str, metadata: dict | None, actor: Actor
 ) -> Batch:
     organization_id = principal.organization_id
-    row = await run_detached(files.file, organization_id, input_file_id)
+    row = await on_request_thread(files.file, organization_id, input_file_id)
     if row is None or row.deleted_at is not None:
         raise GatewayError(404, f"No such File object: {input_file_id}", param="input_file_id", code="not_found")
     if row.purpose != File.Purpose.BATCH:
@@ -156,22 +156,22 @@ async def create(
         user_id=actor.user.pk if actor.user is not None else None,
     )
     if row.status == File.Status.UPLOADED:
-        batch = await run_detached(lifecycle.create_validating, new)
+        batch = await on_request_thread(lifecycle.create_validating, new)
     elif row.status == File.Status.ERROR:
-        batch = await run_detached(lifecycle.create_failed, new, errors=file_errors(row))
+        batch = await on_request_thread(lifecycle.create_failed, new, errors=file_errors(row))
     else:
         prepared = await prepare(principal, row, endpoint)
         if prepared.errors:
-            batch = await run_detached(lifecycle.create_failed, new, errors=prepared.errors)
+            batch = await on_request_thread(lifecycle.create_failed, new, errors=prepared.errors)
         else:
-            batch = await run_detached(
+            batch = await on_request_thread(
                 lifecycle.create,
                 new,
                 requests=prepared.requests,
                 worst_case=prepared.worst_case,
                 models_used=prepared.models,
             )
-    await run_detached(
+    await on_request_thread(
         audit.record,
         "batch.created",
         actor=actor,
@@ -186,11 +186,11 @@ async def start_validating(batch: Batch) -> None:
     """A batch created while its file was being validated, once the validation has ended: it
     starts (held and run) or fails, as it would have at creation. Its model being gone, or the
     budget not holding it, fails it with the reason (there is no caller left to answer)."""
-    row = await run_detached(File.all_orgs.get, pk=batch.input_file_id)
+    row = await on_request_thread(File.all_orgs.get, pk=batch.input_file_id)
     if row.status == File.Status.UPLOADED:
         return
     if row.status == File.Status.ERROR:
-        await run_detached(lifecycle.fail_validating, batch.pk, file_errors(row))
+        await on_request_thread(lifecycle.fail_validating, batch.pk, file_errors(row))
         return
     principal = BatchPrincipal(batch.organization_id, str(batch.created_by_key_id) if batch.created_by_key_id else None)
     try:
@@ -199,9 +199,9 @@ async def start_validating(batch: Batch) -> None:
             raise GatewayError(400, message, param="endpoint", code="mismatched_endpoint")
         prepared = await prepare(principal, row, batch.endpoint)
         if prepared.errors:
-            await run_detached(lifecycle.fail_validating, batch.pk, prepared.errors)
+            await on_request_thread(lifecycle.fail_validating, batch.pk, prepared.errors)
             return
-        await run_detached(
+        await on_request_thread(
             lifecycle.start_validated,
             batch.pk,
             requests=prepared.requests,
@@ -210,4 +210,4 @@ async def start_validating(batch: Batch) -> None:
         )
     except ServiceError as refused:  # a model gone, a line refused, the budget (InsufficientQuota)
         body = render(refused)[0]["error"]
-        await run_detached(lifecycle.fail_validating, batch.pk, [line_error(None, body["code"], body["message"])])
+        await on_request_thread(lifecycle.fail_validating, batch.pk, [line_error(None, body["code"], body["message"])])

@@ -41,3 +41,9 @@ def returning_connection(function: Callable[..., T]) -> Callable[..., T]:
                 connection.close()
 
     return wrapper
+
+
+async def on_request_thread(function: Callable[..., T], *args, **kwargs) -> T:
+    """A short database call of an async view, on its request's thread (so it sees, and joins,
+    what the caller sees: a test client's transaction too), its connection given back after."""
+    return await sync_to_async(returning_connection(function))(*args, **kwargs)

@@ -119,6 +119,14 @@ def seeded(tenant_a, tenant_b):
         id="ep-a0a0a0a0a0a0a0a0", organization=tenant_a.org, name="a-endpoint", model="smollm2-135m-instruct",
         base_model_id="smollm2-135m-instruct", status="ready",
     )  # fmt: skip
+    from batches import lifecycle
+
+    new = lifecycle.NewBatch(
+        id="batch_a0a0a0a0a0a0a0a0a0a0a0a0", organization_id=tenant_a.org.pk, input_file_id=file.pk,
+        endpoint="/v1/chat/completions", completion_window="24h", metadata={"a": "secret"}, api_key_id=None,
+        user_id=tenant_a.owner.pk,
+    )  # fmt: skip
+    lifecycle.create_failed(new, errors=[{"code": "x", "message": "a's error", "param": None, "line": 1}])
     from fine_tuning import jobs
 
     with scope.organization(tenant_a.org.pk):
