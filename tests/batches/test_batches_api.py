@@ -3,13 +3,16 @@ it, a model the organization may not call is a 404, a file the budget cannot hol
 worst case is held at the batch price, and cancelling twice gives the same answer."""
 
 import json
+from datetime import timedelta
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.utils import timezone
 
 from batches.models import Batch, BatchRequest
 from billing import services as billing
 from billing.models import Account, Reservation
+from tenancy import scope
 from tenancy.audit import Actor
 from tests.conftest import DEMO_MODEL, key_client
 from tests.fine_tuning.test_batch_files import chat_line, jsonl
@@ -158,3 +161,50 @@ def test_cancelling_twice_gives_the_same_answer_and_another_org_gets_404(tenant_
     assert first.status_code == second.status_code == 200
     assert first.json()["status"] == second.json()["status"] == "cancelling"
     assert first.json()["cancelling_at"] == second.json()["cancelling_at"]
+
+
+def one_pass() -> None:
+    """One pass of a batch runner (no replica is needed for what these tests run)."""
+    import asyncio
+
+    from batches.runner import Runner
+
+    asyncio.run(Runner(owner="test-runner").step())
+
+
+def test_a_batch_whose_window_ends_expires_with_its_requests_in_the_error_file(tenant_a, priced):
+    client = key_client(tenant_a.key())
+    batch = create(client, upload(client, [chat_line(i, max_tokens=4) for i in range(3)])["id"]).json()
+    Batch.all_orgs.filter(pk=batch["id"]).update(expires_at=timezone.now() - timedelta(seconds=1))
+    one_pass()
+    expired = client.get(f"/v1/batches/{batch['id']}").json()
+    assert expired["status"] == "expired" and expired["expired_at"] and expired["output_file_id"] is None
+    content = b"".join(client.get(f"/v1/files/{expired['error_file_id']}/content").streaming_content)
+    errors = [json.loads(line) for line in content.splitlines()]
+    assert [(e["custom_id"], e["error"]["code"], e["response"]) for e in errors] == [
+        (f"request-{i}", "batch_expired", None) for i in range(3)
+    ]
+    assert not Reservation.all_orgs.exists()
+    assert Account.all_orgs.get(organization_id=tenant_a.org.pk).reserved == 0
+
+
+def test_a_batch_created_while_its_file_is_validated_starts_once_it_is(tenant_a, priced, monkeypatch):
+    from fine_tuning import services as files
+    from fine_tuning import tasks
+
+    monkeypatch.setattr(tasks.validate_file_task, "delay", lambda *args: None)  # the worker has not got to it
+    client = key_client(tenant_a.key())
+    waiting = upload(client, [chat_line(i, max_tokens=4) for i in range(2)])
+    broken = upload(client, [chat_line(0), '{"custom_id": "cut off'])
+    first, second = (create(client, f["id"]).json() for f in (waiting, broken))
+    assert first["status"] == second["status"] == "validating"
+    one_pass()
+    assert client.get(f"/v1/batches/{first['id']}").json()["status"] == "validating"
+    with scope.organization(tenant_a.org.pk):
+        files.validate_file(waiting["id"])
+        files.validate_file(broken["id"])
+    one_pass()
+    started, failed = (client.get(f"/v1/batches/{b['id']}").json() for b in (first, second))
+    assert started["status"] == "in_progress" and started["request_counts"]["total"] == 2
+    assert Reservation.all_orgs.filter(request_id=f"batch:{first['id']}").exists()
+    assert failed["status"] == "failed" and failed["errors"]["data"][0]["line"] == 2
