@@ -47,6 +47,7 @@ urlpatterns = [
     path("orgs/<slug:org>/audit/", organization.audit_log, name="audit"),
     path("orgs/<slug:org>/data/", fine_tuning.data_page, name="data"),
     path("orgs/<slug:org>/data/<str:file_id>/", fine_tuning.data_file, name="data_file"),
+    path("orgs/<slug:org>/data/<str:file_id>/download/", fine_tuning.download_file, name="download_file"),
     path("orgs/<slug:org>/fine-tuning/", fine_tuning.fine_tuning_page, name="fine_tuning"),
     path("orgs/<slug:org>/fine-tuning/estimate/", fine_tuning.fine_tuning_estimate, name="fine_tuning_estimate"),
     path("orgs/<slug:org>/fine-tuning/<str:job_id>/", fine_tuning.job_page, name="job"),

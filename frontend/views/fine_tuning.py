@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib import messages
+from django.core.files.storage import default_storage
 from django.db import transaction
-from django.http import Http404, JsonResponse
+from django.http import FileResponse, Http404, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from batches import selectors as batches_selectors
 from catalog import selectors as catalog
 from compute import selectors as compute_selectors
 from fine_tuning import jobs as fine_tuning_jobs
@@ -76,6 +78,7 @@ def data_page(request, access):
         "data",
         files=list(fine_tuning_selectors.files(access.organization.pk)[:200]),
         datasets=fine_tuning_selectors.datasets(access.organization.pk),
+        batches=batches_selectors.batches_of(access.organization.pk),
         form=UploadForm(),
         error=error,
         can_manage=access.can(P.JOBS_MANAGE),
@@ -103,6 +106,16 @@ def data_file(request, access, file_id: str):
     )
     template = "frontend/data_file_status.html" if request.htmx else "frontend/data_file.html"
     return render(request, template, context)
+
+
+@org_page(P.JOBS_VIEW, model=File)
+def download_file(request, access, file_id: str):
+    """A file's content (a batch's output or error file, say), as the API's /v1/files/{id}/content."""
+    found = fine_tuning_selectors.file(access.organization.pk, file_id)
+    if found is None or found.deleted_at is not None:
+        raise Http404("No such file")
+    stream = default_storage.open(found.storage_key, "rb")
+    return FileResponse(stream, as_attachment=True, filename=found.filename, content_type="application/jsonl")
 
 
 def _add_version(request, organization_id: int, found: File) -> None:

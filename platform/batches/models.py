@@ -21,14 +21,14 @@ def new_batch_id() -> str:
 
 class Batch(TenantModel):
     class Status(models.TextChoices):
-        VALIDATING = "validating"
-        FAILED = "failed"
-        IN_PROGRESS = "in_progress"
-        FINALIZING = "finalizing"
-        COMPLETED = "completed"
-        EXPIRED = "expired"
-        CANCELLING = "cancelling"
-        CANCELLED = "cancelled"
+        VALIDATING = "validating", "Validating"
+        FAILED = "failed", "Failed"
+        IN_PROGRESS = "in_progress", "In progress"
+        FINALIZING = "finalizing", "Finalizing"
+        COMPLETED = "completed", "Completed"
+        EXPIRED = "expired", "Expired"
+        CANCELLING = "cancelling", "Cancelling"
+        CANCELLED = "cancelled", "Cancelled"
 
     id = models.CharField(primary_key=True, max_length=40, default=new_batch_id, editable=False)
     endpoint = models.CharField(max_length=64)

@@ -208,3 +208,31 @@ def test_a_batch_created_while_its_file_is_validated_starts_once_it_is(tenant_a,
     assert started["status"] == "in_progress" and started["request_counts"]["total"] == 2
     assert Reservation.all_orgs.filter(request_id=f"batch:{first['id']}").exists()
     assert failed["status"] == "failed" and failed["errors"]["data"][0]["line"] == 2
+
+
+def test_the_console_lists_batches_with_their_result_files(tenant_a, tenant_b, priced):
+    from django.test import Client
+
+    client = key_client(tenant_a.key())
+    batch = create(client, upload(client, [chat_line(i, max_tokens=4) for i in range(2)])["id"]).json()
+    failed = create(client, upload(client, [chat_line(0, temperature=9)])["id"]).json()
+    Batch.all_orgs.filter(pk=batch["id"]).update(expires_at=timezone.now() - timedelta(seconds=1))
+    one_pass()
+    error_file = Batch.all_orgs.get(pk=batch["id"]).error_file_id
+    console = Client()
+    console.force_login(tenant_a.owner)
+    page = console.get(f"/orgs/{tenant_a.org.slug}/data/").content.decode()
+    section = page[page.index('id="batches"') :]
+    assert batch["id"] in section and failed["id"] in section and "Expired" in section and "Failed" in section
+    assert "line 1: body.temperature" in section and "0 done, 0 failed, of 2" in section
+    link = f"/orgs/{tenant_a.org.slug}/data/{error_file}/download/"
+    assert link in section
+    download = console.get(link)
+    assert download.status_code == 200
+    assert [json.loads(x)["custom_id"] for x in b"".join(download.streaming_content).splitlines()] == [
+        "request-0",
+        "request-1",
+    ]
+    console.force_login(tenant_b.owner)
+    assert console.get(link).status_code == 404
+    assert console.get(f"/orgs/{tenant_b.org.slug}/data/{error_file}/download/").status_code == 404
