@@ -280,9 +280,7 @@ def record(claim: Claim, owner: str, *, status_code: int, body: dict, usage: dic
 def due_to_end() -> list[str]:
     """Batches whose requests have all ended, that were cancelled, or whose window is over."""
     now = timezone.now()
-    open_rows = BatchRequest.all_orgs.filter(
-        batch=F("batch"), status__in=[RowStatus.PENDING, RowStatus.RUNNING]
-    ).values("batch")
+    open_rows = BatchRequest.all_orgs.filter(status__in=[RowStatus.PENDING, RowStatus.RUNNING]).values("batch")
     finished = Batch.all_orgs.filter(status=Status.IN_PROGRESS).exclude(pk__in=open_rows)
     stopped = Batch.all_orgs.filter(
         Q(status__in=[Status.CANCELLING, Status.FINALIZING])

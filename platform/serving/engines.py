@@ -89,6 +89,9 @@ def _vllm(backend: Backend, port: int, host: str, dtype: str) -> list[str]:
     if backend.base_model.kind == "embedding":
         return [*argv, "--runner", "pooling"]
     argv += ["--enable-lora", "--max-loras", "4", "--max-lora-rank", "64"]
+    # Batch API requests carry priority 1 (later than the default 0): vLLM serves them after
+    # interactive ones, and preempts them for those, as our runtime does.
+    argv += ["--scheduling-policy", "priority"]
     return argv
 
 

@@ -33,6 +33,7 @@ class Replica:
     api_key: str
     upstream_model: str
     healthy: bool
+    pooled: bool = False  # started by the pool (so with the platform's engine options), not registered by hand
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,13 @@ def _load_endpoint(organization_id: int, endpoint_id: str) -> Route:
 
 def _replica(backend: Backend) -> Replica:
     return Replica(
-        backend.name, backend.url.rstrip("/"), backend.engine, backend.api_key, backend.upstream_model, backend.healthy
+        backend.name,
+        backend.url.rstrip("/"),
+        backend.engine,
+        backend.api_key,
+        backend.upstream_model,
+        backend.healthy,
+        backend.deployment_id is not None,
     )
 
 

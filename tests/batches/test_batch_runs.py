@@ -25,6 +25,7 @@ from tests.conftest import DEMO_MODEL, REPO, _database_url, key_client, nothing_
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 BATCH_INPUT, BATCH_OUTPUT = 500, 1000  # nano-units a token: half of 1 and 2 per million
+EMBEDDING = "all-minilm-l6-v2"
 
 
 class RunnerProcess:
@@ -218,4 +219,40 @@ def test_a_runner_killed_mid_batch_runs_nothing_twice_and_another_finishes_it(st
     rows = batch_rows(tenant)
     assert len(rows) == 30 and len({r.request_id for r in rows}) == 30
     assert costs_api_total(tenant) == sum(r.cost for r in rows)
+    assert nothing_held(tenant.org)
+
+
+def test_an_embeddings_batch_starts_its_model_from_zero_and_bills_at_the_batch_price(
+    live_web, node_agent, celery_worker, make_tenant, tmp_path
+):
+    from catalog.models import BaseModel
+
+    BaseModel.objects.filter(pk=DEMO_MODEL).update(min_replicas=0)  # only the embedding model runs here
+    tenant = make_tenant("embedding-batches")
+    started = RunnerProcess(tmp_path / "runner.log")
+    try:
+        client = sdk(live_web, tenant.key())
+        texts = ["cat", "kitten", "car", "a small cat", "a red car"]
+        rows = [
+            {"custom_id": f"t{i}", "method": "POST", "url": "/v1/embeddings", "body": {"model": EMBEDDING, "input": t}}
+            for i, t in enumerate(texts)
+        ]
+        content = "".join(json.dumps(row) + "\n" for row in rows).encode()
+        file = client.files.create(file=("texts.jsonl", content), purpose="batch")
+        batch = client.batches.create(input_file_id=file.id, endpoint="/v1/embeddings", completion_window="24h")
+        batch = wait_for(client, batch.id, {"completed", "failed"}, started, 300)
+    finally:
+        started.stop(signal.SIGKILL)
+    assert batch.status == "completed" and batch.request_counts.completed == 5
+    answers = {a["custom_id"]: a["response"]["body"] for a in output_lines(client, batch.output_file_id)}
+    vectors = {texts[int(k[1:])]: v["data"][0]["embedding"] for k, v in answers.items()}
+    assert all(len(v) == 384 for v in vectors.values())
+    direct = client.embeddings.create(model=EMBEDDING, input="kitten", encoding_format="float").data[0].embedding
+    assert max(abs(a - b) for a, b in zip(direct, vectors["kitten"], strict=True)) < 1e-5
+    billed = list(UsageEvent.all_orgs.filter(organization=tenant.org, route="batch.embeddings"))
+    assert len(billed) == 5
+    for row in billed:
+        usage = answers[f"t{int(row.request_id.rsplit(':', 1)[1]) - 1}"]["usage"]
+        # The embedding model's list price is 20 nano-units a token: 10 in a batch.
+        assert row.prompt_tokens == usage["prompt_tokens"] and row.cost == 10 * row.prompt_tokens
     assert nothing_held(tenant.org)

@@ -91,6 +91,8 @@ def request_body(request) -> dict:
     return body
 
 
+VLLM_BATCH_PRIORITY = 1  # vLLM's priority scheduling serves lower values first; the default is 0
+
 # What a runtime adds to the prompt to describe tools, beyond their definitions (the fallback's
 # instructions are about 120 tokens): held, never under-counted.
 TOOL_INSTRUCTIONS_TOKENS = 256
@@ -162,12 +164,16 @@ def _completion_cap(checked: validation.Checked, route: routing.Route, prompt_es
     return cap
 
 
-def _generation_body(route: routing.Route, payload: dict):
+def _generation_body(route: routing.Route, payload: dict, priority: str = ""):
     def body_of(replica: routing.Replica) -> dict:
         body = dict(payload, model=route.upstream_model or replica.upstream_model)
         body["stream_options"] = {"include_usage": True}
         if replica.engine in ("builtin", "vllm"):
             body["stream_options"]["continuous_usage_stats"] = True
+        if priority == "batch" and replica.engine == "vllm" and replica.pooled:
+            # The pool starts vLLM with priority scheduling (one registered by hand may lack it and
+            # would refuse the field); our runtime reads the X-Priority header instead.
+            body["priority"] = VLLM_BATCH_PRIORITY
         return body
 
     return body_of
@@ -468,8 +474,8 @@ class Plan:
     def payload(self) -> dict:
         return {**self.checked.forward, "stream": True, "max_tokens": self.cap}
 
-    def body_of(self):
-        return _generation_body(self.route, self.payload())
+    def body_of(self, priority: str = ""):
+        return _generation_body(self.route, self.payload(), priority)
 
 
 def plan(principal, route: routing.Route, body: dict, endpoint: str) -> Plan:

@@ -22,6 +22,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--adapter-root", default=None, help="Only adapters under this directory can be loaded")
     parser.add_argument("--max-loras", type=int, default=8, help="Adapters kept loaded (least recently used leave)")
     parser.add_argument("--max-batch", type=int, default=32, help="Rows decoded together")
+    parser.add_argument(
+        "--batch-rows-with-interactive",
+        type=int,
+        default=0,
+        help="Batch API rows kept decoding beside interactive ones (0: they wait while any interactive row runs; "
+        "on a CPU every row slows the others' steps, on a GPU a few cost the others little)",
+    )
     parser.add_argument("--max-model-len", type=int, default=None, help="Context length (default: the model's)")
     parser.add_argument(
         "--dtype",
@@ -78,7 +85,14 @@ def main(argv=None) -> None:
     )
     max_len = args.max_model_len or getattr(loaded.model.config, "max_position_embeddings", 2048)
     adapters = AdapterManager(loaded.model, Path(args.adapter_root) if args.adapter_root else None, args.max_loras)
-    engine = Engine(loaded.model, loaded.tokenizer, adapters, max_batch=args.max_batch, max_model_len=max_len)
+    engine = Engine(
+        loaded.model,
+        loaded.tokenizer,
+        adapters,
+        max_batch=args.max_batch,
+        max_model_len=max_len,
+        batch_rows_with_interactive=args.batch_rows_with_interactive,
+    )
     engine.start()
     state = RuntimeState(
         engine=engine,

@@ -9,11 +9,13 @@ Decoding follows the reader: a row whose sink holds MAX_UNREAD events its client
 waits (it stays in the batch, its step masked out) until the client reads again, so a stalled
 client stalls only its own row and nothing piles up for it.
 
-Interactive requests go first: waiting ones are taken before batch (Batch API) ones, and when
-the batch is full, batch rows make room for them at the next step. A row that makes room leaves
-the batch with everything but its keys and values (its sampler, grammar, text and tokens so far),
-and comes back, its keys and values computed again from its prompt and tokens, when there is
-room and no interactive request waits; it then goes on where it was, token for token.
+Interactive requests go first: waiting ones are taken before batch (Batch API) ones, and while
+any interactive request runs or waits, at most `batch_rows_with_interactive` batch rows decode
+(default 0: on a CPU each row in a step slows every other's, so batch work takes only idle
+capacity), and a full batch makes room for interactive ones. A batch row that makes room leaves
+the batch at the next step with everything but its keys and values (its sampler, grammar, text and
+tokens so far), and comes back, its keys and values computed again from its prompt and tokens,
+when the interactive ones are done; it then goes on where it was, token for token.
 """
 
 from __future__ import annotations
@@ -75,10 +77,20 @@ class _Row:
 
 
 class Engine:
-    def __init__(self, model, tokenizer, adapters: AdapterManager, *, max_batch: int = 32, max_model_len: int = 8192):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        adapters: AdapterManager,
+        *,
+        max_batch: int = 32,
+        max_model_len: int = 8192,
+        batch_rows_with_interactive: int = 0,
+    ):
         self.tokenizer = tokenizer
         self.adapters = adapters
         self.max_batch = max_batch
+        self.batch_rows_with_interactive = batch_rows_with_interactive
         self.max_model_len = max_model_len
         self.eos_ids = self._eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
@@ -161,41 +173,70 @@ class Engine:
         with self.waiting.mutex:
             return sum(1 for priority, _, _ in self.waiting.queue if priority == INTERACTIVE)
 
+    def _batch_rows_allowed(self, interactive: int) -> int:
+        """How many batch rows may decode beside `interactive` rows (running or waiting): all
+        there is room for when there are none."""
+        if not interactive:
+            return self.max_batch
+        return min(self.batch_rows_with_interactive, max(0, self.max_batch - interactive))
+
+    def _interactive_rows(self) -> int:
+        return sum(1 for row in self.rows if row.request.priority == INTERACTIVE)
+
     def _make_room(self) -> None:
-        """Batch rows leave a full batch for the interactive requests that wait (the latest
+        """Batch rows beyond what may decode beside interactive work leave the batch (the latest
         started first: they have the least to compute again)."""
         cancelled = [row for row in self.preempted if row.request.cancelled.is_set()]
         for row in cancelled:
             self.preempted.remove(row)
             self._finish(row, "cancelled")
-        need = self._interactive_waiting() - (self.max_batch - len(self.rows))
-        if need <= 0:
-            return
         batch_rows = [i for i, row in enumerate(self.rows) if row.request.priority > INTERACTIVE]
-        leaving = batch_rows[-need:]
-        if not leaving:
+        interactive = self._interactive_waiting() + self._interactive_rows()
+        excess = len(batch_rows) - self._batch_rows_allowed(interactive)
+        if excess <= 0:
             return
+        leaving = batch_rows[-excess:]
         self.preempted += [self.rows[i] for i in leaving]
         self.preempted.sort(key=lambda row: row.request.arrived)
         metrics.PREEMPTED_ROWS.inc(len(leaving))
         self._drop(set(leaving))
 
+    def _next_is_batch(self) -> bool:
+        with self.waiting.mutex:
+            return bool(self.waiting.queue) and self.waiting.queue[0][0] > INTERACTIVE
+
     def _take_waiting(self) -> tuple[list[GenerationRequest], list[_Row]]:
         """Requests to start and preempted rows to resume, as many as there is room for:
-        interactive requests first, then preempted rows, then batch requests."""
+        interactive requests first, then preempted rows, then batch requests, these two only as
+        far as batch rows may decode now."""
         taken: list[GenerationRequest] = []
         resumed: list[_Row] = []
         room = self.max_batch - len(self.rows)
         if room <= 0:
             return taken, resumed
+        interactive = self._interactive_rows()
+        batch_rows = len(self.rows) - interactive
         try:
             if not self.rows and not self.preempted:
-                taken.append(self.waiting.get(timeout=0.05)[2])
+                first = self.waiting.get(timeout=0.05)[2]
+                taken.append(first)
+                interactive += first.priority == INTERACTIVE
+                batch_rows += first.priority > INTERACTIVE
             while len(taken) + len(resumed) < room:
-                if self.preempted and not self._interactive_waiting():
-                    resumed.append(self.preempted.pop(0))
+                if self._interactive_waiting():
+                    taken.append(self.waiting.get_nowait()[2])
+                    interactive += 1
                     continue
-                taken.append(self.waiting.get_nowait()[2])
+                # Only batch work is left to take: as much as may decode beside what runs.
+                if batch_rows >= self._batch_rows_allowed(interactive):
+                    break
+                if self.preempted:
+                    resumed.append(self.preempted.pop(0))
+                elif self._next_is_batch():
+                    taken.append(self.waiting.get_nowait()[2])
+                else:
+                    break
+                batch_rows += 1
         except queue.Empty:
             pass
         metrics.QUEUE_DEPTH.set(self.waiting.qsize())
