@@ -147,6 +147,7 @@ class Runner:
             for task in list(self.running):
                 task.cancel()
             await asyncio.gather(*self.running, return_exceptions=True)
+            await upstream.close_session()
             released = await run_detached(lifecycle.release_leases, self.owner)
             log.info("batch runner %s stopped (%d request(s) given back)", self.owner, released)
 

@@ -160,6 +160,71 @@ SCHEMAS = {
             "expires_at": NULLABLE_INT,
         },
     },
+    "BatchCreate": {
+        "type": "object",
+        "required": ["input_file_id", "endpoint", "completion_window"],
+        "additionalProperties": False,
+        "properties": {
+            "input_file_id": {"type": "string", "minLength": 1},
+            "endpoint": {"type": "string", "enum": ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]},
+            "completion_window": {"type": "string", "enum": ["24h"]},
+            "metadata": {
+                "type": "object",
+                "nullable": True,
+                "maxProperties": 16,
+                "additionalProperties": {"type": "string", "maxLength": 512},
+                "description": "Up to 16 pairs of strings, kept with the batch.",
+            },
+        },
+    },
+    "Batch": {
+        "type": "object",
+        "required": ["id", "object", "endpoint", "input_file_id", "completion_window", "status", "created_at"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"type": "string", "enum": ["batch"]},
+            "endpoint": {"type": "string"},
+            "model": NULLABLE_STRING,
+            "errors": {"type": "object", "nullable": True},
+            "input_file_id": {"type": "string"},
+            "completion_window": {"type": "string"},
+            "status": {
+                "type": "string",
+                "enum": [
+                    "validating",
+                    "failed",
+                    "in_progress",
+                    "finalizing",
+                    "completed",
+                    "expired",
+                    "cancelling",
+                    "cancelled",
+                ],
+            },
+            "output_file_id": NULLABLE_STRING,
+            "error_file_id": NULLABLE_STRING,
+            **{
+                name: NULLABLE_INT
+                for name in (
+                    "created_at",
+                    "in_progress_at",
+                    "expires_at",
+                    "finalizing_at",
+                    "completed_at",
+                    "failed_at",
+                    "expired_at",
+                    "cancelling_at",
+                    "cancelled_at",
+                )
+            },
+            "request_counts": {
+                "type": "object",
+                "properties": {k: {"type": "integer"} for k in ("total", "completed", "failed")},
+            },
+            "usage": {"type": "object"},
+            "metadata": {"type": "object", "nullable": True},
+        },
+    },
     "FineTuningJob": {
         "type": "object",
         "required": ["id", "object", "created_at", "model", "status", "training_file", "hyperparameters"],
@@ -370,6 +435,7 @@ def _generation(summary: str, request: str, answer: str) -> dict:
 def paths() -> dict:
     job = [_path_param("job_id")]
     file = [_path_param("file_id")]
+    batch = [_path_param("batch_id")]
     return {
         "/v1/models": {"get": _op("List models", {"200": _json(_ref("ModelList"))}, tag="models")},
         "/v1/models/{model_id}": {
@@ -433,6 +499,16 @@ def paths() -> dict:
                 tag="files",
                 params=file,
             )
+        },
+        "/v1/batches": {
+            "get": _op("List batches", {"200": _json(_page("Batch"))}, tag="batches", params=PAGE_PARAMS),
+            "post": _op("Create a batch", {"200": _json(_ref("Batch"))}, tag="batches", body=_json_body("BatchCreate")),
+        },
+        "/v1/batches/{batch_id}": {
+            "get": _op("Retrieve a batch", {"200": _json(_ref("Batch"))}, tag="batches", params=batch)
+        },
+        "/v1/batches/{batch_id}/cancel": {
+            "post": _op("Cancel a batch", {"200": _json(_ref("Batch"))}, tag="batches", params=batch)
         },
         "/v1/fine_tuning/jobs": {
             "get": _op(

@@ -40,6 +40,13 @@ def session() -> aiohttp.ClientSession:
     return existing
 
 
+async def close_session() -> None:
+    """Close this event loop's session (a process that stops: its pooled connections go cleanly)."""
+    existing = _sessions.pop(id(asyncio.get_running_loop()), None)
+    if existing is not None and not existing.closed:
+        await existing.close()
+
+
 async def post(url: str, payload: dict, headers: dict) -> aiohttp.ClientResponse:
     return await session().post(
         url, data=orjson.dumps(payload), headers={**headers, "Content-Type": "application/json"}

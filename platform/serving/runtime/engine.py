@@ -40,6 +40,10 @@ from serving.runtime.textstream import TextStream
 log = logging.getLogger("serving.runtime")
 MAX_UNREAD = 16  # events a row may be ahead of its reader
 INTERACTIVE, BATCH = 0, 1  # request priorities: lower goes first
+# Interactive calls come in runs (a client's next call, an agent's next turn): batch rows wait
+# this long after the last interactive row before they come back, rather than being computed
+# again just in time to make room once more.
+INTERACTIVE_GRACE_SECONDS = 0.3
 IDLE_WAIT_SECONDS = 0.005  # when every row waits for its reader
 
 
@@ -91,6 +95,7 @@ class Engine:
         self.adapters = adapters
         self.max_batch = max_batch
         self.batch_rows_with_interactive = batch_rows_with_interactive
+        self._interactive_at = float("-inf")  # when interactive work last ran or waited
         self.max_model_len = max_model_len
         self.eos_ids = self._eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
@@ -150,6 +155,8 @@ class Engine:
                     self._resume(resumed)
                 if self.rows:
                     self._decode()
+                elif self.preempted and not newcomers:
+                    time.sleep(IDLE_WAIT_SECONDS)  # batch rows wait out the interactive grace
             except Exception as error:  # keep serving: fail the requests in flight, not the process
                 log.exception("engine step failed")
                 for row in [*self.rows, *self.preempted]:
@@ -173,10 +180,14 @@ class Engine:
         with self.waiting.mutex:
             return sum(1 for priority, _, _ in self.waiting.queue if priority == INTERACTIVE)
 
-    def _batch_rows_allowed(self, interactive: int) -> int:
+    def _batch_rows_allowed(self, interactive: int, *, joining: bool = False) -> int:
         """How many batch rows may decode beside `interactive` rows (running or waiting): all
-        there is room for when there are none."""
-        if not interactive:
+        there is room for when there are none (for rows `joining` the batch, only once none has
+        run for INTERACTIVE_GRACE_SECONDS)."""
+        now = time.monotonic()
+        if interactive:
+            self._interactive_at = now
+        elif not joining or now - self._interactive_at > INTERACTIVE_GRACE_SECONDS:
             return self.max_batch
         return min(self.batch_rows_with_interactive, max(0, self.max_batch - interactive))
 
@@ -228,7 +239,7 @@ class Engine:
                     interactive += 1
                     continue
                 # Only batch work is left to take: as much as may decode beside what runs.
-                if batch_rows >= self._batch_rows_allowed(interactive):
+                if batch_rows >= self._batch_rows_allowed(interactive, joining=True):
                     break
                 if self.preempted:
                     resumed.append(self.preempted.pop(0))
