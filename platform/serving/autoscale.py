@@ -1,7 +1,8 @@
 """The scaler: a periodic pass (SERVING_SCALE_SECONDS) above serving.deployments and
 serving.replicas that follows each deployment's measured load and brings its replicas to the count.
 
-Load is what the ready replicas' engines report (requests running and waiting). A shared
+Load is what the ready replicas' engines report (requests running and waiting; Batch API requests,
+which our runtime counts apart, neither add replicas nor let one go while they run). A shared
 deployment scales up by one when the load per replica stays above its target for
 SERVING_SCALE_UP_AFTER_SECONDS, and down by one when, for its idle time, no request came (down to
 its minimum, zero included) or the load would have fit on one replica fewer at half the target. A
@@ -51,13 +52,15 @@ def follow_load(deployment: Deployment, now: datetime) -> None:
     ready = list(Backend.objects.filter(deployment=deployment, state=R.READY))
     readings = {b.name: engine_load.read(b) for b in ready}
     seen = {name: r for name, r in readings.items() if r is not None}
-    load = sum(r.in_flight for r in seen.values())
+    # Batch API work neither adds replicas (it takes idle capacity) nor lets the ones it runs on go.
+    load = sum(r.interactive for r in seen.values())
+    batch = sum(r.batch for r in seen.values())
     before = deployment.observed.get("finished", {})
     finished = {name: r.finished for name, r in seen.items()}
-    called = load > 0 or any(before.get(name) not in (None, count) for name, count in finished.items())
+    called = load > 0 or batch > 0 or any(before.get(name) not in (None, count) for name, count in finished.items())
     active_at = now if called else deployment.active_at
     in_flight = {name: r.in_flight for name, r in seen.items()}
-    observed = {**deployment.observed, "finished": finished, "in_flight": in_flight, "load": load}
+    observed = {**deployment.observed, "finished": finished, "in_flight": in_flight, "load": load, "batch": batch}
     busy_since = deployment.busy_since
     if deployment.dedicated:
         deployments.record_reading(deployment.key, observed=observed, active_at=active_at)
@@ -83,7 +86,7 @@ def follow_load(deployment: Deployment, now: datetime) -> None:
     observed["fits_fewer_since"] = fewer_since.isoformat() if fewer_since else None
     deployments.record_reading(deployment.key, observed=observed, active_at=active_at, busy_since=busy_since)
     idle = timedelta(seconds=deployment.idle_seconds)
-    if deployment.desired <= deployment.min_replicas:
+    if deployment.desired <= deployment.min_replicas or batch:
         return
     if active_at is None or now - active_at >= idle:
         quiet = (now - active_at).total_seconds() if active_at else None

@@ -14,6 +14,7 @@ from serving.models import Backend
 RUNNING = {"maas_runtime_running_requests", "vllm:num_requests_running"}
 WAITING = {"maas_runtime_queue_depth", "vllm:num_requests_waiting"}
 FINISHED = {"maas_runtime_requests", "vllm:request_success"}
+BATCH = {"maas_runtime_batch_requests"}  # of running and waiting, the Batch API's (our runtime says)
 
 
 @dataclass(frozen=True)
@@ -21,10 +22,16 @@ class Load:
     running: float
     waiting: float
     finished: float
+    batch: float = 0.0  # of running and waiting, Batch API requests
 
     @property
     def in_flight(self) -> float:
         return self.running + self.waiting
+
+    @property
+    def interactive(self) -> float:
+        """What the scaler scales up for: batch work takes the replicas there are, never more."""
+        return max(0.0, self.in_flight - self.batch)
 
 
 def read(backend: Backend, timeout: float = 3.0) -> Load | None:
@@ -35,7 +42,7 @@ def read(backend: Backend, timeout: float = 3.0) -> Load | None:
         response.raise_for_status()
     except httpx.HTTPError:
         return None
-    running = waiting = finished = 0.0
+    running = waiting = finished = batch = 0.0
     for family in text_string_to_metric_families(response.text):
         for sample in family.samples:
             if family.name in RUNNING and sample.name in RUNNING:
@@ -44,4 +51,6 @@ def read(backend: Backend, timeout: float = 3.0) -> Load | None:
                 waiting += sample.value
             elif family.name in FINISHED and sample.name.endswith("_total"):
                 finished += sample.value
-    return Load(running, waiting, finished)
+            elif family.name in BATCH and sample.name in BATCH:
+                batch += sample.value
+    return Load(running, waiting, finished, batch)

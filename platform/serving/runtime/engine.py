@@ -176,6 +176,16 @@ class Engine:
                 future.set_exception(error)
             metrics.LOADED_ADAPTERS.set(len(self.adapters.loaded))
 
+    def _count_load(self) -> None:
+        """The gauges the pool's scaler reads: waiting requests (preempted rows too: they wait to
+        come back), and of everything in the engine, how much is batch work."""
+        with self.waiting.mutex:
+            waiting_batch = sum(1 for priority, _, _ in self.waiting.queue if priority > INTERACTIVE)
+            waiting = len(self.waiting.queue)
+        metrics.QUEUE_DEPTH.set(waiting + len(self.preempted))
+        running_batch = sum(1 for row in self.rows if row.request.priority > INTERACTIVE)
+        metrics.BATCH_REQUESTS.set(waiting_batch + running_batch + len(self.preempted))
+
     def _interactive_waiting(self) -> int:
         with self.waiting.mutex:
             return sum(1 for priority, _, _ in self.waiting.queue if priority == INTERACTIVE)
@@ -250,7 +260,7 @@ class Engine:
                 batch_rows += 1
         except queue.Empty:
             pass
-        metrics.QUEUE_DEPTH.set(self.waiting.qsize())
+        self._count_load()
         live = []
         for request in taken:
             if request.cancelled.is_set():

@@ -23,3 +23,9 @@ LOADED_ADAPTERS = Gauge("maas_runtime_loaded_adapters", "LoRA adapters loaded", 
 PREEMPTED_ROWS = Counter(
     "maas_runtime_preempted_rows_total", "Batch rows that left a full batch for interactive requests", registry=registry
 )
+BATCH_REQUESTS = Gauge(
+    "maas_runtime_batch_requests",
+    "Batch API requests in the engine (running, waiting, or waiting to come back): included in the running and "
+    "waiting gauges",
+    registry=registry,
+)
