@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 from django.http import HttpResponse
 
-from batches import lifecycle, services
+from batches import services
 from batches.models import Batch
 from serving.gateway.http import GatewayError, authenticate, gateway_view
 from serving.gateway.inference import request_json
@@ -152,7 +152,7 @@ async def batch(request, batch_id: str):
 @gateway_view("POST")
 async def cancel(request, batch_id: str):
     principal = await authenticate(request, Scope.INFERENCE)
-    found = await on_request_thread(lifecycle.cancel, principal.organization_id, batch_id)
+    found = await services.cancel(principal, batch_id, actor=Actor.from_key(principal, request))
     if found is None:
         raise _not_found(batch_id)
     if found.status not in (Batch.Status.CANCELLING, Batch.Status.CANCELLED):

@@ -145,16 +145,16 @@ def start_validated(batch_id: str, *, requests: list[tuple[int, str, dict]], wor
 
 
 @transaction.atomic
-def cancel(organization_id: int, batch_id: str) -> Batch | None:
+def cancel(organization_id: int, batch_id: str) -> tuple[Batch | None, bool]:
     """Stop starting its requests; those running finish (and are billed). Cancelling a batch that
-    is cancelling or cancelled already changes nothing. None: no such batch of the organization."""
+    is cancelling or cancelled already changes nothing. Returns the batch (None: the organization
+    has no such batch) and whether this call cancelled it."""
     batch = Batch.all_orgs.select_for_update().filter(pk=batch_id, organization_id=organization_id).first()
-    if batch is None:
-        return None
-    if batch.status in (Status.VALIDATING, Status.IN_PROGRESS):
-        batch.status, batch.cancelling_at = Status.CANCELLING, timezone.now()
-        Batch.all_orgs.filter(pk=batch_id).update(status=batch.status, cancelling_at=batch.cancelling_at)
-    return batch
+    if batch is None or batch.status not in (Status.VALIDATING, Status.IN_PROGRESS):
+        return batch, False
+    batch.status, batch.cancelling_at = Status.CANCELLING, timezone.now()
+    Batch.all_orgs.filter(pk=batch_id).update(status=batch.status, cancelling_at=batch.cancelling_at)
+    return batch, True
 
 
 # --- Running the requests -----------------------------------------------------------------------

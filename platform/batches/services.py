@@ -182,6 +182,22 @@ async def create(
     return batch
 
 
+async def cancel(principal, batch_id: str, *, actor: Actor) -> Batch | None:
+    """Ask a batch to stop (idempotent: a batch cancelling or cancelled already is answered as it
+    is); None when the organization has no such batch."""
+    batch, changed = await on_request_thread(lifecycle.cancel, principal.organization_id, batch_id)
+    if changed:
+        await on_request_thread(
+            audit.record,
+            "batch.cancelled",
+            actor=actor,
+            organization_id=principal.organization_id,
+            target=batch,
+            data={"completed": batch.completed, "failed": batch.failed, "total": batch.total},
+        )
+    return batch
+
+
 async def start_validating(batch: Batch) -> None:
     """A batch created while its file was being validated, once the validation has ended: it
     starts (held and run) or fails, as it would have at creation. Its model being gone, or the

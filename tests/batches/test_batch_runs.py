@@ -256,3 +256,33 @@ def test_an_embeddings_batch_starts_its_model_from_zero_and_bills_at_the_batch_p
         # The embedding model's list price is 20 nano-units a token: 10 in a batch.
         assert row.prompt_tokens == usage["prompt_tokens"] and row.cost == 10 * row.prompt_tokens
     assert nothing_held(tenant.org)
+
+
+def test_a_batch_on_vllm_runs_to_completed_at_its_lower_priority(
+    live_web, node_agent, celery_worker, make_tenant, tmp_path
+):
+    from serving import autoscale
+    from tests.serving.test_pool_replicas import replicas, wait_until
+    from tests.serving.test_vllm import INSTALLED, KEY, serve_with_vllm
+
+    if not INSTALLED and os.environ.get("REQUIRE_VLLM") != "1":
+        pytest.skip("vLLM is not installed (make vllm)")
+    serve_with_vllm()  # started with priority scheduling; the batch's requests carry priority 1
+    autoscale.scale_all()
+    wait_until(lambda: replicas(KEY, state="ready"), 600, f"a vLLM replica: {node_agent.log()[-3000:]}")
+    tenant = make_tenant("vllm-batches")
+    started = RunnerProcess(tmp_path / "runner.log")
+    try:
+        client = sdk(live_web, tenant.key())
+        file = client.files.create(file=("questions.jsonl", lines(10, max_tokens=8)), purpose="batch")
+        batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h")
+        batch = wait_for(client, batch.id, {"completed", "failed"}, started, 300)
+    finally:
+        started.stop(signal.SIGKILL)
+    assert batch.status == "completed" and batch.request_counts.completed == 10, output_lines(
+        client, batch.error_file_id
+    )[:2]
+    answers = output_lines(client, batch.output_file_id)
+    assert sorted(a["custom_id"] for a in answers) == sorted(f"question-{i}" for i in range(10))
+    assert all(a["response"]["body"]["choices"][0]["message"]["content"] for a in answers)
+    assert len(batch_rows(tenant)) == 10

@@ -161,6 +161,9 @@ def test_cancelling_twice_gives_the_same_answer_and_another_org_gets_404(tenant_
     assert first.status_code == second.status_code == 200
     assert first.json()["status"] == second.json()["status"] == "cancelling"
     assert first.json()["cancelling_at"] == second.json()["cancelling_at"]
+    from tenancy.models import AuditLog
+
+    assert AuditLog.all_orgs.filter(action="batch.cancelled", target_id=batch["id"]).count() == 1
 
 
 def one_pass() -> None:
