@@ -21,6 +21,7 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import DatabaseError
 from django.http import HttpResponse, StreamingHttpResponse
+from django.utils.crypto import salted_hmac
 
 from billing import admission
 from billing.budgets import InsufficientQuota
@@ -164,12 +165,21 @@ def _completion_cap(checked: validation.Checked, route: routing.Route, prompt_es
     return cap
 
 
-def _generation_body(route: routing.Route, payload: dict, priority: str = ""):
+def prefix_cache_salt(organization_id: int) -> str:
+    """What keeps an organization's prompts apart in vLLM's prefix cache: a prefix another
+    organization sent is never a hit (a faster answer would tell it that the prefix was sent).
+    Derived from the secret key, so it cannot be guessed and is the same on every web process."""
+    return salted_hmac("maas.prefix-cache", str(organization_id)).hexdigest()[:32]
+
+
+def _generation_body(route: routing.Route, payload: dict, priority: str = "", salt: str = ""):
     def body_of(replica: routing.Replica) -> dict:
         body = dict(payload, model=route.upstream_model or replica.upstream_model)
         body["stream_options"] = {"include_usage": True}
         if replica.engine in ("builtin", "vllm"):
             body["stream_options"]["continuous_usage_stats"] = True
+        if replica.engine == "vllm" and salt:
+            body["cache_salt"] = salt
         if priority == "batch" and replica.engine == "vllm" and replica.pooled:
             # The pool starts vLLM with priority scheduling (one registered by hand may lack it and
             # would refuse the field); our runtime reads the X-Priority header instead.
@@ -462,6 +472,7 @@ class Plan:
     prompt_estimate: int
     cap: int  # per choice
     served: str  # what is priced and metered: an endpoint's model, else the model called
+    salt: str = ""  # the organization's prefix-cache salt (prefix_cache_salt)
 
     @property
     def prompt_bound(self) -> int:
@@ -475,7 +486,7 @@ class Plan:
         return {**self.checked.forward, "stream": True, "max_tokens": self.cap}
 
     def body_of(self, priority: str = ""):
-        return _generation_body(self.route, self.payload(), priority)
+        return _generation_body(self.route, self.payload(), priority, self.salt)
 
 
 def plan(principal, route: routing.Route, body: dict, endpoint: str) -> Plan:
@@ -501,7 +512,7 @@ def plan(principal, route: routing.Route, body: dict, endpoint: str) -> Plan:
     prompt_estimate = _prompt_estimate(checked)
     cap = _completion_cap(checked, route, prompt_estimate)
     served = route.endpoint.model if route.endpoint is not None else checked.model
-    return Plan(route, checked, prompt_estimate, cap, served)
+    return Plan(route, checked, prompt_estimate, cap, served, prefix_cache_salt(principal.organization_id))
 
 
 async def serve_generation(request, principal, body: dict, endpoint: str, path: str, metered_as: str = ""):
