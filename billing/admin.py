@@ -74,6 +74,13 @@ class PriceForm(forms.ModelForm):
     batch_output_per_million = forms.DecimalField(
         required=False, min_value=0, max_digits=18, decimal_places=3, help_text="Batch API (empty: half the output)."
     )
+    input_cached_per_million = forms.DecimalField(
+        required=False,
+        min_value=0,
+        max_digits=18,
+        decimal_places=3,
+        help_text="A prompt token the model server had cached (empty: half the input).",
+    )
 
     class Meta:
         model = Price
@@ -87,6 +94,7 @@ class PriceForm(forms.ModelForm):
             "training_per_million",
             "batch_input_per_million",
             "batch_output_per_million",
+            "input_cached_per_million",
         ):
             if data.get(name) is not None:
                 try:
@@ -166,6 +174,7 @@ class PriceAdmin(admin.ModelAdmin):
             replica_minute=data["replica_minute"] or 0,
             batch_input_per_million=data.get("batch_input_per_million"),
             batch_output_per_million=data.get("batch_output_per_million"),
+            input_cached_per_million=data.get("input_cached_per_million"),
             effective_from=data["effective_from"],
             note=data["note"],
             actor=Actor.from_request(request),

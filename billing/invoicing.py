@@ -30,7 +30,12 @@ from tenancy import audit
 from tenancy.audit import Actor
 
 log = logging.getLogger("billing.invoicing")
-METERS = (("input", "prompt_tokens", "input_cost"), ("output", "completion_tokens", "output_cost"))
+METERS = (
+    ("input", "prompt_tokens", "input_cost"),  # its quantity is the prompt tokens less the cached ones
+    ("cached input", "cached_tokens", "cached_cost"),
+    ("output", "completion_tokens", "output_cost"),
+)
+TOKEN_METERS = {meter for meter, _, _ in METERS}  # a batch request's have a batch line of their own
 TRAINING = ("training", "training_tokens", "training_cost")
 REPLICAS = ("replica_minutes", "replica_minutes", "replica_cost")  # dedicated endpoints
 
@@ -107,12 +112,14 @@ def _lines(organization_id: int, month: date) -> list[dict]:
     for row in rows:
         for meter, tokens, cost in (*METERS, TRAINING, REPLICAS):
             quantity, amount = row[f"{tokens}__sum"], row[f"{cost}__sum"]
+            if meter == "input":
+                quantity -= row["cached_tokens__sum"]
             if not quantity:
                 continue
             lines.append(
                 {
                     "model": row["model"],
-                    "meter": f"batch {meter}" if row["batch"] and meter in ("input", "output") else meter,
+                    "meter": f"batch {meter}" if row["batch"] and meter in TOKEN_METERS else meter,
                     "quantity": quantity,
                     "amount": amount,
                     "unit_price": amount // quantity,

@@ -26,6 +26,7 @@ COLUMNS = [
     "base_model",
     "backend",
     "prompt_tokens",
+    "cached_tokens",
     "completion_tokens",
     "training_tokens",
     "replica_minutes",
@@ -43,6 +44,7 @@ DEFAULTS = {
     "endpoint_id": "",
     "backend": "",
     "prompt_tokens": 0,
+    "cached_tokens": 0,
     "completion_tokens": 0,
     "training_tokens": 0,
     "replica_minutes": 0,
@@ -53,21 +55,33 @@ DEFAULTS = {
 
 
 def price_fields(price: UnitPrice) -> list | None:
-    """How a record carries its price version: [version, input, output, training, replica minute]
-    or None (free)."""
+    """How a record carries its price version: [version, input, output, training, replica minute,
+    cached input] or None (free)."""
     if price.version is None:
         return None
-    return [price.version, price.input, price.output, price.training, price.replica_minute]
+    return [price.version, price.input, price.output, price.training, price.replica_minute, price.input_cached]
+
+
+def price_of(fields: list | None) -> UnitPrice:
+    """A record's price back from its fields (spooled before the cached meter existed: five, and
+    no cached tokens)."""
+    if not fields:
+        return UnitPrice(None, 0, 0, 0, 0)
+    version, input_, output, training, *rest = fields
+    replica = rest[0] if rest else 0
+    cached = rest[1] if len(rest) > 1 else input_
+    return UnitPrice(version, input_, output, training, replica, input_cached=cached)
 
 
 def _row(record: dict) -> dict:
     record = {**DEFAULTS, **record}
-    price = UnitPrice(*record["price"]) if record["price"] else UnitPrice(None, 0, 0, 0, 0)
+    price = price_of(record["price"])
     created = record["created_at"]
     return {
         **{name: record[name] for name in COLUMNS if name in record},
         "cost": price.cost(
             prompt_tokens=record["prompt_tokens"],
+            cached_tokens=record["cached_tokens"],
             completion_tokens=record["completion_tokens"],
             training_tokens=record["training_tokens"],
             replica_minutes=record["replica_minutes"],

@@ -35,6 +35,11 @@ class Price(models.Model):
         blank=True,
         help_text="Nano-units per completion token of a batch request; empty: half the output price.",
     )
+    # Prompt tokens the model server had cached (a prefix it computed for an earlier call of the
+    # same organization): they cost less to serve.
+    input_cached_per_token = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Nano-units per cached prompt token; empty: half the input price."
+    )
     effective_from = models.DateTimeField(default=timezone.now)
     note = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -48,6 +53,12 @@ class Price(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model} from {self.effective_from:%Y-%m-%d %H:%M}"
+
+    @property
+    def cached_amount(self) -> int:
+        """What a cached prompt token costs: the price's own amount, else half the input price
+        (rounded down to a nano-unit)."""
+        return self.input_per_token // 2 if self.input_cached_per_token is None else self.input_cached_per_token
 
     @property
     def batch_amounts(self) -> tuple[int, int]:
@@ -84,6 +95,9 @@ class UsageEvent(TenantModel):
     base_model = models.CharField(max_length=100)
     backend = models.CharField(max_length=200, blank=True, help_text="The replica that served it.")
     prompt_tokens = models.PositiveIntegerField(default=0)
+    cached_tokens = models.PositiveIntegerField(
+        default=0, help_text="Of the prompt tokens, those the server had cached."
+    )
     completion_tokens = models.PositiveIntegerField(default=0)
     training_tokens = models.PositiveBigIntegerField(default=0)
     replica_minutes = models.PositiveBigIntegerField(default=0, help_text="A dedicated endpoint's metered time.")
@@ -243,6 +257,8 @@ class UsageRollup(TenantModel):
     output_cost = models.PositiveBigIntegerField(default=0)
     training_cost = models.PositiveBigIntegerField(default=0)
     replica_cost = models.PositiveBigIntegerField(default=0)
+    cached_tokens = models.PositiveBigIntegerField(default=0)  # of prompt_tokens; input_cost is the others'
+    cached_cost = models.PositiveBigIntegerField(default=0)
 
     class Meta:
         constraints = [
@@ -324,7 +340,8 @@ class InvoiceLine(TenantModel):
 
     invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
     model = models.CharField(max_length=200)
-    meter = models.CharField(max_length=16)  # input | output | batch input | batch output | training | replica_minutes
+    # input | cached input | output | batch input | batch cached input | batch output | training | replica_minutes
+    meter = models.CharField(max_length=32)
     unit_price = models.PositiveBigIntegerField(help_text="Nano-units per token.")
     quantity = models.PositiveBigIntegerField()
     amount = models.PositiveBigIntegerField()

@@ -35,6 +35,7 @@ def _amounts(price: Price) -> tuple[int, ...]:
         price.training_per_token,
         price.replica_minute,
         *price.batch_amounts,
+        price.cached_amount,
     )
 
 
@@ -50,20 +51,31 @@ class UnitPrice:
     replica_minute: int = 0  # records spooled before this meter existed carry four amounts
     batch_input: int = 0  # the batch meter (Price.batch_amounts); records carry what they were charged
     batch_output: int = 0
+    input_cached: int = 0  # a cached prompt token (Price.cached_amount)
 
     def cost(
-        self, *, prompt_tokens: int = 0, completion_tokens: int = 0, training_tokens: int = 0, replica_minutes: int = 0
+        self,
+        *,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        training_tokens: int = 0,
+        replica_minutes: int = 0,
+        cached_tokens: int = 0,
     ) -> int:
+        """(prompt - cached) x input + cached x input_cached + completion x output + ..."""
         return (
-            prompt_tokens * self.input
+            (prompt_tokens - cached_tokens) * self.input
+            + cached_tokens * self.input_cached
             + completion_tokens * self.output
             + training_tokens * self.training
             + replica_minutes * self.replica_minute
         )
 
     def for_batch(self) -> UnitPrice:
-        """The same version, charging a batch request's tokens at the batch meter."""
-        return replace(self, input=self.batch_input, output=self.batch_output)
+        """The same version, charging a batch request's tokens at the batch meter (a cached prompt
+        token at the lower of the batch and the cached amounts)."""
+        cached = min(self.batch_input, self.input_cached)
+        return replace(self, input=self.batch_input, output=self.batch_output, input_cached=cached)
 
     def public(self) -> dict:
         """As /v1/models and the price list show it: per million tokens, exact decimal strings in
@@ -76,6 +88,7 @@ class UnitPrice:
             "dedicated_replica_minute": exact(self.replica_minute),
             "batch_input_per_million": per_million(self.batch_input),
             "batch_output_per_million": per_million(self.batch_output),
+            "input_cached_per_million": per_million(self.input_cached),
         }
 
 

@@ -24,6 +24,7 @@ class UsageRecord:
     endpoint_id: str = ""
     backend: str = ""
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens, those the model server had cached
     completion_tokens: int = 0
     training_tokens: int = 0
     replica_minutes: int = 0
@@ -38,6 +39,7 @@ class UsageRecord:
     def cost(self) -> int:
         return self.price.cost(
             prompt_tokens=self.prompt_tokens,
+            cached_tokens=self.cached_tokens,
             completion_tokens=self.completion_tokens,
             training_tokens=self.training_tokens,
             replica_minutes=self.replica_minutes,

@@ -132,6 +132,7 @@ def _from_ledger(query: Query, full_from: int, full_to: int):
         .annotate(
             requests=Count("id"),
             prompt=Sum("prompt_tokens"),
+            cached=Sum("cached_tokens"),
             completion=Sum("completion_tokens"),
             training=Sum("training_tokens"),
             replicas=Sum("replica_minutes"),
@@ -149,6 +150,7 @@ def _from_ledger(query: Query, full_from: int, full_to: int):
             row["training"],
             row["replicas"],
             charged(prices[row["price_id"] or 0], row["route"]),
+            row["cached"],
         )
         yield int(row["slot"].timestamp()), group, values
 

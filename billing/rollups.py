@@ -33,6 +33,8 @@ SUMS = [
     "training_cost",
     "replica_minutes",
     "replica_cost",
+    "cached_tokens",  # of prompt_tokens; input_cost is what the others cost
+    "cached_cost",
 ]
 
 
@@ -56,9 +58,9 @@ BATCH_ROUTE_PREFIX = "batch."  # a Batch API request's ledger route: batch.chat.
 
 
 def unit_prices(versions) -> dict[int, tuple[int, ...]]:
-    """Price id -> nano-units per input, output and training token, per replica-minute, and per
-    batch input and output token (0 for free)."""
-    found = {0: (0, 0, 0, 0, 0, 0)}
+    """Price id -> nano-units per input, output and training token, per replica-minute, per
+    batch input and output token, and per cached input token (0 for free)."""
+    found = {0: (0, 0, 0, 0, 0, 0, 0)}
     wanted = {v for v in versions if v}
     if wanted:
         for price in Price.objects.filter(pk__in=wanted):
@@ -68,24 +70,33 @@ def unit_prices(versions) -> dict[int, tuple[int, ...]]:
                 price.training_per_token,
                 price.replica_minute,
                 *price.batch_amounts,
+                price.cached_amount,
             )
     return found
 
 
-def charged(price: tuple[int, ...], route: str) -> tuple[int, int, int, int]:
-    """What a ledger row of `route` pays per unit of each meter, of its version's amounts: a batch
-    request's tokens at the batch meter."""
+def charged(price: tuple[int, ...], route: str) -> tuple[int, int, int, int, int]:
+    """What a ledger row of `route` pays per unit of each meter, of its version's amounts
+    (input, output, training, replica-minute, cached input): a batch request's tokens at the batch
+    meter, its cached ones at the lower of the batch and cached amounts."""
     if route.startswith(BATCH_ROUTE_PREFIX):
-        return price[4], price[5], price[2], price[3]
-    return price[0], price[1], price[2], price[3]
+        return price[4], price[5], price[2], price[3], min(price[4], price[6])
+    return price[0], price[1], price[2], price[3], price[6]
 
 
 def meter_sums(
-    requests: int, prompt: int, completion: int, training: int, replica_minutes: int, price: tuple[int, int, int, int]
+    requests: int,
+    prompt: int,
+    completion: int,
+    training: int,
+    replica_minutes: int,
+    price: tuple[int, int, int, int, int],
+    cached: int = 0,
 ) -> list[int]:
-    """Values in the order of SUMS."""
-    costs = [prompt * price[0], completion * price[1], training * price[2]]
-    return [requests, prompt, completion, training, *costs, replica_minutes, replica_minutes * price[3]]
+    """Values in the order of SUMS; `cached` of the `prompt` tokens are charged at the cached amount."""
+    costs = [(prompt - cached) * price[0], completion * price[1], training * price[2]]
+    replicas = [replica_minutes, replica_minutes * price[3]]
+    return [requests, prompt, completion, training, *costs, *replicas, cached, cached * price[4]]
 
 
 def closed_months(organization_ids) -> dict[int, date]:
@@ -124,6 +135,7 @@ def _roll_up_batch() -> int:
             "endpoint_id",
             "price_id",
             "prompt_tokens",
+            "cached_tokens",
             "completion_tokens",
             "training_tokens",
             "replica_minutes",
@@ -134,7 +146,7 @@ def _roll_up_batch() -> int:
     prices = unit_prices(e[7] for e in events)
     closed = closed_months({e[1] for e in events})
     groups: dict[tuple, list[int]] = defaultdict(lambda: [0] * len(SUMS))
-    for _, org, created, route, model, key, endpoint, price, prompt, completion, training, replicas in events:
+    for _, org, created, route, model, key, endpoint, price, prompt, cached, completion, training, replicas in events:
         month = month_of(created)
         last_closed = closed.get(org)
         if last_closed is not None and month <= last_closed:
@@ -143,7 +155,7 @@ def _roll_up_batch() -> int:
         key = (org, hour, month, route, model, str(key) if key else "", endpoint or "", price or 0)
         sums = groups[key]
         per_unit = charged(prices[price or 0], route)
-        for i, value in enumerate(meter_sums(1, prompt, completion, training, replicas, per_unit)):
+        for i, value in enumerate(meter_sums(1, prompt, completion, training, replicas, per_unit, cached)):
             sums[i] += value
     _add(groups)
     UsageEvent.all_orgs.filter(id__in=[e[0] for e in events]).update(rolled_up=True)

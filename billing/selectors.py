@@ -14,6 +14,8 @@ from catalog import selectors as catalog
 from tenancy.models import APIKey
 from tenancy.selectors import key_id
 
+COSTS = ("input_cost", "cached_cost", "output_cost", "training_cost", "replica_cost")
+
 
 def price_list(organization_id: int) -> list[dict]:
     """Every model the organization may call, with the price it pays now (its own negotiated price,
@@ -70,7 +72,7 @@ def today(organization_id: int, now: datetime | None = None) -> dict:
                 totals[name] += value
     requests = sum(values[0] for bucket in completions.values() for values in bucket.values())
     tokens = sum(values[1] + values[2] for bucket in completions.values() for values in bucket.values())
-    spend = totals["input_cost"] + totals["output_cost"] + totals["training_cost"] + totals["replica_cost"]
+    spend = sum(totals[name] for name in COSTS)
     return {"requests": requests, "tokens": tokens, "spend": spend}
 
 
@@ -82,7 +84,7 @@ def usage_overview(organization_id: int, days: int = 30, now: datetime | None = 
     day = reports.WIDTHS["1d"]
     start = (end // day - days + 1) * day
     found = reports.sums(reports.Query(organization_id, start, end, day, group_by=("model", "api_key_id")))
-    costs = ("input_cost", "output_cost", "training_cost", "replica_cost")
+    costs = COSTS
     index = {name: i for i, name in enumerate(SUMS)}
 
     def cost(values) -> int:

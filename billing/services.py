@@ -46,6 +46,7 @@ def set_price(
     replica_minute: Decimal | str = "0",
     batch_input_per_million: Decimal | str | None = None,
     batch_output_per_million: Decimal | str | None = None,
+    input_cached_per_million: Decimal | str | None = None,
     effective_from: datetime | None = None,
     note: str = "",
     actor: Actor,
@@ -71,6 +72,7 @@ def set_price(
         for name, value in (
             ("batch_input_per_token", batch_input_per_million),
             ("batch_output_per_token", batch_output_per_million),
+            ("input_cached_per_token", input_cached_per_million),
         ):
             if value is not None:
                 per_token[name] = money.per_token_from_per_million(value)
@@ -100,6 +102,7 @@ def set_price(
             "replica_minute": money.exact(price.replica_minute),
             "batch_input_per_million": money.per_million(price.batch_amounts[0]),
             "batch_output_per_million": money.per_million(price.batch_amounts[1]),
+            "input_cached_per_million": money.per_million(price.cached_amount),
             "effective_from": effective_from.isoformat(),
         },
     )

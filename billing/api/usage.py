@@ -35,7 +35,7 @@ LIMITS = {"1m": (60, 1440), "1h": (24, 168), "1d": (7, 31)}
 COSTS_DAY_LIMITS = (7, 180)
 KNOWN = {"start_time", "end_time", "bucket_width", "group_by", "limit", "page", "models", "api_key_ids"}
 # meter, index of its quantity in SUMS, index of its cost in SUMS
-METERS = (("input", 1, 4), ("output", 2, 5), ("training", 3, 6), ("replica_minutes", 7, 8))
+METERS = (("input", 1, 4), ("cached input", 9, 10), ("output", 2, 5), ("training", 3, 6), ("replica_minutes", 7, 8))
 
 
 def _invalid(param: str, message: str) -> exceptions.ValidationError:
@@ -164,7 +164,7 @@ def usage_page(query: reports.Query, limit: int, page: int | None, usage_of: str
                 "object": "organization.usage.completions.result",
                 "input_tokens": values["prompt_tokens"],
                 "output_tokens": values["completion_tokens"],
-                "input_cached_tokens": 0,
+                "input_cached_tokens": values["cached_tokens"],
                 "input_audio_tokens": 0,
                 "output_audio_tokens": 0,
                 "batch": None,
@@ -180,7 +180,7 @@ def _amount(nanos: int) -> dict:
 
 
 def _line_item(result: dict, meter: str) -> str:
-    batch = "batch " if result.get("batch") and meter in ("input", "output") else ""
+    batch = "batch " if result.get("batch") and meter in ("input", "cached input", "output") else ""
     return f"{result['model']}, {batch}{meter}"
 
 

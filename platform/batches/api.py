@@ -46,7 +46,7 @@ def batch_object(batch: Batch) -> dict:
         "request_counts": {"total": batch.total, "completed": batch.completed, "failed": batch.failed},
         "usage": {
             "input_tokens": batch.input_tokens,
-            "input_tokens_details": {"cached_tokens": 0},
+            "input_tokens_details": {"cached_tokens": batch.cached_tokens},
             "output_tokens": batch.output_tokens,
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": batch.input_tokens + batch.output_tokens,

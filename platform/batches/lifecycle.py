@@ -269,6 +269,7 @@ def record(claim: Claim, owner: str, *, status_code: int, body: dict, usage: dic
             completed=F("completed") + int(ok),
             failed=F("failed") + int(not ok),
             input_tokens=F("input_tokens") + tokens.get("prompt_tokens", 0),
+            cached_tokens=F("cached_tokens") + tokens.get("cached_tokens", 0),
             output_tokens=F("output_tokens") + tokens.get("completion_tokens", 0),
         )
     return True

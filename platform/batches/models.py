@@ -47,6 +47,7 @@ class Batch(TenantModel):
     completed = models.PositiveIntegerField(default=0)
     failed = models.PositiveIntegerField(default=0)
     input_tokens = models.BigIntegerField(default=0)
+    cached_tokens = models.BigIntegerField(default=0)  # of input_tokens
     output_tokens = models.BigIntegerField(default=0)
     held = models.BigIntegerField(default=0, help_text="The worst case held against the budgets (nano-units).")
     models_used = models.JSONField(default=list, blank=True)

@@ -115,6 +115,7 @@ def _usage(claim: lifecycle.Claim, meter: BatchMeter | None, status: int, starte
         "base_model": meter.base_model,
         "backend": meter.backend,
         "prompt_tokens": meter.prompt_tokens,
+        "cached_tokens": meter.cached_tokens or 0,
         "completion_tokens": meter.completion_tokens,
         "price": None if meter.free else ledger.price_fields(price.for_batch()),
         "status_code": status,

@@ -60,7 +60,8 @@ SCHEMAS = {
             "pricing": {
                 "type": "object",
                 "description": "Extension: what the calling organization pays, per million tokens and per "
-                "replica-minute of a dedicated endpoint, as exact decimals; batch_*: a Batch API request's tokens.",
+                "replica-minute of a dedicated endpoint, as exact decimals; batch_*: a Batch API request's tokens; "
+                "input_cached: a prompt token the model server had cached.",
                 "required": [
                     "currency",
                     "input_per_million",
@@ -69,6 +70,7 @@ SCHEMAS = {
                     "dedicated_replica_minute",
                     "batch_input_per_million",
                     "batch_output_per_million",
+                    "input_cached_per_million",
                 ],
                 "properties": {
                     "currency": {"type": "string", "example": "usd"},
@@ -78,6 +80,7 @@ SCHEMAS = {
                     "dedicated_replica_minute": {"type": "string", "example": "0.002"},
                     "batch_input_per_million": {"type": "string", "example": "0.05"},
                     "batch_output_per_million": {"type": "string", "example": "0.1"},
+                    "input_cached_per_million": {"type": "string", "example": "0.05"},
                 },
             },
         },

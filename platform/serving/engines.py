@@ -92,6 +92,9 @@ def _vllm(backend: Backend, port: int, host: str, dtype: str) -> list[str]:
     # Batch API requests carry priority 1 (later than the default 0): vLLM serves them after
     # interactive ones, and preempts them for those, as our runtime does.
     argv += ["--scheduling-policy", "priority"]
+    # Usage says how many prompt tokens came from vLLM's prefix cache (kept apart per organization
+    # by the cache salt the gateway sends): they are billed at the cached-input price.
+    argv += ["--enable-prompt-tokens-details"]
     return argv
 
 

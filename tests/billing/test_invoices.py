@@ -34,7 +34,7 @@ def _price(model: str, amounts: tuple[int, int, int], since: datetime) -> list:
         training_per_token=amounts[2],
         effective_from=since,
     )
-    return [row.pk, *amounts]
+    return [row.pk, *amounts, 0, row.cached_amount]  # as a record carries it: cached input at half the input
 
 
 @pytest.fixture
@@ -51,6 +51,7 @@ def last_month_usage(tenant_a):
                 f"chat-{n}",
                 model="m-chat",
                 prompt_tokens=100 + n,
+                cached_tokens=64 if n % 5 == 0 else 0,  # a prefix the model server had cached
                 completion_tokens=40 + n,
                 price=old if n < 15 else new,
                 created_at=_at(LAST_MONTH, 1 + n % 27, n % 24),
@@ -77,8 +78,9 @@ def last_month_usage(tenant_a):
                 route="batch.chat.completions",
                 model="m-chat",
                 prompt_tokens=1000,
+                cached_tokens=200 if n == 0 else 0,
                 completion_tokens=201,
-                price=[new[0], 60, 180, 0],
+                price=[new[0], 60, 180, 0, 0, 60],
                 created_at=_at(LAST_MONTH, 21, n),
             )
         )
@@ -94,8 +96,10 @@ def _ledger_lines(organization, month) -> dict:
         price = prices[row.price_id]
         batch = "batch " if row.route.startswith("batch.") else ""
         per_input, per_output = price.batch_amounts if batch else (price.input_per_token, price.output_per_token)
+        per_cached = min(per_input, price.cached_amount) if batch else price.cached_amount
         for meter, tokens, unit in [
-            (f"{batch}input", row.prompt_tokens, per_input),
+            (f"{batch}input", row.prompt_tokens - row.cached_tokens, per_input),
+            (f"{batch}cached input", row.cached_tokens, per_cached),
             (f"{batch}output", row.completion_tokens, per_output),
             ("training", row.training_tokens, price.training_per_token),
         ]:
@@ -117,9 +121,12 @@ def test_the_close_makes_one_invoice_with_the_ledgers_lines_and_total(last_month
         for line in InvoiceLine.all_orgs.filter(invoice=invoice)
     }
     assert lines == _ledger_lines(tenant.org, LAST_MONTH)
-    assert len(lines) == 7  # chat input and output at two prices, batch input and output, and training
-    assert lines[("m-chat", "batch input", 60)] == (4000, 240_000)  # half the version's 120
+    # chat input, cached input and output at two prices, batch input, cached input and output, and training
+    assert len(lines) == 10
+    assert lines[("m-chat", "batch input", 60)] == (3800, 228_000)  # half the version's 120
+    assert lines[("m-chat", "batch cached input", 60)] == (200, 12_000)  # the lower of batch and cached: 60
     assert lines[("m-chat", "batch output", 180)] == (804, 144_720)
+    assert lines[("m-chat", "cached input", 50)] == (64 * 3, 64 * 3 * 50)  # rows 0, 5 and 10 at the old price
     ledger_total = sum(UsageEvent.all_orgs.filter(organization=tenant.org).values_list("cost", flat=True))
     assert invoice.subtotal == ledger_total == invoice.credits_applied and invoice.amount_due == 0
     # Prepaid: the credit paid as requests settled; the statement takes nothing more.
@@ -127,7 +134,7 @@ def test_the_close_makes_one_invoice_with_the_ledgers_lines_and_total(last_month
 
     assert invoicing.close_due() == []
     assert invoicing.close_month(tenant.org.pk, LAST_MONTH) == invoice
-    assert Invoice.all_orgs.count() == 1 and InvoiceLine.all_orgs.filter(invoice=invoice).count() == 7
+    assert Invoice.all_orgs.count() == 1 and InvoiceLine.all_orgs.filter(invoice=invoice).count() == 10
 
 
 def test_usage_that_arrives_after_the_close_goes_on_the_next_invoice(last_month_usage):
@@ -246,7 +253,7 @@ def test_invoices_through_the_api_and_not_to_others(last_month_usage, tenant_b):
     listed = owner.get(f"/api/orgs/{tenant.org.slug}/billing/invoices/").json()
     assert [i["number"] for i in listed["data"]] == [invoice.number]
     one = owner.get(f"/api/orgs/{tenant.org.slug}/billing/invoices/{invoice.pk}/").json()
-    assert one["subtotal"] == str(money.to_decimal(invoice.subtotal).normalize()) and len(one["lines"]) == 7
+    assert one["subtotal"] == str(money.to_decimal(invoice.subtotal).normalize()) and len(one["lines"]) == 10
     outsider = session_client(tenant_b.owner)
     assert outsider.get(f"/api/orgs/{tenant.org.slug}/billing/invoices/{invoice.pk}/").status_code == 404
     assert outsider.get(f"/api/orgs/{tenant_b.org.slug}/billing/invoices/{invoice.pk}/").status_code == 404

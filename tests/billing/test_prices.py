@@ -147,6 +147,7 @@ def test_the_back_office_adds_price_versions_and_refuses_bad_ones(client, django
         "training_per_million": "2",
         "replica_minute": "0.0015",
         "batch_output_per_million": "0.25",  # batch input left empty: half the input price
+        "input_cached_per_million": "0.03",
         "note": "",
     }
     for bad in ({"model": "no-such-model"}, {"input_per_million": "0.0001"}, {"effective_from_0": "2020-01-01"}):
@@ -157,6 +158,7 @@ def test_the_back_office_adds_price_versions_and_refuses_bad_ones(client, django
     assert (added.input_per_token, added.output_per_token, added.training_per_token) == (300, 600, 2000)
     assert added.replica_minute == 1_500_000
     assert added.batch_amounts == (150, 250) and added.batch_input_per_token is None
+    assert added.cached_amount == 30
     assert AuditLog.all_orgs.filter(action="billing.price_set", target_id=str(added.pk)).exists()
     change = client.get(reverse("admin:billing_price_change", args=[added.pk]))
     assert change.status_code == 200 and b'name="_save"' not in change.content  # versions are never edited

@@ -22,9 +22,11 @@ NOW = int(datetime.now(UTC).timestamp())
 DAY, HOUR = 86400, 3600
 
 
-def _price(model: str, amounts: tuple[int, int, int], days_ago: int, batch: tuple[int, int] | None = None) -> dict:
+def _price(
+    model: str, amounts: tuple[int, int, int], days_ago: int, batch: tuple[int, int] | None = None, cached=None
+) -> dict:
     """A version, and what a record carries of it: synchronous, or a batch request's (its own batch
-    amounts, else half)."""
+    amounts, else half; a cached prompt token at the lower of its batch and cached amounts)."""
     row = Price.objects.create(
         model=model,
         input_per_token=amounts[0],
@@ -32,9 +34,14 @@ def _price(model: str, amounts: tuple[int, int, int], days_ago: int, batch: tupl
         training_per_token=amounts[2],
         batch_input_per_token=batch and batch[0],
         batch_output_per_token=batch and batch[1],
+        input_cached_per_token=cached,
         effective_from=datetime.now(UTC) - timedelta(days=days_ago),
     )
-    return {"sync": [row.pk, *amounts], "batch": [row.pk, *row.batch_amounts, amounts[2]]}
+    batch_input, batch_output = row.batch_amounts
+    return {
+        "sync": [row.pk, *amounts, 0, row.cached_amount],
+        "batch": [row.pk, batch_input, batch_output, amounts[2], 0, min(batch_input, row.cached_amount)],
+    }
 
 
 ROUTES = ["chat.completions", "completions", "embeddings", "batch.chat.completions", "batch.embeddings"]
@@ -45,6 +52,8 @@ def _write(tenant, rng: random.Random, count: int, keys: list[str], prices: dict
         model = rng.choice(["m-small", "m-large"])
         training = rng.random() < 0.1
         route = "fine_tuning.jobs" if training else rng.choice(ROUTES)
+        prompt = 0 if training else rng.randint(1, 500)
+        cached = rng.randint(0, prompt) if "embeddings" not in route and rng.random() < 0.5 else 0
         services.record_usage(
             **usage_record(
                 tenant.org.pk,
@@ -52,7 +61,8 @@ def _write(tenant, rng: random.Random, count: int, keys: list[str], prices: dict
                 api_key_id=None if training else rng.choice([*keys, None]),
                 route=route,
                 model=model,
-                prompt_tokens=0 if training else rng.randint(1, 500),
+                prompt_tokens=prompt,
+                cached_tokens=cached,
                 completion_tokens=0 if training else rng.randint(0, 300),
                 training_tokens=rng.randint(100, 5000) if training else 0,
                 price=rng.choice(prices[model])["batch" if route.startswith("batch.") else "sync"],
@@ -69,7 +79,7 @@ def ledger(tenant_a):
     tenant_a.key()
     keys = [str(pk) for pk in APIKey.all_orgs.filter(organization=tenant_a.org).values_list("pk", flat=True)]
     prices = {
-        "m-small": [_price("m-small", (100, 200, 50), 9), _price("m-small", (150, 250, 60), 1)],
+        "m-small": [_price("m-small", (100, 200, 50), 9), _price("m-small", (150, 250, 60), 1, cached=15)],
         "m-large": [_price("m-large", (1000, 3000, 400), 9), _price("m-large", (900, 2700, 350), 2, batch=(300, 1000))],
     }
     rng = random.Random(7)
@@ -81,9 +91,9 @@ def ledger(tenant_a):
 
 
 def expected(organization, start: int, end: int, width: int, group_by: tuple, routes) -> dict:
-    """Straight from the ledger rows: bucket -> group -> [requests, in, out, training, cost]."""
+    """Straight from the ledger rows: bucket -> group -> [requests, in, out, training, cost, cached in]."""
     prices = {p.pk: p for p in Price.objects.all()}
-    found: dict = defaultdict(lambda: defaultdict(lambda: [0, 0, 0, 0, 0]))
+    found: dict = defaultdict(lambda: defaultdict(lambda: [0, 0, 0, 0, 0, 0]))
     for row in UsageEvent.all_orgs.filter(organization=organization):
         ts = int(row.created_at.timestamp())
         if not start <= ts < end or (routes and row.route not in routes):
@@ -94,12 +104,16 @@ def expected(organization, start: int, end: int, width: int, group_by: tuple, ro
         sums = found[ts - ts % width][group]
         price = prices[row.price_id]
         per_input, per_output = price.batch_amounts if batch else (price.input_per_token, price.output_per_token)
+        per_cached = min(per_input, price.cached_amount) if batch else price.cached_amount
+        # (prompt - cached) x input + cached x cached input + completion x output, exactly
         assert row.cost == (
-            row.prompt_tokens * per_input
+            (row.prompt_tokens - row.cached_tokens) * per_input
+            + row.cached_tokens * per_cached
             + row.completion_tokens * per_output
             + row.training_tokens * price.training_per_token
         )
-        for i, value in enumerate([1, row.prompt_tokens, row.completion_tokens, row.training_tokens, row.cost]):
+        values = [1, row.prompt_tokens, row.completion_tokens, row.training_tokens, row.cost, row.cached_tokens]
+        for i, value in enumerate(values):
             sums[i] += value
     return found
 
@@ -149,8 +163,9 @@ def test_completions_usage_equals_the_ledger(ledger, width, start, end, group_by
                 result["num_model_requests"],
                 result["input_tokens"],
                 result["output_tokens"],
+                result["input_cached_tokens"],
             ]
-    assert {b: {g: v[:3] for g, v in groups.items()} for b, groups in want.items()} == got
+    assert {b: {g: [*v[:3], v[5]] for g, v in groups.items()} for b, groups in want.items()} == got
 
 
 @pytest.mark.parametrize(("width", "start", "end", "group_by"), WINDOWS[:3])
@@ -211,17 +226,22 @@ def test_cost_line_items_split_each_model_by_meter(ledger):
     want: dict = defaultdict(int)
     for row in UsageEvent.all_orgs.filter(organization=tenant.org):
         price = prices[row.price_id]
+        uncached = row.prompt_tokens - row.cached_tokens
         if row.route.startswith("batch."):
-            meters = [("batch input", row.prompt_tokens, price.batch_amounts[0])]
+            meters = [("batch input", uncached, price.batch_amounts[0])]
+            meters.append(("batch cached input", row.cached_tokens, min(price.batch_amounts[0], price.cached_amount)))
             meters.append(("batch output", row.completion_tokens, price.batch_amounts[1]))
         else:
-            meters = [("input", row.prompt_tokens, price.input_per_token)]
+            meters = [("input", uncached, price.input_per_token)]
+            meters.append(("cached input", row.cached_tokens, price.cached_amount))
             meters.append(("output", row.completion_tokens, price.output_per_token))
         for meter, tokens, unit in [*meters, ("training", row.training_tokens, price.training_per_token)]:
             if tokens:
                 want[f"{row.model}, {meter}"] += tokens * unit
-    assert dict(lines) == dict(want)
+    lines = {item: amount for item, amount in lines.items() if amount}  # an input line all of whose tokens were cached
+    assert lines == dict(want)
     assert "m-large, batch output" in lines and "m-small, batch input" in lines
+    assert "m-small, cached input" in lines and "m-large, batch cached input" in lines
     assert sum(lines.values()) == sum(UsageEvent.all_orgs.values_list("cost", flat=True))
 
 

@@ -29,6 +29,7 @@ def test_list_and_retrieve_models_in_the_openai_shape(tenant_a):
         "dedicated_replica_minute": "0.002",
         "batch_input_per_million": "0.05",
         "batch_output_per_million": "0.1",
+        "input_cached_per_million": "0.05",
     }
     assert client.get(f"/v1/models/{DEMO}").json() == model
     assert body["data"][0]["pricing"]["input_per_million"] == "0.02"

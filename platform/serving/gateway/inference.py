@@ -367,7 +367,7 @@ async def assemble(response, meter: Meter, checked: validation.Checked, endpoint
         meter.close(status, Outcome.UPSTREAM_ERROR)
         return json_response(error or server_error("The model server sent no complete answer."), status)
     meter.close(200, Outcome.OK)
-    usage = answers.usage(meter.prompt_tokens, meter.completion_tokens)
+    usage = answers.usage(meter.prompt_tokens, meter.completion_tokens, meter.cached_tokens)
     chat = endpoint == CHAT
     body = answers.completion(
         chat=chat,

@@ -62,6 +62,7 @@ class Meter:
     usage_reported: bool = False
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int | None = None  # of the prompt, what the model server had cached (None: it did not say)
     first_token_at: float | None = None
     closed: bool = False
     endpoint_id: str = ""  # the published endpoint called, if any
@@ -74,6 +75,9 @@ class Meter:
             self.usage_reported = True
             self.prompt_tokens = int(usage.get("prompt_tokens") or self.prompt_tokens)
             self.completion_tokens = int(usage.get("completion_tokens") or self.completion_tokens)
+            details = usage.get("prompt_tokens_details")
+            if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+                self.cached_tokens = min(max(0, details["cached_tokens"]), self.prompt_tokens)
             # A stream that outlives its minute carries its rate-limit reservation along.
             changes = self.grant and self.grant.carry_over(self.prompt_tokens + self.completion_tokens)
             if changes:
@@ -180,6 +184,7 @@ class Meter:
             base_model=self.base_model,
             backend=self.backend,
             prompt_tokens=self.prompt_tokens,
+            cached_tokens=self.cached_tokens or 0,
             completion_tokens=self.completion_tokens,
             streamed=self.streamed,
             status_code=status_code,

@@ -4,9 +4,13 @@ the gateway (which assembles plain answers from a stream). Django-free, like the
 from __future__ import annotations
 
 
-def usage(prompt: int, completion: int) -> dict:
-    """A usage object: the prompt once, every choice's completion tokens."""
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def usage(prompt: int, completion: int, cached: int | None = None) -> dict:
+    """A usage object: the prompt once, every choice's completion tokens, and, where the model
+    server said how many prompt tokens it had cached, those."""
+    found = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    if cached is not None:
+        found["prompt_tokens_details"] = {"cached_tokens": cached}
+    return found
 
 
 def completion(*, chat: bool, id: str, created: int, model: str, choices: list[dict], usage: dict) -> dict:
