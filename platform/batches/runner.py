@@ -91,7 +91,8 @@ async def _generate(claim: lifecycle.Claim, principal) -> tuple[int, dict, Batch
     meter.prompt_estimate, meter.completion_cap = planned.prompt_estimate, planned.completion_bound
     meter.endpoint_id = route.endpoint.id if route.endpoint is not None else ""
     meter.free = route.endpoint is not None and route.endpoint.dedicated
-    response = await inference.open_upstream(route, claim.endpoint, meter, planned.body_of("batch"), priority="batch")
+    body_of = planned.body_of("batch")
+    response = await inference.open_upstream(route, claim.endpoint, meter, body_of, priority="batch", salt=planned.salt)
     if response.status != 200:
         return response.status, await inference.error_of(response), meter
     answer = await inference.assemble(response, meter, planned.checked, route_name)

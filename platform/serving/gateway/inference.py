@@ -189,17 +189,20 @@ def _generation_body(route: routing.Route, payload: dict, priority: str = "", sa
     return body_of
 
 
-async def open_upstream(route: routing.Route, path: str, meter: Meter, body_of, *, priority: str = ""):
+async def open_upstream(route: routing.Route, path: str, meter: Meter, body_of, *, priority: str = "", salt: str = ""):
     """The first replica's answer that is not a server failure; anything that fails before a byte
     reached the client (connection refused or reset, timeout, a 5xx) moves on to the next one.
     `body_of(replica)` is what that replica is sent; `priority` "batch" asks our runtime to let
-    interactive requests go first."""
+    interactive requests go first; `salt` is the organization's prompt-cache salt (our runtime
+    shares cached prompt prefixes only within it; vLLM gets it in the body)."""
     failure = None
     for replica in routing.attempt_order(route):
         body = body_of(replica)
         headers = {"Authorization": f"Bearer {replica.api_key}"} if replica.api_key else {}
         if priority:
             headers["X-Priority"] = priority
+        if salt and replica.engine == "builtin":
+            headers["X-Cache-Salt"] = salt
         # Our runtime knows the request by the gateway's id, to say what it generated if the client leaves.
         meter.replica = replica
         try:
@@ -535,7 +538,7 @@ async def serve_generation(request, principal, body: dict, endpoint: str, path: 
     meter.endpoint_id = route.endpoint.id if route.endpoint is not None else ""
     try:
         try:
-            response = await open_upstream(route, path, meter, planned.body_of())
+            response = await open_upstream(route, path, meter, planned.body_of(), salt=planned.salt)
         except asyncio.CancelledError:  # the client left before the model server's headers came
             meter.abandon()
             raise

@@ -23,6 +23,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-loras", type=int, default=8, help="Adapters kept loaded (least recently used leave)")
     parser.add_argument("--max-batch", type=int, default=32, help="Rows decoded together")
     parser.add_argument(
+        "--prompt-cache-bytes",
+        type=int,
+        default=256 << 20,
+        help="Memory for the keys and values of recent prompts, reused by prompts that start the same way (0: off)",
+    )
+    parser.add_argument(
         "--batch-rows-with-interactive",
         type=int,
         default=0,
@@ -92,6 +98,7 @@ def main(argv=None) -> None:
         max_batch=args.max_batch,
         max_model_len=max_len,
         batch_rows_with_interactive=args.batch_rows_with_interactive,
+        prompt_cache_bytes=args.prompt_cache_bytes,
     )
     engine.start()
     state = RuntimeState(

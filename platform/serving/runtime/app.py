@@ -159,6 +159,11 @@ def build_app(state: RuntimeState) -> Starlette:
         jobs = []
         # The platform's batch runner marks its requests: they go after interactive ones.
         priority = BATCH if request.headers.get("x-priority") == "batch" else INTERACTIVE
+        # The gateway's per-organization salt: prompts share cached prefixes only within it, and
+        # for one adapter's weights.
+        salt = request.headers.get("x-cache-salt", "")
+        path = state.engine.adapters.loaded.get(adapter, "") if adapter != BASE else ""
+        namespace = f"{salt}\x00{adapter}\x00{path}" if salt else None
         for i, guide in enumerate(guides):
             params = parsed.params
             if params.seed is not None and i:  # the choices of one seeded request differ, reproducibly
@@ -172,6 +177,7 @@ def build_app(state: RuntimeState) -> Starlette:
                     endpoint=endpoint,
                     guide=guide,
                     priority=priority,
+                    cache_namespace=namespace,
                 )
             )
         state.remember(request.headers.get("x-request-id") or jobs[0].id, jobs)

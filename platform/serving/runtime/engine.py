@@ -34,6 +34,7 @@ import torch
 from serving.runtime import answers, kvcache, metrics
 from serving.runtime.adapters import BASE, AdapterManager
 from serving.runtime.grammars import GrammarLimit, Guide
+from serving.runtime.prefix_cache import Hit, PrefixCache
 from serving.runtime.sampling import Sampler, SamplingParams
 from serving.runtime.textstream import TextStream
 
@@ -58,6 +59,8 @@ class GenerationRequest:
     guide: Guide | None = None  # the grammar constraining the answer
     endpoint: str = "chat"
     priority: int = INTERACTIVE
+    cache_namespace: str | None = None  # who may share its prompt's cached prefix (None: not cached)
+    cached_tokens: int = 0  # of its prompt, tokens whose keys and values came from the prompt cache
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     cancelled: threading.Event = field(default_factory=threading.Event)
     arrived: float = field(default_factory=time.perf_counter)
@@ -90,11 +93,13 @@ class Engine:
         max_batch: int = 32,
         max_model_len: int = 8192,
         batch_rows_with_interactive: int = 0,
+        prompt_cache_bytes: int = 0,
     ):
         self.tokenizer = tokenizer
         self.adapters = adapters
         self.max_batch = max_batch
         self.batch_rows_with_interactive = batch_rows_with_interactive
+        self.prefix_cache = PrefixCache(prompt_cache_bytes) if prompt_cache_bytes > 0 else None
         self._interactive_at = float("-inf")  # when interactive work last ran or waited
         self.max_model_len = max_model_len
         self.eos_ids = self._eos_ids(model, tokenizer)
@@ -296,6 +301,13 @@ class Engine:
                 rows.append(row)
             except Exception as error:
                 self._fail(request, error)
+        if self.prefix_cache is not None:
+            for row in list(rows):
+                namespace = row.request.cache_namespace
+                hit = namespace and self.prefix_cache.lookup(namespace, row.request.prompt_ids)
+                if hit:
+                    rows.remove(row)
+                    self._prefill_from(row, hit)
         if not rows:
             return
         requests = [row.request for row in rows]
@@ -312,6 +324,8 @@ class Engine:
             for request in requests:
                 self._fail(request, error)
             return
+        for i, request in enumerate(unique):
+            self._remember(request, cache, i)
         if len(unique) < len(requests):
             copies = [firsts.index(distinct[key]) for key in keys]
             mask = kvcache.keep_rows(cache, mask, copies)
@@ -325,6 +339,44 @@ class Engine:
         start = len(self.rows)
         self.rows.extend(rows)
         self._advance(logits, range(start, start + len(rows)))
+
+    def _remember(self, request: GenerationRequest, cache, row: int) -> None:
+        """Keep a prefilled prompt's keys and values in the prompt cache (row `row` of `cache`,
+        left-padded: its prompt is the last columns)."""
+        if self.prefix_cache is None or request.cache_namespace is None:
+            return
+        length = len(request.prompt_ids)
+        layers = kvcache.layers(cache)
+        keys = [layer.keys[row, :, -length:, :] for layer in layers]
+        values = [layer.values[row, :, -length:, :] for layer in layers]
+        self.prefix_cache.store(request.cache_namespace, request.prompt_ids, keys, values)
+
+    def _prefill_from(self, row: _Row, hit: Hit) -> None:
+        """One request whose prompt starts with a cached prefix: only the rest is computed, on the
+        prefix's keys and values, and the row joins the batch."""
+        from transformers import DynamicCache
+
+        request = row.request
+        total = len(request.prompt_ids)
+        suffix = torch.tensor([request.prompt_ids[hit.length :]], dtype=torch.long)
+        positions = torch.arange(hit.length, total, dtype=torch.long)[None]
+        mask = torch.ones((1, total), dtype=torch.long)
+        try:
+            prefix = DynamicCache(ddp_cache_data=list(zip(hit.keys, hit.values, strict=True)))
+            logits, cache = self._forward(suffix, mask, positions, prefix, [request.adapter])
+        except Exception as error:
+            self._fail(request, error)
+            return
+        request.cached_tokens = hit.length
+        metrics.PROMPT_TOKENS.inc(total)
+        metrics.CACHED_PROMPT_TOKENS.inc(hit.length)
+        self._remember(request, cache, 0)  # a longer prompt (the chat grew) is kept too
+        if self.rows:
+            self.mask = kvcache.join(self.cache, self.mask, cache, mask)
+        else:
+            self.cache, self.mask = cache, mask
+        self.rows.append(row)
+        self._advance(logits, [len(self.rows) - 1])
 
     def _padded(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Token ids left-padded to one length, their attention mask and positions."""
@@ -482,7 +534,8 @@ class Engine:
 
     @staticmethod
     def _usage(request: GenerationRequest, completion: int) -> dict:
-        return answers.usage(len(request.prompt_ids), completion)
+        cached = request.cached_tokens if request.cache_namespace is not None else None
+        return answers.usage(len(request.prompt_ids), completion, cached)
 
 
 def _logprobs(logits: torch.Tensor, token: int, top: int) -> tuple:

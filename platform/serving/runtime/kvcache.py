@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 
-def _layers(cache):
+def layers(cache):
+    """The cache's layers that hold keys and values."""
     return [layer for layer in cache.layers if getattr(layer, "is_initialized", False)]
 
 
@@ -23,7 +24,7 @@ def _pad_left(tensor: torch.Tensor, length: int) -> torch.Tensor:
 def join(cache, mask: torch.Tensor, other_cache, other_mask: torch.Tensor) -> torch.Tensor:
     """Append `other`'s rows to `cache` in place; return the joined attention mask."""
     length = max(mask.shape[1], other_mask.shape[1])
-    for mine, theirs in zip(_layers(cache), _layers(other_cache), strict=True):
+    for mine, theirs in zip(layers(cache), layers(other_cache), strict=True):
         mine.keys = torch.cat([_pad_left(mine.keys, length), _pad_left(theirs.keys, length)], dim=0)
         mine.values = torch.cat([_pad_left(mine.values, length), _pad_left(theirs.values, length)], dim=0)
     return torch.cat([F.pad(mask, (length - mask.shape[1], 0)), F.pad(other_mask, (length - other_mask.shape[1], 0))])
@@ -35,7 +36,7 @@ def keep_rows(cache, mask: torch.Tensor, rows: list[int]) -> torch.Tensor:
     mask = mask[index]
     real = mask.any(dim=0).nonzero()
     start = int(real[0]) if len(real) else mask.shape[1]
-    for layer in _layers(cache):
+    for layer in layers(cache):
         layer.keys = layer.keys[index, :, start:, :]
         layer.values = layer.values[index, :, start:, :]
     return mask[:, start:]

@@ -29,3 +29,8 @@ BATCH_REQUESTS = Gauge(
     "waiting gauges",
     registry=registry,
 )
+CACHED_PROMPT_TOKENS = Counter(
+    "maas_runtime_cached_prompt_tokens_total",
+    "Prompt tokens whose keys and values came from the prompt cache",
+    registry=registry,
+)
