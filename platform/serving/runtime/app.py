@@ -203,8 +203,10 @@ def build_app(state: RuntimeState) -> Starlette:
             )
         return await collect(jobs, choices, parsed, endpoint)
 
-    def usage_of(parsed: Parsed, choices: list[Choice]) -> dict:
-        return answers.usage(len(parsed.prompt_ids), sum(choice.completion_tokens for choice in choices))
+    def usage_of(parsed: Parsed, choices: list[Choice], jobs: list[GenerationRequest]) -> dict:
+        # The prompt is counted once, and so are its cached tokens (known once it was prefilled).
+        cached = jobs[0].cached_tokens if jobs[0].cache_namespace is not None else None
+        return answers.usage(len(parsed.prompt_ids), sum(choice.completion_tokens for choice in choices), cached)
 
     async def collect(jobs, choices: list[Choice], parsed: Parsed, endpoint: str) -> Response:
         try:
@@ -228,7 +230,7 @@ def build_app(state: RuntimeState) -> Starlette:
                 created=int(time.time()),
                 model=parsed.model,
                 choices=[choice.whole() for choice in choices],
-                usage=usage_of(parsed, choices),
+                usage=usage_of(parsed, choices, jobs),
             )
         )
 
@@ -251,7 +253,7 @@ def build_app(state: RuntimeState) -> Starlette:
                 payload["finish_reason"] = finish
             event = {**base, "choices": [payload]}
             if parsed.continuous_usage:
-                event["usage"] = usage_of(parsed, choices)
+                event["usage"] = usage_of(parsed, choices, jobs)
             elif parsed.include_usage:
                 event["usage"] = None
             return f"data: {json.dumps(event)}\n\n"
@@ -274,7 +276,7 @@ def build_app(state: RuntimeState) -> Starlette:
                     yield chunk(choice, {} if chat else {"text": ""}, finish=choice.finish_reason)
             else:
                 if parsed.include_usage or parsed.continuous_usage:
-                    yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage_of(parsed, choices)})}\n\n"
+                    yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage_of(parsed, choices, jobs)})}\n\n"
             yield "data: [DONE]\n\n"
         finally:
             for job in jobs:
