@@ -105,8 +105,12 @@ class FileContentView(FileDetailView):
 
     def get(self, request, file_id: str):
         row = self._row(file_id)
+        try:
+            stream = default_storage.open(row.storage_key, "rb")
+        except FileNotFoundError:
+            raise exceptions.NotFound(f"The content of {file_id} is no longer stored.") from None
         return FileResponse(
-            default_storage.open(row.storage_key, "rb"),
+            stream,
             content_type="application/octet-stream",
             as_attachment=True,
             filename=row.filename,

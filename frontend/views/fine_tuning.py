@@ -11,7 +11,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_GET, require_POST
 
 from batches import selectors as batches_selectors
 from catalog import selectors as catalog
@@ -108,13 +108,17 @@ def data_file(request, access, file_id: str):
     return render(request, template, context)
 
 
-@org_page(P.JOBS_VIEW, model=File)
+@org_page(P.JOBS_VIEW, model=File)  # another organization's file is a 404 before the method is looked at
+@require_GET
 def download_file(request, access, file_id: str):
     """A file's content (a batch's output or error file, say), as the API's /v1/files/{id}/content."""
     found = fine_tuning_selectors.file(access.organization.pk, file_id)
     if found is None or found.deleted_at is not None:
         raise Http404("No such file")
-    stream = default_storage.open(found.storage_key, "rb")
+    try:
+        stream = default_storage.open(found.storage_key, "rb")
+    except FileNotFoundError:
+        raise Http404("The file's content is no longer stored") from None
     return FileResponse(stream, as_attachment=True, filename=found.filename, content_type="application/jsonl")
 
 

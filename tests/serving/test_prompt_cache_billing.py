@@ -22,6 +22,25 @@ def ask(client: openai.OpenAI, question: str, **extra):
 
 def test_a_cached_system_prompt_is_reported_and_billed_at_the_cached_price(live_web, runtime_server, make_tenant):
     runtime_server.register()
+    cached_system_prompt_billed_and_kept_apart(live_web, make_tenant)
+
+
+def test_vllm_reports_its_prefix_cache_and_keeps_organizations_apart(live_web, node_agent, make_tenant):
+    import os
+
+    from serving import autoscale
+    from tests.serving.test_pool_replicas import replicas, wait_until
+    from tests.serving.test_vllm import INSTALLED, KEY, serve_with_vllm
+
+    if not INSTALLED and os.environ.get("REQUIRE_VLLM") != "1":
+        pytest.skip("vLLM is not installed (make vllm)")
+    serve_with_vllm()
+    autoscale.scale_all()
+    wait_until(lambda: replicas(KEY, state="ready"), 600, f"a vLLM replica: {node_agent.log()[-3000:]}")
+    cached_system_prompt_billed_and_kept_apart(live_web, make_tenant)
+
+
+def cached_system_prompt_billed_and_kept_apart(live_web, make_tenant):
     billing.set_price(
         model=DEMO_MODEL,
         organization_id=None,
