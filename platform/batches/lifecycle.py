@@ -234,6 +234,16 @@ def put_back(claim: Claim, owner: str, *, delay_seconds: float, counts: bool = T
     BatchRequest.all_orgs.filter(pk=claim.row_id, status=RowStatus.RUNNING, lease_owner=owner).update(**update)
 
 
+def renew_leases(owner: str, row_ids: list[int]) -> int:
+    """Push back the lease of requests this runner is still running (a generation may outlast a
+    lease); returns how many it still holds."""
+    if not row_ids:
+        return 0
+    return BatchRequest.all_orgs.filter(pk__in=row_ids, status=RowStatus.RUNNING, lease_owner=owner).update(
+        lease_expires_at=timezone.now() + timedelta(seconds=settings.BATCH_LEASE_SECONDS)
+    )
+
+
 def release_leases(owner: str) -> int:
     """A runner that stops gives its running requests back at once (not after their lease)."""
     return BatchRequest.all_orgs.filter(status=RowStatus.RUNNING, lease_owner=owner).update(

@@ -131,8 +131,9 @@ class Runner:
     def __init__(self, *, concurrency: int | None = None, owner: str | None = None):
         self.concurrency = concurrency or settings.BATCH_RUNNER_CONCURRENCY
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
-        self.running: set[asyncio.Task] = set()
+        self.running: dict[asyncio.Task, int] = {}  # task -> the request row it runs
         self._stopping = asyncio.Event()
+        self._renewed = time.monotonic()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -148,7 +149,7 @@ class Runner:
         finally:
             for task in list(self.running):
                 task.cancel()
-            await asyncio.gather(*self.running, return_exceptions=True)
+            await asyncio.gather(*list(self.running), return_exceptions=True)
             await upstream.close_session()
             released = await run_detached(lifecycle.release_leases, self.owner)
             log.info("batch runner %s stopped (%d request(s) given back)", self.owner, released)
@@ -161,11 +162,15 @@ class Runner:
                 await services.start_validating(batch)
             except Exception:
                 log.exception("could not start batch %s", batch.pk)
+        if self.running and time.monotonic() - self._renewed > settings.BATCH_LEASE_SECONDS / 3:
+            # Long generations keep their leases: no other runner (nor this one) takes them again.
+            await run_detached(lifecycle.renew_leases, self.owner, list(self.running.values()))
+            self._renewed = time.monotonic()
         claims = await run_detached(lifecycle.claim, self.owner, self.concurrency - len(self.running))
         for claim in claims:
             task = asyncio.get_running_loop().create_task(self.execute(claim))
-            self.running.add(task)
-            task.add_done_callback(self.running.discard)
+            self.running[task] = claim.row_id
+            task.add_done_callback(lambda done: self.running.pop(done, None))
         for batch_id in await run_detached(lifecycle.due_to_end):
             try:
                 await run_detached(lifecycle.finalize, batch_id)
