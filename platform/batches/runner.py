@@ -13,7 +13,6 @@ Any number of runners may run (on any host): the leases keep them off each other
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -133,6 +132,7 @@ class Runner:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
         self.running: dict[asyncio.Task, int] = {}  # task -> the request row it runs
         self._stopping = asyncio.Event()
+        self._freed = asyncio.Event()  # a request ended: its place can be filled at once
         self._renewed = time.monotonic()
 
     def stop(self) -> None:
@@ -144,8 +144,12 @@ class Runner:
             while not self._stopping.is_set():
                 busy = await self.step()
                 if not busy:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stopping.wait(), IDLE_SECONDS)
+                    # Until a request ends (its place is taken at once), a stop, or the next look.
+                    self._freed.clear()
+                    waits = [asyncio.ensure_future(e.wait()) for e in (self._stopping, self._freed)]
+                    await asyncio.wait(waits, timeout=IDLE_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+                    for waiting in waits:
+                        waiting.cancel()
         finally:
             for task in list(self.running):
                 task.cancel()
@@ -153,6 +157,10 @@ class Runner:
             await upstream.close_session()
             released = await run_detached(lifecycle.release_leases, self.owner)
             log.info("batch runner %s stopped (%d request(s) given back)", self.owner, released)
+
+    def _ended(self, task: asyncio.Task) -> None:
+        self.running.pop(task, None)
+        self._freed.set()
 
     async def step(self) -> bool:
         """One pass: start validated batches, claim what there is room for, end batches that can
@@ -170,7 +178,7 @@ class Runner:
         for claim in claims:
             task = asyncio.get_running_loop().create_task(self.execute(claim))
             self.running[task] = claim.row_id
-            task.add_done_callback(lambda done: self.running.pop(done, None))
+            task.add_done_callback(self._ended)
         for batch_id in await run_detached(lifecycle.due_to_end):
             try:
                 await run_detached(lifecycle.finalize, batch_id)
