@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 from django.http import HttpResponse
 
-from batches import services
+from batches import selectors, services
 from batches.models import Batch
 from serving.gateway.http import GatewayError, authenticate, gateway_view
 from serving.gateway.inference import request_json
@@ -92,21 +92,6 @@ def _not_found(batch_id: str) -> GatewayError:
     return GatewayError(404, f"No batch found with id '{batch_id}'.", param="batch_id", code="not_found")
 
 
-def _one(organization_id: int, batch_id: str) -> Batch | None:
-    return Batch.all_orgs.filter(organization_id=organization_id, pk=batch_id).first()
-
-
-def _page(organization_id: int, after: str | None, limit: int) -> tuple[list[Batch], bool]:
-    rows = Batch.all_orgs.filter(organization_id=organization_id).order_by("-created_at", "-id")
-    if after:
-        anchor = _one(organization_id, after)
-        if anchor is None:
-            raise GatewayError(404, f"No batch found with id '{after}' to list after.", param="after", code="not_found")
-        rows = rows.filter(created_at__lte=anchor.created_at).exclude(created_at=anchor.created_at, id__gte=anchor.id)
-    found = list(rows[: limit + 1])
-    return found[:limit], len(found) > limit
-
-
 @gateway_view("GET", "POST")
 async def batches(request):
     principal = await authenticate(request, Scope.INFERENCE)
@@ -127,7 +112,11 @@ async def batches(request):
         raise _invalid("'limit' must be an integer.", "limit") from None
     if not 1 <= limit <= 100:
         raise _invalid("'limit' must be between 1 and 100.", "limit")
-    page, more = await on_request_thread(_page, principal.organization_id, request.GET.get("after"), limit)
+    after = request.GET.get("after")
+    anchor = await on_request_thread(selectors.batch, principal.organization_id, after) if after else None
+    if after and anchor is None:
+        raise GatewayError(404, f"No batch found with id '{after}' to list after.", param="after", code="not_found")
+    page, more = await on_request_thread(selectors.page, principal.organization_id, anchor, limit)
     data = [batch_object(b) for b in page]
     return _json(
         {
@@ -143,7 +132,7 @@ async def batches(request):
 @gateway_view("GET")
 async def batch(request, batch_id: str):
     principal = await authenticate(request, Scope.INFERENCE)
-    found = await on_request_thread(_one, principal.organization_id, batch_id)
+    found = await on_request_thread(selectors.batch, principal.organization_id, batch_id)
     if found is None:
         raise _not_found(batch_id)
     return _json(batch_object(found))

@@ -8,8 +8,9 @@
 A request row is claimed under a lease (`claim`), and its answer is recorded together with its
 ledger row in one transaction (`record`): a lease that ran out (its runner died) is claimed again,
 and the ledger's unique request id makes a second answer of the same line bill nothing and write
-nothing. A batch whose rows have all ended is finalized (`finalize_ready`): its output and error
-files are written, and what its budget hold still holds beyond what was charged is given back.
+nothing. A batch whose rows have all ended, or that was cancelled or ran out of time, is ended
+(`due_to_end`, `finalize`): its output and error files are written, and what its budget hold
+still holds beyond what was charged is given back.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from datetime import timedelta
 import orjson
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from batches.models import Batch, BatchRequest
@@ -88,18 +89,8 @@ def _add_requests(batch: Batch, requests: list[tuple[int, str, dict]]) -> None:
 def create(new: NewBatch, *, requests: list[tuple[int, str, dict]], worst_case: int, models_used: list[str]) -> Batch:
     """A batch that starts at once: its worst case held against the budgets (raises
     budgets.InsufficientQuota, and nothing is created), its request rows written."""
-    batch = new._create(
-        Status.IN_PROGRESS, total=len(requests), held=worst_case, models_used=models_used, in_progress_at=timezone.now()
-    )
-    billing.reserve(
-        request_id=batch.hold_id,
-        organization_id=new.organization_id,
-        api_key_id=new.api_key_id,
-        amount=worst_case,
-        ttl_seconds=window_seconds(new.completion_window) + HOLD_SLACK_SECONDS,
-    )
-    _add_requests(batch, requests)
-    return batch
+    new._create(Status.VALIDATING)
+    return start_validated(new.id, requests=requests, worst_case=worst_case, models_used=models_used)
 
 
 def create_failed(new: NewBatch, *, errors: list[dict]) -> Batch:
@@ -125,7 +116,8 @@ def fail_validating(batch_id: str, errors: list[dict]) -> bool:
 
 @transaction.atomic
 def start_validated(batch_id: str, *, requests: list[tuple[int, str, dict]], worst_case: int, models_used: list[str]):
-    """A validating batch whose file has now been validated: held and started, as `create` does."""
+    """A validating batch whose file has been validated: its worst case held against the budgets
+    (raises budgets.InsufficientQuota, changing nothing), its request rows written, started."""
     batch = Batch.all_orgs.select_for_update().filter(pk=batch_id, status=Status.VALIDATING).first()
     if batch is None:
         return None
@@ -137,10 +129,11 @@ def start_validated(batch_id: str, *, requests: list[tuple[int, str, dict]], wor
         amount=worst_case,
         ttl_seconds=int((batch.expires_at - now).total_seconds()) + HOLD_SLACK_SECONDS,
     )
-    Batch.all_orgs.filter(pk=batch_id).update(
-        status=Status.IN_PROGRESS, total=len(requests), held=worst_case, models_used=models_used, in_progress_at=now
-    )
+    started = {"total": len(requests), "held": worst_case, "models_used": models_used, "in_progress_at": now}
+    Batch.all_orgs.filter(pk=batch_id).update(status=Status.IN_PROGRESS, **started)
     _add_requests(batch, requests)
+    for name, value in {"status": Status.IN_PROGRESS, **started}.items():
+        setattr(batch, name, value)
     return batch
 
 
@@ -168,8 +161,6 @@ class Claim:
     api_key_id: str | None
     endpoint: str
     created_at: object  # the batch's: the price in effect then is what it pays
-    line: int
-    custom_id: str
     body: dict
     attempts: int
     request_id: str
@@ -210,8 +201,6 @@ def claim(owner: str, limit: int) -> list[Claim]:
             str(row.batch.created_by_key_id) if row.batch.created_by_key_id else None,
             row.batch.endpoint,
             row.batch.created_at,
-            row.line,
-            row.custom_id,
             row.body,
             row.attempts + 1,
             row.request_id,
@@ -291,8 +280,9 @@ def record(claim: Claim, owner: str, *, status_code: int, body: dict, usage: dic
 def due_to_end() -> list[str]:
     """Batches whose requests have all ended, that were cancelled, or whose window is over."""
     now = timezone.now()
-    open_rows = BatchRequest.all_orgs.filter(status__in=[RowStatus.PENDING, RowStatus.RUNNING]).values("batch")
-    finished = Batch.all_orgs.filter(status=Status.IN_PROGRESS).exclude(pk__in=open_rows)
+    # Per batch in progress, on the (batch, status) index: not a scan of every open row.
+    open_rows = BatchRequest.all_orgs.filter(batch=OuterRef("pk"), status__in=[RowStatus.PENDING, RowStatus.RUNNING])
+    finished = Batch.all_orgs.filter(status=Status.IN_PROGRESS).exclude(Exists(open_rows))
     stopped = Batch.all_orgs.filter(
         Q(status__in=[Status.CANCELLING, Status.FINALIZING])
         | Q(status__in=[Status.IN_PROGRESS, Status.VALIDATING], expires_at__lte=now)

@@ -2,10 +2,11 @@
 
 It claims requests under a lease (batches.lifecycle), sends each to a replica the way the gateway
 sends a synchronous call (the same validation, routing, cold start and answer assembly, so an
-output line is the synchronous response), marked `X-Priority: batch`, so that our runtime lets
-interactive requests go first. Each answer is recorded with its ledger row at the batch price in
-one transaction. A request that no replica can take now, or that a replica failed, is put back
-and retried later; the batch waits for capacity until its window ends.
+output line is the synchronous response), at priority 1 (`priority` in the body, as vLLM takes
+it), so that the model servers let interactive requests go first. Each answer is recorded with
+its ledger row at the batch price in one transaction. A request that no replica can take now, or
+that a replica failed, is put back and retried later; the batch waits for capacity until its
+window ends.
 
 Any number of runners may run (on any host): the leases keep them off each other's requests.
 """
@@ -17,19 +18,17 @@ import logging
 import os
 import socket
 import time
+from dataclasses import replace
 
 import orjson
 from django.conf import settings
 
-from batches import lifecycle, services
-from batches.models import Batch
-from billing import ledger, pricing
+from batches import lifecycle, selectors, services
+from billing import pricing
 from billing.models import UsageEvent
 from serving.gateway import embeddings, inference, upstream
 from serving.gateway.http import GatewayError
 from serving.gateway.metering import Meter
-from serving.protocol import ProtocolError
-from serving.protocol import embeddings as embeddings_protocol
 from tenancy.detached import run_detached
 from tenancy.errors import render
 
@@ -65,8 +64,7 @@ class Retry(Exception):
         self.counts = counts
 
 
-def _meter(claim: lifecycle.Claim, served: str, base_model: str) -> BatchMeter:
-    principal = services.BatchPrincipal(claim.organization_id, claim.api_key_id)
+def _meter(claim: lifecycle.Claim, principal, served: str, base_model: str) -> BatchMeter:
     route = "batch." + services.ENDPOINTS[claim.endpoint][0]
     return BatchMeter(claim.request_id, principal, route, served, base_model, False, None, None)
 
@@ -75,55 +73,34 @@ async def _generate(claim: lifecycle.Claim, principal) -> tuple[int, dict, Batch
     route_name, kind = services.ENDPOINTS[claim.endpoint]
     route = await inference.route_for(principal, claim.body["model"], kind)
     if kind == "embedding":
-        try:
-            parsed = embeddings_protocol.parse(claim.body)
-        except ProtocolError as problem:
-            raise GatewayError(400, problem.message, param=problem.param, code=problem.code) from None
+        parsed = embeddings.parse(claim.body)
         route = await inference.serving_route(principal, parsed.model, route)
-        meter = _meter(claim, parsed.model, route.base_model)
+        meter = _meter(claim, principal, parsed.model, route.base_model)
         meter.prompt_estimate = embeddings.token_bound(parsed, route.context_length)
-        status, payload = await embeddings.send(route, parsed, meter, priority="batch")
+        status, payload = await embeddings.send(route, parsed, meter)
         return status, payload, meter
     planned = inference.plan(principal, route, claim.body, route_name)
     route = await inference.serving_route(principal, planned.checked.model, route)
-    meter = _meter(claim, planned.served, route.base_model)
+    meter = _meter(claim, principal, planned.served, route.base_model)
     meter.prompt_estimate, meter.completion_cap = planned.prompt_estimate, planned.completion_bound
     meter.endpoint_id = route.endpoint.id if route.endpoint is not None else ""
     meter.free = route.endpoint is not None and route.endpoint.dedicated
-    body_of = planned.body_of("batch")
-    response = await inference.open_upstream(route, claim.endpoint, meter, body_of, priority="batch", salt=planned.salt)
+    response = await inference.open_upstream(route, claim.endpoint, meter, planned.body_of("batch"))
     if response.status != 200:
         return response.status, await inference.error_of(response), meter
     answer = await inference.assemble(response, meter, planned.checked, route_name)
     return answer.status_code, orjson.loads(answer.content), meter
 
 
-def _usage(claim: lifecycle.Claim, meter: BatchMeter | None, status: int, started: float) -> dict | None:
-    """The ledger record of one answered request, priced at the batch price of the version in
-    effect when the batch was created; None when no replica ran it (nothing was used)."""
+def _usage(claim: lifecycle.Claim, meter: BatchMeter | None, status: int) -> dict | None:
+    """The ledger record of one answered request (the gateway meter's), priced at the batch price
+    of the version in effect when the batch was created; None when no replica ran it."""
     if meter is None or meter.backend == "":
         return None
     price = pricing.current(claim.organization_id, meter.model, meter.base_model, at=claim.created_at)
-    ttft = None if meter.first_token_at is None else int((meter.first_token_at - meter.started) * 1000)
-    return {
-        "request_id": claim.request_id,
-        "organization_id": claim.organization_id,
-        "api_key_id": claim.api_key_id,
-        "route": meter.route,
-        "endpoint_id": meter.endpoint_id,
-        "model": meter.model,
-        "base_model": meter.base_model,
-        "backend": meter.backend,
-        "prompt_tokens": meter.prompt_tokens,
-        "cached_tokens": meter.cached_tokens or 0,
-        "completion_tokens": meter.completion_tokens,
-        "price": None if meter.free else ledger.price_fields(price.for_batch()),
-        "status_code": status,
-        "outcome": meter.outcome or (Outcome.OK if status == 200 else Outcome.REJECTED),
-        "latency_ms": int((time.perf_counter() - started) * 1000),
-        "time_to_first_token_ms": ttft,
-        "hold": f"batch:{claim.batch_id}",
-    }
+    record = meter.record(status, meter.outcome or (Outcome.OK if status == 200 else Outcome.REJECTED))
+    priced = replace(record, price=pricing.FREE if meter.free else price.for_batch(), hold=f"batch:{claim.batch_id}")
+    return priced.as_line()
 
 
 class Runner:
@@ -165,7 +142,7 @@ class Runner:
     async def step(self) -> bool:
         """One pass: start validated batches, claim what there is room for, end batches that can
         end. Whether it found work."""
-        for batch in await run_detached(_validating):
+        for batch in await run_detached(selectors.validating):
             try:
                 await services.start_validating(batch)
             except Exception:
@@ -187,7 +164,6 @@ class Runner:
         return bool(claims)
 
     async def execute(self, claim: lifecycle.Claim) -> None:
-        started = time.perf_counter()
         principal = services.BatchPrincipal(claim.organization_id, claim.api_key_id)
         meter = None
         try:
@@ -201,7 +177,7 @@ class Runner:
                 if refused.status >= 500 and claim.attempts < MAX_FAILED_ATTEMPTS:
                     raise Retry(counts=True) from None
                 status, body = refused.status, render(refused)[0]
-            usage = await run_detached(_usage, claim, meter, status, started)
+            usage = await run_detached(_usage, claim, meter, status)
             await run_detached(lifecycle.record, claim, self.owner, status_code=status, body=body, usage=usage)
         except Retry as retry:
             await run_detached(lifecycle.put_back, claim, self.owner, delay_seconds=RETRY_SECONDS, counts=retry.counts)
@@ -213,9 +189,5 @@ class Runner:
                 await run_detached(lifecycle.put_back, claim, self.owner, delay_seconds=RETRY_SECONDS)
             else:
                 body = inference.server_error("The platform failed while running this request.", "internal_error")
-                usage = await run_detached(_usage, claim, meter, 500, started)
+                usage = await run_detached(_usage, claim, meter, 500)
                 await run_detached(lifecycle.record, claim, self.owner, status_code=500, body=body, usage=usage)
-
-
-def _validating() -> list[Batch]:
-    return list(Batch.all_orgs.filter(status=Batch.Status.VALIDATING).order_by("created_at")[:20])

@@ -23,8 +23,6 @@ from fine_tuning.models import File
 from serving import routing
 from serving.gateway import embeddings, inference
 from serving.gateway.http import GatewayError
-from serving.protocol import ProtocolError
-from serving.protocol import embeddings as embeddings_protocol
 from tenancy import audit
 from tenancy.audit import Actor
 from tenancy.detached import on_request_thread
@@ -78,10 +76,7 @@ def bounds(principal, route: routing.Route, body: dict, endpoint: str) -> tuple[
     GatewayError its synchronous call would get."""
     route_name, kind = ENDPOINTS[endpoint]
     if kind == "embedding":
-        try:
-            parsed = embeddings_protocol.parse(body)
-        except ProtocolError as problem:
-            raise GatewayError(400, problem.message, param=problem.param, code=problem.code) from None
+        parsed = embeddings.parse(body)
         return parsed.model, embeddings.token_bound(parsed, route.context_length), 0
     planned = inference.plan(principal, route, body, route_name)
     return planned.served, planned.prompt_bound, planned.completion_bound
@@ -89,7 +84,15 @@ def bounds(principal, route: routing.Route, body: dict, endpoint: str) -> tuple[
 
 async def prepare(principal, row: File, endpoint: str) -> Prepared:
     """The requests of a validated file, their worst case at the batch price, or the lines'
-    errors; raises GatewayError 404 for a model the organization may not call."""
+    errors; raises GatewayError 400 for a file whose requests call another endpoint than the
+    batch's, and 404 for a model the organization may not call."""
+    if row.report.get("url") != endpoint:
+        raise GatewayError(
+            400,
+            f"The file's requests call {row.report.get('url')}, but the batch's endpoint is {endpoint}.",
+            param="endpoint",
+            code="mismatched_endpoint",
+        )
     prepared = Prepared()
     lines = await on_request_thread(_read, row)
     kind = ENDPOINTS[endpoint][1]
@@ -99,12 +102,7 @@ async def prepare(principal, row: File, endpoint: str) -> Prepared:
         if model not in routes:
             routes[model] = await inference.route_for(principal, model, kind)
     prices: dict[tuple[str, str], pricing.UnitPrice] = {}
-    for number, custom_id, url, body in lines:
-        if url != endpoint:
-            prepared.errors.append(
-                line_error(number, "mismatched_endpoint", f"the line calls {url}; the batch's endpoint is {endpoint}")
-            )
-            continue
+    for number, custom_id, _, body in lines:  # one url a file: the validation saw to it
         route = routes[body["model"]]
         try:
             served, prompt, completion = bounds(principal, route, body, endpoint)
@@ -136,14 +134,6 @@ async def create(
             "'batch'.",
             param="input_file_id",
             code="invalid_file_purpose",
-        )
-    url = row.report.get("url")
-    if row.status == File.Status.PROCESSED and url != endpoint:
-        raise GatewayError(
-            400,
-            f"The file's requests call {url}, but the batch's endpoint is {endpoint}.",
-            param="endpoint",
-            code="mismatched_endpoint",
         )
     new = lifecycle.NewBatch(
         id=new_batch_id(),
@@ -210,9 +200,6 @@ async def start_validating(batch: Batch) -> None:
         return
     principal = BatchPrincipal(batch.organization_id, str(batch.created_by_key_id) if batch.created_by_key_id else None)
     try:
-        if row.report.get("url") != batch.endpoint:
-            message = f"The file's requests call {row.report.get('url')}, but the batch's endpoint is {batch.endpoint}."
-            raise GatewayError(400, message, param="endpoint", code="mismatched_endpoint")
         prepared = await prepare(principal, row, batch.endpoint)
         if prepared.errors:
             await on_request_thread(lifecycle.fail_validating, batch.pk, prepared.errors)

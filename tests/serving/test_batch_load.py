@@ -20,10 +20,11 @@ from tests.conftest import DEMO_MODEL
 pytestmark = [pytest.mark.slow, pytest.mark.django_db]
 
 
-def hold_requests(runtime, count: int, priority: str | None, stop: threading.Event) -> list[threading.Thread]:
+def hold_requests(runtime, count: int, priority: int, stop: threading.Event) -> list[threading.Thread]:
     """`count` long generations on the runtime, each ended (its connection closed) when `stop` is set."""
-    headers = {"Authorization": f"Bearer {runtime.api_key}", **({"X-Priority": priority} if priority else {})}
+    headers = {"Authorization": f"Bearer {runtime.api_key}"}
     body = {
+        "priority": priority,
         "model": DEMO_MODEL,
         "messages": [{"role": "user", "content": "Tell me a long story about the sea."}],
         "max_tokens": 400,
@@ -87,7 +88,7 @@ def test_batch_load_keeps_its_replica_but_adds_none_and_interactive_load_adds_on
     deployment, backend = replica
     stop = threading.Event()
     try:
-        hold_requests(runtime_server, 4, "batch", stop)
+        hold_requests(runtime_server, 4, 1, stop)
         load = wait_for_load(backend, lambda load: load.batch >= 4)
         assert load.in_flight >= 4 and load.interactive == 0
         assert desired_after_passes(deployment) == 1  # neither scaled up nor down
@@ -96,7 +97,7 @@ def test_batch_load_keeps_its_replica_but_adds_none_and_interactive_load_adds_on
     wait_for_load(backend, lambda load: load.in_flight == 0)
     stop = threading.Event()
     try:
-        hold_requests(runtime_server, 4, None, stop)
+        hold_requests(runtime_server, 4, 0, stop)
         wait_for_load(backend, lambda load: load.interactive >= 4 and load.batch == 0)
         assert desired_after_passes(deployment) == 2
     finally:

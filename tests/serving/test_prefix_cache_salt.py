@@ -1,6 +1,8 @@
-"""vLLM's prefix cache is kept apart per organization: every generation sent to a vLLM replica
-carries the organization's own cache salt (vLLM then never reuses another salt's cached blocks),
-the same for every call of the organization, unguessable from its id; our runtime is not sent it."""
+"""What the gateway sends model servers to schedule a request: the organization's cache salt
+(vLLM and our runtime then never reuse another salt's cached prompt blocks), the same for every
+call of the organization and unguessable from its id; and a batch request's priority, to our
+runtime and to the vLLM replicas the pool starts (with priority scheduling), not to a vLLM
+registered by hand, which may lack it. Another OpenAI-compatible upstream gets neither."""
 
 from serving import routing
 from serving.gateway import inference
@@ -8,15 +10,18 @@ from serving.gateway import inference
 ROUTE = routing.Route("m", "m", None, ())
 
 
-def replica(engine: str) -> routing.Replica:
-    return routing.Replica(f"{engine}-1", "http://127.0.0.1:1", engine, "", "m", True, True)
+def replica(engine: str, pooled: bool = True) -> routing.Replica:
+    return routing.Replica(f"{engine}-1", "http://127.0.0.1:1", engine, "", "m", True, pooled)
 
 
-def test_each_organization_has_its_own_stable_salt_and_only_vllm_gets_it():
+def test_each_organization_has_its_own_stable_salt_and_batch_requests_a_lower_priority():
     salts = {org: inference.prefix_cache_salt(org) for org in (1, 2, 3)}
     assert len(set(salts.values())) == 3 and salts[1] == inference.prefix_cache_salt(1)
     assert all(len(s) == 32 and str(org) != s for org, s in salts.items())
-    body_of = inference._generation_body(ROUTE, {"messages": []}, salt=salts[1])
-    assert body_of(replica("vllm"))["cache_salt"] == salts[1]
-    assert "cache_salt" not in body_of(replica("builtin"))
-    assert "cache_salt" not in body_of(replica("openai"))
+    interactive = inference._generation_body(ROUTE, {"messages": []}, salt=salts[1])
+    batch = inference._generation_body(ROUTE, {"messages": []}, "batch", salts[1])
+    for engine in ("builtin", "vllm"):
+        assert interactive(replica(engine))["cache_salt"] == salts[1] and "priority" not in interactive(replica(engine))
+        assert batch(replica(engine))["priority"] == inference.BATCH_PRIORITY
+    assert "priority" not in batch(replica("vllm", pooled=False))
+    assert not {"cache_salt", "priority"} & set(batch(replica("openai")))

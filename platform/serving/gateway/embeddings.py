@@ -37,15 +37,20 @@ def token_bound(parsed: protocol.EmbeddingsRequest, context_length: int) -> int:
     return total
 
 
+def parse(body: dict) -> protocol.EmbeddingsRequest:
+    """The request as the protocol reads it, or the 400 that names what is wrong."""
+    try:
+        return protocol.parse(body)
+    except ProtocolError as problem:
+        raise GatewayError(400, problem.message, param=problem.param, code=problem.code) from None
+
+
 @gateway_view("POST")
 async def embeddings(request):
     principal = await authenticate(request, Scope.INFERENCE)
     body = inference.request_body(request)
     route = await inference.route_for(principal, body["model"], "embedding")
-    try:
-        parsed = protocol.parse(body)
-    except ProtocolError as problem:
-        raise GatewayError(400, problem.message, param=problem.param, code=problem.code) from None
+    parsed = parse(body)
     route = await inference.serving_route(principal, parsed.model, route)
     bound = token_bound(parsed, route.context_length)
     grant = await ratelimit.acquire(principal, bound, route.endpoint)
@@ -77,12 +82,10 @@ async def _exchange(route: routing.Route, parsed: protocol.EmbeddingsRequest, me
         return 500, inference.server_error("The gateway failed while handling this request.", "internal_error")
 
 
-async def send(
-    route: routing.Route, parsed: protocol.EmbeddingsRequest, meter: Meter, *, priority: str = ""
-) -> tuple[int, dict]:
+async def send(route: routing.Route, parsed: protocol.EmbeddingsRequest, meter: Meter) -> tuple[int, dict]:
     """The replica's answer and status; the meter closed with what it used."""
     response = await inference.open_upstream(
-        route, "/v1/embeddings", meter, lambda replica: parsed.forward(replica.upstream_model), priority=priority
+        route, "/v1/embeddings", meter, lambda replica: parsed.forward(replica.upstream_model)
     )
     if response.status != 200:
         payload = await inference.error_of(response)

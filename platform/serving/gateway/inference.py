@@ -92,7 +92,7 @@ def request_body(request) -> dict:
     return body
 
 
-VLLM_BATCH_PRIORITY = 1  # vLLM's priority scheduling serves lower values first; the default is 0
+BATCH_PRIORITY = 1  # vLLM's and our runtime's priority scheduling serve lower values first; the default is 0
 
 # What a runtime adds to the prompt to describe tools, beyond their definitions (the fallback's
 # instructions are about 120 tokens): held, never under-counted.
@@ -166,8 +166,8 @@ def _completion_cap(checked: validation.Checked, route: routing.Route, prompt_es
 
 
 def prefix_cache_salt(organization_id: int) -> str:
-    """What keeps an organization's prompts apart in vLLM's prefix cache: a prefix another
-    organization sent is never a hit (a faster answer would tell it that the prefix was sent).
+    """What keeps an organization's prompts apart in a model server's prefix cache: a prefix
+    another organization sent is never a hit (a faster answer would tell it that it was sent).
     Derived from the secret key, so it cannot be guessed and is the same on every web process."""
     return salted_hmac("maas.prefix-cache", str(organization_id)).hexdigest()[:32]
 
@@ -178,31 +178,26 @@ def _generation_body(route: routing.Route, payload: dict, priority: str = "", sa
         body["stream_options"] = {"include_usage": True}
         if replica.engine in ("builtin", "vllm"):
             body["stream_options"]["continuous_usage_stats"] = True
-        if replica.engine == "vllm" and salt:
+        # Both engines take vLLM's scheduling fields; another OpenAI-compatible upstream would not.
+        if replica.engine in ("builtin", "vllm") and salt:
             body["cache_salt"] = salt
-        if priority == "batch" and replica.engine == "vllm" and replica.pooled:
-            # The pool starts vLLM with priority scheduling (one registered by hand may lack it and
-            # would refuse the field); our runtime reads the X-Priority header instead.
-            body["priority"] = VLLM_BATCH_PRIORITY
+        if priority == "batch" and (replica.engine == "builtin" or (replica.engine == "vllm" and replica.pooled)):
+            # The pool starts vLLM with priority scheduling; one registered by hand may lack it
+            # and would refuse the field.
+            body["priority"] = BATCH_PRIORITY
         return body
 
     return body_of
 
 
-async def open_upstream(route: routing.Route, path: str, meter: Meter, body_of, *, priority: str = "", salt: str = ""):
+async def open_upstream(route: routing.Route, path: str, meter: Meter, body_of):
     """The first replica's answer that is not a server failure; anything that fails before a byte
     reached the client (connection refused or reset, timeout, a 5xx) moves on to the next one.
-    `body_of(replica)` is what that replica is sent; `priority` "batch" asks our runtime to let
-    interactive requests go first; `salt` is the organization's prompt-cache salt (our runtime
-    shares cached prompt prefixes only within it; vLLM gets it in the body)."""
+    `body_of(replica)` is what that replica is sent."""
     failure = None
     for replica in routing.attempt_order(route):
         body = body_of(replica)
         headers = {"Authorization": f"Bearer {replica.api_key}"} if replica.api_key else {}
-        if priority:
-            headers["X-Priority"] = priority
-        if salt and replica.engine == "builtin":
-            headers["X-Cache-Salt"] = salt
         # Our runtime knows the request by the gateway's id, to say what it generated if the client leaves.
         meter.replica = replica
         try:
@@ -538,7 +533,7 @@ async def serve_generation(request, principal, body: dict, endpoint: str, path: 
     meter.endpoint_id = route.endpoint.id if route.endpoint is not None else ""
     try:
         try:
-            response = await open_upstream(route, path, meter, planned.body_of(), salt=planned.salt)
+            response = await open_upstream(route, path, meter, planned.body_of())
         except asyncio.CancelledError:  # the client left before the model server's headers came
             meter.abandon()
             raise

@@ -102,7 +102,7 @@ class Meter:
                 self.prompt_tokens = self.prompt_tokens or self.prompt_estimate
                 self.completion_tokens = max(self.completion_tokens, self.relayed)
         try:
-            billing.settle(self.admission, self._record(status_code, outcome, time.perf_counter()))
+            billing.settle(self.admission, self.record(status_code, outcome))
         except Exception:
             log.exception("could not record the usage of %s", self.request_id)
         return spawn(self._book())
@@ -172,7 +172,9 @@ class Meter:
         except Exception:
             log.exception("could not correct the rate limit of %s", self.request_id)
 
-    def _record(self, status_code: int, outcome: str, ended: float) -> UsageRecord:
+    def record(self, status_code: int, outcome: str) -> UsageRecord:
+        """The usage record of what the request used, as it ends now."""
+        ended = time.perf_counter()
         ttft = None if self.first_token_at is None else int((self.first_token_at - self.started) * 1000)
         return UsageRecord(
             request_id=self.request_id,

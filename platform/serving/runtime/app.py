@@ -102,6 +102,18 @@ def failure_of(event: tuple, parsed: Parsed) -> RequestError:
     return RequestError(message, status=status, code="runtime_error")
 
 
+def scheduling(body: dict) -> tuple[int, str]:
+    """vLLM's two scheduling fields, taken off the body before it is parsed as OpenAI's request:
+    `priority` (0, the default, interactive; higher: later, as the batch runner's requests) and
+    `cache_salt` (the gateway's per-organization salt; none: the prompt is not cached)."""
+    priority, salt = body.pop("priority", 0), body.pop("cache_salt", None)
+    if not isinstance(priority, int) or isinstance(priority, bool) or priority < 0:
+        raise RequestError("'priority' must be a non-negative integer.", "priority")
+    if salt is not None and (not isinstance(salt, str) or not 0 < len(salt) <= 128):
+        raise RequestError("'cache_salt' must be a string of 1 to 128 characters.", "cache_salt")
+    return (BATCH if priority > 0 else INTERACTIVE), salt or ""
+
+
 def error(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
     return JSONResponse(RequestError(message, param, status, code).body(), status_code=status)
 
@@ -148,6 +160,7 @@ def build_app(state: RuntimeState) -> Starlette:
         parse = parse_chat if endpoint == "chat" else parse_completion
         try:
             body = await json_object(request)
+            priority, salt = scheduling(body)
             parsed = parse(body, state.engine.tokenizer, state.max_model_len)
             adapter = resolve_model(parsed.model)
             guides = [None] * parsed.n
@@ -157,11 +170,7 @@ def build_app(state: RuntimeState) -> Starlette:
         except RequestError as problem:
             return JSONResponse(problem.body(), status_code=problem.status)
         jobs = []
-        # The platform's batch runner marks its requests: they go after interactive ones.
-        priority = BATCH if request.headers.get("x-priority") == "batch" else INTERACTIVE
-        # The gateway's per-organization salt: prompts share cached prefixes only within it, and
-        # for one adapter's weights.
-        salt = request.headers.get("x-cache-salt", "")
+        # Prompts share cached prefixes only within one salt, and for one adapter's weights.
         path = state.engine.adapters.loaded.get(adapter, "") if adapter != BASE else ""
         namespace = f"{salt}\x00{adapter}\x00{path}" if salt else None
         for i, guide in enumerate(guides):

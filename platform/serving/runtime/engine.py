@@ -162,6 +162,7 @@ class Engine:
                     self._decode()
                 elif self.preempted and not newcomers:
                     time.sleep(IDLE_WAIT_SECONDS)  # batch rows wait out the interactive grace
+                self._count_load()
             except Exception as error:  # keep serving: fail the requests in flight, not the process
                 log.exception("engine step failed")
                 for row in [*self.rows, *self.preempted]:
@@ -182,12 +183,14 @@ class Engine:
             metrics.LOADED_ADAPTERS.set(len(self.adapters.loaded))
 
     def _count_load(self) -> None:
-        """The gauges the pool's scaler reads: waiting requests (preempted rows too: they wait to
-        come back), and of everything in the engine, how much is batch work."""
+        """The gauges the pool's scaler reads, after every step (so rows that were cancelled or
+        ended count no more): running and waiting requests (preempted rows wait to come back),
+        and of everything in the engine, how much is batch work."""
         with self.waiting.mutex:
             waiting_batch = sum(1 for priority, _, _ in self.waiting.queue if priority > INTERACTIVE)
             waiting = len(self.waiting.queue)
         metrics.QUEUE_DEPTH.set(waiting + len(self.preempted))
+        metrics.RUNNING.set(len(self.rows))
         running_batch = sum(1 for row in self.rows if row.request.priority > INTERACTIVE)
         metrics.BATCH_REQUESTS.set(waiting_batch + running_batch + len(self.preempted))
 
@@ -227,9 +230,10 @@ class Engine:
         metrics.PREEMPTED_ROWS.inc(len(leaving))
         self._drop(set(leaving))
 
-    def _next_is_batch(self) -> bool:
+    def _next_priority(self) -> int | None:
+        """The priority of the request that would be taken next (the heap's first), if any."""
         with self.waiting.mutex:
-            return bool(self.waiting.queue) and self.waiting.queue[0][0] > INTERACTIVE
+            return self.waiting.queue[0][0] if self.waiting.queue else None
 
     def _take_waiting(self) -> tuple[list[GenerationRequest], list[_Row]]:
         """Requests to start and preempted rows to resume, as many as there is room for:
@@ -249,7 +253,8 @@ class Engine:
                 interactive += first.priority == INTERACTIVE
                 batch_rows += first.priority > INTERACTIVE
             while len(taken) + len(resumed) < room:
-                if self._interactive_waiting():
+                following = self._next_priority()
+                if following == INTERACTIVE:
                     taken.append(self.waiting.get_nowait()[2])
                     interactive += 1
                     continue
@@ -258,14 +263,13 @@ class Engine:
                     break
                 if self.preempted:
                     resumed.append(self.preempted.pop(0))
-                elif self._next_is_batch():
+                elif following is not None:
                     taken.append(self.waiting.get_nowait()[2])
                 else:
                     break
                 batch_rows += 1
         except queue.Empty:
             pass
-        self._count_load()
         live = []
         for request in taken:
             if request.cancelled.is_set():
@@ -406,7 +410,6 @@ class Engine:
         else:
             self.cache, self.mask = cache, mask
         self.rows.extend(rows)
-        metrics.RUNNING.set(len(self.rows))
 
     def _drop(self, finished: set[int]) -> None:
         keep = [i for i in range(len(self.rows)) if i not in finished]
@@ -459,7 +462,6 @@ class Engine:
                 done = True
             if done:
                 finished.add(i)
-        metrics.RUNNING.set(len(self.rows) - len(finished))
         if finished:
             self._drop(finished)
 
