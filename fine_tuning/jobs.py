@@ -391,6 +391,10 @@ def finish(job_id: str, *, worker: str, outcome: Outcome) -> str:
         job.error = {"code": "training_failed", "param": None, "message": message}
         event(job.pk, org, message, level="error", data={"error_code": "training_failed"})
     job.save()
+    if job.status == Status.QUEUED:
+        # Back in the queue: why it waits shows at once (a preempted job's accelerators went to the
+        # replica that asked), not only when a worker next tries to claim.
+        record_waits(queue.decide(None).waiting)
     if job.status in _OUTCOMES:
         _meter(job)
     return job.status

@@ -3,15 +3,19 @@ shutdown; a killed worker simply stops heartbeating and shows as offline."""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
 
 from celery.signals import celeryd_init, worker_ready, worker_shutdown
+from django import db
 from django.conf import settings
+from django.db import DatabaseError
 
 from compute import services
 
+log = logging.getLogger(__name__)
 _name: str | None = None
 
 
@@ -47,7 +51,15 @@ def _ready(sender, **kwargs) -> None:
 
     def beat() -> None:
         while not stop.wait(settings.WORKER_HEARTBEAT_SECONDS):
-            services.heartbeat(_name, registration)
+            try:
+                services.heartbeat(_name, registration)
+            except DatabaseError:
+                # The database went away for a moment: beat again on a fresh connection next time.
+                # A thread that died here would leave a live worker offline for good, and the pool
+                # would take its allocations away.
+                log.warning("worker heartbeat failed; retrying", exc_info=True)
+                db.close_old_connections()
+                db.connection.close()
 
     stop = threading.Event()
     _ready.stop = stop

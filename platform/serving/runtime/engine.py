@@ -290,6 +290,7 @@ class Engine:
             position_ids=positions,
             past_key_values=cache,
             use_cache=True,
+            logits_to_keep=1,  # a prefill needs its last position's logits only, not the head over every token
             **extra,
         )
         return out.logits[:, -1, :], out.past_key_values
