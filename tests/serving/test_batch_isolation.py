@@ -186,6 +186,17 @@ def test_a_row_that_fails_ends_alone_and_the_batch_goes_on(engine):
     assert alone(engine, "alpha")[1] == "length"  # still serving, the failed row's adapter included
 
 
+def test_a_prompt_the_engine_cannot_take_fails_its_request_not_the_step(engine):
+    """Prompt ids that are not token ids (the HTTP layer tokenizes, so only a caller of the engine
+    can send them) end that request with an error at once; the engine keeps serving."""
+    broken, broken_sink = request(engine, BASE)
+    broken.prompt_ids = ["not", "token", "ids"]
+    engine.submit(broken)
+    kind, *_ = broken_sink.events.get(timeout=60)
+    assert kind == "error"
+    assert alone(engine, BASE, max_tokens=4)[1] == "length"
+
+
 def test_the_base_model_serves_after_the_last_adapter_is_unloaded(engine):
     """Unloading every adapter (an endpoint stopped) leaves the base model serving, and an adapter
     loaded again behaves as before."""

@@ -321,8 +321,8 @@ class Engine:
         distinct = {key: i for i, key in reversed(list(enumerate(keys)))}
         firsts = sorted(set(distinct.values()))
         unique = [requests[i] for i in firsts]
-        ids, mask, positions = self._padded([r.prompt_ids for r in unique])
         try:
+            ids, mask, positions = self._padded([r.prompt_ids for r in unique])
             logits, cache = self._forward(ids, mask, positions, DynamicCache(), [r.adapter for r in unique])
         except Exception as error:
             # The running batch's cache is untouched until the join below: only the newcomers fail.
