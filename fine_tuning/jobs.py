@@ -394,7 +394,7 @@ def finish(job_id: str, *, worker: str, outcome: Outcome) -> str:
     if job.status == Status.QUEUED:
         # Back in the queue: why it waits shows at once (a preempted job's accelerators went to the
         # replica that asked), not only when a worker next tries to claim.
-        record_waits(queue.decide(None).waiting)
+        explain()
     if job.status in _OUTCOMES:
         _meter(job)
     return job.status

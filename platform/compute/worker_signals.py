@@ -58,7 +58,6 @@ def _ready(sender, **kwargs) -> None:
                 # A thread that died here would leave a live worker offline for good, and the pool
                 # would take its allocations away.
                 log.warning("worker heartbeat failed; retrying", exc_info=True)
-                db.close_old_connections()
                 db.connection.close()
 
     stop = threading.Event()

@@ -8,8 +8,9 @@ import torch
 from django.conf import settings
 from peft import LoraConfig, get_peft_model
 
-from catalog.loader import load_model
-from catalog.loader.int4 import GROUP, HalfHead, Int4Linear, resolve_quantization
+from catalog.loader import int4, load_model
+from catalog.loader.dtypes import resolve_quantization
+from catalog.loader.int4 import GROUP, HalfHead, Int4Linear
 from tests.conftest import DEMO_SOURCE
 
 pytestmark = pytest.mark.slow
@@ -125,13 +126,17 @@ def test_the_engine_serves_a_mixed_batch_of_base_and_adapter_rows_from_4bit_laye
     assert all(answer[2]["completion_tokens"] >= 1 for answer in answers.values())
 
 
-def test_the_packed_layers_come_back_from_the_model_cache(models, caplog):
-    _, packed = models
+def test_the_packed_layers_come_back_from_the_model_cache(models, tmp_path):
+    full, packed = models
     again = load_model(DEMO_SOURCE, settings.MODEL_CACHE_DIR, quantization="int4")
-    assert any(settings.MODEL_CACHE_DIR.glob("*.int4-torch*.safetensors"))
     ids = packed.tokenizer(TEXT, return_tensors="pt").input_ids
     with torch.inference_mode():
         assert torch.equal(again.model(ids).logits, packed.model(ids).logits)
+    # The packed file is read instead of the GGUF: a float32 model quantizes with no GGUF at hand.
+    fresh = load_model(DEMO_SOURCE, settings.MODEL_CACHE_DIR, quantization="none").model
+    assert int4.quantize(fresh, tmp_path / "no-such.gguf", full.weights_dir) == 7 * fresh.config.num_hidden_layers
+    with torch.inference_mode():
+        assert torch.equal(fresh(ids).logits, packed.model(ids).logits)
 
 
 def test_auto_picks_4bit_only_where_it_holds_the_files_own_values():

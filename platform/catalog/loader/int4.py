@@ -7,7 +7,8 @@ blocks). Q4_0 and Q4_1 keep blocks of 32 weights along the input dimension, each
 with w = (q - 8)·scale + zero, which holds every such block (scale = d, zero = m + 8d). Its fast
 path computes in bfloat16: the activations entering a layer, its scales and its output are
 rounded to 8 significant bits, and the output head (8-bit blocks in the file, which the kernel
-cannot hold) is kept in bfloat16 too. On the demo model one stream decodes at 1.9x float32 here.
+cannot hold) is kept in bfloat16 too. On the demo model the engine alone decodes one stream at
+1.9x float32 on an AVX2 CPU; through the server, 1.17x at one stream and 0.85x at eight.
 
 It is an operator's choice, not the default, for the reason bfloat16 is (catalog.loader.dtypes):
 the kernel computes each row alone, but float32 attention differs in its last bits with the
@@ -32,7 +33,6 @@ import torch
 
 log = logging.getLogger(__name__)
 
-QUANTIZATIONS = ("auto", "int4", "none")
 GROUP = 32
 BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20}  # fp16 scale [, fp16 minimum], 16 bytes of nibbles
 INNER_K_TILES = 2
@@ -131,16 +131,6 @@ def _gguf_names(model, gguf) -> dict[str, tuple[str, torch.nn.Linear]]:
     return found
 
 
-def resolve_quantization(quantization: str, *, source_format: str, dtype: str, device: str) -> str:
-    """ "int4" or "none"; "auto" is int4 where it applies: a GGUF's float32 model on a CPU with the kernel."""
-    if quantization not in QUANTIZATIONS:
-        raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, not {quantization!r}")
-    if quantization != "auto":
-        return quantization
-    usable = source_format == "gguf" and dtype == "float32" and device == "cpu"
-    return "int4" if usable and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") else "none"
-
-
 def quantize(model, gguf_path: Path, cache_dir: Path | None) -> int:
     """Serve the GGUF's 4-bit layers in 4 bits. The packed layers are kept beside `cache_dir` (the
     model's weights cache) once made: reading the GGUF and checking every layer takes seconds,
@@ -183,9 +173,7 @@ def _load_packed(model, path: Path) -> int:
         name = key.removesuffix(".packed")
         module = model.get_submodule(name)
         scales_and_zeros = tensors[f"{name}.scales_and_zeros"]
-        parent, _, attribute = name.rpartition(".")
-        layer = Int4Linear(packed, scales_and_zeros, module.in_features, module.out_features)
-        setattr(model.get_submodule(parent) if parent else model, attribute, layer)
+        model.set_submodule(name, Int4Linear(packed, scales_and_zeros, module.in_features, module.out_features))
         replaced += 1
     return replaced
 
@@ -220,8 +208,7 @@ def quantize_from_gguf(model, gguf_path: Path) -> int:
             q, scale, zero = q[order.numpy()], scale[order.numpy()], zero[order.numpy()]
         layer = _int4_layer(q, scale, zero)
         if layer is not None:
-            parent, _, attribute = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, attribute, layer)
+            model.set_submodule(name, layer)
             replaced += 1
     return replaced
 

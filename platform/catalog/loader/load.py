@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from catalog.loader.dtypes import resolve_dtype
+from catalog.loader.dtypes import resolve_dtype, resolve_quantization
 from catalog.loader.source import ModelSource, SourceError, resolve_source
 
 CACHE_LAYOUT_VERSION = "1"
@@ -104,7 +104,7 @@ def load_model(
     source = _as_source(spec)
     resolved = resolve_dtype(dtype, device)
     torch_dtype = getattr(torch, resolved)
-    quantization = int4.resolve_quantization(quantization, source_format=source.format, dtype=resolved, device=device)
+    quantization = resolve_quantization(quantization, source_format=source.format, dtype=resolved, device=device)
     weights = cached_weights(source, cache_root)
     common = {"local_files_only": True, "trust_remote_code": False}
     if weights is not None:

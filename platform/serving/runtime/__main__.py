@@ -8,7 +8,7 @@ import logging
 import os
 from pathlib import Path
 
-from catalog.loader.dtypes import DTYPES
+from catalog.loader.dtypes import DTYPES, QUANTIZATIONS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -45,10 +45,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--quantization",
         default="none",
-        choices=["auto", "int4", "none"],
+        choices=QUANTIZATIONS,
         help="int4: a GGUF's 4-bit layers served in 4 bits, as the file holds them (auto: where that applies, "
-        "a GGUF in float32 on a CPU); about 1.9x the tokens/s of one stream, but a row's greedy answer may "
-        "then change with what shares its batch (catalog/loader/int4.py)",
+        "a GGUF in float32 on a CPU); faster on one stream, slower at eight on an AVX2 CPU, and a row's greedy "
+        "answer may then change with what shares its batch (catalog/loader/int4.py, bench/README.md)",
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--chat-template", default=None, help="A file with a Jinja chat template to use instead")
