@@ -8,8 +8,9 @@ different LoRA adapter (loaded at run time). Greedy, MAX_TOKENS tokens each, end
 suppressed with logit_bias so that every request generates exactly MAX_TOKENS. Ratios to our
 runtime in float32 come with the figures.
 
-Our runtime runs at its default (float32), with the GGUF's 4-bit layers in 4 bits (--quantization
-int4), and in bfloat16.
+Our runtime runs at its defaults (the native decoder reading the GGUF's weight blocks, float32
+arithmetic), and with transformers' forward pass (--decoder transformers) in float32 and bfloat16,
+the runtime before the native decoder.
 
 Run: make vllm; make llama-cpp; .venv/bin/python bench/serving_engines.py   (figures also go to bench/results/)
 """
@@ -73,13 +74,14 @@ def prepare() -> tuple[Path, Path, int]:
 
 
 def command(engine: str, dtype: str, port: int, adapters: Path, weights: Path) -> tuple[list[str], dict]:
+    """`dtype` is the engine's setting; ours is "DTYPE/DECODER"."""
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "PYTHONPATH": f"{ROOT / 'platform'}{os.pathsep}{ROOT}"}
     key = secrets.token_urlsafe(16)
     if engine == "builtin":
         argv = [sys.executable, "-m", "serving.runtime", "--model-source", json.dumps(SOURCE)]
         argv += ["--served-model-name", MODEL, "--cache-dir", str(CACHE), "--adapter-root", str(adapters)]
-        quantization = "int4" if dtype == "int4" else "none"
-        argv += ["--dtype", "float32" if dtype == "int4" else dtype, "--quantization", quantization]
+        dtype, decoder = dtype.split("/")
+        argv += ["--dtype", dtype, "--decoder", decoder]
         argv += ["--port", str(port), "--threads", str(THREADS)]
         env["MAAS_RUNTIME_API_KEY"] = key
     elif engine == "llama.cpp":
@@ -189,7 +191,7 @@ def run_engine(engine: str, dtype: str, weights: Path, adapters: Path, eos: int)
 
 def main() -> None:
     weights, adapters, eos = prepare()
-    runs = [("builtin", "float32"), ("builtin", "int4"), ("builtin", "bfloat16")]
+    runs = [("builtin", "float32/auto"), ("builtin", "float32/transformers"), ("builtin", "bfloat16/transformers")]
     for engine, python, how in (("vllm", VLLM_PYTHON, "make vllm"), ("llama.cpp", LLAMA_CPP_PYTHON, "make llama-cpp")):
         if python.exists():
             runs.append((engine, "bfloat16" if engine == "vllm" else "Q4_1"))
@@ -200,7 +202,7 @@ def main() -> None:
     for row in rows:
         for figure in ("c1_tok_s", "c8_tok_s", "c8_8_adapters_tok_s"):
             if figure in row:
-                row[f"{figure}_vs_builtin_fp32"] = round(row[figure] / reference[figure], 2)
+                row[f"{figure}_vs_builtin"] = round(row[figure] / reference[figure], 2)
     if "c8_8_adapters_tok_s" in reference:
         reference["adapters_vs_base_only"] = round(reference["c8_8_adapters_tok_s"] / reference["c8_tok_s"], 2)
     from catalog.loader import resolve_dtype

@@ -11,6 +11,7 @@ import torch
 from django.conf import settings
 
 from catalog.loader import load_model
+from serving.runtime import runners
 from serving.runtime.adapters import BASE, AdapterError, AdapterManager
 from serving.runtime.engine import Engine, GenerationRequest
 from serving.runtime.sampling import SamplingParams
@@ -63,7 +64,8 @@ def engine(tmp_path_factory):
     manager = AdapterManager(base, root, max_loaded=2)
     manager.load("alpha", "alpha", set())
     manager.load("beta", str(root / "beta"), set())
-    engine = Engine(base, loaded.tokenizer, manager, max_batch=8)
+    runner = runners.for_loaded(loaded, manager, settings.MODEL_CACHE_DIR, max_len=2048)
+    engine = Engine(base, loaded.tokenizer, manager, max_batch=8, runner=runner)
     engine.start()
     yield engine
     engine.stop()

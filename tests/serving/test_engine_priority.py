@@ -9,7 +9,7 @@ import pytest
 from django.conf import settings
 
 from catalog.loader import load_model
-from serving.runtime import metrics
+from serving.runtime import metrics, runners
 from serving.runtime.adapters import AdapterManager
 from serving.runtime.engine import BATCH, INTERACTIVE, Engine, GenerationRequest
 from serving.runtime.sampling import SamplingParams
@@ -24,7 +24,8 @@ BATCH_PROMPTS = ["Tell me about the sea.", "Describe a forest in autumn."]
 def engine(tmp_path_factory):
     loaded = load_model(DEMO_SOURCE, settings.MODEL_CACHE_DIR)
     manager = AdapterManager(loaded.model, tmp_path_factory.mktemp("adapters"), max_loaded=1)
-    engine = Engine(loaded.model, loaded.tokenizer, manager, max_batch=2)
+    runner = runners.for_loaded(loaded, manager, settings.MODEL_CACHE_DIR, max_len=2048)
+    engine = Engine(loaded.model, loaded.tokenizer, manager, max_batch=2, runner=runner)
     engine.start()
     yield engine
     engine.stop()

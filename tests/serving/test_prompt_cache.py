@@ -7,6 +7,7 @@ import pytest
 from django.conf import settings
 
 from catalog.loader import load_model
+from serving.runtime import runners
 from serving.runtime.adapters import AdapterManager
 from serving.runtime.engine import Engine, GenerationRequest
 from serving.runtime.prefix_cache import BLOCK
@@ -24,8 +25,12 @@ RULES = " ".join(
 def engines(tmp_path_factory):
     loaded = load_model(DEMO_SOURCE, settings.MODEL_CACHE_DIR)
     manager = AdapterManager(loaded.model, tmp_path_factory.mktemp("adapters"), max_loaded=1)
-    cached = Engine(loaded.model, loaded.tokenizer, manager, max_batch=4, prompt_cache_bytes=256 << 20)
-    plain = Engine(loaded.model, loaded.tokenizer, manager, max_batch=4)
+
+    def runner():
+        return runners.for_loaded(loaded, manager, settings.MODEL_CACHE_DIR, max_len=2048)
+
+    cached = Engine(loaded.model, loaded.tokenizer, manager, max_batch=4, prompt_cache_bytes=256 << 20, runner=runner())
+    plain = Engine(loaded.model, loaded.tokenizer, manager, max_batch=4, runner=runner())
     for engine in (cached, plain):
         engine.start()
     yield cached, plain

@@ -16,7 +16,6 @@ from __future__ import annotations
 from pathlib import Path
 
 DTYPES = ("float32", "bfloat16", "float16")
-QUANTIZATIONS = ("auto", "int4", "none")  # int4: catalog.loader.int4
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 CPUINFO = Path("/proc/cpuinfo")
 
@@ -44,16 +43,3 @@ def resolve_dtype(dtype: str, device: str = "cpu") -> str:
 
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
     return "bfloat16" if cpu_flags() & NATIVE_BF16_FLAGS else "float32"
-
-
-def resolve_quantization(quantization: str, *, source_format: str, dtype: str, device: str) -> str:
-    """ "int4" or "none"; "auto" is int4 where it applies: a GGUF's float32 model on a CPU with the kernel."""
-    if quantization not in QUANTIZATIONS:
-        raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, not {quantization!r}")
-    if quantization != "auto":
-        return quantization
-    if not (source_format == "gguf" and dtype == "float32" and device == "cpu"):
-        return "none"
-    import torch
-
-    return "int4" if hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") else "none"

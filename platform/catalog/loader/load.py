@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from catalog.loader.dtypes import resolve_dtype, resolve_quantization
+from catalog.loader.dtypes import resolve_dtype
 from catalog.loader.source import ModelSource, SourceError, resolve_source
 
 CACHE_LAYOUT_VERSION = "1"
@@ -90,21 +90,14 @@ def load_model(
     dtype: str = "float32",
     device: str = "cpu",
     chat_template: str | None = None,
-    quantization: str = "none",
 ) -> LoadedModel:
-    """`dtype` may be "auto": the fastest type on this machine (catalog.loader.dtypes).
-    `quantization` "int4" (or "auto" where it applies) serves a GGUF's 4-bit layers in 4 bits
-    (catalog.loader.int4): for inference only, as those layers have no gradient."""
+    """`dtype` may be "auto": the fastest type on this machine (catalog.loader.dtypes)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from catalog.loader import int4  # imports torch: only where a model is loaded
-
     started = time.perf_counter()
     source = _as_source(spec)
-    resolved = resolve_dtype(dtype, device)
-    torch_dtype = getattr(torch, resolved)
-    quantization = resolve_quantization(quantization, source_format=source.format, dtype=resolved, device=device)
+    torch_dtype = getattr(torch, resolve_dtype(dtype, device))
     weights = cached_weights(source, cache_root)
     common = {"local_files_only": True, "trust_remote_code": False}
     if weights is not None:
@@ -121,8 +114,6 @@ def load_model(
         from_cache = False
     model.to(device)
     model.eval()
-    if quantization == "int4":
-        int4.quantize(model, source.path, Path(weights) if Path(weights).is_dir() else None)
     return LoadedModel(
         model=model,
         tokenizer=_apply_chat_template(tokenizer, chat_template),

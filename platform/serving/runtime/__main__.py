@@ -8,7 +8,7 @@ import logging
 import os
 from pathlib import Path
 
-from catalog.loader.dtypes import DTYPES, QUANTIZATIONS
+from catalog.loader.dtypes import DTYPES
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,12 +43,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="The weights' type; auto: bfloat16 where the CPU or GPU computes in it natively, else float32",
     )
     parser.add_argument(
-        "--quantization",
-        default="none",
-        choices=QUANTIZATIONS,
-        help="int4: a GGUF's 4-bit layers served in 4 bits, as the file holds them (auto: where that applies, "
-        "a GGUF in float32 on a CPU); faster on one stream, slower at eight on an AVX2 CPU, and a row's greedy "
-        "answer may then change with what shares its batch (catalog/loader/int4.py, bench/README.md)",
+        "--decoder",
+        default="auto",
+        choices=["auto", "native", "transformers"],
+        help="native: the runtime's own forward pass for Llama-family models, reading a GGUF's weight blocks "
+        "as the file holds them in decode steps (serving/runtime/native); transformers: transformers' forward "
+        "pass, for any model; auto: native where it runs the model",
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--chat-template", default=None, help="A file with a Jinja chat template to use instead")
@@ -73,6 +73,7 @@ def main(argv=None) -> None:
     hf_logging.disable_progress_bar()  # progress bars are noise in a server log
 
     from catalog.loader import load_model
+    from serving.runtime import runners
     from serving.runtime.adapters import AdapterManager
     from serving.runtime.app import RuntimeState, build_app
     from serving.runtime.engine import Engine
@@ -89,17 +90,18 @@ def main(argv=None) -> None:
         dtype=args.dtype,
         device=args.device,
         chat_template=template,
-        quantization=args.quantization,
     )
+    max_len = args.max_model_len or getattr(loaded.model.config, "max_position_embeddings", 2048)
+    adapters = AdapterManager(loaded.model, Path(args.adapter_root) if args.adapter_root else None, args.max_loras)
+    runner = runners.for_loaded(loaded, adapters, Path(args.cache_dir), max_len=max_len, decoder=args.decoder)
     logging.getLogger("serving.runtime").info(
-        "loaded %s in %s in %.1fs (from cache: %s)",
+        "loaded %s in %s in %.1fs (from cache: %s); %s",
         args.served_model_name,
         str(loaded.model.dtype).removeprefix("torch."),
         loaded.seconds,
         loaded.from_cache,
+        runner.describe(),
     )
-    max_len = args.max_model_len or getattr(loaded.model.config, "max_position_embeddings", 2048)
-    adapters = AdapterManager(loaded.model, Path(args.adapter_root) if args.adapter_root else None, args.max_loras)
     engine = Engine(
         loaded.model,
         loaded.tokenizer,
@@ -108,6 +110,7 @@ def main(argv=None) -> None:
         max_model_len=max_len,
         batch_rows_with_interactive=args.batch_rows_with_interactive,
         prompt_cache_bytes=args.prompt_cache_bytes,
+        runner=runner,
     )
     engine.start()
     state = RuntimeState(

@@ -8,6 +8,7 @@ one batch serves several adapters and the base model together.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 from serving.runtime import lora_batching
@@ -30,6 +31,8 @@ class AdapterManager:
         self.peft_model = None
         self.loaded: OrderedDict[str, Path] = OrderedDict()  # least recently used first
         self.stacks = lora_batching.Stacks()
+        # Why the model runner cannot serve an adapter just loaded (None: it can); set by the engine.
+        self.refusal: Callable[[str], str | None] = lambda name: None
 
     @property
     def model(self):
@@ -76,6 +79,10 @@ class AdapterManager:
         self.loaded[name] = location
         lora_batching.install(self.peft_model, self.stacks)
         self.stacks.bump()
+        reason = self.refusal(name)
+        if reason is not None:
+            self._delete(name)
+            raise AdapterError(400, reason)
         return True
 
     def unload(self, name: str, in_use: set[str]) -> None:

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from serving.runtime import answers, kvcache, metrics
+from serving.runtime import answers, metrics, runners
 from serving.runtime.adapters import BASE, AdapterManager
 from serving.runtime.grammars import GrammarLimit, Guide
-from serving.runtime.prefix_cache import Hit, PrefixCache
+from serving.runtime.prefix_cache import PrefixCache
 from serving.runtime.sampling import Sampler, SamplingParams
 from serving.runtime.textstream import TextStream
 
@@ -94,6 +94,7 @@ class Engine:
         max_model_len: int = 8192,
         batch_rows_with_interactive: int = 0,
         prompt_cache_bytes: int = 0,
+        runner=None,
     ):
         self.tokenizer = tokenizer
         self.adapters = adapters
@@ -103,15 +104,16 @@ class Engine:
         self._interactive_at = float("-inf")  # when interactive work last ran or waited
         self.max_model_len = max_model_len
         self.eos_ids = self._eos_ids(model, tokenizer)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
+        self.runner = runner or runners.build(model, adapters, max_len=max_model_len, pad_id=pad_id)
+        adapters.refusal = self.runner.refusal
         # (priority, arrival order, request): interactive first, each class in arrival order
         self.waiting: queue.PriorityQueue[tuple[int, int, GenerationRequest]] = queue.PriorityQueue()
         self._arrivals = itertools.count()
         self.commands: queue.Queue[tuple[Future, callable]] = queue.Queue()
         self.rows: list[_Row] = []
         self.preempted: list[_Row] = []  # batch rows that made room, oldest first
-        self.cache = None
-        self.mask: torch.Tensor | None = None
+        self.batch = None  # the running rows' keys and values (the runner's batch state), row for row
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
 
@@ -168,7 +170,7 @@ class Engine:
                 for row in [*self.rows, *self.preempted]:
                     message = f"The runtime failed while generating: {error}"
                     self._fail(row.request, error, message, len(row.generated))
-                self.rows, self.preempted, self.cache, self.mask = [], [], None, None
+                self.rows, self.preempted, self.batch = [], [], None
 
     def _run_commands(self) -> None:
         while True:
@@ -281,23 +283,7 @@ class Engine:
                 live.append(request)
         return live, resumed
 
-    def _forward(self, input_ids, mask, positions, cache, adapters: list[str]):
-        model = self.adapters.model
-        extra = {"adapter_names": adapters} if self.adapters.peft_model is not None else {}
-        out = model(
-            input_ids=input_ids,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,  # a prefill needs its last position's logits only, not the head over every token
-            **extra,
-        )
-        return out.logits[:, -1, :], out.past_key_values
-
     def _prefill(self, requests: list[GenerationRequest]) -> None:
-        from transformers import DynamicCache
-
         rows = []
         for request in requests:  # a request whose sampling state cannot be built fails alone
             try:
@@ -306,119 +292,80 @@ class Engine:
                 rows.append(row)
             except Exception as error:
                 self._fail(request, error)
-        if self.prefix_cache is not None:
-            for row in list(rows):
-                namespace = row.request.cache_namespace
-                hit = namespace and self.prefix_cache.lookup(namespace, row.request.prompt_ids)
-                if hit:
-                    rows.remove(row)
-                    self._prefill_from(row, hit)
         if not rows:
             return
         requests = [row.request for row in rows]
         # Identical prompts for one adapter (a request's n choices) are computed once, then copied.
-        keys = [(tuple(r.prompt_ids), r.adapter) for r in requests]
+        keys = [(tuple(r.prompt_ids), r.adapter, r.cache_namespace) for r in requests]
         distinct = {key: i for i, key in reversed(list(enumerate(keys)))}
         firsts = sorted(set(distinct.values()))
         unique = [requests[i] for i in firsts]
+        hits = [self._cached_prefix(request) for request in unique]
         try:
-            ids, mask, positions = self._padded([r.prompt_ids for r in unique])
-            logits, cache = self._forward(ids, mask, positions, DynamicCache(), [r.adapter for r in unique])
+            logits, batch = self.runner.prefill([r.prompt_ids for r in unique], [r.adapter for r in unique], hits)
         except Exception as error:
-            # The running batch's cache is untouched until the join below: only the newcomers fail.
+            # The running batch is untouched until the join below: only the newcomers fail.
             for request in requests:
                 self._fail(request, error)
             return
-        for i, request in enumerate(unique):
-            self._remember(request, cache, i)
+        for i, (request, hit) in enumerate(zip(unique, hits, strict=True)):
+            if hit is not None:
+                request.cached_tokens = hit.length
+                metrics.CACHED_PROMPT_TOKENS.inc(hit.length)
+            self._remember(request, batch, i)
         if len(unique) < len(requests):
             copies = [firsts.index(distinct[key]) for key in keys]
-            mask = kvcache.keep_rows(cache, mask, copies)
+            for request, key in zip(requests, keys, strict=True):
+                request.cached_tokens = requests[distinct[key]].cached_tokens
+            batch.keep(copies)
             logits = logits[torch.tensor(copies)]
         for request in requests:
             metrics.PROMPT_TOKENS.inc(len(request.prompt_ids))
-        if self.rows:
-            self.mask = kvcache.join(self.cache, self.mask, cache, mask)
-        else:
-            self.cache, self.mask = cache, mask
+        self._join(batch)
         start = len(self.rows)
         self.rows.extend(rows)
         self._advance(logits, range(start, start + len(rows)))
 
-    def _remember(self, request: GenerationRequest, cache, row: int) -> None:
-        """Keep a prefilled prompt's keys and values in the prompt cache (row `row` of `cache`,
-        left-padded: its prompt is the last columns)."""
+    def _cached_prefix(self, request: GenerationRequest):
+        if self.prefix_cache is None or not request.cache_namespace:
+            return None
+        return self.prefix_cache.lookup(request.cache_namespace, request.prompt_ids)
+
+    def _remember(self, request: GenerationRequest, batch, row: int) -> None:
+        """Keep a prefilled prompt's keys and values in the prompt cache (a longer prompt than its
+        cached prefix, as when a chat grew, is kept too)."""
         if self.prefix_cache is None or request.cache_namespace is None:
             return
-        length = len(request.prompt_ids)
-        layers = kvcache.layers(cache)
-        keys = [layer.keys[row, :, -length:, :] for layer in layers]
-        values = [layer.values[row, :, -length:, :] for layer in layers]
+        keys, values = batch.prefix(row, len(request.prompt_ids))
         self.prefix_cache.store(request.cache_namespace, request.prompt_ids, keys, values)
 
-    def _prefill_from(self, row: _Row, hit: Hit) -> None:
-        """One request whose prompt starts with a cached prefix: only the rest is computed, on the
-        prefix's keys and values, and the row joins the batch."""
-        from transformers import DynamicCache
-
-        request = row.request
-        total = len(request.prompt_ids)
-        suffix = torch.tensor([request.prompt_ids[hit.length :]], dtype=torch.long)
-        positions = torch.arange(hit.length, total, dtype=torch.long)[None]
-        mask = torch.ones((1, total), dtype=torch.long)
-        try:
-            prefix = DynamicCache(ddp_cache_data=list(zip(hit.keys, hit.values, strict=True)))
-            logits, cache = self._forward(suffix, mask, positions, prefix, [request.adapter])
-        except Exception as error:
-            self._fail(request, error)
-            return
-        request.cached_tokens = hit.length
-        metrics.PROMPT_TOKENS.inc(total)
-        metrics.CACHED_PROMPT_TOKENS.inc(hit.length)
-        self._remember(request, cache, 0)  # a longer prompt (the chat grew) is kept too
-        if self.rows:
-            self.mask = kvcache.join(self.cache, self.mask, cache, mask)
+    def _join(self, batch) -> None:
+        if self.batch is None:
+            self.batch = batch
         else:
-            self.cache, self.mask = cache, mask
-        self.rows.append(row)
-        self._advance(logits, [len(self.rows) - 1])
-
-    def _padded(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Token ids left-padded to one length, their attention mask and positions."""
-        length = max(len(sequence) for sequence in sequences)
-        ids = torch.full((len(sequences), length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(sequences), length), dtype=torch.long)
-        for i, sequence in enumerate(sequences):
-            ids[i, length - len(sequence) :] = torch.tensor(sequence)
-            mask[i, length - len(sequence) :] = 1
-        return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+            self.batch.join(batch)
 
     def _resume(self, rows: list[_Row]) -> None:
         """Preempted rows back into the batch: the keys and values of their prompt and of every
         token but the last computed again (the last goes in at the next decode step, as it would
         have), and nothing sampled here."""
-        from transformers import DynamicCache
-
-        ids, mask, positions = self._padded([row.request.prompt_ids + row.generated[:-1] for row in rows])
+        sequences = [row.request.prompt_ids + row.generated[:-1] for row in rows]
         try:
-            _, cache = self._forward(ids, mask, positions, DynamicCache(), [row.request.adapter for row in rows])
+            _, batch = self.runner.prefill(sequences, [row.request.adapter for row in rows], [None] * len(rows))
         except Exception as error:
             for row in rows:
                 self._fail(row.request, error, None, len(row.generated))
             return
-        if self.rows:
-            self.mask = kvcache.join(self.cache, self.mask, cache, mask)
-        else:
-            self.cache, self.mask = cache, mask
+        self._join(batch)
         self.rows.extend(rows)
 
     def _drop(self, finished: set[int]) -> None:
         keep = [i for i in range(len(self.rows)) if i not in finished]
         self.rows = [self.rows[i] for i in keep]
         if self.rows:
-            self.mask = kvcache.keep_rows(self.cache, self.mask, keep)
+            self.batch.keep(keep)
         else:
-            self.cache, self.mask = None, None
+            self.batch = None
 
     def _decode(self) -> None:
         cancelled = [i for i, row in enumerate(self.rows) if row.request.cancelled.is_set()]
@@ -432,15 +379,14 @@ class Engine:
         if not any(ready):
             time.sleep(IDLE_WAIT_SECONDS)
             return
-        last = torch.tensor([[row.generated[-1]] for row in self.rows], dtype=torch.long)
-        positions = self.mask.sum(-1, keepdim=True)
-        # A waiting row takes part in the pass (the batch keeps its shape) with its new position
-        # masked out: its last token goes in again, for real, once its reader has caught up.
-        step = torch.tensor([[int(r)] for r in ready], dtype=torch.long)
-        self.mask = torch.cat([self.mask, step], dim=1)
+        # A row waiting for its reader takes part in the step without moving on: its last token
+        # goes in again, for real, once its reader has caught up.
         metrics.BATCH_SIZE.observe(sum(ready))
-        logits, self.cache = self._forward(
-            last, self.mask, positions, self.cache, [row.request.adapter for row in self.rows]
+        logits = self.runner.decode(
+            self.batch,
+            [row.generated[-1] for row in self.rows],
+            ready,
+            [row.request.adapter for row in self.rows],
         )
         self._advance(logits, [i for i, r in enumerate(ready) if r], offsets=False)
 

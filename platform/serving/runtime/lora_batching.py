@@ -44,7 +44,7 @@ def install(peft_model, stacks: Stacks) -> int:
     return installed
 
 
-def _stack(layer) -> tuple[dict[str, int], torch.Tensor, torch.Tensor, torch.Tensor]:
+def stack(layer) -> tuple[dict[str, int], torch.Tensor, torch.Tensor, torch.Tensor]:
     names = [name for name in layer.lora_A if name not in layer.lora_variant]
     rank = max((layer.lora_A[n].weight.shape[0] for n in names), default=1)
     in_features, out_features = layer.in_features, layer.out_features
@@ -67,7 +67,7 @@ def _gathered_forward(original, stacks: Stacks):
         kwargs.pop("alora_offsets", None)
         result = self.base_layer(x, *args, **kwargs)
         if self._maas_stack is None or self._maas_stack[0] != stacks.version:
-            self._maas_stack = (stacks.version, *_stack(self))
+            self._maas_stack = (stacks.version, *stack(self))
         _, slots, a, b, scale = self._maas_stack
         rows = torch.tensor([slots.get(name, 0) for name in adapter_names], device=x.device)
         if not bool(rows.any()):
