@@ -51,11 +51,15 @@ $(VLLM_VENV)/.installed:
 
 # llama.cpp (llama-cpp-python's server), the peer bench/serving_engines.py measures beside us: it
 # compiles for this CPU's own instruction set (about eight minutes on two cores). Benchmarks only.
+# Without its AMX kernels: on a Xeon with AMX its server died of an illegal instruction (tilezero)
+# at its first request, in a thread whose tiles were never configured; AVX-512 and VNNI stay.
 LLAMA_CPP_VENV ?= .venv-llama-cpp
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 llama-cpp: $(LLAMA_CPP_VENV)/.installed
 $(LLAMA_CPP_VENV)/.installed:
 	@test -x $(LLAMA_CPP_VENV)/bin/python || $(PYTHON) -m venv $(LLAMA_CPP_VENV)
-	CMAKE_ARGS="-DGGML_NATIVE=ON" $(LLAMA_CPP_VENV)/bin/python -m pip install -q "llama-cpp-python[server]==0.3.36" $(QUIET_PIP)
+	CMAKE_ARGS="-DGGML_NATIVE=ON" CFLAGS="$(NO_AMX)" CXXFLAGS="$(NO_AMX)" $(LLAMA_CPP_VENV)/bin/python -m pip install \
+		-q --no-cache-dir "llama-cpp-python[server]==0.3.36" $(QUIET_PIP)
 	@touch $@
 
 run: setup

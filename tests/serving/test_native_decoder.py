@@ -11,6 +11,7 @@ from serving.runtime import runners
 from serving.runtime.adapters import BASE, AdapterError, AdapterManager
 from serving.runtime.engine import Engine, GenerationRequest
 from serving.runtime.native import kernels as native_kernels
+from serving.runtime.native.slots import Slots
 from serving.runtime.sampling import SamplingParams
 from tests.conftest import DEMO_SOURCE
 from tests.serving.test_batch_isolation import Sink, make_adapter
@@ -46,7 +47,7 @@ def test_every_linear_layer_is_read_from_blocks_that_decode_to_its_weight(loaded
 
 def random_blocks(bits: int, n: int, k: int) -> gguf_blocks.Blocks:
     groups = k // gguf_blocks.GROUP
-    scale = torch.rand(n, groups) / 8
+    scale = (torch.rand(n, groups) / 8).half()
     if bits == 4:
         return gguf_blocks.Blocks(4, torch.randint(0, 256, (n, groups, 16), dtype=torch.uint8), scale, -8 * scale)
     return gguf_blocks.Blocks(8, torch.randint(-128, 128, (n, groups, 32), dtype=torch.int8), scale, None)
@@ -70,6 +71,22 @@ def test_block_kernels_compute_the_dense_product_and_each_row_alone(kernels, bit
 def test_an_odd_input_width_falls_back_to_dense_weights():
     """Blocks of 32 along the input: a model whose layer is not is served from its dense weight."""
     assert gguf_blocks._matching(random_blocks(4, 8, 64), torch.zeros(8, 48), []) is None
+
+
+def test_slots_of_any_widths_join_keep_their_rows():
+    """A running batch and newcomers whose slots were sized apart (a prompt of 30 tokens joining a
+    batch 40 wide, then one of 300) join into one batch, each row's keys where they were."""
+    running, small, large = Slots(2, 1, 3, 40, 64), Slots(2, 1, 3, 30, 64), Slots(2, 2, 3, 300, 64)
+    for rows, marker in ((running, 1.0), (small, 2.0), (large, 3.0)):
+        rows.keys[1].fill_(marker)
+        rows.lengths.fill_(rows.capacity - 1)
+    running.join(small)
+    running.join(large)
+    assert len(running) == 4 and running.capacity == 300
+    assert [float(running.keys[1][row, 0, 0, 0]) for row in range(4)] == [1.0, 2.0, 3.0, 3.0]
+    assert running.lengths.tolist() == [39, 29, 299, 299]
+    running.keep([2, 0])
+    assert running.lengths.tolist() == [299, 39] and float(running.keys[1][1, 0, 39, 0]) == 1.0
 
 
 def greedy(engine: Engine, question: str, adapter: str = BASE, max_tokens: int = 24) -> str:

@@ -5,8 +5,9 @@ A decode step reads every weight once, so a model held in float32 after dequanti
 reads eight times the bytes its 4-bit file holds (540 MB a token for the demo model, against
 81 MB), and that is where its time goes. The blocks describe the very weights the float32 model
 holds: Q4_0/Q4_1 blocks decode as w = scale·q + offset with q in 0..15, Q8_0 as w = scale·q with q
-in -128..127, and with float32 scale and offset (converted from the file's float16, exactly) each
-product scale·q is exact, so one rounding of scale·q + offset gives the very float32 weight.
+in -128..127, with the file's float16 scale and offset (kept as they are: a decode step reads
+them too); in float32 each product scale·q is exact, so one rounding of scale·q + offset gives the
+very float32 weight.
 
 A layer is taken only when its blocks, decoded, equal the weight the model loaded, element for
 element; the check also finds the row order llama.cpp gives query and key projections. Any
@@ -27,7 +28,7 @@ import torch
 log = logging.getLogger(__name__)
 
 GROUP = 32
-LAYOUT = "blocks-v1"
+LAYOUT = "blocks-v2"
 # bytes of a block: float16 scale [, float16 minimum], then the quantized weights
 BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}
 
@@ -42,8 +43,8 @@ class Blocks:
 
     bits: int
     q: torch.Tensor
-    scale: torch.Tensor  # float32 [out, in/32]
-    offset: torch.Tensor | None  # float32 [out, in/32]
+    scale: torch.Tensor  # float16 [out, in/32]
+    offset: torch.Tensor | None  # float16 [out, in/32]
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -55,9 +56,9 @@ class Blocks:
             values = torch.cat([self.q & 0x0F, self.q >> 4], dim=-1).to(torch.float32)
         else:
             values = self.q.to(torch.float32)
-        weight = values * self.scale[..., None]
+        weight = values * self.scale.float()[..., None]
         if self.offset is not None:
-            weight = weight + self.offset[..., None]
+            weight = weight + self.offset.float()[..., None]
         return weight.reshape(self.shape)
 
     def rows(self, index: torch.Tensor) -> Blocks:
@@ -80,15 +81,13 @@ def _read(tensor) -> Blocks | None:
         return None
     k, n = (int(v) for v in tensor.shape[:2])  # ggml lists the contiguous (input) dimension first
     raw = np.asarray(tensor.data).reshape(-1).view(np.uint8).reshape(n, k // GROUP, BLOCK_BYTES[kind])
-    scale = torch.from_numpy(raw[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32))
+    scale = torch.from_numpy(raw[..., 0:2].copy().view(np.float16)[..., 0])
     if kind == "Q8_0":
         q = torch.from_numpy(raw[..., 2:].copy().view(np.int8))
         return Blocks(8, q, scale, None)
     q = torch.from_numpy(raw[..., -16:].copy())
-    if kind == "Q4_1":
-        offset = torch.from_numpy(raw[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32))
-    else:  # Q4_0: w = scale·(q - 8)
-        offset = -8 * scale
+    # Q4_1 stores its minimum; Q4_0 means w = scale·(q - 8), and -8·scale is exact in float16.
+    offset = torch.from_numpy(raw[..., 2:4].copy().view(np.float16)[..., 0]) if kind == "Q4_1" else -8 * scale
     return Blocks(4, q, scale, offset)
 
 

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from catalog.loader.dtypes import DTYPES
+from serving.runtime.serve import serve
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -67,7 +68,6 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     import torch
-    import uvicorn
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # progress bars are noise in a server log
@@ -112,7 +112,6 @@ def main(argv=None) -> None:
         prompt_cache_bytes=args.prompt_cache_bytes,
         runner=runner,
     )
-    engine.start()
     state = RuntimeState(
         engine=engine,
         served_model=args.served_model_name,
@@ -120,13 +119,10 @@ def main(argv=None) -> None:
         max_model_len=max_len,
         grammars=Grammars(loaded.tokenizer, loaded.model.config.vocab_size, engine.eos_ids),
     )
-    uvicorn.run(build_app(state), host=args.host, port=args.port, log_level="info", access_log=False)
-    engine.stop()
+    serve(build_app(state), engine, host=args.host, port=args.port)
 
 
 def serve_embeddings(args: argparse.Namespace) -> None:
-    import uvicorn
-
     from catalog.loader import load_encoder
     from serving.runtime.embedder import Embedder, max_length_of, read_pooling
     from serving.runtime.embedding_app import EmbeddingState, build_embedding_app
@@ -135,10 +131,8 @@ def serve_embeddings(args: argparse.Namespace) -> None:
     logging.getLogger("serving.runtime").info("loaded %s in %.1fs", args.served_model_name, loaded.seconds)
     max_length = min(args.max_model_len or 10**9, max_length_of(loaded.weights_dir, loaded.model))
     embedder = Embedder(loaded.model, loaded.tokenizer, read_pooling(loaded.weights_dir), max_length=max_length)
-    embedder.start()
     state = EmbeddingState(embedder=embedder, served_model=args.served_model_name, api_key=args.api_key)
-    uvicorn.run(build_embedding_app(state), host=args.host, port=args.port, log_level="info", access_log=False)
-    embedder.stop()
+    serve(build_embedding_app(state), embedder, host=args.host, port=args.port)
 
 
 if __name__ == "__main__":

@@ -385,7 +385,7 @@ def build_app(state: RuntimeState) -> Starlette:
         return await adapter_admin(request, "unload")
 
     async def health(request: Request) -> Response:
-        alive = state.engine._thread.is_alive()
+        alive = state.engine.alive()
         return JSONResponse(
             {
                 "status": "ok" if alive else "engine stopped",

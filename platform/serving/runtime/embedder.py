@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 
 from serving.runtime import metrics
+from serving.runtime.serve import Loop
 
 log = logging.getLogger("serving.runtime")
 
@@ -77,8 +77,11 @@ class EmbeddingJob:
     remaining: int = 0
 
 
-class Embedder:
+class Embedder(Loop):
+    thread_name = "embedder"
+
     def __init__(self, model, tokenizer, pooling: Pooling, *, max_length: int, max_batch: int = 64):
+        super().__init__()
         self.model, self.tokenizer, self.pooling = model, tokenizer, pooling
         self.max_length, self.max_batch = max_length, max_batch
         self.dimensions = int(model.config.hidden_size)
@@ -86,18 +89,6 @@ class Embedder:
         self.pad_id = tokenizer.pad_token_id or 0
         self.prefix, self.suffix = _special_tokens(tokenizer)
         self.waiting: queue.Queue[EmbeddingJob] = queue.Queue()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="embedder", daemon=True)
-
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
 
     def token_ids(self, item: str | list[int]) -> list[int]:
         """An input as the model reads it: a text tokenized, or token ids, with the special tokens

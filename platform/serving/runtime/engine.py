@@ -36,6 +36,7 @@ from serving.runtime.adapters import BASE, AdapterManager
 from serving.runtime.grammars import GrammarLimit, Guide
 from serving.runtime.prefix_cache import PrefixCache
 from serving.runtime.sampling import Sampler, SamplingParams
+from serving.runtime.serve import Loop
 from serving.runtime.textstream import TextStream
 
 log = logging.getLogger("serving.runtime")
@@ -83,7 +84,9 @@ class _Row:
     logprobs: list | None = None  # those of tokens whose text has not been sent yet
 
 
-class Engine:
+class Engine(Loop):
+    thread_name = "engine"
+
     def __init__(
         self,
         model,
@@ -96,6 +99,7 @@ class Engine:
         prompt_cache_bytes: int = 0,
         runner=None,
     ):
+        super().__init__()
         self.tokenizer = tokenizer
         self.adapters = adapters
         self.max_batch = max_batch
@@ -114,8 +118,6 @@ class Engine:
         self.rows: list[_Row] = []
         self.preempted: list[_Row] = []  # batch rows that made room, oldest first
         self.batch = None  # the running rows' keys and values (the runner's batch state), row for row
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
 
     @staticmethod
     def _eos_ids(model, tokenizer) -> set[int]:
@@ -126,13 +128,6 @@ class Engine:
         return {i for i in ids if i is not None}
 
     # --- API used by the HTTP layer (any thread) ----------------------------------------------
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
 
     def submit(self, request: GenerationRequest) -> None:
         self.waiting.put((request.priority, next(self._arrivals), request))

@@ -57,7 +57,8 @@ class NativeRunner:
         version = self.adapters.stacks.version
         if self._stacks is None or self._stacks[0] != version:
             self._stacks = (version, LoraStacks(self.adapters.peft_model, self.layers))
-        return self._stacks[1].plan([None if name == BASE else name for name in adapters], gathered=gathered)
+        rows = [None if name == BASE else name for name in adapters]
+        return self._stacks[1].plan(rows, gathered=gathered, kernels=self.decoder.kernels)
 
     def prefill(self, sequences: list[list[int]], adapters: list[str], prefixes: list[Hit | None]):
         longest = max(len(s) + (hit.length if hit else 0) for s, hit in zip(sequences, prefixes, strict=True))

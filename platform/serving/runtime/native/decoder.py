@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from serving.runtime.native.kernels import PLAIN, SWIGLU_INPUT, Input
 from serving.runtime.native.lora import LoraPlan
 from serving.runtime.native.slots import Slots
 
@@ -66,13 +67,24 @@ class Projection:
         y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
         return y if self.bias is None else y + self.bias
 
-    def __call__(self, x: torch.Tensor, *, decode: bool, out: torch.Tensor | None = None) -> torch.Tensor:
-        """x·Wᵀ (+ bias); with `out`, added into it (a residual)."""
+    def __call__(
+        self,
+        x: torch.Tensor,
+        *,
+        decode: bool,
+        out: torch.Tensor | None = None,
+        first: Input = PLAIN,
+        kept: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """first(x)·Wᵀ (+ bias); with `out`, added into it (a residual). `kept` receives first(x)."""
         if decode and self.blocks is not None:
             if self.bias is not None and out is not None:
                 out += self.bias
-            y = self.kernels.matmul(self.blocks, x, out)
+            y = self.kernels.matmul(self.blocks, x, out, first, kept)
             return y if self.bias is None or out is not None else y + self.bias
+        x = first(x)
+        if kept is not None:
+            kept.copy_(x)
         y = self.dense(x)
         return y if out is None else out.add_(y)
 
@@ -83,8 +95,8 @@ class _Layer:
     o: Projection
     gate_up: Projection
     down: Projection
-    attention_norm: torch.Tensor
-    mlp_norm: torch.Tensor
+    attention_input: Input  # RMSNorm before attention
+    mlp_input: Input  # RMSNorm before the MLP
 
 
 class LlamaDecoder:
@@ -109,19 +121,22 @@ class LlamaDecoder:
                     o=projection("self_attn", ["o_proj"]),
                     gate_up=projection("mlp", ["gate_proj", "up_proj"]),
                     down=projection("mlp", ["down_proj"]),
-                    attention_norm=layer.input_layernorm.weight.detach().float(),
-                    mlp_norm=layer.post_attention_layernorm.weight.detach().float(),
+                    attention_input=Input(layer.input_layernorm.weight.detach().float(), self.eps),
+                    mlp_input=Input(layer.post_attention_layernorm.weight.detach().float(), self.eps),
                 )
             )
-        self.norm = inner.norm.weight.detach().float()
+        self.final_input = Input(inner.norm.weight.detach().float(), self.eps)
         self.embedding = inner.embed_tokens.weight.detach()
         self.head = Projection(["lm_head"], [model.get_output_embeddings()], blocks, kernels)
         positions = torch.arange(max_len)[None]
         cos, sin = inner.rotary_emb(torch.zeros(1, dtype=torch.float32), positions)
         half = self.head_dim // 2
-        self.cos = cos[0].float()
+        self.cos = cos[0].float().contiguous()
         # rotate_half(x)·sin == roll(x, half)·sin with the first half of sin negated
-        self.sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1).float()
+        self.sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1).float().contiguous()
+        self.kernels = kernels
+        # The fused decode step needs the kernels, and head vectors the attention kernel reads 16 lanes at a time.
+        self.fused = kernels is not None and self.head_dim % 16 == 0
         self.block_layers = sum(p.blocks is not None for layer in self.layers for p in self._projections(layer))
 
     @staticmethod
@@ -136,12 +151,9 @@ class LlamaDecoder:
         cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
         return torch.addcmul(x * cos, torch.roll(x, self.head_dim // 2, dims=-1), sin)
 
-    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (self.hidden,), weight, self.eps)
-
     def _layer_qkv(self, layer: _Layer, h, positions, lora: LoraPlan | None, index: int, decode: bool, slots, rows):
         """The layer's queries; its keys and values go into the rows' slots at their positions."""
-        x = self._norm(h, layer.attention_norm)
+        x = layer.attention_input(h)
         qkv = layer.qkv(x, decode=decode)
         if lora is not None:
             lora.add(index, "qkv", x, qkv)
@@ -160,7 +172,7 @@ class LlamaDecoder:
         layer.o(attended, decode=decode, out=h)
         if lora is not None:
             lora.add(index, "o", attended, h)
-        x = self._norm(h, layer.mlp_norm)
+        x = layer.mlp_input(h)
         gate_up = layer.gate_up(x, decode=decode)
         if lora is not None:
             lora.add(index, "gate_up", x, gate_up)
@@ -174,19 +186,45 @@ class LlamaDecoder:
         """One token for every row: logits [rows, vocab]. Rows with `advance` False (their reader is
         behind) are computed but keep their length, so the token goes in again next time."""
         positions = slots.lengths
-        slots.reserve(int(positions.max()) + 1)
-        rows = torch.arange(len(positions))
-        width = int(positions.max()) + 1
-        mask = (torch.arange(width)[None] <= positions[:, None])[:, None, None, :]
+        longest = int(positions.max())
+        if longest >= len(self.cos):
+            raise ValueError(f"position {longest} is beyond the model's context of {len(self.cos)} tokens")
+        slots.reserve(longest + 1)
         h = self.embedding[tokens].float()
+        rows = torch.arange(len(positions))
+        mask = (torch.arange(longest + 1)[None] <= positions[:, None])[:, None, None, :]
         for index, layer in enumerate(self.layers):
+            if self.fused:
+                self._fused_layer(layer, h, positions, lora, index, slots)
+                continue
             q, keys, values = self._layer_qkv(layer, h, positions, lora, index, True, slots, rows)
             attended = F.scaled_dot_product_attention(
-                q[:, :, None], keys[:, :, :width], values[:, :, :width], attn_mask=mask, enable_gqa=True
+                q[:, :, None], keys[:, :, : longest + 1], values[:, :, : longest + 1], attn_mask=mask, enable_gqa=True
             )
             self._layer_rest(layer, h, attended.reshape(len(rows), -1), lora, index, decode=True)
         slots.lengths = positions + advance.to(positions.dtype)
-        return self.head(self._norm(h, self.norm), decode=True)
+        return self.head(h, decode=True, first=self.final_input)
+
+    def _fused_layer(self, layer: _Layer, h, positions, lora: LoraPlan | None, index: int, slots: Slots) -> None:
+        """A decode step's layer in five kernel calls (norm and projection fused, the whole attention
+        in one, SwiGLU read by the down projection); an adapter reads the inputs the weights read."""
+        rows = h.shape[0]
+        staged = torch.empty((rows, self.hidden)) if lora is not None else None
+        qkv = layer.qkv(h, decode=True, first=layer.attention_input, kept=staged)
+        if lora is not None:
+            lora.add(index, "qkv", staged, qkv)
+        keys, values = slots.keys[index], slots.values[index]
+        attended = self.kernels.attend(qkv, positions, self.cos, self.sin, keys, values, self.heads, self.kv_heads)
+        layer.o(attended, decode=True, out=h)
+        if lora is not None:
+            lora.add(index, "o", attended, h)
+        gate_up = layer.gate_up(h, decode=True, first=layer.mlp_input, kept=staged)
+        if lora is not None:
+            lora.add(index, "gate_up", staged, gate_up)
+        activated = torch.empty((rows, gate_up.shape[1] // 2)) if lora is not None else None
+        layer.down(gate_up, decode=True, out=h, first=SWIGLU_INPUT, kept=activated)
+        if lora is not None:
+            lora.add(index, "down", activated, h)
 
     def prefill(self, slots: Slots, sequences: list[list[int]], lora: LoraPlan | None) -> torch.Tensor:
         """Each row's tokens appended after what its slot holds already (a cached prefix, or
@@ -216,5 +254,5 @@ class LlamaDecoder:
                 attended[first : first + count] = out[0].transpose(0, 1)
             self._layer_rest(layer, h, attended.reshape(len(tokens), -1), lora, index, decode=False)
         slots.lengths = torch.tensor([s + n for s, n in zip(starts, counts, strict=True)])
-        last = self._norm(h[ends - 1], self.norm)
+        last = self.final_input(h[ends - 1])
         return self.head(last, decode=True)

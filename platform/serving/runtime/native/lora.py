@@ -60,18 +60,20 @@ class LoraStacks:
                 by_key[key] = entries
             self.parts.append(by_key)
 
-    def plan(self, adapters: list[str], *, gathered: bool) -> LoraPlan | None:
-        """What each row adds; None when no row has an adapter."""
+    def plan(self, adapters: list[str], *, gathered: bool, kernels=None) -> LoraPlan | None:
+        """What each row adds; None when no row has an adapter. `gathered`: one token per row (a
+        decode step), computed by lora.c where `kernels` are given."""
         if all(name is None for name in adapters):
             return None
-        return LoraPlan(self, adapters, gathered)
+        return LoraPlan(self, adapters, gathered, kernels)
 
 
 class LoraPlan:
-    def __init__(self, stacks: LoraStacks, adapters: list[str | None], gathered: bool):
+    def __init__(self, stacks: LoraStacks, adapters: list[str | None], gathered: bool, kernels=None):
         self.stacks = stacks
         self.adapters = adapters
         self.gathered = gathered
+        self.kernels = kernels
         self._rows: dict[int, torch.Tensor | None] = {}  # by id of a slots dict
 
     def _slots(self, slots: dict[str, int]) -> torch.Tensor | None:
@@ -86,6 +88,9 @@ class LoraPlan:
         for columns, slots, a, b, scale in self.stacks.parts[layer][key]:
             rows = self._slots(slots)
             if rows is None:
+                continue
+            if self.gathered and self.kernels is not None and a.dtype == torch.float32:
+                self.kernels.lora(x, rows, a, b, scale, y, columns)
                 continue
             if self.gathered:
                 hidden = torch.bmm(x[:, None, :], a[rows].transpose(1, 2))

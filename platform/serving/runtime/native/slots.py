@@ -42,8 +42,9 @@ class Slots:
     def join(self, other: Slots) -> None:
         """Append `other`'s rows."""
         columns = max(self.capacity, other.capacity)
-        self.reserve(columns)
-        other.reserve(columns)
+        for slots in (self, other):  # exactly as wide (reserve would round one of them up)
+            if slots.capacity < columns:
+                slots._resize(columns)
         for mine, theirs in ((self.keys, other.keys), (self.values, other.values)):
             for i in range(len(mine)):
                 mine[i] = torch.cat([mine[i], theirs[i]])
