@@ -37,6 +37,7 @@ class NativeRunner:
         self.decoder = native.LlamaDecoder(model, blocks or {}, kernels, max_len)
         self.layers = len(self.decoder.layers)
         self._stacks: tuple[int, LoraStacks] | None = None
+        self._decode_plan: tuple[tuple, object] | None = None
 
     def describe(self) -> str:
         from_blocks = self.decoder.block_layers + (self.decoder.head.blocks is not None)
@@ -58,7 +59,14 @@ class NativeRunner:
         if self._stacks is None or self._stacks[0] != version:
             self._stacks = (version, LoraStacks(self.adapters.peft_model, self.layers))
         rows = [None if name == BASE else name for name in adapters]
-        return self._stacks[1].plan(rows, gathered=gathered, kernels=self.decoder.kernels)
+        if not gathered:
+            return self._stacks[1].plan(rows, gathered=False)
+        # Decode steps follow each other with the same rows until one joins or leaves: one plan
+        # (and its per-layer row indices) serves them all.
+        key = (version, tuple(rows))
+        if self._decode_plan is None or self._decode_plan[0] != key:
+            self._decode_plan = (key, self._stacks[1].plan(rows, gathered=True, kernels=self.decoder.kernels))
+        return self._decode_plan[1]
 
     def prefill(self, sequences: list[list[int]], adapters: list[str], prefixes: list[Hit | None]):
         longest = max(len(s) + (hit.length if hit else 0) for s, hit in zip(sequences, prefixes, strict=True))

@@ -114,13 +114,14 @@ class Kernels:
         )  # fmt: skip
         return out
 
-    def lora(self, x, slots, a, b, scale, y, columns: slice) -> None:
-        """y[:, columns] += each row's adapter's delta (lora.c); `slots` [rows] int64, 0 for none."""
+    def lora(self, x, slots, a, bt, scale, y, columns: slice) -> None:
+        """y[:, columns] += each row's adapter's delta (lora.c): `slots` [rows] int64 (0: none), A
+        [slots, R, K], B transposed [slots, R, N]."""
         x = x.contiguous()
         rows, k = x.shape
-        _, out, rank = b.shape
+        _, rank, out = bt.shape
         self._lora(
-            x.data_ptr(), rows, k, slots.data_ptr(), a.data_ptr(), b.data_ptr(), scale.data_ptr(),
+            x.data_ptr(), rows, k, slots.data_ptr(), a.data_ptr(), bt.data_ptr(), scale.data_ptr(),
             rank, out, y.data_ptr(), y.shape[1], columns.start,
         )  # fmt: skip
 

@@ -37,7 +37,8 @@ def unsupported_modules(peft_model, adapter: str) -> list[str]:
 
 
 class LoraStacks:
-    """Per layer and fused projection: [(output slice, slots by adapter name, A, B, scale)]."""
+    """Per layer and fused projection: [(output slice, slots by adapter name, A, B, scale, B
+    transposed)]; lora.c reads B transposed, so that a row's delta is computed along the output."""
 
     def __init__(self, peft_model, layers: int):
         from peft.tuners.lora.layer import Linear as LoraLinear
@@ -55,7 +56,8 @@ class LoraStacks:
                     if isinstance(module, LoraLinear):
                         slots, a, b, scale = stack(module)
                         if slots:
-                            entries.append((slice(start, start + width), slots, a, b, scale))
+                            bt = b.transpose(1, 2).contiguous()
+                            entries.append((slice(start, start + width), slots, a, b, scale, bt))
                     start += width
                 by_key[key] = entries
             self.parts.append(by_key)
@@ -85,12 +87,12 @@ class LoraPlan:
 
     def add(self, layer: int, key: str, x: torch.Tensor, y: torch.Tensor) -> None:
         """y[:, part] += each row's adapter's delta for the layer's `key` projection."""
-        for columns, slots, a, b, scale in self.stacks.parts[layer][key]:
+        for columns, slots, a, b, scale, bt in self.stacks.parts[layer][key]:
             rows = self._slots(slots)
             if rows is None:
                 continue
             if self.gathered and self.kernels is not None and a.dtype == torch.float32:
-                self.kernels.lora(x, rows, a, b, scale, y, columns)
+                self.kernels.lora(x, rows, a, bt, scale, y, columns)
                 continue
             if self.gathered:
                 hidden = torch.bmm(x[:, None, :], a[rows].transpose(1, 2))
