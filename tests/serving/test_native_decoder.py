@@ -4,6 +4,7 @@ decoder answers as transformers' forward pass does, with each row's adapter as P
 
 import pytest
 import torch
+import torch.nn.functional as F
 from django.conf import settings
 
 from catalog.loader import gguf_blocks, load_model
@@ -66,6 +67,16 @@ def test_block_kernels_compute_the_dense_product_and_each_row_alone(kernels, bit
         assert torch.equal(kernels.matmul(blocks, x[[row, (row + 1) % 5]])[0], y[row])
     residual = torch.randn(5, 70)
     assert torch.equal(kernels.matmul(blocks, x, residual.clone()), residual + y)
+    # The input transformed first, as a decode step asks: RMSNorm, and SwiGLU of two halves.
+    weight = torch.rand(576) + 0.5
+    kept = torch.empty(5, 576)
+    normed = kernels.matmul(blocks, x, first=native_kernels.Input(weight, 1e-5), kept=kept)
+    torch.testing.assert_close(kept, F.rms_norm(x, (576,), weight, 1e-5), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(normed, kept @ blocks.dequantize().T, rtol=1e-4, atol=1e-3)
+    halves = torch.randn(5, 2 * 576)
+    activated = kernels.matmul(blocks, halves, first=native_kernels.SWIGLU_INPUT, kept=kept)
+    torch.testing.assert_close(kept, F.silu(halves[:, :576]) * halves[:, 576:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(activated, kept @ blocks.dequantize().T, rtol=1e-4, atol=1e-3)
 
 
 def test_an_odd_input_width_falls_back_to_dense_weights():
