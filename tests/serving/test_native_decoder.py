@@ -143,12 +143,19 @@ def test_the_native_decoder_answers_as_transformers_does(loaded, adapted):
         reference.stop()
 
 
-def test_each_rows_adapter_gives_pefts_logits_in_prefill_and_decode(loaded, adapted):
+@pytest.mark.parametrize("kernels", ["compiled", "none"])
+def test_each_rows_adapter_gives_pefts_logits_in_prefill_and_decode(loaded, adapted, kernels):
+    """With the compiled kernels (the fused step), and without them (no C compiler: PyTorch)."""
     _, manager = adapted
     for name in ("alpha", "beta"):
         if name not in manager.loaded:
             manager.load(name, name, set())
-    runner = runners.for_loaded(loaded, manager, settings.MODEL_CACHE_DIR, max_len=2048)
+    if kernels == "compiled":
+        runner = runners.for_loaded(loaded, manager, settings.MODEL_CACHE_DIR, max_len=2048)
+        assert runner.decoder.fused
+    else:
+        runner = runners.build(loaded.model, manager, max_len=2048, pad_id=0, decoder="native")
+        assert not runner.decoder.fused and runner.decoder.block_layers == 0
     rows = [BASE, "alpha", "beta", "alpha"]
     prompts = [loaded.tokenizer(q)["input_ids"] for q in ["The sea", "The lighthouse keeper", "Rain", "Once upon"]]
     with torch.no_grad():

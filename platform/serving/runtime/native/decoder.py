@@ -191,8 +191,9 @@ class LlamaDecoder:
             raise ValueError(f"position {longest} is beyond the model's context of {len(self.cos)} tokens")
         slots.reserve(longest + 1)
         h = self.embedding[tokens].float()
-        rows = torch.arange(len(positions))
-        mask = (torch.arange(longest + 1)[None] <= positions[:, None])[:, None, None, :]
+        if not self.fused:
+            rows = torch.arange(len(positions))
+            mask = (torch.arange(longest + 1)[None] <= positions[:, None])[:, None, None, :]
         for index, layer in enumerate(self.layers):
             if self.fused:
                 self._fused_layer(layer, h, positions, lora, index, slots)
