@@ -100,11 +100,13 @@ def _row_orders(n: int, heads: list[int]):
 
 
 def _matching(blocks: Blocks, weight: torch.Tensor, heads: list[int]) -> Blocks | None:
-    """The blocks in the row order under which they decode to `weight` exactly, or None."""
+    """The blocks in the row order under which they decode to `weight` exactly, or None. A model
+    loaded in bfloat16 holds each float32 weight rounded once: the decoded weight, rounded so,
+    must equal it (and the blocks then give the decode steps the unrounded values)."""
     if blocks.shape != tuple(weight.shape):
         return None
-    decoded = blocks.dequantize()
-    reference = weight.detach().to(torch.float32)
+    decoded = blocks.dequantize().to(weight.dtype)
+    reference = weight.detach()
     for order in _row_orders(reference.shape[0], heads):
         if torch.equal(decoded if order is None else decoded[order], reference):
             return blocks if order is None else blocks.rows(order)

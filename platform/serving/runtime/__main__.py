@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from catalog.loader.dtypes import DTYPES
-from serving.runtime.serve import serve
+from serving.runtime.serve import DECODERS, serve
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--decoder",
         default="auto",
-        choices=["auto", "native", "transformers"],
+        choices=DECODERS,
         help="native: the runtime's own forward pass for Llama-family models, reading a GGUF's weight blocks "
         "as the file holds them in decode steps (serving/runtime/native); transformers: transformers' forward "
         "pass, for any model; auto: native where it runs the model",

@@ -24,9 +24,9 @@ from serving.runtime.adapters import BASE, AdapterManager
 from serving.runtime.native import decoder as native
 from serving.runtime.native.lora import LoraStacks, unsupported_modules
 from serving.runtime.prefix_cache import Hit
+from serving.runtime.serve import DECODERS
 
 log = logging.getLogger("serving.runtime")
-DECODERS = ("auto", "native", "transformers")
 
 
 class NativeRunner:

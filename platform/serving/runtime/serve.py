@@ -17,6 +17,9 @@ import sys
 import threading
 
 log = logging.getLogger("serving.runtime")
+# What computes the model (serving.runtime.runners builds it); here, where the command line reads
+# them without importing PyTorch.
+DECODERS = ("auto", "native", "transformers")
 
 
 class Loop:

@@ -94,13 +94,14 @@ class LoraPlan:
             if self.gathered and self.kernels is not None and a.dtype == torch.float32:
                 self.kernels.lora(x, rows, a, bt, scale, y, columns)
                 continue
+            # The decoder computes in float32; adapters of a model loaded in bfloat16 are in bfloat16.
             if self.gathered:
-                hidden = torch.bmm(x[:, None, :], a[rows].transpose(1, 2))
+                hidden = torch.bmm(x[:, None, :].to(a.dtype), a[rows].transpose(1, 2))
                 delta = torch.bmm(hidden, b[rows].transpose(1, 2))[:, 0] * scale[rows][:, None]
-                y[:, columns] += delta
+                y[:, columns] += delta.to(y.dtype)
                 continue
             for slot in rows.unique().tolist():
                 if slot == 0:
                     continue
                 where = (rows == slot).nonzero()[:, 0]
-                y[where, columns] += (x[where] @ a[slot].T @ b[slot].T) * scale[slot]
+                y[where, columns] += ((x[where].to(a.dtype) @ a[slot].T @ b[slot].T) * scale[slot]).to(y.dtype)
