@@ -4,8 +4,8 @@ The "auto" rules were checked on the demo model by bench/fine_tuning_auto_grid.p
 bench/README.md): with them, 30 examples teaching one made-up fact are learned — the model states
 the fact for a phrasing it never saw — in about a minute on two CPU cores.
 
-- batch_size counts examples, as OpenAI's does (packing several short examples into one row is an
-  efficiency that never changes what a step is): steps per epoch = ceil(examples / batch_size).
+- batch_size counts examples, as OpenAI's does (the trainer puts a step's examples side by side in
+  one row, which never changes what a step is): steps per epoch = ceil(examples / batch_size).
   "auto": about 0.2 % of the examples, between 1 and 32.
 - n_epochs "auto": 3, scaled so that examples x epochs falls within [100, 25000], clamped to
   1-25 (OpenAI's documented rule).
@@ -15,7 +15,8 @@ the fact for a phrasing it never saw — in about a minute on two CPU cores.
   lora_target_modules (default: the base model's catalog default when its entry names one, else
   "all-linear": every linear layer of the transformer blocks, as Together defaults to; with only
   q_proj and v_proj the grid's batch-4 run did not learn the fact).
-- max_seq_len: the longest packed row, default min(1024, the model's context length).
+- max_seq_len: the longest example, in tokens (longer ones are cut), default min(1024, the model's
+  context length).
 - Without a validation file, jobs of 100 examples or more hold 10 % out (10 to 1,000) to measure
   the model before and after (fine_tuning/trainer/data.py, split_validation).
 """
@@ -137,5 +138,5 @@ def memory_per_accelerator(parameters: int | None, hyperparameters: dict, accele
 
 
 def tokens_per_accelerator(hyperparameters: dict, accelerators: int) -> int:
-    """The most tokens one accelerator holds in a step: its share of the batch, each row full."""
+    """The most tokens one accelerator holds in a step: its share of the batch, each example full."""
     return math.ceil(hyperparameters["batch_size"] / max(accelerators, 1)) * hyperparameters["max_seq_len"]

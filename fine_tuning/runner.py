@@ -292,9 +292,12 @@ def _record(job: FineTuningJob, message: dict, worker: str) -> bool:
             job.pk,
             org,
             f"Training {message['total_steps']} steps on {message['examples']} examples"
+            + (f" in {message['precision']}" if message.get("precision") else "")
             + (f", resuming after step {message['resumed_from']}" if message.get("resumed_from") else ""),
             data={
-                k: message[k] for k in ("total_steps", "examples", "resumed_from", "model_load_seconds") if k in message
+                k: message[k]
+                for k in ("total_steps", "examples", "resumed_from", "model_load_seconds", "precision")
+                if k in message
             },
         )
     elif kind == "metrics":

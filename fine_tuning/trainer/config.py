@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+PRECISIONS = ("auto", "float32", "bfloat16")
+
 
 class ConfigError(ValueError):
     pass
@@ -38,6 +40,7 @@ class TrainerConfig:
     checkpoint_every: int = 10
     eval_every: int = 10
     threads: int | None = None
+    precision: str = "auto"  # trainer/precision.py: bfloat16 where the hardware computes it natively
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     @classmethod
@@ -57,5 +60,7 @@ class TrainerConfig:
             raise ConfigError("n_epochs and batch_size must be >= 1 and max_seq_len >= 16")
         if not 0 < self.learning_rate < 1:
             raise ConfigError("learning_rate must be in (0, 1)")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}")
         if self.lora.r < 1 or not self.lora.target_modules:
             raise ConfigError("LoRA needs r >= 1 and at least one target module")

@@ -1,5 +1,5 @@
 """Turning examples into training batches: the model's chat template, loss on assistant tokens
-only, and packing of short examples into sequences that never attend across examples."""
+only, and a step's examples side by side in one row that never attends across examples."""
 
 from __future__ import annotations
 
@@ -100,14 +100,6 @@ def epoch_steps(count: int, epoch: int, seed: int, batch_size: int) -> list[list
     return [order[i : i + batch_size] for i in range(0, count, batch_size)]
 
 
-def epoch_batches(
-    examples: list[Encoded], epoch: int, seed: int, batch_size: int, max_len: int
-) -> list[list[list[int]]]:
-    """One epoch's steps, each packed into rows of up to max_len tokens. Packing only saves
-    padding; it never changes how many examples a step learns from."""
-    return [pack(examples, step, max_len) for step in epoch_steps(len(examples), epoch, seed, batch_size)]
-
-
 AUTO_VALIDATION_MIN_EXAMPLES = 100
 
 
@@ -129,36 +121,32 @@ def steps_per_epoch(examples: int, batch_size: int) -> int:
 
 @dataclass
 class Batch:
-    input_ids: torch.Tensor  # [B, T]
-    targets: torch.Tensor  # [B, T]: the next token to predict at each position, or IGNORE
-    position_ids: torch.Tensor  # [B, T]: restarting at every packed example
-    attention_mask: torch.Tensor  # [B, 1, T, T] bool: causal within each example only
-    tokens: int  # real (non-padding) tokens
+    """Examples side by side in one row, without padding: the model computes real tokens only, and
+    each example attends to itself alone (trainer/attention.py reads `segments`)."""
+
+    input_ids: torch.Tensor  # [1, T]
+    targets: torch.Tensor  # [1, T]: the next token to predict at each position, or IGNORE
+    position_ids: torch.Tensor  # [1, T]: restarting at every example
+    segments: list[tuple[int, int]]  # each example's [start, end) in the row
+    tokens: int  # T
+
+    def model_inputs(self) -> dict:
+        return {"input_ids": self.input_ids, "position_ids": self.position_ids, "segments": self.segments}
 
 
-def collate(examples: list[Encoded], bins: list[list[int]], pad_id: int) -> Batch:
-    length = max(sum(len(examples[i]) for i in b) for b in bins)
-    size = len(bins)
-    ids = torch.full((size, length), pad_id, dtype=torch.long)
-    targets = torch.full((size, length), IGNORE, dtype=torch.long)
-    positions = torch.zeros((size, length), dtype=torch.long)
-    segments = torch.full((size, length), -1, dtype=torch.long)
-    tokens = 0
-    for row, members in enumerate(bins):
-        start = 0
-        for segment, index in enumerate(members):
-            example = examples[index]
-            n = len(example)
-            ids[row, start : start + n] = torch.tensor(example.input_ids)
-            positions[row, start : start + n] = torch.arange(n)
-            segments[row, start : start + n] = segment
-            # Position t predicts token t+1 of the same example, when that token is trainable.
-            for t in range(n - 1):
-                if example.trainable[t + 1]:
-                    targets[row, start + t] = example.input_ids[t + 1]
-            start += n
-            tokens += n
-    causal = torch.tril(torch.ones(length, length, dtype=torch.bool))
-    same = segments[:, :, None] == segments[:, None, :]
-    mask = (same & causal & (segments[:, :, None] >= 0)) | torch.eye(length, dtype=torch.bool)  # padding sees itself
-    return Batch(ids, targets, positions, mask[:, None], tokens)
+def collate(examples: list[Encoded], members: list[int]) -> Batch:
+    ids: list[int] = []
+    targets: list[int] = []
+    positions: list[int] = []
+    segments = []
+    for index in members:
+        example = examples[index]
+        n = len(example)
+        segments.append((len(ids), len(ids) + n))
+        ids += example.input_ids
+        positions += range(n)
+        # Position t predicts token t+1 of the same example, when that token is trainable.
+        targets += [example.input_ids[t + 1] if example.trainable[t + 1] else IGNORE for t in range(n - 1)]
+        targets.append(IGNORE)
+    row = lambda values: torch.tensor([values], dtype=torch.long)  # noqa: E731
+    return Batch(row(ids), row(targets), row(positions), segments, len(ids))

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from catalog.loader import load_model
-from fine_tuning.trainer import checkpoint, distributed
+from fine_tuning.trainer import attention, checkpoint, distributed, dropout, precision
 from fine_tuning.trainer.config import TrainerConfig
 from fine_tuning.trainer.data import (
     IGNORE,
@@ -45,25 +45,19 @@ class Stop:
         signal.signal(signal.SIGINT, handler)
 
 
-def _sums(model, batch):
+def _sums(model, batch, dtype: torch.dtype):
     # Logits only where a token is learned (the assistant's replies): the output layer over the whole
     # vocabulary is a fifth of the model's work, and prompts need none of it. The model applies its
     # own final scaling or soft-capping to the positions it keeps. No KV cache: nothing decodes.
-    keep = (batch.targets != IGNORE).any(dim=0).nonzero().squeeze(1)
-    out = model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        logits_to_keep=keep,
-        use_cache=False,
-    )
-    logits = out.logits.float()
-    targets = batch.targets[:, keep]
-    mask = targets != IGNORE
+    keep = (batch.targets[0] != IGNORE).nonzero().squeeze(1)
+    with precision.autocast(batch.input_ids.device, dtype):
+        out = model(**batch.model_inputs(), logits_to_keep=keep, use_cache=False)
+    logits = out.logits[0].float()
+    targets = batch.targets[0, keep]
     # Sums, not means: a data-parallel step divides by the token count of the whole step.
-    loss = torch.nn.functional.cross_entropy(logits[mask], targets[mask], reduction="sum")
-    correct = (logits.argmax(-1)[mask] == targets[mask]).sum()
-    return loss, float(correct), int(mask.sum())
+    loss = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+    correct = (logits.argmax(-1) == targets).sum()
+    return loss, float(correct), len(keep)
 
 
 def _schedule(total_steps: int, warmup_ratio: float):
@@ -77,17 +71,15 @@ def _schedule(total_steps: int, warmup_ratio: float):
     return factor
 
 
-EVAL_ROWS = 8  # packed rows per evaluation forward pass
+EVAL_ROWS = 8  # evaluation forward passes take up to this many times max_seq_len tokens
 
 
-def _evaluate(model, examples, config, pad_id) -> dict:
-    rows = pack(examples, list(range(len(examples))), config.max_seq_len)
+def _evaluate(model, examples, config, dtype) -> dict:
     total_loss = total_correct = total = 0.0
     model.eval()
     with torch.no_grad():
-        for start in range(0, len(rows), EVAL_ROWS):
-            batch = collate(examples, rows[start : start + EVAL_ROWS], pad_id)
-            loss, correct, count = _sums(model, _device_batch(model, batch))
+        for members in pack(examples, list(range(len(examples))), EVAL_ROWS * config.max_seq_len):
+            loss, correct, count = _sums(model, _device_batch(model, collate(examples, members)), dtype)
             total_loss += float(loss)
             total_correct += correct
             total += count
@@ -95,12 +87,12 @@ def _evaluate(model, examples, config, pad_id) -> dict:
     return {"valid_loss": total_loss / max(total, 1), "valid_mean_token_accuracy": total_correct / max(total, 1)}
 
 
-def _before_and_after(model, validation, config, pad_id, valid_losses: list[float], train_losses: list[float]) -> None:
+def _before_and_after(model, validation, config, dtype, valid_losses: list[float], train_losses: list[float]) -> None:
     """Did it help? The validation set scored by the base model (the adapter switched off) and by
     the fine-tuned one; and a warning when validation loss rose while training loss fell."""
     with model.disable_adapter():
-        base = _evaluate(model, validation, config, pad_id)
-    tuned = _evaluate(model, validation, config, pad_id)
+        base = _evaluate(model, validation, config, dtype)
+    tuned = _evaluate(model, validation, config, dtype)
     emit(
         "evaluation",
         source="file" if config.validation_file else "split",
@@ -156,7 +148,6 @@ def _train(config: TrainerConfig, world: distributed.World) -> int:
     if world.main:
         world.barrier()
     tokenizer = loaded.tokenizer
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     lora = LoraConfig(
         r=config.lora.r,
         lora_alpha=config.lora.alpha,
@@ -165,6 +156,10 @@ def _train(config: TrainerConfig, world: distributed.World) -> int:
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(loaded.model, lora).to(world.device)
+    dtype = precision.resolve(config.precision, world.device)
+    precision.prepare(model, dtype)
+    attention.install(model)
+    shared_dropout = dropout.install(model)
     model.train()
     parallel = world.wrap(model)  # the same module with gradients averaged across processes
     examples = read_examples(config.training_file, tokenizer, config.max_seq_len)
@@ -182,9 +177,9 @@ def _train(config: TrainerConfig, world: distributed.World) -> int:
             emit("validation_split", held_out=len(validation), training=len(examples))
     per_epoch = steps_per_epoch(len(examples), config.batch_size)
     total_steps = per_epoch * config.n_epochs
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=config.learning_rate, weight_decay=0.0
-    )
+    trained = [p for p in model.parameters() if p.requires_grad]
+    # fused: one kernel updates every adapter tensor, instead of a dozen operations per tensor
+    optimizer = torch.optim.AdamW(trained, lr=config.learning_rate, weight_decay=0.0, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(total_steps, config.warmup_ratio))
     step, trained_tokens, train_seconds, resumed_from = 0, 0, 0.0, None
     last = checkpoint.latest(output)
@@ -195,9 +190,10 @@ def _train(config: TrainerConfig, world: distributed.World) -> int:
             optimizer, _schedule(total_steps, config.warmup_ratio), last_epoch=step - 1
         )
         resumed_from = step
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable = sum(p.numel() for p in trained)
     emit(
         "started",
+        precision=str(dtype).removeprefix("torch."),
         total_steps=total_steps,
         examples=len(examples),
         resumed_from=resumed_from,
@@ -236,18 +232,22 @@ def _train(config: TrainerConfig, world: distributed.World) -> int:
         if epoch not in steps:
             steps = {epoch: epoch_steps(len(examples), epoch, config.seed, config.batch_size)}
         mine, weighted = distributed.shard(steps[epoch][index], world)
-        batch = world.to_device(collate(examples, pack(examples, mine, config.max_seq_len), pad_id))
+        batch = world.to_device(collate(examples, mine))
         started = time.perf_counter()
         count = int((batch.targets != IGNORE).sum()) if weighted else 0
         step_count, step_tokens = world.sum(count, batch.tokens if weighted else 0)
-        loss_sum, correct, _ = _sums(parallel, batch)
+        loss_sum, correct, _ = _sums(parallel, batch, dtype)
         # Averaged over the processes, these gradients are those of the whole step's mean token loss.
         (loss_sum * (world.size / max(step_count, 1) if weighted else 0.0)).backward()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        total_loss, total_correct = world.sum(float(loss_sum) if weighted else 0.0, correct if weighted else 0.0)
+        if shared_dropout is not None:
+            shared_dropout.forget()
+        total_loss, total_correct = world.sum(
+            loss_sum.detach().item() if weighted else 0.0, correct if weighted else 0.0
+        )
         loss_value, accuracy = total_loss / max(step_count, 1), total_correct / max(step_count, 1)
         elapsed = time.perf_counter() - started
         step += 1
@@ -272,7 +272,7 @@ def _train(config: TrainerConfig, world: distributed.World) -> int:
         )
         metrics = {"step": step, "train_loss": round(loss_value, 5), "train_mean_token_accuracy": round(accuracy, 4)}
         if world.main and validation and (step % config.eval_every == 0 or step == total_steps):
-            scores = _evaluate(model, validation, config, pad_id)
+            scores = _evaluate(model, validation, config, dtype)
             metrics.update({k: round(v, 5) for k, v in scores.items()})
             emit("validation", **metrics)  # metrics carries the step
             valid_losses.append(metrics["valid_loss"])
@@ -282,7 +282,7 @@ def _train(config: TrainerConfig, world: distributed.World) -> int:
     if not world.main:
         return 0
     if validation:
-        _before_and_after(model, validation, config, pad_id, valid_losses, train_losses)
+        _before_and_after(model, validation, config, dtype, valid_losses, train_losses)
     adapter_dir = output / "adapter"
     model.save_pretrained(adapter_dir, safe_serialization=True)
     emit(

@@ -14,7 +14,8 @@ import torch
 from django.conf import settings
 
 from catalog.loader import load_model
-from fine_tuning.trainer.data import collate, encode, epoch_batches, read_examples, steps_per_epoch
+from fine_tuning.trainer import attention
+from fine_tuning.trainer.data import collate, encode, epoch_steps, read_examples, steps_per_epoch
 from tests.conftest import DEMO_SOURCE, REPO
 
 pytestmark = pytest.mark.slow
@@ -152,7 +153,7 @@ def test_killed_trainer_resumes_from_its_checkpoint_and_counts_tokens_once(tmp_p
     loaded = load_model(DEMO_SOURCE, settings.MODEL_CACHE_DIR)
     examples = read_examples(str(tmp_path / "train.jsonl"), loaded.tokenizer, 128)
     expected = sum(
-        collate(examples, rows, 0).tokens for epoch in range(2) for rows in epoch_batches(examples, epoch, 1, 4, 128)
+        collate(examples, step).tokens for epoch in range(2) for step in epoch_steps(len(examples), epoch, 1, 4)
     )
     assert events[-1]["trained_tokens"] == expected
 
@@ -184,14 +185,18 @@ def test_packing_keeps_examples_apart_and_learns_assistant_tokens_only():
 
     def logits(batch):
         with torch.no_grad():
-            return model(
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
-            ).logits[0]
+            return model(**batch.model_inputs()).logits[0]
 
-    packed = logits(collate(examples, [[0, 1]], 0))
-    alone = [logits(collate(examples, [[i]], 0)) for i in (0, 1)]
+    packed_batch = collate(examples, [0, 1])
+    assert packed_batch.segments == [(0, len(encoded)), (len(encoded), len(encoded) + len(other))]
+    assert packed_batch.input_ids.shape == (1, packed_batch.tokens)  # one row, no padding
+    leaky = logits(packed_batch)  # transformers' attention: the second example sees the first
+    attention.install(model)
+    packed = logits(packed_batch)
+    alone = [logits(collate(examples, [i])) for i in (0, 1)]
     assert torch.allclose(packed[: len(encoded)], alone[0], atol=1e-3)
     assert torch.allclose(packed[len(encoded) :], alone[1], atol=1e-3)
+    assert not torch.allclose(leaky[len(encoded) :], alone[1], atol=1e-3)
     assert steps_per_epoch(9, 4) == 3
 
 
@@ -215,13 +220,12 @@ def test_the_loss_over_learned_positions_only_equals_the_loss_over_full_logits()
         ],
     ]
     examples = [encode(loaded.tokenizer, c, 512) for c in chat]
-    batch = collate(examples, [[0, 1], [2]], 0)  # two rows, learned positions in different places
+    batch = collate(examples, [0, 1, 2])  # learned positions in three places of the row
+    attention.install(loaded.model)
     with torch.no_grad():
-        loss_sum, correct, count = _sums(loaded.model, batch)
+        loss_sum, correct, count = _sums(loaded.model, batch, torch.float32)
         loss, accuracy = loss_sum / count, correct / count
-        logits = loaded.model(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
-        ).logits
+        logits = loaded.model(**batch.model_inputs()).logits
     mask = batch.targets != IGNORE
     full = torch.nn.functional.cross_entropy(logits[mask], batch.targets[mask])
     assert count == int(mask.sum()) > 0
@@ -243,22 +247,27 @@ def test_a_bad_example_fails_the_job_with_its_line_and_reason(tmp_path):
 
 
 def test_a_step_learns_from_batch_size_examples_whatever_their_lengths():
-    """batch_size counts examples (OpenAI's meaning); packing only fills rows: steps per epoch =
-    ceil(examples / batch_size), every example once per epoch, no row longer than max_seq_len."""
-    from fine_tuning.trainer.data import Encoded
+    """batch_size counts examples (OpenAI's meaning): steps per epoch = ceil(examples /
+    batch_size), every example once per epoch, and a step's examples side by side in one row
+    without padding, each predicting its own next tokens only."""
+    from fine_tuning.trainer.data import IGNORE, Encoded
 
     lengths = [5, 90, 12, 40, 3, 77, 64, 8, 21, 50, 33]
     examples = [Encoded(list(range(n)), [True] * n) for n in lengths]
     for batch_size in (1, 3, 4, 11, 20):
         for epoch in range(3):
-            steps = epoch_batches(examples, epoch, 5, batch_size, 100)
+            steps = epoch_steps(len(examples), epoch, 5, batch_size)
             assert len(steps) == steps_per_epoch(len(examples), batch_size) == -(-len(examples) // batch_size)
-            seen = [i for rows in steps for row in rows for i in row]
-            assert sorted(seen) == list(range(len(examples)))
-            assert all(len({i for row in rows for i in row}) <= batch_size for rows in steps)
-            assert all(sum(lengths[i] for i in row) <= 100 for rows in steps for row in rows)
-    packed = epoch_batches(examples, 0, 5, 11, 100)
-    assert len(packed) == 1 and len(packed[0]) < 11  # one step, its 11 examples packed into fewer rows
+            assert sorted(i for step in steps for i in step) == list(range(len(examples)))
+            assert all(len(step) <= batch_size for step in steps)
+    step = epoch_steps(len(examples), 0, 5, 11)[0]
+    batch = collate(examples, step)
+    assert batch.tokens == batch.input_ids.shape[1] == sum(lengths)
+    for (start, end), index in zip(batch.segments, step, strict=True):
+        assert end - start == lengths[index]
+        assert batch.position_ids[0, start:end].tolist() == list(range(lengths[index]))
+        assert batch.targets[0, start : end - 1].tolist() == list(range(1, lengths[index]))
+        assert batch.targets[0, end - 1] == IGNORE  # an example's last token predicts nothing of the next
 
 
 def test_without_a_validation_file_a_split_measures_the_model_before_and_after(tmp_path):

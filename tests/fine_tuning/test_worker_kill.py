@@ -14,7 +14,7 @@ from django.conf import settings as django_settings
 from catalog.loader import load_model
 from fine_tuning import jobs, services
 from fine_tuning.models import Checkpoint, FineTuningJob, JobEvent
-from fine_tuning.trainer.data import collate, epoch_batches, read_examples
+from fine_tuning.trainer.data import collate, epoch_steps, read_examples
 from tenancy import scope
 from tenancy.audit import Actor
 from tests.conftest import DEMO_MODEL, DEMO_SOURCE, REPO, _database_url
@@ -125,7 +125,7 @@ def test_sigkilled_worker_job_resumes_elsewhere_and_succeeds(make_tenant, settin
     loaded = load_model(DEMO_SOURCE, django_settings.MODEL_CACHE_DIR)
     examples = read_examples(django_settings.MEDIA_ROOT / file.storage_key, loaded.tokenizer, 128)
     expected = sum(
-        collate(examples, rows, 0).tokens for epoch in range(4) for rows in epoch_batches(examples, epoch, 3, 4, 128)
+        collate(examples, step).tokens for epoch in range(4) for step in epoch_steps(len(examples), epoch, 3, 4)
     )
     assert done.trained_tokens == expected  # counted once, though part of the run happened twice
     assert done.effective_training_time < 1
