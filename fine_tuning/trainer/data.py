@@ -148,5 +148,4 @@ def collate(examples: list[Encoded], members: list[int]) -> Batch:
         # Position t predicts token t+1 of the same example, when that token is trainable.
         targets += [example.input_ids[t + 1] if example.trainable[t + 1] else IGNORE for t in range(n - 1)]
         targets.append(IGNORE)
-    row = lambda values: torch.tensor([values], dtype=torch.long)  # noqa: E731
-    return Batch(row(ids), row(targets), row(positions), segments, len(ids))
+    return Batch(torch.tensor([ids]), torch.tensor([targets]), torch.tensor([positions]), segments, len(ids))

@@ -73,20 +73,15 @@ class SharedDropout(torch.nn.Module):
         return f"p={self.p}"
 
 
-def install(model) -> SharedDropout | None:
-    """Replace every LoRA layer's dropout with one SharedDropout of the same rate; returns it (None
-    when the adapter has no dropout)."""
-    dropouts = [
-        (module.lora_dropout, name)
-        for module in model.modules()
-        if isinstance(getattr(module, "lora_dropout", None), torch.nn.ModuleDict)
-        for name, dropout in module.lora_dropout.items()
-        if isinstance(dropout, torch.nn.Dropout) and dropout.p > 0
-    ]
-    rates = {holder[name].p for holder, name in dropouts}
-    if len(rates) != 1:
-        return None  # none, or rates that differ by layer: PEFT's own dropout stays
-    shared = SharedDropout(rates.pop())
-    for holder, name in dropouts:
-        holder[name] = shared
+def install(model, p: float) -> SharedDropout | None:
+    """Give every LoRA layer of `model` one SharedDropout of rate `p` (the adapter's dropout);
+    returns it, or None when the adapter has no dropout."""
+    if p == 0:
+        return None
+    shared = SharedDropout(p)
+    for module in model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if isinstance(dropouts, torch.nn.ModuleDict):
+            for name in dropouts:
+                dropouts[name] = shared
     return shared

@@ -71,14 +71,14 @@ def _schedule(total_steps: int, warmup_ratio: float):
     return factor
 
 
-EVAL_ROWS = 8  # evaluation forward passes take up to this many times max_seq_len tokens
+EVAL_PASS_EXAMPLES = 8  # an evaluation forward pass takes up to this many longest examples' tokens
 
 
 def _evaluate(model, examples, config, dtype) -> dict:
     total_loss = total_correct = total = 0.0
     model.eval()
     with torch.no_grad():
-        for members in pack(examples, list(range(len(examples))), EVAL_ROWS * config.max_seq_len):
+        for members in pack(examples, list(range(len(examples))), EVAL_PASS_EXAMPLES * config.max_seq_len):
             loss, correct, count = _sums(model, _device_batch(model, collate(examples, members)), dtype)
             total_loss += float(loss)
             total_correct += correct
@@ -159,7 +159,7 @@ def _train(config: TrainerConfig, world: distributed.World) -> int:
     dtype = precision.resolve(config.precision, world.device)
     precision.prepare(model, dtype)
     attention.install(model)
-    shared_dropout = dropout.install(model)
+    shared_dropout = dropout.install(model, config.lora.dropout)
     model.train()
     parallel = world.wrap(model)  # the same module with gradients averaged across processes
     examples = read_examples(config.training_file, tokenizer, config.max_seq_len)
